@@ -1,0 +1,59 @@
+"""blockipc: asyncio-native inter-process communication over shared memory.
+
+>>> async with blockipc.Coordinator(pool_size="64MiB") as coord:       # doctest: +SKIP
+...     async with blockipc.connect(coord.address, name="producer") as client:
+...         block = await client.alloc(1_000_000)
+...         await client.write(block, b"hello")
+"""
+
+from __future__ import annotations
+
+from . import testing as testing
+from ._client import Client as Client
+from ._client import Lease as Lease
+from ._client import connect as connect
+from ._coordinator import Coordinator as Coordinator
+from ._exceptions import AccessDenied as AccessDenied
+from ._exceptions import BlockIPCError as BlockIPCError
+from ._exceptions import BlockNotFound as BlockNotFound
+from ._exceptions import CodecError as CodecError
+from ._exceptions import ConnectionClosed as ConnectionClosed
+from ._exceptions import InvalidRequest as InvalidRequest
+from ._exceptions import OutOfBounds as OutOfBounds
+from ._exceptions import PeerUnreachable as PeerUnreachable
+from ._exceptions import PoolExhausted as PoolExhausted
+from ._exceptions import ProtocolError as ProtocolError
+from ._pool import parse_size as parse_size
+from ._runtime import run as run
+from ._types import Block as Block
+from ._types import BlockLike as BlockLike
+from ._types import Message as Message
+from ._types import Stats as Stats
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    # coordinator and client
+    "Coordinator",
+    "connect",
+    "Client",
+    "Lease",
+    "run",
+    # values
+    "Block",
+    "BlockLike",
+    "Message",
+    "Stats",
+    "parse_size",
+    # errors
+    "BlockIPCError",
+    "PoolExhausted",
+    "BlockNotFound",
+    "AccessDenied",
+    "OutOfBounds",
+    "ConnectionClosed",
+    "ProtocolError",
+    "PeerUnreachable",
+    "InvalidRequest",
+    "CodecError",
+)

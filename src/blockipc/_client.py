@@ -1,0 +1,610 @@
+"""The client: a process's awaited connection to a coordinator.
+
+Theory of operation
+-------------------
+:func:`connect` runs the handshake on a raw anyio socket stream (register a name,
+receive and map the pool's segment fds), then hands the socket to an asyncio/uvloop
+``BufferedProtocol`` for the hot path. Every call encodes one request with the
+sans-IO :class:`~blockipc._protocol.Connection`, writes it, and awaits the future that
+the reply with the same id resolves, so calls from many tasks pipeline freely.
+
+Small reads and writes travel inline in the frames; larger ones take a lease and copy
+straight to or from the mapped segment, so the bytes never cross the socket.
+
+Cancellation never loses anything: a cancelled call that may be waiting in the
+coordinator sends ``CANCEL``; if the reply was already on its way, an *orphan* handler
+undoes it (frees a block it allocated, releases a lease it was granted) or keeps it (a
+received message goes to a local queue that the next ``recv`` returns first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import mmap
+import os
+import warnings
+from collections.abc import AsyncIterator, Callable, Generator
+from types import TracebackType
+from typing import Any, Final, Literal, Self, cast
+
+import anyio
+import msgpack
+import structlog
+
+from ._exceptions import (
+    BlockIPCError,
+    BlockNotFound,
+    ConnectionClosed,
+    InvalidRequest,
+    OutOfBounds,
+    PoolExhausted,
+    ProtocolError,
+    error_from_code,
+)
+from ._handshake import close_fds, receive_event, send_frame, take_socket
+from ._protocol import (
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorReply,
+    NeedData,
+    Op,
+    Reply,
+    Request,
+    Role,
+)
+from ._types import Block, BlockLike, Message, Stats
+
+__all__ = ["Client", "Lease", "connect"]
+
+log = structlog.get_logger("blockipc.client")
+
+INLINE_THRESHOLD: Final = 64 * 1024
+"""Reads and writes up to this many bytes travel inline; larger ones use a lease."""
+
+MAX_HEADER: Final = 16 * 1024
+_MAX_INT: Final = (1 << 63) - 1
+_MAX_NAME: Final = 255
+_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV})
+_Orphan = Callable[[Reply], None]
+
+
+def _block_id(block: BlockLike) -> int:
+    bid = block.id if isinstance(block, Block) else block
+    if type(bid) is not int:
+        raise TypeError(f"expected a Block or a block id (int), not {type(block).__name__}")
+    if not 0 < bid <= _MAX_INT:
+        raise BlockNotFound(f"block {bid} does not exist")
+    return bid
+
+
+def _check_offset(offset: int, what: str = "offset") -> None:
+    if type(offset) is not int:
+        raise TypeError(f"{what} must be an int, not {type(offset).__name__}")
+    if not 0 <= offset <= _MAX_INT:
+        raise OutOfBounds(f"{what} {offset} is outside every block")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name or len(name) > _MAX_NAME:
+        raise InvalidRequest(f"{what} {name!r:.80} must be 1 to {_MAX_NAME} characters long")
+
+
+class _Segment:
+    """A pool segment mapped into this process."""
+
+    __slots__ = ("buffer", "mm", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.size = size
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buffer = memoryview(self.mm)
+
+    def close(self) -> None:
+        self.buffer.release()
+        try:
+            self.mm.close()
+        except BufferError:  # a view the user kept alive; unmapped when it is collected
+            log.warning("client.segment_in_use", size=self.size)
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._buffer = memoryview(bytearray(256 * 1024))
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._client._on_data(self._buffer[:nbytes])
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._can_write.set()
+        self._client._on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    async def drain(self) -> None:
+        await self._can_write.wait()
+
+
+class Client:
+    """A registered process's connection to a coordinator. Made by :func:`connect`.
+
+    Every method that takes a block accepts a :class:`Block` or its id. Calls may be
+    made from many tasks at once; they pipeline on one connection.
+    """
+
+    def __init__(self, address: str, name: str) -> None:
+        self.address = address
+        self.name = name
+        self._conn = Connection(Role.CLIENT)
+        self._proto: _ClientProtocol | None = None
+        self._pending: dict[int, tuple[asyncio.Future[Reply] | None, _Orphan | None]] = {}
+        self._ids = itertools.count(1)
+        self._segments: dict[int, _Segment] = {}
+        self._token = b""
+        self._max_inline = INLINE_THRESHOLD
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._sizes: dict[int, int] = {}
+        self._closed = False
+        self._closing = False
+        self._error: BlockIPCError | None = None
+        self._attach_lock = anyio.Lock()
+
+    # -- connection --------------------------------------------------------------
+    async def _open(self) -> None:
+        try:
+            stream = await anyio.connect_unix(self.address)
+        except OSError as exc:
+            raise ConnectionClosed(f"cannot connect to {self.address}: {exc}") from exc
+        fds: list[int] = []
+        try:
+            hello = Request(
+                next(self._ids),
+                Op.HELLO,
+                {"version": PROTOCOL_VERSION, "name": self.name, "pid": os.getpid()},
+            )
+            await send_frame(stream, self._conn.send(hello))
+            event, fds = await receive_event(stream, self._conn, with_fds=True)
+            if isinstance(event, ErrorReply):
+                raise error_from_code(event.code, event.message)
+            assert isinstance(event, Reply)
+            self._token = event.result["token"]
+            self._max_inline = min(INLINE_THRESHOLD, event.result["max_inline"])
+            self._map_segments(event.result["segments"], fds)
+            sock = await take_socket(stream)
+        except BaseException:
+            close_fds(fds)
+            await stream.aclose()
+            self._unmap()
+            raise
+        loop = asyncio.get_running_loop()
+        proto = _ClientProtocol(self)
+        try:
+            await loop.create_unix_connection(lambda: proto, sock=sock)
+        except BaseException:
+            sock.close()
+            self._unmap()
+            raise
+        self._proto = proto
+        log.debug("client.connected", name=self.name, address=self.address)
+
+    def _map_segments(self, segments: list[list[int]], fds: list[int]) -> None:
+        """Map the segments whose fds just arrived; the fds are closed either way."""
+        try:
+            if len(fds) != len(segments):
+                raise ProtocolError(
+                    f"expected {len(segments)} segment fds, received {len(fds)} "
+                    "(control data truncated or unasked-for fds)"
+                )
+            for (seg_id, size), fd in zip(segments, fds, strict=True):
+                if seg_id not in self._segments:
+                    self._segments[seg_id] = _Segment(fd, size)
+        finally:
+            close_fds(fds)
+
+    async def _segment(self, seg_id: int) -> _Segment:
+        """The mapped segment ``seg_id``, fetched on a side connection if it is new."""
+        seg = self._segments.get(seg_id)
+        if seg is not None:
+            return seg
+        async with self._attach_lock:
+            if seg_id not in self._segments:
+                await self._attach([seg_id])
+        try:
+            return self._segments[seg_id]
+        except KeyError:
+            raise ProtocolError(f"coordinator did not provide segment {seg_id}") from None
+
+    async def _attach(self, wanted: list[int]) -> None:
+        try:
+            stream = await anyio.connect_unix(self.address)
+        except OSError as exc:
+            raise ConnectionClosed(f"cannot reach {self.address}: {exc}") from exc
+        async with stream:
+            conn = Connection(Role.CLIENT)
+            req = Request(1, Op.ATTACH, {"token": self._token, "segments": wanted})
+            await send_frame(stream, conn.send(req))
+            event, fds = await receive_event(stream, conn, with_fds=True)
+            if isinstance(event, ErrorReply):
+                close_fds(fds)
+                raise error_from_code(event.code, event.message)
+            assert isinstance(event, Reply)
+            self._map_segments(event.result["segments"], fds)
+
+    def _unmap(self) -> None:
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Say goodbye and close. The coordinator frees the blocks this process still
+        owns and ends its leases. Pending calls raise :class:`ConnectionClosed`.
+        Idempotent."""
+        if self._closed or self._closing:
+            return
+        self._closing = True
+        proto = self._proto
+        try:
+            if proto is not None and not proto.lost:
+                with anyio.move_on_after(1.0, shield=True):
+                    with contextlib.suppress(BlockIPCError):
+                        await self._call(Op.BYE, {})
+        finally:
+            self._shutdown(ConnectionClosed(f"client {self.name!r} is closed"))
+            if proto is not None and proto.transport is not None:
+                proto.transport.close()
+            log.debug("client.closed", name=self.name)
+
+    close = aclose
+
+    @property
+    def closed(self) -> bool:
+        """True once the client is closed or its coordinator went away."""
+        return self._closed
+
+    def _shutdown(self, error: BlockIPCError) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._error = error
+        pending, self._pending = self._pending, {}
+        for fut, _orphan in pending.values():
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+                fut.exception()  # mark retrieved: the awaiting task may be gone
+        self._unmap()
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        if not self._closed:
+            log.warning("client.connection_lost", name=self.name, error=repr(exc))
+        self._shutdown(ConnectionClosed(f"connection to the coordinator at {self.address} lost"))
+
+    def _on_data(self, data: memoryview) -> None:
+        try:
+            self._conn.receive_data(data)
+            while True:
+                event = self._conn.next_event()
+                if isinstance(event, NeedData):
+                    return
+                assert not isinstance(event, Request)
+                self._dispatch(event)
+        except ProtocolError as exc:
+            log.error("protocol.error", name=self.name, error=str(exc))
+            self._shutdown(exc)
+            if self._proto is not None and self._proto.transport is not None:
+                self._proto.transport.abort()
+
+    def _dispatch(self, event: Reply | ErrorReply) -> None:
+        fut, orphan = self._pending.pop(event.req_id, (None, None))
+        if fut is None or fut.done():
+            if orphan is not None and isinstance(event, Reply):
+                orphan(event)
+            return
+        if isinstance(event, ErrorReply):
+            fut.set_exception(error_from_code(event.code, event.message))
+        else:
+            fut.set_result(event)
+
+    async def _call(
+        self, op: Op, args: dict[str, Any], data: bytes = b"", orphan: _Orphan | None = None
+    ) -> Reply:
+        if self._closed or self._proto is None:
+            raise self._error or ConnectionClosed("client is not connected")
+        proto = self._proto
+        req_id = next(self._ids)
+        frame = self._conn.send(Request(req_id, op, args, data))
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = (fut, orphan)
+        assert proto.transport is not None
+        proto.transport.write(frame)
+        try:
+            if not proto._can_write.is_set():
+                await proto.drain()
+            return await fut
+        except asyncio.CancelledError:
+            if req_id in self._pending and op in _WAITING_OPS and not self._closed:
+                self._send_nowait(Op.CANCEL, {"target": req_id})
+            raise
+
+    def _send_nowait(self, op: Op, args: dict[str, Any]) -> None:
+        """Fire a request whose reply nobody awaits."""
+        if self._closed or self._proto is None or self._proto.transport is None:
+            return
+        req_id = next(self._ids)
+        frame = self._conn.send(Request(req_id, op, args))
+        self._pending[req_id] = (None, None)
+        self._proto.transport.write(frame)
+
+    # -- blocks ------------------------------------------------------------------
+    async def alloc(self, size: int) -> Block:
+        """Allocate a block of ``size`` bytes (capacity: the next power of two).
+
+        >>> block = await client.alloc(1_000_000)   # doctest: +SKIP
+        """
+        if type(size) is not int:
+            raise TypeError(f"size must be an int, not {type(size).__name__}")
+        if size <= 0:
+            raise InvalidRequest(f"block size must be positive, not {size}")
+        if size > _MAX_INT:
+            raise PoolExhausted(f"a block of {size} bytes is larger than any pool can hold")
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator allocated
+            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+        reply = await self._call(Op.ALLOC, {"size": size}, orphan=orphan)
+        r = reply.result
+        self._sizes[r["block"]] = r["size"]
+        return Block(r["block"], r["size"], r["capacity"], self.name)
+
+    async def free(self, block: BlockLike) -> None:
+        """Give ``block`` back to the pool; its id is never valid again."""
+        bid = _block_id(block)
+        await self._call(Op.FREE, {"block": bid})
+        self._sizes.pop(bid, None)
+
+    async def write(
+        self, block: BlockLike, data: bytes | bytearray | memoryview, offset: int = 0
+    ) -> int:
+        """Write ``data`` into ``block`` at ``offset``; returns the bytes written."""
+        bid = _block_id(block)
+        _check_offset(offset)
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        if n <= self._max_inline:
+            reply = await self._call(Op.WRITE, {"block": bid, "offset": offset}, bytes(view))
+            written: int = reply.result["written"]
+            return written
+        async with self.lease(bid, "w") as dst:
+            if offset + n > len(dst):
+                raise OutOfBounds(
+                    f"offset {offset} + size {n} is outside block {bid} of size {len(dst)}"
+                )
+            dst[offset : offset + n] = view
+        return n
+
+    async def read(self, block: BlockLike, offset: int = 0, size: int | None = None) -> bytes:
+        """Read ``size`` bytes of ``block`` from ``offset`` (to the end by default)."""
+        bid = _block_id(block)
+        _check_offset(offset)
+        if size is None:
+            known = block.size if isinstance(block, Block) else self._sizes.get(bid)
+            if known is None:
+                raise InvalidRequest(f"pass size= to read block {bid}: its size is not known here")
+            size = known - offset
+            if size < 0:
+                raise OutOfBounds(f"offset {offset} is outside block {bid} of size {known}")
+        _check_offset(size, "size")
+        if size <= self._max_inline:
+            reply = await self._call(Op.READ, {"block": bid, "offset": offset, "size": size})
+            return reply.data
+        async with self.lease(bid, "r") as src:
+            if offset + size > len(src):
+                raise OutOfBounds(
+                    f"offset {offset} + size {size} is outside block {bid} of size {len(src)}"
+                )
+            return bytes(src[offset : offset + size])
+
+    def lease(self, block: BlockLike, mode: Literal["r", "w"] = "r") -> Lease:
+        """Zero-copy access to ``block``'s bytes while the lease is held.
+
+        ``"r"`` leases are shared, a ``"w"`` lease is exclusive; both are awaited when
+        contended. The view is ``block.size`` bytes long and is released when the lease
+        ends, so a stale view raises instead of touching memory that may be reused::
+
+            async with client.lease(block, "w") as view:
+                view[:5] = b"HELLO"
+        """
+        bid = _block_id(block)
+        if mode not in ("r", "w"):
+            raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
+        return Lease(self, bid, mode)
+
+    # -- messages ----------------------------------------------------------------
+    async def send(
+        self, block: BlockLike, to: str, *, header: dict[str, Any] | None = None
+    ) -> None:
+        """Hand ``block`` to the process registered as ``to``: ownership moves at once
+        (zero-copy), and the receiver gets it from :meth:`recv`. Raises
+        :class:`PeerUnreachable` when nobody has that name."""
+        bid = _block_id(block)
+        _check_name(to, "receiver name")
+        hdr = {} if header is None else header
+        if not isinstance(hdr, dict):
+            raise InvalidRequest("header must be a dict")
+        try:
+            packed = msgpack.packb(hdr, use_bin_type=True)
+            msgpack.unpackb(packed, raw=False, strict_map_key=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRequest(f"header cannot be sent: {exc}") from exc
+        if len(packed) > MAX_HEADER:
+            raise InvalidRequest(
+                f"header is {len(packed)} bytes encoded; the limit is {MAX_HEADER}"
+            )
+        await self._call(Op.SEND, {"block": bid, "to": to, "header": hdr})
+        self._sizes.pop(bid, None)
+
+    async def recv(self) -> Message:
+        """Wait for the next block sent to this process; it is this process's now."""
+        if self._inbox:
+            return self._inbox.popleft()
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator delivered
+            self._inbox.append(self._message(reply))
+
+        reply = await self._call(Op.RECV, {}, orphan=orphan)
+        return self._message(reply)
+
+    def _message(self, reply: Reply) -> Message:
+        r = reply.result
+        self._sizes[r["block"]] = r["size"]
+        block = Block(r["block"], r["size"], r["capacity"], self.name)
+        return Message(block, r["sender"], r["header"])
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """``async for msg in client.messages():`` until this client is closed."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosed:
+                if self._closing:
+                    return
+                raise
+
+    # -- introspection -----------------------------------------------------------
+    async def stats(self) -> Stats:
+        """The coordinator's pool and admin space, now."""
+        r = dict((await self._call(Op.STATS, {})).result)
+        r["processes"] = tuple(r["processes"])
+        return Stats(**r)
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if self._proto is not None and not self._closed:
+            _warn(f"unclosed blockipc client {self.name!r}", ResourceWarning, source=self)
+
+
+class Lease:
+    """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`)."""
+
+    def __init__(self, client: Client, block: int, mode: Literal["r", "w"]) -> None:
+        self._client = client
+        self.block = block
+        self.mode = mode
+        self._lease_id: int | None = None
+        self._view: memoryview | None = None
+
+    async def __aenter__(self) -> memoryview:
+        if self._lease_id is not None:
+            raise BlockIPCError("this lease is already held")
+        client = self._client
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator granted it
+            client._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
+
+        reply = await client._call(
+            Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=orphan
+        )
+        r = reply.result
+        self._lease_id = r["lease"]
+        try:
+            seg = await client._segment(r["segment"])
+            view = seg.buffer[r["offset"] : r["offset"] + r["size"]]
+        except BaseException:
+            await self._release()
+            raise
+        self._view = view if self.mode == "w" else view.toreadonly()
+        if self.mode != "w":
+            view.release()
+        return self._view
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+            except BufferError:
+                log.warning("lease.view_exported", block=self.block)
+            self._view = None
+        lease_id, self._lease_id = self._lease_id, None
+        if lease_id is None:
+            return
+        with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
+            await self._client._call(Op.RELEASE, {"lease": lease_id})
+
+
+class _Connect:
+    """What :func:`connect` returns: ``await`` it or use it with ``async with``."""
+
+    def __init__(self, address: str, name: str) -> None:
+        self._client = Client(address, name)
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._open().__await__()
+
+    async def _open(self) -> Client:
+        await self._client._open()
+        return self._client
+
+    async def __aenter__(self) -> Client:
+        return await self._open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._client.aclose()
+
+
+def connect(address: str | os.PathLike[str], name: str) -> _Connect:
+    """Connect to the coordinator at ``address`` and register as ``name``.
+
+    >>> async with blockipc.connect(coord.address, name="producer") as client:  # doctest: +SKIP
+    ...     block = await client.alloc(4096)
+    >>> client = await blockipc.connect(coord.address, name="consumer")  # doctest: +SKIP
+    >>> await client.close()  # doctest: +SKIP
+
+    A name held by a live connection raises :class:`BlockIPCError`.
+    """
+    _check_name(name, "process name")
+    return _Connect(os.fspath(address), name)

@@ -1,0 +1,129 @@
+"""The one error hierarchy of blockipc.
+
+Every error a user can see derives from :class:`BlockIPCError`. Errors that the
+coordinator reports travel on the wire as a small integer code (``ErrorCode``) and
+are turned back into the same class in the client, so ``except blockipc.AccessDenied``
+works whether the check failed locally or in the coordinator.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AccessDenied",
+    "BlockIPCError",
+    "BlockNotFound",
+    "CodecError",
+    "ConnectionClosed",
+    "ErrorCode",
+    "InvalidRequest",
+    "OutOfBounds",
+    "PeerUnreachable",
+    "PoolExhausted",
+    "ProtocolError",
+    "error_from_code",
+]
+
+
+class BlockIPCError(Exception):
+    """Raised when anything in blockipc fails; the base of every blockipc error."""
+
+    code: int = 1
+
+
+class PoolExhausted(BlockIPCError, MemoryError):
+    """Raised when the pool has no free block large enough and may not grow further,
+    when the machine cannot back a new segment with memory, or when a request is
+    larger than the pool could ever hold."""
+
+    code = 2
+
+
+class BlockNotFound(BlockIPCError, LookupError):
+    """Raised when a block id (or name) is unknown: never allocated, or already freed."""
+
+    code = 3
+
+
+class AccessDenied(BlockIPCError, PermissionError):
+    """Raised when the routing table does not give the caller the right it asked for:
+    another process's block, or a block busy under a lease the operation conflicts with."""
+
+    code = 4
+
+
+class OutOfBounds(BlockIPCError, IndexError):
+    """Raised when an offset or size falls outside the block's ``size``."""
+
+    code = 5
+
+
+class ConnectionClosed(BlockIPCError, ConnectionError):
+    """Raised when the client is closed, or its coordinator went away, while or before
+    a call was made."""
+
+    code = 6
+
+
+class ProtocolError(BlockIPCError):
+    """Raised when a peer sends a frame that breaks the wire protocol: malformed,
+    too large, of an unknown version or out of sequence."""
+
+    code = 7
+
+
+class PeerUnreachable(BlockIPCError):
+    """Raised when a send names a process (or node) that nobody has registered."""
+
+    code = 8
+
+
+class InvalidRequest(BlockIPCError, ValueError):
+    """Raised when an argument is invalid whatever the pool's state: a size of zero
+    or less, an unknown lease mode, a name that is empty or too long."""
+
+    code = 9
+
+
+class CodecError(BlockIPCError, ValueError):
+    """Raised when a codec cannot encode an object, or a block's bytes do not parse."""
+
+    code = 10
+
+
+class ErrorCode(enum.IntEnum):
+    """Wire codes of the errors a coordinator reports."""
+
+    INTERNAL = BlockIPCError.code
+    POOL_EXHAUSTED = PoolExhausted.code
+    BLOCK_NOT_FOUND = BlockNotFound.code
+    ACCESS_DENIED = AccessDenied.code
+    OUT_OF_BOUNDS = OutOfBounds.code
+    CONNECTION_CLOSED = ConnectionClosed.code
+    PROTOCOL_ERROR = ProtocolError.code
+    PEER_UNREACHABLE = PeerUnreachable.code
+    INVALID_REQUEST = InvalidRequest.code
+    CODEC_ERROR = CodecError.code
+
+
+_BY_CODE: dict[int, type[BlockIPCError]] = {
+    cls.code: cls
+    for cls in (
+        BlockIPCError,
+        PoolExhausted,
+        BlockNotFound,
+        AccessDenied,
+        OutOfBounds,
+        ConnectionClosed,
+        ProtocolError,
+        PeerUnreachable,
+        InvalidRequest,
+        CodecError,
+    )
+}
+
+
+def error_from_code(code: int, message: str) -> BlockIPCError:
+    """Return the exception for a wire error code; unknown codes become ``BlockIPCError``."""
+    return _BY_CODE.get(code, BlockIPCError)(message)

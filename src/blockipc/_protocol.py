@@ -1,0 +1,434 @@
+"""The wire protocol between clients and a coordinator, sans-IO.
+
+Theory of operation
+-------------------
+This module turns bytes into events and events into bytes; it never touches a
+socket, a loop or a file descriptor (a test imports it with those modules blocked).
+Both ends use the same :class:`Connection` class, in the ``CLIENT`` or ``SERVER``
+role, the way h11 does for HTTP.
+
+A frame is a fixed little-endian header followed by two parts::
+
+    u32 body_len | u8 kind | u8 op | u32 req_id | u32 meta_len | meta | data
+                 '---------------- body_len bytes ------------------------'
+
+``meta`` is a msgpack map whose keys and value types are fixed per (kind, op) in the
+``_SCHEMAS`` table and checked field by field on receipt: missing, unknown or
+ill-typed fields are protocol errors. ``data`` is raw bytes, allowed only where the
+table says so (a WRITE request, a READ reply). There is no pickle on the wire.
+
+Every request carries a client-chosen id and gets exactly one reply (a ``Reply`` or an
+``ErrorReply``) with the same id, so requests pipeline and replies come back in
+whatever order they complete. A ``CANCEL`` request asks the server to drop a request
+that is waiting (for a contended lease, for an inbox message); the dropped request is
+answered with an ``ErrorReply`` of code ``CANCELLED``, and ``CANCEL`` itself too gets a
+reply, so the rule "one reply per request" has no exception.
+
+States: a connection starts in ``HANDSHAKE``, where only ``HELLO`` (register a
+process) or ``ATTACH`` (a short side connection that fetches segment file descriptors)
+may be sent. A successful ``HELLO`` reply moves both sides to ``READY``; an ``ATTACH``
+reply, an error reply during the handshake, or a ``BYE`` reply moves them to
+``CLOSED``. Any violation puts the side that saw it in ``ERROR``, and every later call
+on it raises the same :class:`ProtocolError`. Incomplete input is bounded by
+``max_frame_size``.
+"""
+
+from __future__ import annotations
+
+import enum
+import reprlib
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+
+from ._exceptions import ProtocolError
+
+__all__ = [
+    "CANCELLED",
+    "HEADER",
+    "MAX_FRAME_SIZE",
+    "NEED_DATA",
+    "NeedData",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "ErrorReply",
+    "Event",
+    "Kind",
+    "Op",
+    "Reply",
+    "Request",
+    "Role",
+    "State",
+]
+
+PROTOCOL_VERSION: Final = 1
+HEADER: Final = struct.Struct("<IBBII")
+_BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
+MAX_FRAME_SIZE: Final = (1 << 20) + 65536
+_MAX_INT: Final = (1 << 63) - 1
+_MAX_STR: Final = 1024
+_MAX_TOKEN: Final = 64
+_MAX_LIST: Final = 4096
+
+CANCELLED: Final = 0
+"""Error code of a request dropped by a ``CANCEL``; never raised to users as such."""
+
+
+class Kind(enum.IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+
+
+class Op(enum.IntEnum):
+    HELLO = 1
+    ATTACH = 2
+    ALLOC = 3
+    FREE = 4
+    WRITE = 5
+    READ = 6
+    LEASE = 7
+    RELEASE = 8
+    SEND = 9
+    RECV = 10
+    STATS = 11
+    CANCEL = 12
+    BYE = 13
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    READY = "ready"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    req_id: int
+    op: Op
+    args: dict[str, Any] = field(default_factory=dict)
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    req_id: int
+    op: Op
+    result: dict[str, Any] = field(default_factory=dict)
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    req_id: int
+    op: Op
+    code: int
+    message: str
+
+
+Event = Request | Reply | ErrorReply
+
+# Field types of the schema language: python types, or tags for lists.
+_SEGLIST: Final = "seglist"  # list of [segment id, size] pairs
+_STRLIST: Final = "strlist"
+_INTLIST: Final = "intlist"
+_Schema = dict[str, Any]
+
+_STATS_FIELDS: Final[_Schema] = {
+    "pool_size": int,
+    "max_pool_size": int,
+    "free_bytes": int,
+    "used_bytes": int,
+    "blocks": int,
+    "segments": int,
+    "processes": _STRLIST,
+    "leases": int,
+    "cache_hits": int,
+    "cache_misses": int,
+    "cache_evictions": int,
+}
+_BLOCK_FIELDS: Final[_Schema] = {
+    "block": int,
+    "size": int,
+    "capacity": int,
+    "segment": int,
+    "offset": int,
+}
+
+# (kind, op) -> (schema of meta, data allowed)
+_SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
+    (Kind.REQUEST, Op.HELLO): ({"version": int, "name": str, "pid": int}, False),
+    (Kind.REPLY, Op.HELLO): (
+        {
+            "version": int,
+            "token": bytes,
+            "min_block": int,
+            "max_inline": int,
+            "segments": _SEGLIST,
+        },
+        False,
+    ),
+    (Kind.REQUEST, Op.ATTACH): ({"token": bytes, "segments": _INTLIST}, False),
+    (Kind.REPLY, Op.ATTACH): ({"segments": _SEGLIST}, False),
+    (Kind.REQUEST, Op.ALLOC): ({"size": int}, False),
+    (Kind.REPLY, Op.ALLOC): (_BLOCK_FIELDS, False),
+    (Kind.REQUEST, Op.FREE): ({"block": int}, False),
+    (Kind.REPLY, Op.FREE): ({}, False),
+    (Kind.REQUEST, Op.WRITE): ({"block": int, "offset": int}, True),
+    (Kind.REPLY, Op.WRITE): ({"written": int}, False),
+    (Kind.REQUEST, Op.READ): ({"block": int, "offset": int, "size": int}, False),
+    (Kind.REPLY, Op.READ): ({}, True),
+    (Kind.REQUEST, Op.LEASE): ({"block": int, "mode": str}, False),
+    (Kind.REPLY, Op.LEASE): ({"lease": int, **_BLOCK_FIELDS}, False),
+    (Kind.REQUEST, Op.RELEASE): ({"lease": int}, False),
+    (Kind.REPLY, Op.RELEASE): ({}, False),
+    (Kind.REQUEST, Op.SEND): ({"block": int, "to": str, "header": dict}, False),
+    (Kind.REPLY, Op.SEND): ({}, False),
+    (Kind.REQUEST, Op.RECV): ({}, False),
+    (Kind.REPLY, Op.RECV): ({**_BLOCK_FIELDS, "sender": str, "header": dict}, False),
+    (Kind.REQUEST, Op.STATS): ({}, False),
+    (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
+    (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),
+    (Kind.REPLY, Op.CANCEL): ({}, False),
+    (Kind.REQUEST, Op.BYE): ({}, False),
+    (Kind.REPLY, Op.BYE): ({}, False),
+}
+_ERROR_SCHEMA: Final[_Schema] = {"code": int, "message": str}
+_HANDSHAKE_OPS: Final = frozenset({Op.HELLO, Op.ATTACH})
+
+
+def _check_value(name: str, value: Any, kind: Any) -> None:
+    ok: bool
+    if kind is int:
+        ok = type(value) is int and 0 <= value <= _MAX_INT
+    elif kind is str:
+        ok = type(value) is str and len(value) <= _MAX_STR
+    elif kind is bytes:
+        ok = type(value) is bytes and len(value) <= _MAX_TOKEN
+    elif kind is dict:
+        ok = type(value) is dict and all(type(k) is str for k in value)
+    elif kind == _STRLIST:
+        ok = (
+            type(value) is list
+            and len(value) <= _MAX_LIST
+            and all(type(v) is str and len(v) <= _MAX_STR for v in value)
+        )
+    elif kind == _INTLIST:
+        ok = (
+            type(value) is list
+            and len(value) <= _MAX_LIST
+            and all(type(v) is int and 0 <= v <= _MAX_INT for v in value)
+        )
+    else:  # _SEGLIST
+        ok = (
+            type(value) is list
+            and len(value) <= _MAX_LIST
+            and all(
+                type(v) is list
+                and len(v) == 2
+                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v)
+                for v in value
+            )
+        )
+    if not ok:
+        # reprlib bounds depth and length: a plain repr() of a deeply nested msgpack value
+        # raises RecursionError instead of this ProtocolError.
+        raise ProtocolError(f"field {name!r} has an invalid value: {reprlib.repr(value)}")
+
+
+def _validate(meta: Any, schema: _Schema, where: str) -> dict[str, Any]:
+    if type(meta) is not dict:
+        raise ProtocolError(f"{where}: meta is not a map")
+    if meta.keys() != schema.keys():
+        missing = sorted(schema.keys() - meta.keys())
+        unknown = sorted(str(k) for k in meta.keys() - schema.keys())
+        raise ProtocolError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+    for name, kind in schema.items():
+        _check_value(name, meta[name], kind)
+    return meta
+
+
+class Connection:
+    """One side of a blockipc connection: bytes in, events out; events in, bytes out.
+
+    >>> client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    >>> hello = Request(1, Op.HELLO, {"version": 1, "name": "a", "pid": 7})
+    >>> server.receive_data(client.send(hello))
+    >>> server.next_event()
+    Request(req_id=1, op=<Op.HELLO: 1>, args={'version': 1, 'name': 'a', 'pid': 7}, data=b'')
+    """
+
+    def __init__(self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.role = role
+        self.max_frame_size = max_frame_size
+        self.state = State.HANDSHAKE
+        self.error: ProtocolError | None = None
+        self._buffer = bytearray()
+        # Requests sent (client) or received (server) that have no reply yet.
+        self._in_flight: dict[int, Op] = {}
+        self._inbound = Kind.REPLY if role is Role.CLIENT else Kind.REQUEST
+
+    # -- receiving ---------------------------------------------------------------
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes read from the peer. ``b""`` means the peer closed."""
+        self._check_usable()
+        if not data:
+            if self.state is not State.CLOSED and (self._buffer or self._in_flight):
+                self._fail("peer closed the connection mid-frame or with requests in flight")
+            self.state = State.CLOSED
+            return
+        self._buffer += data
+
+    def next_event(self) -> Event | NeedData:
+        """Return the next complete event, or ``NEED_DATA``."""
+        self._check_usable()
+        buf = self._buffer
+        if len(buf) < HEADER.size:
+            return NEED_DATA
+        body_len, kind_v, op_v, req_id, meta_len = HEADER.unpack_from(buf)
+        frame_len = body_len + 4
+        if frame_len > self.max_frame_size:
+            self._fail(f"frame of {frame_len} bytes exceeds max_frame_size {self.max_frame_size}")
+        if body_len < _BODY_FIXED or meta_len > body_len - _BODY_FIXED:
+            self._fail(f"inconsistent frame lengths (body {body_len}, meta {meta_len})")
+        if len(buf) < frame_len:
+            return NEED_DATA
+        try:
+            kind, op = Kind(kind_v), Op(op_v)
+        except ValueError:
+            self._fail(f"unknown frame kind {kind_v} or op {op_v}")
+        meta_end = HEADER.size + meta_len
+        try:
+            meta = msgpack.unpackb(
+                buf[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
+            )
+        except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
+            self._fail(f"meta is not valid msgpack: {exc}")
+        data = bytes(buf[meta_end:frame_len])
+        del buf[:frame_len]
+        try:
+            event = self._parse(kind, op, req_id, meta, data)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+        self._on_received(event)
+        return event
+
+    def _parse(self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes) -> Event:
+        where = f"{kind.name} {op.name} #{req_id}"
+        if kind is Kind.ERROR:
+            if data:
+                raise ProtocolError(f"{where}: unexpected data")
+            fields = _validate(meta, _ERROR_SCHEMA, where)
+            return ErrorReply(req_id, op, fields["code"], fields["message"])
+        schema, data_ok = _SCHEMAS[(kind, op)]
+        if data and not data_ok:
+            raise ProtocolError(f"{where}: unexpected data")
+        fields = _validate(meta, schema, where)
+        if kind is Kind.REQUEST:
+            return Request(req_id, op, fields, data)
+        return Reply(req_id, op, fields, data)
+
+    def _on_received(self, event: Event) -> None:
+        if isinstance(event, Request):
+            if self.role is not Role.SERVER:
+                self._fail("a client received a request")
+            self._check_request_allowed(event.op)
+            if event.req_id in self._in_flight:
+                self._fail(f"request id {event.req_id} is already in flight")
+            self._in_flight[event.req_id] = event.op
+        else:
+            if self.role is not Role.CLIENT:
+                self._fail("a server received a reply")
+            op = self._in_flight.pop(event.req_id, None)
+            if op is not event.op:
+                self._fail(f"reply #{event.req_id} ({event.op.name}) answers no request in flight")
+            self._after_reply(event)
+
+    # -- sending -----------------------------------------------------------------
+    def send(self, event: Event) -> bytes:
+        """Return the bytes that carry ``event`` to the peer."""
+        self._check_usable()
+        if isinstance(event, Request):
+            if self.role is not Role.CLIENT:
+                self._fail("only a client sends requests")
+            self._check_request_allowed(event.op)
+            if event.req_id in self._in_flight:
+                self._fail(f"request id {event.req_id} is already in flight")
+            kind, meta, data = Kind.REQUEST, event.args, event.data
+        else:
+            if self.role is not Role.SERVER:
+                self._fail("only a server sends replies")
+            if self._in_flight.get(event.req_id) is not event.op:
+                self._fail(f"reply #{event.req_id} answers no request in flight")
+            if isinstance(event, Reply):
+                kind, meta, data = Kind.REPLY, event.result, event.data
+            else:
+                kind = Kind.ERROR
+                meta, data = {"code": event.code, "message": event.message}, b""
+        if not 0 <= event.req_id <= 0xFFFFFFFF:
+            self._fail(f"request id {event.req_id} out of range")
+        packed = msgpack.packb(meta, use_bin_type=True)
+        body_len = _BODY_FIXED + len(packed) + len(data)
+        if body_len + 4 > self.max_frame_size:
+            self._fail(f"frame of {body_len + 4} bytes exceeds max_frame_size")
+        frame = b"".join(
+            (HEADER.pack(body_len, kind, event.op, event.req_id, len(packed)), packed, data)
+        )
+        if isinstance(event, Request):
+            self._in_flight[event.req_id] = event.op
+        else:
+            del self._in_flight[event.req_id]
+            self._after_reply(event)
+        return frame
+
+    # -- state -------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Number of requests that have no reply yet."""
+        return len(self._in_flight)
+
+    def _check_request_allowed(self, op: Op) -> None:
+        if self.state is State.HANDSHAKE:
+            if op not in _HANDSHAKE_OPS or self._in_flight:
+                self._fail(f"{op.name} is not allowed during the handshake")
+        elif self.state is State.READY:
+            if op in _HANDSHAKE_OPS:
+                self._fail(f"{op.name} is only allowed during the handshake")
+        else:
+            self._fail(f"{op.name} request on a {self.state.value} connection")
+
+    def _after_reply(self, event: Reply | ErrorReply) -> None:
+        if self.state is State.HANDSHAKE:
+            if isinstance(event, Reply) and event.op is Op.HELLO:
+                self.state = State.READY
+            else:
+                self.state = State.CLOSED
+        elif event.op is Op.BYE:
+            self.state = State.CLOSED
+
+    def _check_usable(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _fail(self, message: str) -> Any:
+        self.state = State.ERROR
+        self.error = ProtocolError(message)
+        raise self.error
