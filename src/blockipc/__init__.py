@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from . import testing as testing
+from ._cli import configure_logging as configure_logging
 from ._client import Client as Client
 from ._client import Lease as Lease
 from ._client import connect as connect
@@ -39,6 +40,7 @@ __all__ = (
     "Client",
     "Lease",
     "run",
+    "configure_logging",
     # values
     "Block",
     "BlockLike",

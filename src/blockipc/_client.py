@@ -46,6 +46,7 @@ from ._exceptions import (
 )
 from ._handshake import close_fds, receive_event, send_frame, take_socket
 from ._protocol import (
+    MAX_HEADER,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -64,7 +65,6 @@ log = structlog.get_logger("blockipc.client")
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
-MAX_HEADER: Final = 16 * 1024
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_NAME: Final = 255
 _WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV})

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, cast
 
 import anyio
+import msgpack
 import structlog
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup, UNIXSocketStream
 
@@ -50,6 +51,7 @@ from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, ta
 from ._pool import Pool
 from ._protocol import (
     CANCELLED,
+    MAX_HEADER,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -254,8 +256,11 @@ class Coordinator:
         try:
             with anyio.fail_after(HANDSHAKE_TIMEOUT):
                 event, _ = await receive_event(stream, conn)
-        except (TimeoutError, ProtocolError, ConnectionClosed) as exc:
-            log.warning("protocol.error", phase="handshake", pid=pid, error=str(exc))
+        except ConnectionClosed:
+            log.debug("client.closed_before_handshake", pid=pid)  # e.g. a stale-socket probe
+            return
+        except (TimeoutError, ProtocolError) as exc:
+            log.warning("protocol.error", phase="handshake", pid=pid, error=str(exc) or "timeout")
             return
         assert isinstance(event, Request)
         if event.op is Op.ATTACH:
@@ -450,7 +455,10 @@ class Coordinator:
     def _send(self, session: _Session, req: Request) -> None:
         rec = self._table.lookup(session.proc, req.args["block"])
         to = self._table.find_process(req.args["to"])
-        self._table.move(rec, session.proc, to, req.args["header"])
+        header = req.args["header"]
+        if len(msgpack.packb(header, use_bin_type=True)) > MAX_HEADER:
+            raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
+        self._table.move(rec, session.proc, to, header)
         session.reply(Reply(req.req_id, Op.SEND))
         receiver = self._session_of(to)
         if receiver is not None and receiver.recv_waits:
@@ -592,9 +600,13 @@ class _Session(asyncio.BufferedProtocol):
         self.closed.set()
 
     def reply(self, event: Event) -> None:
-        if self._transport is None or self._transport.is_closing():
+        if self._transport is None or self._transport.is_closing() or self.conn.error:
             return
-        self._out.append(self.conn.send(event))
+        try:
+            self._out.append(self.conn.send(event))
+        except ProtocolError as exc:  # a reply we cannot encode: a bug, contained to this client
+            self._protocol_error(exc)
+            return
         if not self._batching:
             self._flush()
 

@@ -35,6 +35,7 @@ import fcntl
 import mmap
 import os
 import re
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
@@ -73,6 +74,9 @@ _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*")
 # What a closed segment's ``buffer`` is: any use raises ValueError.
 _RELEASED = memoryview(b"")
 _RELEASED.release()
+
+# Before Python 3.13 an mmap always keeps a dup of its fd; from 3.13 it can be told not to.
+_MMAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 # errno values that mean "the machine cannot give this much memory".
 _NO_MEMORY = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EFBIG})
@@ -174,7 +178,9 @@ class Segment:
             fcntl.fcntl(
                 fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
             )
-            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            mapping = mmap.mmap(
+                fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, **_MMAP_OPTIONS
+            )
         except OSError as exc:
             os.close(fd)
             if exc.errno in _NO_MEMORY:

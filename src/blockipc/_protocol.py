@@ -48,6 +48,7 @@ from ._exceptions import ProtocolError
 __all__ = [
     "CANCELLED",
     "HEADER",
+    "MAX_HEADER",
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "NeedData",
@@ -67,6 +68,8 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("<IBBII")
 _BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
 MAX_FRAME_SIZE: Final = (1 << 20) + 65536
+MAX_HEADER: Final = 16 * 1024
+"""Largest message header (msgpack-encoded) a send may carry; checked by the coordinator."""
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_STR: Final = 1024
 _MAX_TOKEN: Final = 64

@@ -1,0 +1,110 @@
+"""The ``blockipc`` command line: ``serve``, ``stats`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+import structlog
+
+from ._client import connect
+from ._coordinator import Coordinator
+from ._exceptions import BlockIPCError
+from ._pool import parse_size
+from ._runtime import run
+
+__all__ = ["main"]
+
+log = structlog.get_logger("blockipc.cli")
+
+
+def configure_logging(level: str = "info") -> None:
+    """Print structlog events at ``level`` and above to stderr."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except BlockIPCError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockipc", description="asyncio inter-process communication over shared memory"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="structlog events printed to stderr (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run a standalone coordinator until SIGINT/SIGTERM")
+    serve.add_argument("--socket", required=True, help="Unix socket path clients connect to")
+    serve.add_argument("--pool-size", type=_size, default="256MiB", help="e.g. 256MiB (default)")
+    serve.add_argument("--max-pool-size", type=_size, default=None, help="grow up to this size")
+    serve.add_argument(
+        "--min-block", type=_size, default=4096, help="smallest block (power of two, page aligned)"
+    )
+
+    stats = sub.add_parser("stats", help="print a running coordinator's pool statistics")
+    stats.add_argument("--socket", required=True, help="the coordinator's socket path")
+    stats.add_argument("--name", default=f"stats-{os.getpid()}", help="process name to register")
+
+    sub.add_parser(
+        "bench",
+        help="benchmark against the alternatives (see benchmarks/README.md)",
+        add_help=False,
+    )
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    async with Coordinator(
+        args.socket, args.pool_size, args.max_pool_size, args.min_block
+    ) as coord:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("coordinator.signal", signal=signal.Signals(signum).name)
+                break
+        await coord.aclose()
+    return 0
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    async with connect(args.socket, name=args.name) as client:
+        stats = await client.stats()
+    for field in stats.__dataclass_fields__:
+        print(f"{field:16} {getattr(stats, field)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``blockipc`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from ._bench import main as bench_main
+
+        return bench_main(argv[1:])
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        if args.command == "serve":
+            return run(lambda: _serve(args))
+        return run(lambda: _stats(args))
+    except BlockIPCError as exc:
+        print(f"blockipc {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,128 @@
+"""Every example runs end to end, as a user would run it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _serving(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def test_demo_exchanges_blocks_and_verifies_checksums() -> None:
+    result = _run(str(EXAMPLES / "demo.py"), "--count", "6", "--sizes", "1,4096,1048576")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" ok") == 6
+    assert "0 bad checksums" in result.stdout
+    assert "pool after: 0 bytes used, 0 blocks" in result.stdout
+
+
+def test_producer_consumer_against_blockipc_serve(tmp_path: Path) -> None:
+    sock = tmp_path / "coord.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "blockipc", "serve", "--socket", str(sock), "--pool-size", "32MiB"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "coordinator did not start"
+            time.sleep(0.05)
+        consumer = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "consumer.py"), "--socket", str(sock), "--count", "4"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            producer = _run(
+                str(EXAMPLES / "producer.py"),
+                "--socket",
+                str(sock),
+                "--count",
+                "4",
+                "--sizes",
+                "100,2000000",
+            )
+            assert producer.returncode == 0, producer.stderr
+            out, _ = consumer.communicate(timeout=30)
+        finally:
+            consumer.kill()
+            consumer.wait()
+        assert consumer.returncode == 0, out
+        assert out.count(" ok") == 4
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=15)
+    assert server.returncode == 0, err
+    assert "coordinator.stopped" in err
+    assert not sock.exists(), "serve must remove its socket on SIGTERM"
+
+
+@pytest.mark.parametrize("script", ["producer.py", "consumer.py", "demo.py"])
+def test_example_help(script: str) -> None:
+    result = _run(str(EXAMPLES / script), "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["stats"], ["bench"]])
+def test_cli_help(command: list[str]) -> None:
+    result = _run("-m", "blockipc", *command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+def test_serve_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path: Path) -> None:
+    sock = tmp_path / "c.sock"
+    cmd = [sys.executable, "-m", "blockipc", "serve", "--socket", str(sock), "--pool-size", "4MiB"]
+    first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not sock.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        assert second.returncode == 1
+        assert "already serving" in second.stderr
+    finally:
+        first.kill()  # like a crash: the socket file stays behind
+        first.communicate()
+    assert sock.exists()
+    assert not _serving(sock)
+    third = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not _serving(sock):
+            assert third.poll() is None, third.communicate()
+            assert time.monotonic() < deadline, "coordinator did not replace the stale socket"
+            time.sleep(0.05)
+    finally:
+        third.send_signal(signal.SIGINT)
+        _, err = third.communicate(timeout=15)
+    assert "coordinator.stale_socket_removed" in err
+    assert third.returncode == 0, err
+    assert not sock.exists()
