@@ -266,7 +266,7 @@ class RoutingTable:
     def release(self, lease: Lease) -> list[Grant]:
         """End ``lease``; returns the leases this made possible, in FIFO order."""
         self._drop_lease(lease)
-        if lease.mode == "w":
+        if lease.mode == "w" and not lease.transient:  # a routed write bumps it itself
             lease.block.generation += 1
         if lease.block.id not in self.blocks:
             return []

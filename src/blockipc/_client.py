@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import itertools
 import mmap
 import os
@@ -45,6 +46,7 @@ from ._exceptions import (
     error_from_code,
 )
 from ._handshake import close_fds, receive_event, send_frame, take_socket
+from ._pool import parse_size
 from ._protocol import (
     MAX_HEADER,
     PROTOCOL_VERSION,
@@ -171,6 +173,7 @@ class Client:
         self._closing = False
         self._error: BlockIPCError | None = None
         self._attach_lock = anyio.Lock()
+        self._leases: set[Lease] = set()
 
     # -- connection --------------------------------------------------------------
     async def _open(self) -> None:
@@ -303,9 +306,18 @@ class Client:
         pending, self._pending = self._pending, {}
         for fut, _orphan in pending.values():
             if fut is not None and not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(self._closed_error())
                 fut.exception()  # mark retrieved: the awaiting task may be gone
+        for lease in list(self._leases):
+            lease._drop_view()  # the coordinator reclaims the lease: the view must not outlive it
         self._unmap()
+
+    def _closed_error(self) -> BlockIPCError:
+        # A fresh instance each time: one instance raised in many tasks (or again and
+        # again) would pile up all their tracebacks and chain unrelated contexts.
+        if self._error is None:
+            return ConnectionClosed("client is not connected")
+        return copy.copy(self._error)
 
     def _on_lost(self, exc: Exception | None) -> None:
         if not self._closed:
@@ -323,7 +335,7 @@ class Client:
                 self._dispatch(event)
         except ProtocolError as exc:
             log.error("protocol.error", name=self.name, error=str(exc))
-            self._shutdown(exc)
+            self._shutdown(ConnectionClosed(f"connection closed after a protocol error: {exc}"))
             if self._proto is not None and self._proto.transport is not None:
                 self._proto.transport.abort()
 
@@ -342,7 +354,7 @@ class Client:
         self, op: Op, args: dict[str, Any], data: bytes = b"", orphan: _Orphan | None = None
     ) -> Reply:
         if self._closed or self._proto is None:
-            raise self._error or ConnectionClosed("client is not connected")
+            raise self._closed_error()
         proto = self._proto
         req_id = next(self._ids)
         frame = self._conn.send(Request(req_id, op, args, data))
@@ -355,8 +367,16 @@ class Client:
                 await proto.drain()
             return await fut
         except asyncio.CancelledError:
-            if req_id in self._pending and op in _WAITING_OPS and not self._closed:
-                self._send_nowait(Op.CANCEL, {"target": req_id})
+            if fut.done() and not fut.cancelled():
+                # The reply arrived, but the task was cancelled before it resumed: treat
+                # it like a reply that arrives after the cancellation (free the block,
+                # release the lease, keep the message for the next recv).
+                if fut.exception() is None and orphan is not None:
+                    orphan(fut.result())
+            else:
+                fut.cancel()  # a reply that comes later goes to the orphan handler
+                if req_id in self._pending and op in _WAITING_OPS and not self._closed:
+                    self._send_nowait(Op.CANCEL, {"target": req_id})
             raise
 
     def _send_nowait(self, op: Op, args: dict[str, Any]) -> None:
@@ -369,13 +389,16 @@ class Client:
         self._proto.transport.write(frame)
 
     # -- blocks ------------------------------------------------------------------
-    async def alloc(self, size: int) -> Block:
+    async def alloc(self, size: int | str) -> Block:
         """Allocate a block of ``size`` bytes (capacity: the next power of two).
 
         >>> block = await client.alloc(1_000_000)   # doctest: +SKIP
+        >>> block = await client.alloc("4MiB")      # doctest: +SKIP
         """
+        if isinstance(size, str):
+            size = parse_size(size)
         if type(size) is not int:
-            raise TypeError(f"size must be an int, not {type(size).__name__}")
+            raise TypeError(f"size must be an int or a size string, not {type(size).__name__}")
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
         if size > _MAX_INT:
@@ -464,6 +487,8 @@ class Client:
         hdr = {} if header is None else header
         if not isinstance(hdr, dict):
             raise InvalidRequest("header must be a dict")
+        if not all(type(key) is str for key in hdr):  # the wire protocol requires it
+            raise InvalidRequest("header keys must be str")
         try:
             packed = msgpack.packb(hdr, use_bin_type=True)
             msgpack.unpackb(packed, raw=False, strict_map_key=True)
@@ -547,6 +572,7 @@ class Lease:
         self._view = view if self.mode == "w" else view.toreadonly()
         if self.mode != "w":
             view.release()
+        client._leases.add(self)
         return self._view
 
     async def __aexit__(
@@ -557,13 +583,17 @@ class Lease:
     ) -> None:
         await self._release()
 
-    async def _release(self) -> None:
+    def _drop_view(self) -> None:
+        self._client._leases.discard(self)
         if self._view is not None:
             try:
                 self._view.release()
             except BufferError:
                 log.warning("lease.view_exported", block=self.block)
             self._view = None
+
+    async def _release(self) -> None:
+        self._drop_view()
         lease_id, self._lease_id = self._lease_id, None
         if lease_id is None:
             return

@@ -35,7 +35,12 @@ from typing import Any, ClassVar, Self, cast
 import anyio
 import msgpack
 import structlog
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup, UNIXSocketStream
+from anyio.abc import (
+    SocketAttribute,
+    SocketListener,
+    SocketStream,
+    UNIXSocketStream,
+)
 
 from ._admin import BlockRecord, Grant, Lease, ProcessRecord, RoutingTable, Waiter
 from ._exceptions import (
@@ -112,7 +117,8 @@ class Coordinator:
         self._table = RoutingTable()
         self._tokens: dict[bytes, ProcessRecord] = {}
         self._sessions: dict[int, _Session] = {}  # process record key -> session
-        self._tg: TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stop = anyio.Event()
         self._private_dir: Path | None = None
         self._path: Path | None = None
         self._closed = anyio.Event()
@@ -153,9 +159,10 @@ class Coordinator:
         try:
             self._path = self._prepare_path()
             listener = await anyio.create_unix_listener(self._path, mode=0o600)
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            self._tg.start_soon(listener.serve, self._handle_stream)
+            # The connection tasks run in a task of their own, so that aclose() works
+            # from any task (a signal handler, a pytest fixture's teardown): an anyio
+            # task group can only be exited by the task that entered it.
+            self._runner = asyncio.create_task(self._run(listener))
         except BaseException:
             self._pool.close()
             self._remove_path()
@@ -166,6 +173,18 @@ class Coordinator:
             pool_size=self._pool.size,
             max_pool_size=self._pool.max_pool_size,
         )
+
+    async def _run(self, listener: SocketListener) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, self._handle_stream)
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            # Listener.serve never closes the listener: without this the listening
+            # socket stays open (a leaked fd, a ResourceWarning) after the close.
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`aclose` is called (from a signal handler, say)."""
@@ -181,9 +200,10 @@ class Coordinator:
         try:
             for session in list(self._sessions.values()):
                 session.abort()
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(None, None, None)
+            if self._runner is not None:
+                self._stop.set()
+                with anyio.CancelScope(shield=True):
+                    await self._runner
         finally:
             if self._pool is not None:
                 self._pool.close()
@@ -395,7 +415,10 @@ class Coordinator:
         else:
             size, mode = len(req.data), "w"
         self._table.check_bounds(rec, offset, size)
-        self._lease_or_wait(session, req, rec, mode, transient=True)
+        if rec.leases or rec.waiters:
+            self._lease_or_wait(session, req, rec, mode, transient=True)
+        else:  # uncontended, the common case: no lease bookkeeping needed
+            session.reply(self._perform(req, rec))
 
     def _lease(self, session: _Session, req: Request) -> None:
         rec = self._table.lookup(session.proc, req.args["block"])
@@ -417,17 +440,22 @@ class Coordinator:
         if req.op is Op.LEASE:
             session.reply(Reply(req.req_id, Op.LEASE, {"lease": lease.id, **_block_fields(rec)}))
             return []
-        offset = req.args["offset"]
-        view = self.pool.view(rec.segment, rec.offset + offset, req.args.get("size", len(req.data)))
-        if req.op is Op.WRITE:
-            view[:] = req.data
-            reply = Reply(req.req_id, Op.WRITE, {"written": len(req.data)})
-        else:
-            reply = Reply(req.req_id, Op.READ, {}, bytes(view))
-        view.release()
+        reply = self._perform(req, rec)
         grants = self._table.release(lease)
         session.reply(reply)
         return grants
+
+    def _perform(self, req: Request, rec: BlockRecord) -> Reply:
+        """Do a bounds-checked routed READ or WRITE on the pool's memory."""
+        start = rec.offset + req.args["offset"]
+        if req.op is Op.WRITE:
+            data = req.data
+            with self.pool.view(rec.segment, start, len(data)) as view:
+                view[:] = data
+            rec.generation += 1
+            return Reply(req.req_id, Op.WRITE, {"written": len(data)})
+        with self.pool.view(rec.segment, start, req.args["size"]) as view:
+            return Reply(req.req_id, Op.READ, {}, bytes(view))
 
     def _run_grants(self, grants: list[Grant]) -> None:
         work = deque(grants)

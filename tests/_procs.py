@@ -1,0 +1,264 @@
+"""Child processes for the integration tests, and the helper that runs them.
+
+Run as ``python tests/_procs.py ROLE ADDRESS ARGS...``. A child reports on stdout, one
+JSON object per line (``{"event": "ready", ...}``); its logs go to stderr so they never
+mix with what the test parses. The test side uses :func:`spawn`, which always kills
+the child and waits for it, whatever happens in the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+HERE = Path(__file__).resolve()
+SRC = HERE.parent.parent / "src"
+
+
+# -- the test side ---------------------------------------------------------------------
+class Child:
+    """A running child process whose stdout speaks JSON lines."""
+
+    def __init__(self, role: str, proc: asyncio.subprocess.Process) -> None:
+        self.role = role
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def event(self, timeout: float = 20.0) -> dict[str, Any]:
+        """The next JSON line the child prints."""
+        assert self.proc.stdout is not None
+        with anyio.fail_after(timeout):
+            line = await self.proc.stdout.readline()
+        if not line:
+            code = await self.proc.wait()
+            raise AssertionError(f"child {self.role} exited ({code}) without reporting")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def expect(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        event = await self.event(timeout)
+        assert event["event"] == name, event
+        return event
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the child to exit and close its pipes; returns the exit code."""
+        with anyio.fail_after(timeout):
+            await self.proc.communicate()  # reads stdout to EOF, which closes the pipe
+        code = self.proc.returncode
+        assert code is not None
+        return code
+
+    async def stop(self) -> None:
+        """Kill the child (if it still runs) and wait for it."""
+        with anyio.CancelScope(shield=True):
+            if self.proc.returncode is None:
+                self.kill()
+            await self.wait()
+
+
+@contextlib.asynccontextmanager
+async def spawn(role: str, *args: object) -> AsyncIterator[Child]:
+    """Start ``python tests/_procs.py ROLE ARGS...``; killed and waited for on exit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE),
+        role,
+        *map(str, args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    child = Child(role, proc)
+    try:
+        yield child
+    finally:
+        await child.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
+def payload(size: int, seed: int) -> bytes:
+    """Deterministic pseudo-random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the child side --------------------------------------------------------------------
+def report(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def _alloc_when_free(client: Any, size: int, deadline: float = 30.0) -> Any:
+    """Allocate, waiting while the pool is full (the consumer frees what it verified)."""
+    import blockipc
+
+    with anyio.fail_after(deadline):
+        while True:
+            try:
+                return await client.alloc(size)
+            except blockipc.PoolExhausted:
+                await anyio.sleep(0.005)
+
+
+async def producer(address: str, name: str, to: str, *sizes: str) -> None:
+    """Send one block per (size, method): written through a lease, or with write()."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        seed = 0
+        for size in map(int, sizes):
+            for method in ("lease", "write"):
+                seed += 1
+                data = payload(size, seed)
+                block = await _alloc_when_free(client, size)
+                if method == "lease":
+                    async with client.lease(block, "w") as view:
+                        assert len(view) == size
+                        view[:] = data
+                else:
+                    assert await client.write(block, data) == size
+                header = {"sha256": sha256(data), "method": method, "size": size}
+                await client.send(block, to=to, header=header)
+                report("sent", block=block.id, size=size, method=method)
+        report("done")
+        await anyio.sleep_forever()  # the test ends this process
+
+
+async def consumer(address: str, name: str, count: str) -> None:
+    """Receive ``count`` blocks, verify their checksums two ways, free them."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        for _ in range(int(count)):
+            msg = await client.recv()
+            expected = msg.header["sha256"]
+            async with client.lease(msg.block, "r") as view:
+                assert len(view) == msg.block.size
+                via_lease = sha256(view)
+            via_read = sha256(await client.read(msg.block))
+            await client.free(msg.block)
+            report(
+                "verified",
+                size=msg.block.size,
+                method=msg.header["method"],
+                sender=msg.sender,
+                ok=via_lease == expected and via_read == expected,
+            )
+        report("done")
+        await anyio.sleep_forever()
+
+
+async def holder(address: str, name: str) -> None:
+    """Hold several blocks and a write lease, then sleep until killed."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        blocks = [await client.alloc(size) for size in (100, 4096, 1 << 20, 3 << 20)]
+        for i, block in enumerate(blocks):
+            await client.write(block, bytes([i + 1]) * min(block.size, 1000))
+        async with client.lease(blocks[2], "w") as view:
+            view[:5] = b"HELLO"
+            async with client.lease(blocks[0], "r"):
+                report("ready", blocks=[b.id for b in blocks])
+                await anyio.sleep_forever()
+
+
+async def sender(address: str, name: str, to: str, size: str) -> None:
+    """Send one block to ``to``, report it, then sleep until killed."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        data = payload(int(size), 7)
+        block = await client.alloc(int(size))
+        await client.write(block, data)
+        await client.send(block, to=to, header={"sha256": sha256(data)})
+        report("sent", block=block.id)
+        await anyio.sleep_forever()
+
+
+async def reader(address: str, name: str) -> None:
+    """Receive blocks and report their checksum as seen through a read lease, and how
+    many segments this process had mapped before and after."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready", segments=len(client._segments))
+        while True:
+            msg = await client.recv()
+            before = len(client._segments)
+            async with client.lease(msg.block, "r") as view:
+                digest = sha256(view)
+            report(
+                "read",
+                block=msg.block.id,
+                sha256=digest,
+                segments_before=before,
+                segments_after=len(client._segments),
+            )
+            await client.free(msg.block)
+
+
+async def coordinator(path: str, pool_size: str) -> None:
+    """A standalone coordinator on ``path``."""
+    import blockipc
+
+    async with blockipc.Coordinator(path=path, pool_size=pool_size) as coord:
+        report("ready", address=coord.address)
+        await coord.serve_forever()
+
+
+ROLES = {
+    "producer": producer,
+    "consumer": consumer,
+    "holder": holder,
+    "sender": sender,
+    "reader": reader,
+    "coordinator": coordinator,
+}
+
+
+def main() -> None:
+    import structlog
+
+    import blockipc
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    role, *args = sys.argv[1:]
+    blockipc.run(lambda: ROLES[role](*args))
+
+
+if __name__ == "__main__":
+    main()

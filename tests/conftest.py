@@ -1,0 +1,94 @@
+"""Shared fixtures: both event loops, an isolated coordinator, leak checks.
+
+Every async test runs twice, on asyncio's default loop and on uvloop, through
+pytest-asyncio's ``pytest_asyncio_loop_factories`` hook (overriding the
+``event_loop_policy`` fixture is deprecated in pytest-asyncio 1.x, and event loop
+policies themselves are deprecated from Python 3.14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+
+import pytest
+import uvloop
+
+import blockipc
+from _procs import wait_until
+from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files
+
+LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return LOOP_FACTORIES
+
+
+# -- leak checks -------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def _dev_shm_unchanged() -> Iterator[None]:
+    """blockipc never leaves (or makes) anything in /dev/shm, whoever crashes."""
+    # libuv opens a process-wide pipe (for signal handling) with its first loop and
+    # keeps it: open it now, so the per-test fd check does not count it.
+    uvloop.new_event_loop().close()
+    before = shm_files()
+    yield
+    after = shm_files()
+    assert after == before, f"/dev/shm changed: +{sorted(after - before)} -{sorted(before - after)}"
+
+
+def _open_fds() -> dict[int, str]:
+    fds: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the fd listdir itself used
+            continue
+    return fds
+
+
+# What an event loop may keep open between tests (its selector, wake-up pipes and
+# signal fds) even though blockipc is not involved. A memfd, a Unix socket to a
+# coordinator or a pipe to a child process is never in this set.
+_LOOP_FD_KINDS = ("anon_inode:[eventpoll]", "anon_inode:[eventfd]", "anon_inode:[signalfd]")
+
+
+@pytest.fixture(autouse=True)
+def _no_fd_leak() -> Iterator[None]:
+    """The test process holds no more fds after a test than before it."""
+    gc.collect()
+    before = _open_fds()
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        gc.collect()
+        leaked = {
+            fd: target
+            for fd, target in _open_fds().items()
+            if before.get(fd) != target and target not in _LOOP_FD_KINDS
+        }
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not leaked, f"file descriptors leaked by this test: {leaked}"
+
+
+# -- coordinator -------------------------------------------------------------------
+@pytest.fixture
+async def coord() -> AsyncIterator[blockipc.Coordinator]:
+    """An embedded 64 MiB coordinator; at teardown, once every client is gone, the pool
+    must be exactly as it started. (pytest-asyncio runs setup and teardown in two
+    different tasks: the coordinator must not mind.)"""
+    async with isolated_coordinator(pool_size="64MiB") as c:
+        yield c
+        await wait_until(lambda: not c.stats().processes)
+        assert_pool_clean(c)

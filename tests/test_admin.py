@@ -1,0 +1,187 @@
+"""The admin space on its own: routing table, process records, leases (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from blockipc import (
+    AccessDenied,
+    BlockIPCError,
+    BlockNotFound,
+    InvalidRequest,
+    OutOfBounds,
+    PeerUnreachable,
+)
+from blockipc._admin import RoutingTable
+
+
+@pytest.fixture
+def table() -> RoutingTable:
+    return RoutingTable()
+
+
+def _block(table: RoutingTable, owner: str = "a", size: int = 100):  # type: ignore[no-untyped-def]
+    proc = table.processes.get(owner) or table.register(owner, pid=1, uid=0)
+    return proc, table.add_block(proc, segment=0, offset=0, capacity=4096, size=size)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256, "a/b", "tab\there"])
+def test_invalid_names_are_refused(table: RoutingTable, name: str) -> None:
+    with pytest.raises(InvalidRequest):
+        table.register(name, pid=1, uid=0)
+    assert table.processes == {}
+
+
+def test_duplicate_name_is_refused_until_the_first_leaves(table: RoutingTable) -> None:
+    first = table.register("worker", pid=1, uid=0)
+    with pytest.raises(BlockIPCError, match="already taken"):
+        table.register("worker", pid=2, uid=0)
+    table.unregister(first)
+    assert table.register("worker", pid=2, uid=0).pid == 2
+
+
+def test_lookup_checks_existence_and_owner(table: RoutingTable) -> None:
+    a, rec = _block(table, "a")
+    b = table.register("b", pid=2, uid=0)
+    assert table.lookup(a, rec.id) is rec
+    with pytest.raises(AccessDenied):
+        table.lookup(b, rec.id)
+    with pytest.raises(BlockNotFound):
+        table.lookup(a, rec.id + 1)
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "ok"),
+    [
+        (0, 100, True),
+        (99, 1, True),
+        (100, 0, True),
+        (0, 101, False),
+        (100, 1, False),
+        (50, 51, False),
+    ],
+)
+def test_bounds_are_checked_against_size_not_capacity(
+    table: RoutingTable, offset: int, size: int, ok: bool
+) -> None:
+    _, rec = _block(table, size=100)
+    if ok:
+        table.check_bounds(rec, offset, size)
+    else:
+        with pytest.raises(OutOfBounds):
+            table.check_bounds(rec, offset, size)
+
+
+def test_readers_share_and_a_writer_waits_fifo(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    r1 = table.request_lease(a, rec, "r", "r1")
+    r2 = table.request_lease(a, rec, "r", "r2")
+    assert r1 is not None and r2 is not None
+    assert table.request_lease(a, rec, "w", "w1") is None
+    # a reader arriving after a queued writer waits too: writers are not starved
+    assert table.request_lease(a, rec, "r", "r3") is None
+    assert table.release(r1) == []
+    grants = table.release(r2)
+    assert [g.token for g in grants] == ["w1"]
+    assert rec.generation == 0
+    grants = table.release(grants[0].lease)
+    assert rec.generation == 1  # a write lease ending bumps the generation
+    assert [g.token for g in grants] == ["r3"]
+
+
+def test_bad_lease_mode(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    with pytest.raises(InvalidRequest):
+        table.request_lease(a, rec, "x", "t")
+    assert rec.leases == {} and not rec.waiters
+
+
+def test_routed_requests_do_not_wait_for_their_own_process(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    b = table.register("b", pid=2, uid=0)
+    lease = table.request_lease(a, rec, "w", "hold")
+    assert lease is not None
+    assert table.request_lease(a, rec, "w", "routed", transient=True) is not None
+    # ...but another process's routed request waits for the lease
+    assert table.request_lease(b, rec, "r", "other", transient=True) is None
+
+
+def test_cancel_wait_removes_only_that_waiter(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    held = table.request_lease(a, rec, "w", "held")
+    assert held is not None
+    table.request_lease(a, rec, "w", "x")
+    table.request_lease(a, rec, "w", "y")
+    assert table.cancel_wait(rec, "x")
+    assert not table.cancel_wait(rec, "x")
+    assert [g.token for g in table.release(held)] == ["y"]
+
+
+def test_free_refuses_while_leased(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    lease = table.request_lease(a, rec, "r", "t")
+    assert lease is not None
+    with pytest.raises(AccessDenied, match="lease"):
+        table.remove_block(rec)
+    assert rec.id in table.blocks
+    table.release(lease)
+    assert table.remove_block(rec) == []
+    assert rec.id not in table.blocks and rec.id not in a.blocks
+
+
+def test_move_hands_ownership_to_the_receivers_inbox(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    b = table.register("b", pid=2, uid=0)
+    table.move(rec, a, b, {"k": 1})
+    assert rec.owner is b and rec.id in b.blocks and rec.id not in a.blocks
+    assert b.inbox[0].sender == "a" and b.inbox[0].header == {"k": 1}
+    with pytest.raises(AccessDenied):
+        table.lookup(a, rec.id)
+    with pytest.raises(PeerUnreachable):
+        table.find_process("nobody")
+
+
+def test_move_refuses_a_leased_block(table: RoutingTable) -> None:
+    a, rec = _block(table)
+    b = table.register("b", pid=2, uid=0)
+    assert table.request_lease(a, rec, "r", "t") is not None
+    with pytest.raises(AccessDenied):
+        table.move(rec, a, b, {})
+    assert rec.owner is a and not b.inbox
+
+
+def test_unregister_reclaims_everything(table: RoutingTable) -> None:
+    a, rec_a = _block(table, "a")
+    b, rec_b = _block(table, "b")
+    # a holds a write lease on its block and waits on nothing; b's block is in a's inbox
+    held = table.request_lease(a, rec_a, "w", "held")
+    assert held is not None
+    table.move(rec_b, b, a, {})
+    done = table.unregister(a)
+    assert sorted(r.id for r in done.blocks) == sorted([rec_a.id, rec_b.id])
+    assert done.leases == 1
+    assert table.blocks == {} and table.lease_count == 0
+    assert "a" not in table.processes and "b" in table.processes
+
+
+def test_unregister_grants_waiters_behind_its_leases(table: RoutingTable) -> None:
+    a = table.register("a", pid=1, uid=0)
+    b, rec = _block(table, "b")
+    # the table itself does not check rights (lookup does): a holds a lease on b's block
+    held = table.request_lease(a, rec, "w", "held")
+    assert held is not None
+    assert table.request_lease(b, rec, "r", "b-read", transient=True) is None
+    done = table.unregister(a)
+    assert [g.token for g in done.grants] == ["b-read"]
+    assert done.dropped == [] and done.blocks == []
+
+
+def test_freeing_a_block_drops_other_processes_waits(table: RoutingTable) -> None:
+    a, rec = _block(table, "a")
+    b = table.register("b", pid=2, uid=0)
+    held = table.request_lease(a, rec, "w", "held")
+    assert held is not None
+    assert table.request_lease(b, rec, "r", "b-read", transient=True) is None
+    done = table.unregister(a)
+    assert [w.token for w in done.dropped] == ["b-read"]
+    assert done.grants == []
