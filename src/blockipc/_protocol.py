@@ -38,8 +38,8 @@ from __future__ import annotations
 import enum
 import reprlib
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
@@ -123,24 +123,33 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+# Events are immutable NamedTuples rather than frozen dataclasses: four are made per
+# round trip, and a frozen dataclass costs twice as much to construct (measured:
+# 0.46 against 0.22 us). The shared empty-dict defaults are never mutated.
+_EMPTY: Final[dict[str, Any]] = {}
+
+
+class Request(NamedTuple):
+    """A client's request: ``args`` are the op's fields, ``data`` raw bytes (WRITE)."""
+
     req_id: int
     op: Op
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = _EMPTY
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
+    """A successful answer to the request with the same ``req_id``."""
+
     req_id: int
     op: Op
-    result: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = _EMPTY
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReply:
+class ErrorReply(NamedTuple):
+    """A failed answer: ``code`` is an :class:`~blockipc._exceptions.ErrorCode`."""
+
     req_id: int
     op: Op
     code: int
@@ -216,6 +225,8 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
 }
 _ERROR_SCHEMA: Final[_Schema] = {"code": int, "message": str}
 _HANDSHAKE_OPS: Final = frozenset({Op.HELLO, Op.ATTACH})
+_KINDS: Final = {k.value: k for k in Kind}  # dict lookups: Kind(v)/Op(v) cost 3x more
+_OPS: Final = {o.value: o for o in Op}
 
 
 def _check_value(name: str, value: Any, kind: Any) -> None:
@@ -257,15 +268,20 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
         raise ProtocolError(f"field {name!r} has an invalid value: {reprlib.repr(value)}")
 
 
-def _validate(meta: Any, schema: _Schema, where: str) -> dict[str, Any]:
+def _validate(meta: Any, schema: _Schema, where: Callable[[], str]) -> dict[str, Any]:
+    """Check ``meta`` against ``schema``; ``where()`` names the frame in errors only."""
     if type(meta) is not dict:
-        raise ProtocolError(f"{where}: meta is not a map")
+        raise ProtocolError(f"{where()}: meta is not a map")
     if meta.keys() != schema.keys():
         missing = sorted(schema.keys() - meta.keys())
         unknown = sorted(str(k) for k in meta.keys() - schema.keys())
-        raise ProtocolError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+        raise ProtocolError(f"{where()}: missing fields {missing}, unknown fields {unknown}")
     for name, kind in schema.items():
-        _check_value(name, meta[name], kind)
+        value = meta[name]
+        # ints are most fields of the hot requests: checked inline, the rest by _check_value
+        if kind is int and type(value) is int and 0 <= value <= _MAX_INT:
+            continue
+        _check_value(name, value, kind)
     return meta
 
 
@@ -287,7 +303,7 @@ class Connection:
         self._buffer = bytearray()
         # Requests sent (client) or received (server) that have no reply yet.
         self._in_flight: dict[int, Op] = {}
-        self._inbound = Kind.REPLY if role is Role.CLIENT else Kind.REQUEST
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     # -- receiving ---------------------------------------------------------------
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -314,18 +330,18 @@ class Connection:
             self._fail(f"inconsistent frame lengths (body {body_len}, meta {meta_len})")
         if len(buf) < frame_len:
             return NEED_DATA
-        try:
-            kind, op = Kind(kind_v), Op(op_v)
-        except ValueError:
+        kind, op = _KINDS.get(kind_v), _OPS.get(op_v)
+        if kind is None or op is None:
             self._fail(f"unknown frame kind {kind_v} or op {op_v}")
         meta_end = HEADER.size + meta_len
-        try:
-            meta = msgpack.unpackb(
-                buf[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
-            )
-        except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
-            self._fail(f"meta is not valid msgpack: {exc}")
-        data = bytes(buf[meta_end:frame_len])
+        with memoryview(buf) as view:
+            try:
+                meta = msgpack.unpackb(
+                    view[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
+                )
+            except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
+                self._fail(f"meta is not valid msgpack: {exc}")
+            data = bytes(view[meta_end:frame_len]) if frame_len > meta_end else b""
         del buf[:frame_len]
         try:
             event = self._parse(kind, op, req_id, meta, data)
@@ -335,15 +351,17 @@ class Connection:
         return event
 
     def _parse(self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes) -> Event:
-        where = f"{kind.name} {op.name} #{req_id}"
+        def where() -> str:
+            return f"{kind.name} {op.name} #{req_id}"
+
         if kind is Kind.ERROR:
             if data:
-                raise ProtocolError(f"{where}: unexpected data")
+                raise ProtocolError(f"{where()}: unexpected data")
             fields = _validate(meta, _ERROR_SCHEMA, where)
             return ErrorReply(req_id, op, fields["code"], fields["message"])
         schema, data_ok = _SCHEMAS[(kind, op)]
         if data and not data_ok:
-            raise ProtocolError(f"{where}: unexpected data")
+            raise ProtocolError(f"{where()}: unexpected data")
         fields = _validate(meta, schema, where)
         if kind is Kind.REQUEST:
             return Request(req_id, op, fields, data)
@@ -388,7 +406,7 @@ class Connection:
                 meta, data = {"code": event.code, "message": event.message}, b""
         if not 0 <= event.req_id <= 0xFFFFFFFF:
             self._fail(f"request id {event.req_id} out of range")
-        packed = msgpack.packb(meta, use_bin_type=True)
+        packed = self._packer.pack(meta)
         body_len = _BODY_FIXED + len(packed) + len(data)
         if body_len + 4 > self.max_frame_size:
             self._fail(f"frame of {body_len + 4} bytes exceeds max_frame_size")
@@ -431,7 +449,7 @@ class Connection:
         if self.error is not None:
             raise self.error
 
-    def _fail(self, message: str) -> Any:
+    def _fail(self, message: str) -> NoReturn:
         self.state = State.ERROR
         self.error = ProtocolError(message)
         raise self.error
