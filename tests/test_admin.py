@@ -8,11 +8,12 @@ from blockipc import (
     AccessDenied,
     BlockIPCError,
     BlockNotFound,
+    InboxFull,
     InvalidRequest,
     OutOfBounds,
     PeerUnreachable,
 )
-from blockipc._admin import RoutingTable
+from blockipc._admin import Delivery, RoutingTable
 
 
 @pytest.fixture
@@ -122,17 +123,17 @@ def test_free_refuses_while_leased(table: RoutingTable) -> None:
     lease = table.request_lease(a, rec, "r", "t")
     assert lease is not None
     with pytest.raises(AccessDenied, match="lease"):
-        table.remove_block(rec)
+        table.release_hold(a, rec)
     assert rec.id in table.blocks
     table.release(lease)
-    assert table.remove_block(rec) == []
+    assert table.release_hold(a, rec) == (True, [])
     assert rec.id not in table.blocks and rec.id not in a.blocks
 
 
 def test_move_hands_ownership_to_the_receivers_inbox(table: RoutingTable) -> None:
     a, rec = _block(table)
     b = table.register("b", pid=2, uid=0)
-    table.move(rec, a, b, {"k": 1})
+    assert table.offer(Delivery(rec, a, b, {"k": 1}, True, "t"))
     assert rec.owner is b and rec.id in b.blocks and rec.id not in a.blocks
     assert b.inbox[0].sender == "a" and b.inbox[0].header == {"k": 1}
     with pytest.raises(AccessDenied):
@@ -146,7 +147,7 @@ def test_move_refuses_a_leased_block(table: RoutingTable) -> None:
     b = table.register("b", pid=2, uid=0)
     assert table.request_lease(a, rec, "r", "t") is not None
     with pytest.raises(AccessDenied):
-        table.move(rec, a, b, {})
+        table.check_movable(a, rec)
     assert rec.owner is a and not b.inbox
 
 
@@ -156,7 +157,7 @@ def test_unregister_reclaims_everything(table: RoutingTable) -> None:
     # a holds a write lease on its block and waits on nothing; b's block is in a's inbox
     held = table.request_lease(a, rec_a, "w", "held")
     assert held is not None
-    table.move(rec_b, b, a, {})
+    assert table.offer(Delivery(rec_b, b, a, {}, True, "t"))
     done = table.unregister(a)
     assert sorted(r.id for r in done.blocks) == sorted([rec_a.id, rec_b.id])
     assert done.leases == 1
@@ -185,3 +186,90 @@ def test_freeing_a_block_drops_other_processes_waits(table: RoutingTable) -> Non
     done = table.unregister(a)
     assert [w.token for w in done.dropped] == ["b-read"]
     assert done.grants == []
+
+
+def test_grants_rights_and_holders(table: RoutingTable) -> None:
+    a, rec = _block(table, "a")
+    b = table.register("b", pid=2, uid=0)
+    table.grant(a, rec, b, "r")
+    assert table.lookup(b, rec.id, "r") is rec
+    with pytest.raises(AccessDenied, match="'r' grant"):
+        table.lookup(b, rec.id, "w")
+    with pytest.raises(AccessDenied):
+        table.lookup(b, rec.id, "own")
+    # the owner lets go: the grantee still holds the block, so it stays
+    assert table.release_hold(a, rec) == (False, [])
+    assert rec.id in table.blocks and rec.owner is None
+    assert table.release_hold(b, rec) == (True, [])
+    assert rec.id not in table.blocks
+
+
+def test_revoke(table: RoutingTable) -> None:
+    a, rec = _block(table, "a")
+    b = table.register("b", pid=2, uid=0)
+    with pytest.raises(AccessDenied):
+        table.revoke(a, rec, b)
+    table.grant(a, rec, b, "w")
+    lease = table.request_lease(b, rec, "r", "t")
+    assert lease is not None
+    with pytest.raises(AccessDenied, match="lease"):
+        table.revoke(a, rec, b)
+    table.release(lease)
+    table.revoke(a, rec, b)
+    with pytest.raises(AccessDenied):
+        table.lookup(b, rec.id, "r")
+    assert rec.id not in b.blocks
+
+
+def test_full_inbox_queues_in_order_and_take_admits(table: RoutingTable) -> None:
+    a = table.register("a", pid=1, uid=0)
+    b = table.register("b", pid=2, uid=0, inbox_messages=2)
+    recs = [
+        table.add_block(a, segment=0, offset=i * 4096, capacity=4096, size=10) for i in range(4)
+    ]
+    results = [table.offer(Delivery(r, a, b, {"i": i}, True, i)) for i, r in enumerate(recs)]
+    assert results == [True, True, False, False]
+    assert recs[2].in_transit == 1 and recs[2].owner is a
+    with pytest.raises(InboxFull):
+        table.offer(Delivery(recs[3], a, b, {}, False, "x"), nowait=True)
+    with pytest.raises(AccessDenied, match="being sent"):
+        table.release_hold(a, recs[2])
+    entry, admitted = table.take(b)
+    assert entry.header == {"i": 0}
+    assert [d.token for d in admitted] == [2]
+    assert recs[2].owner is b and recs[2].in_transit == 0
+    assert [e.header["i"] for e in b.inbox] == [1, 2]
+
+
+def test_byte_limit_admits_an_oversized_block_into_an_empty_inbox(table: RoutingTable) -> None:
+    a = table.register("a", pid=1, uid=0)
+    b = table.register("b", pid=2, uid=0, inbox_bytes=100)
+    big = table.add_block(a, segment=0, offset=0, capacity=4096, size=1000)
+    small = table.add_block(a, segment=0, offset=4096, capacity=4096, size=10)
+    assert table.offer(Delivery(big, a, b, {}, True, "big"))
+    assert not table.offer(Delivery(small, a, b, {}, True, "small"))
+
+
+def test_receiver_leaving_fails_queued_deliveries(table: RoutingTable) -> None:
+    a = table.register("a", pid=1, uid=0)
+    b = table.register("b", pid=2, uid=0, inbox_messages=1)
+    r1 = table.add_block(a, segment=0, offset=0, capacity=4096, size=10)
+    r2 = table.add_block(a, segment=0, offset=4096, capacity=4096, size=10)
+    assert table.offer(Delivery(r1, a, b, {}, True, 1))
+    assert not table.offer(Delivery(r2, a, b, {}, True, 2))
+    done = table.unregister(b)
+    assert [d.token for d in done.failed] == [2]
+    assert [r.id for r in done.blocks] == [r1.id]  # delivered: b's, freed with b
+    assert r2.owner is a and r2.in_transit == 0  # never delivered: still a's
+
+
+def test_topics(table: RoutingTable) -> None:
+    a = table.register("a", pid=1, uid=0)
+    b = table.register("b", pid=2, uid=0)
+    table.subscribe(a, "t")
+    table.subscribe(b, "t")
+    assert table.subscribers("t") == [a, b]
+    table.unregister(a)
+    assert table.subscribers("t") == [b]
+    table.unsubscribe(b, "t")
+    assert table.topics == {}

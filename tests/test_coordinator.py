@@ -54,7 +54,17 @@ async def raw_hello(address: str, name: str) -> tuple[UNIXSocketStream, Connecti
     """A connection that did a correct handshake by hand and holds no segment fd."""
     stream = await anyio.connect_unix(address)
     conn = Connection(Role.CLIENT)
-    hello = Request(1, Op.HELLO, {"version": PROTOCOL_VERSION, "name": name, "pid": os.getpid()})
+    hello = Request(
+        1,
+        Op.HELLO,
+        {
+            "version": PROTOCOL_VERSION,
+            "name": name,
+            "pid": os.getpid(),
+            "inbox_messages": 8,
+            "inbox_bytes": 1 << 20,
+        },
+    )
     await stream.send(conn.send(hello))
     event, fds = await receive_event(stream, conn, with_fds=True)
     close_fds(fds)
@@ -93,7 +103,11 @@ GARBAGE: dict[str, bytes] = {
 }
 AFTER_HANDSHAKE = {
     **GARBAGE,
-    "hello_again": request(Op.HELLO, 2, {"version": 1, "name": "again", "pid": 1}),
+    "hello_again": request(
+        Op.HELLO,
+        2,
+        {"version": 1, "name": "again", "pid": 1, "inbox_messages": 1, "inbox_bytes": 1},
+    ),
     "request_id_in_flight": request(Op.RECV, 5, {}) + request(Op.RECV, 5, {}),
 }
 
@@ -135,7 +149,11 @@ async def test_malformed_frame_instead_of_handshake(
 
 async def test_bad_handshakes(coord: blockipc.Coordinator, client: blockipc.Client) -> None:
     cases = {
-        "wrong_version": request(Op.HELLO, 1, {"version": 999, "name": "v", "pid": 1}),
+        "wrong_version": request(
+            Op.HELLO,
+            1,
+            {"version": 999, "name": "v", "pid": 1, "inbox_messages": 1, "inbox_bytes": 1},
+        ),
         "attach_bad_token": request(Op.ATTACH, 1, {"token": b"x" * 16, "segments": [0]}),
         "request_before_hello": request(Op.ALLOC, 1, {"size": 1}),
     }

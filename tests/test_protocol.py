@@ -67,6 +67,7 @@ REQ_ID = 1
 
 EXAMPLES: dict[Any, Any] = {
     int: 7,
+    bool: True,
     str: "x",
     bytes: b"tok",
     dict: {"k": "v", "n": [1, 2.5, None, True], "m": {"x": b"raw"}},
@@ -78,6 +79,7 @@ EXAMPLES: dict[Any, Any] = {
 # Largest and smallest values that must still be accepted.
 BOUNDARY_VALUES: dict[Any, list[Any]] = {
     int: [0, _MAX_INT],
+    bool: [False, True],
     str: ["", "x" * _MAX_STR, "é" * _MAX_STR],
     bytes: [b"", b"x" * _MAX_TOKEN],
     dict: [{}, {"k": {"nested": [b"", -1, 2**64 - 1]}}],
@@ -89,6 +91,7 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
 # Values that must be rejected for a field of each type.
 BAD_VALUES: dict[Any, list[Any]] = {
     int: ["7", True, False, -1, _MAX_INT + 1, 2**64 - 1, 1.5, 7.0, None, b"7", [7]],
+    bool: [0, 1, None, "true", 1.0, [True]],
     str: [1, b"x", None, "x" * (_MAX_STR + 1), ["x"]],
     bytes: ["tok", 1, None, b"x" * (_MAX_TOKEN + 1), [1]],
     dict: [[], "x", None, 1, {b"k": 1}, {"a": 1, b"k": 1}],
@@ -292,6 +295,7 @@ _MSGPACK_VALUE = st.recursive(
 _UINT = st.integers(0, _MAX_INT)
 VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     int: _UINT,
+    bool: st.booleans(),
     str: st.text(max_size=40),
     bytes: st.binary(max_size=_MAX_TOKEN),
     dict: st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=4),
@@ -974,7 +978,11 @@ assert protocol.__file__.startswith(sys.argv[1]), protocol.__file__
 
 client = protocol.Connection(protocol.Role.CLIENT)
 server = protocol.Connection(protocol.Role.SERVER)
-hello = protocol.Request(1, protocol.Op.HELLO, {"version": 1, "name": "a", "pid": 1})
+hello = protocol.Request(
+    1,
+    protocol.Op.HELLO,
+    {"version": 1, "name": "a", "pid": 1, "inbox_messages": 8, "inbox_bytes": 8},
+)
 server.receive_data(client.send(hello))
 assert server.next_event() == hello
 print("sans-io ok")

@@ -19,6 +19,7 @@ from ._exceptions import BlockIPCError as BlockIPCError
 from ._exceptions import BlockNotFound as BlockNotFound
 from ._exceptions import CodecError as CodecError
 from ._exceptions import ConnectionClosed as ConnectionClosed
+from ._exceptions import InboxFull as InboxFull
 from ._exceptions import InvalidRequest as InvalidRequest
 from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
@@ -58,4 +59,5 @@ __all__ = (
     "PeerUnreachable",
     "InvalidRequest",
     "CodecError",
+    "InboxFull",
 )

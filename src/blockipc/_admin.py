@@ -1,19 +1,29 @@
-"""The admin space: routing table, process records and leases, with no I/O.
+"""The admin space: routing table, process records, rights, leases and inboxes, no I/O.
 
 Theory of operation
 -------------------
 Everything that says who owns what lives here, in the coordinator's private memory,
 never in a shared segment a client could scribble on. The coordinator asks this module
-to *decide* (may this process write that block? who gets the lease now?), applies the
-answer, and only then does I/O. Nothing here awaits; waiting is expressed as opaque
-*tokens* queued on a block, which the caller turns into replies when this module hands
-them back as granted.
+to *decide* (may this process write that block? who gets the lease now? is there room
+in that inbox?), applies the answer, and only then does I/O. Nothing here awaits;
+waiting is expressed as opaque *tokens* queued here, which the caller turns into
+replies when this module hands them back.
+
+Rights. A block has at most one *owner* (full rights: read, write, send, grant,
+revoke) and any number of *grantees* holding ``"r"`` or ``"w"``. Owner and grantees
+are the block's *holders*; ``free`` drops the caller's own hold, and the block's memory
+goes back to the pool when its last holder lets go (or disconnects).
 
 Leases are reader/writer locks on a block, granted in FIFO order so a writer is never
 starved by a stream of readers. A routed read or write is atomic with respect to the
 leases of *other* processes: it queues behind them like a short lease of its own. A
 process's own leases never block its own routed requests, so a task holding a write
 lease may still call ``read``/``write`` on the block without deadlocking itself.
+
+Inboxes. ``offer`` puts a delivery (a moved block, a shared block, a published block)
+into the receiver's inbox if it has room (message and byte limits), else queues it
+behind the deliveries already waiting for that receiver, so each sender's order is
+kept. ``take`` pops the next message and admits queued deliveries that now fit.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from ._exceptions import (
     AccessDenied,
     BlockIPCError,
     BlockNotFound,
+    InboxFull,
     InvalidRequest,
     OutOfBounds,
     PeerUnreachable,
@@ -34,7 +45,9 @@ from ._exceptions import (
 
 __all__ = [
     "BlockRecord",
+    "Delivery",
     "Grant",
+    "InboxEntry",
     "Lease",
     "Mode",
     "ProcessRecord",
@@ -44,20 +57,27 @@ __all__ = [
 ]
 
 Mode = Literal["r", "w"]
+Need = Literal["r", "w", "own"]
 MAX_NAME = 255
+_RANK = {"r": 1, "w": 2, "own": 3}
 
 
 @dataclass(eq=False, slots=True)
 class ProcessRecord:
-    """One connected process: its name, credentials, blocks, leases and inbox."""
+    """One connected process: name, credentials, held blocks, leases, inbox, topics."""
 
     key: int
     name: str
     pid: int
     uid: int
+    inbox_messages: int = 1024
+    inbox_bytes: int = 1 << 62
     blocks: set[int] = field(default_factory=set)
     leases: dict[int, Lease] = field(default_factory=dict)
     inbox: deque[InboxEntry] = field(default_factory=deque)
+    inbox_used: int = 0  # bytes of the blocks in the inbox
+    pending: deque[Delivery] = field(default_factory=deque)
+    topics: set[str] = field(default_factory=set)
 
 
 @dataclass(eq=False, slots=True)
@@ -66,7 +86,7 @@ class Lease:
     block: BlockRecord
     holder: ProcessRecord
     mode: Mode
-    transient: bool = False  # a routed read/write, released as soon as it is done
+    transient: bool = False  # a routed read/write or a copy, released as soon as done
 
 
 @dataclass(eq=False, slots=True)
@@ -88,10 +108,20 @@ class BlockRecord:
     offset: int
     capacity: int
     size: int
-    owner: ProcessRecord
+    owner: ProcessRecord | None
     generation: int = 0
+    grants: dict[int, tuple[ProcessRecord, Mode]] = field(default_factory=dict)
     leases: dict[int, Lease] = field(default_factory=dict)
     waiters: deque[Waiter] = field(default_factory=deque)
+    in_transit: int = 0  # deliveries of this block queued for a full inbox
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner.name if self.owner is not None else ""
+
+    def holders(self) -> list[ProcessRecord]:
+        procs = [p for p, _ in self.grants.values()]
+        return procs if self.owner is None else [self.owner, *procs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +129,31 @@ class InboxEntry:
     block: BlockRecord
     sender: str
     header: dict[str, Any]
+    topic: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """A block on its way into ``to``'s inbox: moved, or shared with a read grant."""
+
+    block: BlockRecord
+    sender: ProcessRecord
+    to: ProcessRecord
+    header: dict[str, Any]
+    move: bool
+    token: Hashable
+    topic: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Reclaimed:
     """What ending a process left for the caller to act on."""
 
-    blocks: list[BlockRecord]
-    grants: list[Grant]
-    dropped: list[Waiter]
+    blocks: list[BlockRecord]  # removed: free their memory
+    grants: list[Grant]  # leases others were granted: answer them
+    dropped: list[Waiter]  # others' waits on removed blocks: answer with an error
+    failed: list[Delivery]  # deliveries that can no longer happen: answer with an error
+    admitted: list[Delivery]  # deliveries that now fit an inbox: answer with success
     leases: int
 
 
@@ -120,44 +166,56 @@ class Grant:
 
 
 class RoutingTable:
-    """Blocks, processes and leases of one coordinator.
+    """Blocks, processes, rights, leases and inboxes of one coordinator.
 
     >>> table = RoutingTable()
     >>> proc = table.register("producer", pid=1, uid=0)
     >>> rec = table.add_block(proc, segment=0, offset=0, capacity=4096, size=100)
-    >>> table.lookup(proc, rec.id).size
+    >>> table.lookup(proc, rec.id, "w").size
     100
     """
 
     def __init__(self) -> None:
         self.blocks: dict[int, BlockRecord] = {}
         self.processes: dict[str, ProcessRecord] = {}
+        self.topics: dict[str, set[ProcessRecord]] = {}
         self._next_block = 1
         self._next_lease = 1
         self._next_key = 1
 
     # -- processes ---------------------------------------------------------------
-    def register(self, name: str, *, pid: int, uid: int) -> ProcessRecord:
+    def register(
+        self,
+        name: str,
+        *,
+        pid: int,
+        uid: int,
+        inbox_messages: int = 1024,
+        inbox_bytes: int = 1 << 62,
+    ) -> ProcessRecord:
         if not name or len(name) > MAX_NAME or "/" in name or not name.isprintable():
             raise InvalidRequest(
                 f"process name {name!r} is invalid: 1-{MAX_NAME} printable characters, no '/'"
             )
+        if inbox_messages < 1 or inbox_bytes < 1:
+            raise InvalidRequest("inbox limits must be at least 1 message and 1 byte")
         if name in self.processes:
             raise BlockIPCError(f"process name {name!r} is already taken by a live connection")
-        proc = ProcessRecord(self._next_key, name, pid, uid)
+        proc = ProcessRecord(self._next_key, name, pid, uid, inbox_messages, inbox_bytes)
         self._next_key += 1
         self.processes[name] = proc
         return proc
 
     def unregister(self, proc: ProcessRecord) -> Reclaimed:
-        """Remove ``proc``: end its leases, drop its queued waits, take away its blocks.
+        """Remove ``proc``: end its leases, drop its waits, holds, subscriptions and
+        queued deliveries (to it and from it).
 
-        Returns what the caller must act on: the blocks removed (free their memory),
-        the leases other processes were granted as a result (reply to them), and the
-        other processes' waits on removed blocks (answer them with an error).
+        Returns what the caller must act on (see :class:`Reclaimed`).
         """
         if self.processes.get(proc.name) is proc:
             del self.processes[proc.name]
+        for topic in list(proc.topics):
+            self.unsubscribe(proc, topic)
         grants: list[Grant] = []
         reclaimed = len(proc.leases)
         touched: list[BlockRecord] = []
@@ -168,15 +226,35 @@ class RoutingTable:
             if any(w.holder is proc for w in rec.waiters):
                 rec.waiters = deque(w for w in rec.waiters if w.holder is not proc)
                 touched.append(rec)
-        removed = [self.blocks[b] for b in sorted(proc.blocks)]
-        dropped: list[Waiter] = []
-        for rec in removed:
-            dropped.extend(self._remove(rec))
+        # deliveries waiting for this process's inbox fail; its own queued sends vanish
+        failed = list(proc.pending)
+        proc.pending.clear()
+        for other in self.processes.values():
+            if any(d.sender is proc for d in other.pending):
+                for d in other.pending:
+                    if d.sender is proc:
+                        d.block.in_transit -= 1
+                other.pending = deque(d for d in other.pending if d.sender is not proc)
+        for d in failed:
+            d.block.in_transit -= 1
         proc.inbox.clear()
+        proc.inbox_used = 0
+        removed: list[BlockRecord] = []
+        dropped: list[Waiter] = []
+        for bid in sorted(proc.blocks):
+            rec = self.blocks[bid]
+            self._drop_hold(rec, proc)
+            if not rec.holders():
+                dropped.extend(self._remove(rec))
+                removed.append(rec)
+        proc.blocks.clear()
         for rec in touched:
             if rec.id in self.blocks:
                 grants.extend(self._grant_waiters(rec))
-        return Reclaimed(removed, grants, dropped, reclaimed)
+        admitted: list[Delivery] = []
+        for other in self.processes.values():
+            admitted.extend(self._admit(other))
+        return Reclaimed(removed, grants, dropped, failed, admitted, reclaimed)
 
     def find_process(self, name: str) -> ProcessRecord:
         try:
@@ -194,13 +272,21 @@ class RoutingTable:
         proc.blocks.add(rec.id)
         return rec
 
-    def lookup(self, proc: ProcessRecord, block_id: int) -> BlockRecord:
-        """Return the block ``proc`` may use, or raise why it may not."""
+    def lookup(self, proc: ProcessRecord, block_id: int, need: Need = "own") -> BlockRecord:
+        """Return the block if ``proc`` has the right ``need``, or raise why not."""
         rec = self.blocks.get(block_id)
         if rec is None:
             raise BlockNotFound(f"block {block_id} does not exist (never allocated, or freed)")
-        if rec.owner is not proc:
+        if rec.owner is proc:
+            return rec
+        grant = rec.grants.get(proc.key)
+        if grant is None:
             raise AccessDenied(f"block {block_id} belongs to another process")
+        if _RANK[grant[1]] < _RANK[need]:
+            wanted = {"r": "read", "w": "write", "own": "owner"}[need]
+            raise AccessDenied(
+                f"block {block_id}: this process has a {grant[1]!r} grant, not the {wanted} right"
+            )
         return rec
 
     @staticmethod
@@ -210,16 +296,27 @@ class RoutingTable:
                 f"offset {offset} + size {size} is outside block {rec.id} of size {rec.size}"
             )
 
-    def remove_block(self, rec: BlockRecord) -> list[Waiter]:
-        """Free ``rec`` on behalf of its owner; refuses while leases are held on it.
-
-        Returns the waits queued on it, which the caller answers with an error.
-        """
-        if rec.leases:
+    def release_hold(self, proc: ProcessRecord, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
+        """``free`` by a holder: drop its hold. Returns whether the block is gone (the
+        caller frees its memory) and the waits it dropped (answer them with an error).
+        Refused while ``proc`` holds a lease on it."""
+        own = [lease for lease in rec.leases.values() if lease.holder is proc]
+        if own:
             raise AccessDenied(
-                f"block {rec.id} has {len(rec.leases)} active lease(s); end them before freeing"
+                f"block {rec.id} has {len(own)} active lease(s) of yours; end them before freeing"
             )
-        return self._remove(rec)
+        if rec.in_transit:
+            raise AccessDenied(f"block {rec.id} is being sent; it cannot be freed until delivered")
+        self._drop_hold(rec, proc)
+        proc.blocks.discard(rec.id)
+        if rec.holders():
+            return False, []
+        return True, self._remove(rec)
+
+    def _drop_hold(self, rec: BlockRecord, proc: ProcessRecord) -> None:
+        if rec.owner is proc:
+            rec.owner = None
+        rec.grants.pop(proc.key, None)
 
     def _remove(self, rec: BlockRecord) -> list[Waiter]:
         for lease in list(rec.leases.values()):
@@ -228,21 +325,119 @@ class RoutingTable:
         rec.waiters.clear()
         rec.generation += 1
         del self.blocks[rec.id]
-        rec.owner.blocks.discard(rec.id)
+        for holder in rec.holders():
+            holder.blocks.discard(rec.id)
         return dropped
 
-    def move(
-        self, rec: BlockRecord, sender: ProcessRecord, to: ProcessRecord, header: dict[str, Any]
-    ) -> None:
-        """Hand ``rec`` to ``to``'s inbox: ownership moves now, delivery on ``recv``."""
-        if rec.leases or rec.waiters:
-            raise AccessDenied(
-                f"block {rec.id} has active or queued leases; end them before sending it"
-            )
-        sender.blocks.discard(rec.id)
-        rec.owner = to
+    def grant(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord, mode: str) -> None:
+        if mode not in ("r", "w"):
+            raise InvalidRequest(f"grant mode must be 'r' or 'w', not {mode!r}")
+        if to is owner:
+            return
+        rec.grants[to.key] = (to, "r" if mode == "r" else "w")
         to.blocks.add(rec.id)
-        to.inbox.append(InboxEntry(rec, sender.name, header))
+
+    def revoke(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord) -> None:
+        """Take ``to``'s grant away; refused while it holds a lease on the block."""
+        if to.key not in rec.grants:
+            raise AccessDenied(f"{to.name!r} holds no grant on block {rec.id}")
+        if any(lease.holder is to for lease in rec.leases.values()):
+            raise AccessDenied(
+                f"{to.name!r} holds a lease on block {rec.id}; it must end before a revoke"
+            )
+        del rec.grants[to.key]
+        to.blocks.discard(rec.id)
+
+    # -- deliveries --------------------------------------------------------------
+    def check_movable(self, proc: ProcessRecord, rec: BlockRecord) -> None:
+        if rec.in_transit:
+            raise AccessDenied(f"block {rec.id} is already on its way to an inbox")
+        if any(lease.holder is proc for lease in rec.leases.values()) or any(
+            w.holder is proc for w in rec.waiters
+        ):
+            raise AccessDenied(
+                f"block {rec.id} has active or queued leases of yours; end them before sending"
+            )
+
+    def offer(self, delivery: Delivery, *, nowait: bool = False) -> bool:
+        """Deliver now if ``delivery.to`` has room (True), else queue it (False), or with
+        ``nowait`` raise :class:`InboxFull`."""
+        to = delivery.to
+        if not to.pending and self._fits(to, delivery.block):
+            self._apply(delivery)
+            return True
+        if nowait:
+            raise InboxFull(
+                f"the inbox of {to.name!r} is full ({len(to.inbox)} messages, "
+                f"{to.inbox_used} bytes)"
+            )
+        to.pending.append(delivery)
+        delivery.block.in_transit += 1
+        return False
+
+    def has_room(self, to: ProcessRecord, rec: BlockRecord) -> bool:
+        return not to.pending and self._fits(to, rec)
+
+    def withdraw(self, to: ProcessRecord, token: Hashable) -> Delivery | None:
+        """Remove a queued delivery (its sender cancelled)."""
+        for d in to.pending:
+            if d.token == token:
+                to.pending.remove(d)
+                d.block.in_transit -= 1
+                return d
+        return None
+
+    def take(self, proc: ProcessRecord) -> tuple[InboxEntry, list[Delivery]]:
+        """Pop ``proc``'s next message; returns it and the deliveries admitted after."""
+        entry = proc.inbox.popleft()
+        proc.inbox_used -= entry.block.size
+        return entry, self._admit(proc)
+
+    @staticmethod
+    def _fits(to: ProcessRecord, rec: BlockRecord) -> bool:
+        if len(to.inbox) >= to.inbox_messages:
+            return False
+        # a block larger than the byte limit still gets in when the inbox is empty
+        return not to.inbox or to.inbox_used + rec.size <= to.inbox_bytes
+
+    def _admit(self, to: ProcessRecord) -> list[Delivery]:
+        admitted = []
+        while to.pending and self._fits(to, to.pending[0].block):
+            delivery = to.pending.popleft()
+            delivery.block.in_transit -= 1
+            self._apply(delivery)
+            admitted.append(delivery)
+        return admitted
+
+    def _apply(self, d: Delivery) -> None:
+        rec, to = d.block, d.to
+        if d.move:
+            if rec.owner is not None:
+                rec.owner.blocks.discard(rec.id)
+            rec.grants.pop(to.key, None)
+            rec.owner = to
+            to.blocks.add(rec.id)
+        elif rec.owner is not to and rec.grants.get(to.key, (to, "r"))[1] != "w":
+            rec.grants[to.key] = (to, "r")
+            to.blocks.add(rec.id)
+        to.inbox.append(InboxEntry(rec, d.sender.name, d.header, d.topic))
+        to.inbox_used += rec.size
+
+    # -- topics ------------------------------------------------------------------
+    def subscribe(self, proc: ProcessRecord, topic: str) -> None:
+        self.topics.setdefault(topic, set()).add(proc)
+        proc.topics.add(topic)
+
+    def unsubscribe(self, proc: ProcessRecord, topic: str) -> None:
+        subs = self.topics.get(topic)
+        if subs is not None:
+            subs.discard(proc)
+            if not subs:
+                del self.topics[topic]
+        proc.topics.discard(topic)
+
+    def subscribers(self, topic: str) -> list[ProcessRecord]:
+        return sorted(self.topics.get(topic, ()), key=lambda p: p.key)
 
     # -- leases ------------------------------------------------------------------
     def request_lease(
@@ -266,7 +461,7 @@ class RoutingTable:
     def release(self, lease: Lease) -> list[Grant]:
         """End ``lease``; returns the leases this made possible, in FIFO order."""
         self._drop_lease(lease)
-        if lease.mode == "w" and not lease.transient:  # a routed write bumps it itself
+        if lease.mode == "w" and not lease.transient:  # routed writes bump it themselves
             lease.block.generation += 1
         if lease.block.id not in self.blocks:
             return []

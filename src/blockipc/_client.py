@@ -64,12 +64,13 @@ __all__ = ["Client", "Lease", "connect"]
 
 log = structlog.get_logger("blockipc.client")
 
+DEFAULT_INBOX_MESSAGES: Final = 1024
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_NAME: Final = 255
-_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV})
+_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND})
 _Orphan = Callable[[Reply], None]
 
 
@@ -157,9 +158,22 @@ class Client:
     made from many tasks at once; they pipeline on one connection.
     """
 
-    def __init__(self, address: str, name: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        name: str,
+        *,
+        inbox_messages: int = DEFAULT_INBOX_MESSAGES,
+        inbox_bytes: int | str | None = None,
+    ) -> None:
         self.address = address
         self.name = name
+        if type(inbox_messages) is not int or inbox_messages < 1:
+            raise InvalidRequest(f"inbox_messages must be an int >= 1, not {inbox_messages!r}")
+        self._inbox_limits = (
+            inbox_messages,
+            _MAX_INT if inbox_bytes is None else parse_size(inbox_bytes),
+        )
         self._conn = Connection(Role.CLIENT)
         self._proto: _ClientProtocol | None = None
         self._pending: dict[int, tuple[asyncio.Future[Reply] | None, _Orphan | None]] = {}
@@ -186,7 +200,13 @@ class Client:
             hello = Request(
                 next(self._ids),
                 Op.HELLO,
-                {"version": PROTOCOL_VERSION, "name": self.name, "pid": os.getpid()},
+                {
+                    "version": PROTOCOL_VERSION,
+                    "name": self.name,
+                    "pid": os.getpid(),
+                    "inbox_messages": self._inbox_limits[0],
+                    "inbox_bytes": self._inbox_limits[1],
+                },
             )
             await send_frame(stream, self._conn.send(hello))
             event, fds = await receive_event(stream, self._conn, with_fds=True)
@@ -476,14 +496,8 @@ class Client:
         return Lease(self, bid, mode)
 
     # -- messages ----------------------------------------------------------------
-    async def send(
-        self, block: BlockLike, to: str, *, header: dict[str, Any] | None = None
-    ) -> None:
-        """Hand ``block`` to the process registered as ``to``: ownership moves at once
-        (zero-copy), and the receiver gets it from :meth:`recv`. Raises
-        :class:`PeerUnreachable` when nobody has that name."""
-        bid = _block_id(block)
-        _check_name(to, "receiver name")
+    @staticmethod
+    def _check_header(header: dict[str, Any] | None) -> dict[str, Any]:
         hdr = {} if header is None else header
         if not isinstance(hdr, dict):
             raise InvalidRequest("header must be a dict")
@@ -498,8 +512,50 @@ class Client:
             raise InvalidRequest(
                 f"header is {len(packed)} bytes encoded; the limit is {MAX_HEADER}"
             )
-        await self._call(Op.SEND, {"block": bid, "to": to, "header": hdr})
-        self._sizes.pop(bid, None)
+        return hdr
+
+    async def send(
+        self,
+        block: BlockLike,
+        to: str,
+        *,
+        header: dict[str, Any] | None = None,
+        move: bool = True,
+        nowait: bool = False,
+        wait_for_peer: float | None = None,
+    ) -> None:
+        """Hand ``block`` to the process registered as ``to``; it gets it from
+        :meth:`recv`. Zero-copy either way:
+
+        * ``move=True`` (default): ownership moves to the receiver; this process can no
+          longer use the block.
+        * ``move=False``: this process keeps its access and the receiver gets a read
+          grant; the block is freed when its last holder frees it.
+
+        When the receiver's inbox is full the call waits for room (``nowait=True``
+        raises :class:`InboxFull` instead). A name nobody has registered raises
+        :class:`PeerUnreachable` at once, or after waiting up to ``wait_for_peer``
+        seconds for it to register. Each sender's messages arrive in order.
+        """
+        bid = _block_id(block)
+        _check_name(to, "receiver name")
+        hdr = self._check_header(header)
+        wait_ms = 0
+        if wait_for_peer is not None:
+            if not 0 <= wait_for_peer < 1e9:
+                raise InvalidRequest(f"wait_for_peer must be >= 0 seconds, not {wait_for_peer}")
+            wait_ms = max(1, int(wait_for_peer * 1000))
+        args = {
+            "block": bid,
+            "to": to,
+            "header": hdr,
+            "move": bool(move),
+            "nowait": bool(nowait),
+            "wait_ms": wait_ms,
+        }
+        await self._call(Op.SEND, args)
+        if move:
+            self._sizes.pop(bid, None)
 
     async def recv(self) -> Message:
         """Wait for the next block sent to this process; it is this process's now."""
@@ -515,8 +571,8 @@ class Client:
     def _message(self, reply: Reply) -> Message:
         r = reply.result
         self._sizes[r["block"]] = r["size"]
-        block = Block(r["block"], r["size"], r["capacity"], self.name)
-        return Message(block, r["sender"], r["header"])
+        block = Block(r["block"], r["size"], r["capacity"], r["owner"])
+        return Message(block, r["sender"], r["header"], r["topic"] or None)
 
     async def messages(self) -> AsyncIterator[Message]:
         """``async for msg in client.messages():`` until this client is closed."""
@@ -527,6 +583,87 @@ class Client:
                 if self._closing:
                     return
                 raise
+
+    # -- copy, rights, publish/subscribe -----------------------------------------
+    async def copy(
+        self,
+        src: BlockLike,
+        dst: BlockLike,
+        *,
+        src_offset: int = 0,
+        dst_offset: int = 0,
+        size: int | None = None,
+    ) -> int:
+        """Copy bytes from ``src`` to ``dst`` inside the pool: the coordinator copies,
+        the bytes never cross a socket. ``size`` defaults to the rest of ``src`` from
+        ``src_offset``. Needs the read right on ``src`` and the write right on ``dst``;
+        overlapping ranges within one block are handled like ``memmove``. Returns the
+        bytes copied.
+
+        >>> await client.copy(block, dst)   # doctest: +SKIP
+        """
+        args = {
+            "src": _block_id(src),
+            "dst": _block_id(dst),
+            "src_offset": src_offset,
+            "dst_offset": dst_offset,
+            "size": 0 if size is None else size,
+            "to_end": size is None,
+        }
+        _check_offset(src_offset, "src_offset")
+        _check_offset(dst_offset, "dst_offset")
+        _check_offset(args["size"], "size")
+        copied: int = (await self._call(Op.COPY, args)).result["copied"]
+        return copied
+
+    async def grant(self, block: BlockLike, to: str, mode: Literal["r", "w"] = "r") -> None:
+        """Let process ``to`` read (``"r"``) or read and write (``"w"``) ``block``; it
+        then holds the block too, until it frees it. Only the owner may grant."""
+        _check_name(to, "process name")
+        if mode not in ("r", "w"):
+            raise InvalidRequest(f"grant mode must be 'r' or 'w', not {mode!r}")
+        await self._call(Op.GRANT, {"block": _block_id(block), "to": to, "mode": mode})
+
+    async def revoke(self, block: BlockLike, to: str) -> None:
+        """Take back what :meth:`grant` (or a ``move=False`` send) gave ``to``. Refused
+        while ``to`` holds a lease on the block. Only the owner may revoke."""
+        _check_name(to, "process name")
+        await self._call(Op.REVOKE, {"block": _block_id(block), "to": to})
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive, through :meth:`recv`, every block published to ``topic``."""
+        _check_name(topic, "topic")
+        await self._call(Op.SUBSCRIBE, {"topic": topic})
+
+    async def unsubscribe(self, topic: str) -> None:
+        _check_name(topic, "topic")
+        await self._call(Op.UNSUBSCRIBE, {"topic": topic})
+
+    async def publish(
+        self,
+        block: BlockLike,
+        topic: str,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> int:
+        """Deliver ``block`` zero-copy to every subscriber of ``topic`` (but this
+        process) with a read grant, and give up this process's hold: the block is freed
+        once every subscriber has freed it. Waits for room in full inboxes
+        (``nowait=True`` raises :class:`InboxFull` and delivers nothing). Returns how
+        many subscribers got it; with none, the block is freed at once."""
+        bid = _block_id(block)
+        _check_name(topic, "topic")
+        args = {"block": bid, "topic": topic, "header": self._check_header(header)}
+        args["nowait"] = bool(nowait)
+        delivered: int = (await self._call(Op.PUBLISH, args)).result["delivered"]
+        self._sizes.pop(bid, None)
+        return delivered
+
+    async def peers(self) -> list[str]:
+        """Names of the processes registered with the coordinator now."""
+        names: list[str] = (await self._call(Op.PEERS, {})).result["names"]
+        return names
 
     # -- introspection -----------------------------------------------------------
     async def stats(self) -> Stats:
@@ -604,8 +741,8 @@ class Lease:
 class _Connect:
     """What :func:`connect` returns: ``await`` it or use it with ``async with``."""
 
-    def __init__(self, address: str, name: str) -> None:
-        self._client = Client(address, name)
+    def __init__(self, client: Client) -> None:
+        self._client = client
 
     def __await__(self) -> Generator[Any, None, Client]:
         return self._open().__await__()
@@ -626,8 +763,18 @@ class _Connect:
         await self._client.aclose()
 
 
-def connect(address: str | os.PathLike[str], name: str) -> _Connect:
+def connect(
+    address: str | os.PathLike[str],
+    name: str,
+    *,
+    inbox_messages: int = DEFAULT_INBOX_MESSAGES,
+    inbox_bytes: int | str | None = None,
+) -> _Connect:
     """Connect to the coordinator at ``address`` and register as ``name``.
+
+    ``inbox_messages`` and ``inbox_bytes`` bound this process's inbox: a sender to a
+    full inbox waits for room (see :meth:`Client.send`). ``inbox_bytes`` defaults to no
+    byte limit.
 
     >>> async with blockipc.connect(coord.address, name="producer") as client:  # doctest: +SKIP
     ...     block = await client.alloc(4096)
@@ -637,4 +784,6 @@ def connect(address: str | os.PathLike[str], name: str) -> _Connect:
     A name held by a live connection raises :class:`BlockIPCError`.
     """
     _check_name(name, "process name")
-    return _Connect(os.fspath(address), name)
+    return _Connect(
+        Client(os.fspath(address), name, inbox_messages=inbox_messages, inbox_bytes=inbox_bytes)
+    )

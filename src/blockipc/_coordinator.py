@@ -39,16 +39,20 @@ from anyio.abc import (
     SocketAttribute,
     SocketListener,
     SocketStream,
+    TaskGroup,
     UNIXSocketStream,
 )
 
-from ._admin import BlockRecord, Grant, Lease, ProcessRecord, RoutingTable, Waiter
+from ._admin import BlockRecord, Delivery, Grant, Lease, ProcessRecord, RoutingTable, Waiter
 from ._exceptions import (
     BlockIPCError,
     BlockNotFound,
     ConnectionClosed,
     ErrorCode,
+    InboxFull,
     InvalidRequest,
+    OutOfBounds,
+    PeerUnreachable,
     PoolExhausted,
     ProtocolError,
 )
@@ -77,6 +81,37 @@ MAX_INLINE = 1 << 20
 """Largest routed read or write the coordinator performs inline."""
 
 HANDSHAKE_TIMEOUT = 5.0
+
+
+COPY_CHUNK = 2 << 20
+"""A copy larger than this runs in a task, a chunk at a time, yielding between chunks."""
+
+MAX_TOPIC = 255
+
+
+@dataclass(eq=False, slots=True)
+class _PeerWait:
+    """A send parked until its receiver registers (``wait_for_peer``)."""
+
+    session: _Session
+    request: Request
+    timer: asyncio.TimerHandle | None
+
+
+@dataclass(eq=False, slots=True)
+class _Fanout:
+    """A publish in progress: answered when every subscriber's inbox took the block."""
+
+    session: _Session
+    request: Request
+    block: BlockRecord
+    remaining: int
+    delivered: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _FanoutPart:
+    fanout: _Fanout
 
 
 @dataclass(eq=False, slots=True)
@@ -118,6 +153,8 @@ class Coordinator:
         self._tokens: dict[bytes, ProcessRecord] = {}
         self._sessions: dict[int, _Session] = {}  # process record key -> session
         self._runner: asyncio.Task[None] | None = None
+        self._tg: TaskGroup | None = None  # the running task group: copies run in it
+        self._peer_waits: dict[str, list[_PeerWait]] = {}
         self._stop = anyio.Event()
         self._private_dir: Path | None = None
         self._path: Path | None = None
@@ -177,6 +214,7 @@ class Coordinator:
     async def _run(self, listener: SocketListener) -> None:
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(listener.serve, self._handle_stream)
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -293,7 +331,13 @@ class Coordinator:
                     f"protocol version {args['version']} is not supported "
                     f"(this coordinator speaks {PROTOCOL_VERSION})"
                 )
-            proc = self._table.register(args["name"], pid=pid, uid=uid)
+            proc = self._table.register(
+                args["name"],
+                pid=pid,
+                uid=uid,
+                inbox_messages=args["inbox_messages"],
+                inbox_bytes=args["inbox_bytes"],
+            )
         except BlockIPCError as exc:
             log.warning("client.refused", reason=str(exc), pid=pid, name=args["name"])
             await send_frame(stream, conn.send(_error_reply(event, exc)))
@@ -325,6 +369,7 @@ class Coordinator:
                 raise
             self._sessions[proc.key] = session
             log.info("client.connect", name=proc.name, pid=pid)
+            self._retry_peer_waits(proc.name)
             await session.closed.wait()
         finally:
             self._reclaim(proc, token, session)  # synchronous: cancellation cannot cut it short
@@ -349,12 +394,19 @@ class Coordinator:
         if session is not None:
             self._sessions.pop(proc.key, None)
             session.abort()
+            for fut in session.futures:
+                if not fut.done():
+                    fut.set_exception(ConnectionClosed(f"{proc.name!r} disconnected"))
         done = self._table.unregister(proc)
         freed = 0
         for rec in done.blocks:
             freed += self.pool.free(rec.segment, rec.offset)
         self._answer_dropped(done.dropped)
         self._run_grants(done.grants)
+        for d in done.failed:
+            exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")
+            self._delivery_done(d, exc)
+        self._deliveries_done(done.admitted)
         if done.leases:
             log.warning("lease.reclaimed", name=proc.name, pid=proc.pid, leases=done.leases)
         log.info(
@@ -395,17 +447,18 @@ class Coordinator:
         session.reply(Reply(req.req_id, Op.ALLOC, _block_fields(rec)))
 
     def _free(self, session: _Session, req: Request) -> None:
-        rec = self._table.lookup(session.proc, req.args["block"])
-        dropped = self._table.remove_block(rec)
-        self.pool.free(rec.segment, rec.offset)
+        rec = self._table.lookup(session.proc, req.args["block"], "r")
+        gone, dropped = self._table.release_hold(session.proc, rec)
+        if gone:
+            self.pool.free(rec.segment, rec.offset)
         session.reply(Reply(req.req_id, Op.FREE))
         self._answer_dropped(dropped)
 
     def _routed(self, session: _Session, req: Request) -> None:
         """READ and WRITE: bounds-checked, then done under a transient lease."""
-        rec = self._table.lookup(session.proc, req.args["block"])
         offset = req.args["offset"]
         if req.op is Op.READ:
+            rec = self._table.lookup(session.proc, req.args["block"], "r")
             size, mode = req.args["size"], "r"
             if size > MAX_INLINE:
                 raise InvalidRequest(
@@ -413,6 +466,7 @@ class Coordinator:
                     "use a lease"
                 )
         else:
+            rec = self._table.lookup(session.proc, req.args["block"], "w")
             size, mode = len(req.data), "w"
         self._table.check_bounds(rec, offset, size)
         if rec.leases or rec.waiters:
@@ -421,8 +475,11 @@ class Coordinator:
             session.reply(self._perform(req, rec))
 
     def _lease(self, session: _Session, req: Request) -> None:
-        rec = self._table.lookup(session.proc, req.args["block"])
-        self._lease_or_wait(session, req, rec, req.args["mode"], transient=False)
+        mode = req.args["mode"]
+        if mode not in ("r", "w"):
+            raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
+        rec = self._table.lookup(session.proc, req.args["block"], mode)
+        self._lease_or_wait(session, req, rec, mode, transient=False)
 
     def _lease_or_wait(
         self, session: _Session, req: Request, rec: BlockRecord, mode: str, *, transient: bool
@@ -461,18 +518,28 @@ class Coordinator:
         work = deque(grants)
         while work:
             grant = work.popleft()
-            wait = grant.token
-            assert isinstance(wait, _Wait)
-            wait.session.waits.pop(wait.request.req_id, None)
-            work.extend(self._complete(wait, grant.lease))
+            token = grant.token
+            if isinstance(token, asyncio.Future):  # a copy task waiting for its lease
+                if token.done():  # the copy gave up: hand the lease straight back
+                    work.extend(self._table.release(grant.lease))
+                else:
+                    token.set_result(grant.lease)
+                continue
+            assert isinstance(token, _Wait)
+            token.session.waits.pop(token.request.req_id, None)
+            work.extend(self._complete(token, grant.lease))
 
     def _answer_dropped(self, dropped: list[Waiter]) -> None:
         for waiter in dropped:
-            wait = waiter.token
-            assert isinstance(wait, _Wait)
-            wait.session.waits.pop(wait.request.req_id, None)
-            exc = BlockNotFound(f"block {wait.block.id if wait.block else '?'} was freed")
-            wait.session.reply(_error_reply(wait.request, exc))
+            token = waiter.token
+            if isinstance(token, asyncio.Future):
+                if not token.done():
+                    token.set_exception(BlockNotFound("the block was freed during the copy"))
+                continue
+            assert isinstance(token, _Wait)
+            token.session.waits.pop(token.request.req_id, None)
+            exc = BlockNotFound(f"block {token.block.id if token.block else '?'} was freed")
+            token.session.reply(_error_reply(token.request, exc))
 
     def _release(self, session: _Session, req: Request) -> None:
         lease = self._table.find_lease(session.proc, req.args["lease"])
@@ -480,17 +547,129 @@ class Coordinator:
         session.reply(Reply(req.req_id, Op.RELEASE))
         self._run_grants(grants)
 
-    def _send(self, session: _Session, req: Request) -> None:
-        rec = self._table.lookup(session.proc, req.args["block"])
-        to = self._table.find_process(req.args["to"])
-        header = req.args["header"]
+    # -- copy --------------------------------------------------------------------
+    def _copy(self, session: _Session, req: Request) -> None:
+        """COPY inside the pool: small and uncontended at once, else in a task."""
+        a = req.args
+        src = self._table.lookup(session.proc, a["src"], "r")
+        dst = self._table.lookup(session.proc, a["dst"], "w")
+        size = src.size - a["src_offset"] if a["to_end"] else a["size"]
+        if size < 0:
+            raise OutOfBounds(f"src_offset {a['src_offset']} is outside block {src.id}")
+        self._table.check_bounds(src, a["src_offset"], size)
+        self._table.check_bounds(dst, a["dst_offset"], size)
+        if size <= COPY_CHUNK and not (src.leases or src.waiters or dst.leases or dst.waiters):
+            self._copy_bytes(src, a["src_offset"], dst, a["dst_offset"], size)
+            session.reply(Reply(req.req_id, Op.COPY, {"copied": size}))
+            return
+        if self._tg is None:
+            raise ConnectionClosed("the coordinator is closing")
+        self._tg.start_soon(self._copy_task, session, req, src, dst, size)
+
+    def _copy_bytes(
+        self, src: BlockRecord, src_offset: int, dst: BlockRecord, dst_offset: int, size: int
+    ) -> None:
+        pool = self.pool
+        with (
+            pool.view(src.segment, src.offset + src_offset, size) as s,
+            pool.view(dst.segment, dst.offset + dst_offset, size) as d,
+        ):
+            d[:] = s  # memoryview assignment is a memmove: overlap within a block is fine
+        dst.generation += 1
+
+    async def _copy_task(
+        self, session: _Session, req: Request, src: BlockRecord, dst: BlockRecord, size: int
+    ) -> None:
+        """A large copy, in chunks, yielding to the loop between them so that other
+        requests keep being answered; under a read lease on src and a write lease on dst
+        (one write lease when they are the same block)."""
+        a = req.args
+        leases: list[Lease] = []
+        reply: Event
+        try:
+            wanted = [(dst, "w")] if src is dst else [(src, "r"), (dst, "w")]
+            for rec, mode in wanted:
+                fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+                lease = self._table.request_lease(session.proc, rec, mode, fut, transient=True)
+                if lease is None:
+                    session.futures.add(fut)  # failed with ConnectionClosed on disconnect
+                    try:
+                        lease = await fut
+                    finally:
+                        session.futures.discard(fut)
+                leases.append(lease)
+            done = 0
+            # copy backwards when dst overlaps src from above, as memmove does
+            backwards = src is dst and a["src_offset"] < a["dst_offset"]
+            while done < size:
+                if any(lease.id not in lease.block.leases for lease in leases):
+                    raise BlockNotFound("a block of the copy was freed while it ran")
+                n = min(COPY_CHUNK, size - done)
+                at = size - done - n if backwards else done
+                self._copy_bytes(src, a["src_offset"] + at, dst, a["dst_offset"] + at, n)
+                done += n
+                await asyncio.sleep(0)
+            reply = Reply(req.req_id, Op.COPY, {"copied": size})
+        except BlockIPCError as exc:
+            reply = _error_reply(req, exc)
+        except Exception as exc:  # a bug must cost one request, not the coordinator
+            log.exception("coordinator.internal_error", op="COPY", error=repr(exc))
+            reply = ErrorReply(req.req_id, Op.COPY, ErrorCode.INTERNAL, f"internal error: {exc!r}")
+        finally:
+            for lease in leases:
+                if lease.id in lease.block.leases:
+                    self._run_grants(self._table.release(lease))
+        session.reply(reply)
+
+    # -- messages ----------------------------------------------------------------
+    def _check_header(self, header: dict[str, Any]) -> None:
         if len(msgpack.packb(header, use_bin_type=True)) > MAX_HEADER:
             raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
-        self._table.move(rec, session.proc, to, header)
-        session.reply(Reply(req.req_id, Op.SEND))
-        receiver = self._session_of(to)
-        if receiver is not None and receiver.recv_waits:
-            self._deliver(receiver, receiver.recv_waits.popleft())
+
+    def _send(self, session: _Session, req: Request) -> None:
+        a = req.args
+        move = a["move"]
+        rec = self._table.lookup(session.proc, a["block"], "own" if move else "r")
+        self._check_header(a["header"])
+        to = self._table.processes.get(a["to"])
+        if to is None:
+            if not a["wait_ms"]:
+                raise PeerUnreachable(f"no process named {a['to']!r} is registered")
+            self._park_for_peer(session, req)
+            return
+        if move:
+            self._table.check_movable(session.proc, rec)
+        token = _Wait(session, req, rec)
+        delivery = Delivery(rec, session.proc, to, a["header"], move, token)
+        if self._table.offer(delivery, nowait=a["nowait"]):
+            session.reply(Reply(req.req_id, Op.SEND))
+            self._wake_receiver(to)
+        else:
+            session.sends[req.req_id] = (to, token)
+
+    def _park_for_peer(self, session: _Session, req: Request) -> None:
+        name = req.args["to"]
+        waits = self._peer_waits.setdefault(name, [])
+        loop = asyncio.get_running_loop()
+        wait = _PeerWait(session, req, None)
+
+        def expire() -> None:
+            if wait in waits:
+                waits.remove(wait)
+                exc = PeerUnreachable(
+                    f"no process named {name!r} registered within {req.args['wait_ms']} ms"
+                )
+                session.reply(_error_reply(req, exc))
+
+        wait.timer = loop.call_later(req.args["wait_ms"] / 1000, expire)
+        waits.append(wait)
+
+    def _retry_peer_waits(self, name: str) -> None:
+        for wait in self._peer_waits.pop(name, []):
+            if wait.timer is not None:
+                wait.timer.cancel()
+            if not wait.session.closed.is_set():
+                self.handle(wait.session, wait.request)
 
     def _recv(self, session: _Session, req: Request) -> None:
         if session.proc.inbox and not session.recv_waits:
@@ -499,9 +678,113 @@ class Coordinator:
             session.recv_waits.append(req)
 
     def _deliver(self, session: _Session, req: Request) -> None:
-        entry = session.proc.inbox.popleft()
-        fields = {**_block_fields(entry.block), "sender": entry.sender, "header": entry.header}
+        entry, admitted = self._table.take(session.proc)
+        rec = entry.block
+        fields = {
+            **_block_fields(rec),
+            "owner": rec.owner_name,
+            "sender": entry.sender,
+            "header": entry.header,
+            "topic": entry.topic,
+        }
         session.reply(Reply(req.req_id, Op.RECV, fields))
+        self._deliveries_done(admitted, wake=False)
+
+    def _wake_receiver(self, proc: ProcessRecord) -> None:
+        """Answer ``proc``'s waiting ``recv`` calls from its inbox."""
+        session = self._session_of(proc)
+        if session is None:
+            return
+        while session.recv_waits and proc.inbox:
+            self._deliver(session, session.recv_waits.popleft())
+
+    def _deliveries_done(self, deliveries: list[Delivery], *, wake: bool = True) -> None:
+        for d in deliveries:
+            self._delivery_done(d, None)
+        if wake:
+            for proc in {id(d.to): d.to for d in deliveries}.values():
+                self._wake_receiver(proc)
+
+    def _delivery_done(self, d: Delivery, error: BlockIPCError | None) -> None:
+        """A queued delivery reached its inbox (``error`` None) or never will."""
+        token = d.token
+        if isinstance(token, _FanoutPart):
+            self._fanout_part_done(token.fanout, delivered=error is None)
+            return
+        assert isinstance(token, _Wait)
+        token.session.sends.pop(token.request.req_id, None)
+        if error is None:
+            token.session.reply(Reply(token.request.req_id, Op.SEND))
+        else:
+            token.session.reply(_error_reply(token.request, error))
+
+    # -- publish/subscribe -------------------------------------------------------
+    @staticmethod
+    def _topic(req: Request) -> str:
+        topic: str = req.args["topic"]
+        if not topic or len(topic) > MAX_TOPIC:
+            raise InvalidRequest(f"topic {topic!r:.80} must be 1 to {MAX_TOPIC} characters")
+        return topic
+
+    def _subscribe(self, session: _Session, req: Request) -> None:
+        self._table.subscribe(session.proc, self._topic(req))
+        session.reply(Reply(req.req_id, Op.SUBSCRIBE))
+
+    def _unsubscribe(self, session: _Session, req: Request) -> None:
+        self._table.unsubscribe(session.proc, self._topic(req))
+        session.reply(Reply(req.req_id, Op.UNSUBSCRIBE))
+
+    def _publish(self, session: _Session, req: Request) -> None:
+        """Give every subscriber a read grant and an inbox message; the publisher's own
+        hold ends once every inbox took it, so the block is freed after the last
+        subscriber frees it."""
+        a = req.args
+        topic = self._topic(req)
+        proc = session.proc
+        rec = self._table.lookup(proc, a["block"], "own")
+        self._check_header(a["header"])
+        self._table.check_movable(proc, rec)
+        subs = [p for p in self._table.subscribers(topic) if p is not proc]
+        if a["nowait"]:
+            full = [p.name for p in subs if not self._table.has_room(p, rec)]
+            if full:
+                raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
+        fanout = _Fanout(session, req, rec, remaining=len(subs) + 1)
+        for sub in subs:
+            delivery = Delivery(rec, proc, sub, a["header"], False, _FanoutPart(fanout), topic)
+            if self._table.offer(delivery):
+                self._fanout_part_done(fanout, delivered=True)
+                self._wake_receiver(sub)
+        self._fanout_part_done(fanout, delivered=False)  # the publisher's own part
+
+    def _fanout_part_done(self, fanout: _Fanout, *, delivered: bool) -> None:
+        fanout.delivered += delivered
+        fanout.remaining -= 1
+        if fanout.remaining:
+            return
+        session, rec = fanout.session, fanout.block
+        if rec.id in self._table.blocks and session.proc.blocks.__contains__(rec.id):
+            gone, dropped = self._table.release_hold(session.proc, rec)
+            if gone:
+                self.pool.free(rec.segment, rec.offset)
+            self._answer_dropped(dropped)
+        session.reply(Reply(fanout.request.req_id, Op.PUBLISH, {"delivered": fanout.delivered}))
+
+    def _peers(self, session: _Session, req: Request) -> None:
+        session.reply(Reply(req.req_id, Op.PEERS, {"names": sorted(self._table.processes)}))
+
+    # -- rights ------------------------------------------------------------------
+    def _grant(self, session: _Session, req: Request) -> None:
+        rec = self._table.lookup(session.proc, req.args["block"], "own")
+        to = self._table.find_process(req.args["to"])
+        self._table.grant(session.proc, rec, to, req.args["mode"])
+        session.reply(Reply(req.req_id, Op.GRANT))
+
+    def _revoke(self, session: _Session, req: Request) -> None:
+        rec = self._table.lookup(session.proc, req.args["block"], "own")
+        to = self._table.find_process(req.args["to"])
+        self._table.revoke(session.proc, rec, to)
+        session.reply(Reply(req.req_id, Op.REVOKE))
 
     def _stats(self, session: _Session, req: Request) -> None:
         s = self.stats()
@@ -529,12 +812,25 @@ class Coordinator:
         if wait is not None and wait.block is not None:
             self._table.cancel_wait(wait.block, wait)
             session.reply(ErrorReply(target, wait.request.op, CANCELLED, "cancelled"))
+        elif target in session.sends:
+            to, token = session.sends.pop(target)
+            if self._table.withdraw(to, token) is not None:
+                session.reply(ErrorReply(target, Op.SEND, CANCELLED, "cancelled"))
         else:
             for pending in session.recv_waits:
                 if pending.req_id == target:
                     session.recv_waits.remove(pending)
                     session.reply(ErrorReply(target, Op.RECV, CANCELLED, "cancelled"))
                     break
+            else:
+                for waits in self._peer_waits.values():
+                    for pw in waits:
+                        if pw.session is session and pw.request.req_id == target:
+                            waits.remove(pw)
+                            if pw.timer is not None:
+                                pw.timer.cancel()
+                            session.reply(ErrorReply(target, Op.SEND, CANCELLED, "cancelled"))
+                            break
         session.reply(Reply(req.req_id, Op.CANCEL))
 
     def _bye(self, session: _Session, req: Request) -> None:
@@ -556,6 +852,13 @@ class Coordinator:
         Op.STATS: _stats,
         Op.CANCEL: _cancel,
         Op.BYE: _bye,
+        Op.COPY: _copy,
+        Op.GRANT: _grant,
+        Op.REVOKE: _revoke,
+        Op.SUBSCRIBE: _subscribe,
+        Op.UNSUBSCRIBE: _unsubscribe,
+        Op.PUBLISH: _publish,
+        Op.PEERS: _peers,
     }
 
 
@@ -581,6 +884,8 @@ class _Session(asyncio.BufferedProtocol):
         self.conn = conn
         self.proc = proc
         self.waits: dict[int, _Wait] = {}
+        self.sends: dict[int, tuple[ProcessRecord, _Wait]] = {}  # sends queued for room
+        self.futures: set[asyncio.Future[Lease]] = set()  # copy tasks' lease waits
         self.recv_waits: deque[Request] = deque()
         self.closed = anyio.Event()
         self._transport: asyncio.Transport | None = None

@@ -17,6 +17,7 @@ __all__ = [
     "CodecError",
     "ConnectionClosed",
     "ErrorCode",
+    "InboxFull",
     "InvalidRequest",
     "OutOfBounds",
     "PeerUnreachable",
@@ -92,6 +93,13 @@ class CodecError(BlockIPCError, ValueError):
     code = 10
 
 
+class InboxFull(BlockIPCError):
+    """Raised when a ``send(..., nowait=True)`` or ``publish(..., nowait=True)`` finds a
+    receiver's inbox at its message or byte limit."""
+
+    code = 11
+
+
 class ErrorCode(enum.IntEnum):
     """Wire codes of the errors a coordinator reports."""
 
@@ -105,6 +113,7 @@ class ErrorCode(enum.IntEnum):
     PEER_UNREACHABLE = PeerUnreachable.code
     INVALID_REQUEST = InvalidRequest.code
     CODEC_ERROR = CodecError.code
+    INBOX_FULL = InboxFull.code
 
 
 _BY_CODE: dict[int, type[BlockIPCError]] = {
@@ -120,6 +129,7 @@ _BY_CODE: dict[int, type[BlockIPCError]] = {
         PeerUnreachable,
         InvalidRequest,
         CodecError,
+        InboxFull,
     )
 }
 

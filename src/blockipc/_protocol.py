@@ -99,6 +99,14 @@ class Op(enum.IntEnum):
     STATS = 11
     CANCEL = 12
     BYE = 13
+    # copy, grants and pub/sub (14-29)
+    COPY = 14
+    GRANT = 15
+    REVOKE = 16
+    SUBSCRIBE = 17
+    UNSUBSCRIBE = 18
+    PUBLISH = 19
+    PEERS = 20
 
 
 class Role(enum.Enum):
@@ -187,7 +195,10 @@ _BLOCK_FIELDS: Final[_Schema] = {
 
 # (kind, op) -> (schema of meta, data allowed)
 _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
-    (Kind.REQUEST, Op.HELLO): ({"version": int, "name": str, "pid": int}, False),
+    (Kind.REQUEST, Op.HELLO): (
+        {"version": int, "name": str, "pid": int, "inbox_messages": int, "inbox_bytes": int},
+        False,
+    ),
     (Kind.REPLY, Op.HELLO): (
         {
             "version": int,
@@ -212,10 +223,44 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.LEASE): ({"lease": int, **_BLOCK_FIELDS}, False),
     (Kind.REQUEST, Op.RELEASE): ({"lease": int}, False),
     (Kind.REPLY, Op.RELEASE): ({}, False),
-    (Kind.REQUEST, Op.SEND): ({"block": int, "to": str, "header": dict}, False),
+    (Kind.REQUEST, Op.SEND): (
+        # wait_ms: how long to wait for a receiver that has not registered yet (0: no wait)
+        {"block": int, "to": str, "header": dict, "move": bool, "nowait": bool, "wait_ms": int},
+        False,
+    ),
     (Kind.REPLY, Op.SEND): ({}, False),
     (Kind.REQUEST, Op.RECV): ({}, False),
-    (Kind.REPLY, Op.RECV): ({**_BLOCK_FIELDS, "sender": str, "header": dict}, False),
+    (Kind.REPLY, Op.RECV): (
+        {**_BLOCK_FIELDS, "owner": str, "sender": str, "header": dict, "topic": str},
+        False,
+    ),
+    (Kind.REQUEST, Op.COPY): (
+        {
+            "src": int,
+            "dst": int,
+            "src_offset": int,
+            "dst_offset": int,
+            "size": int,
+            "to_end": bool,  # size = the rest of src, from src_offset
+        },
+        False,
+    ),
+    (Kind.REPLY, Op.COPY): ({"copied": int}, False),
+    (Kind.REQUEST, Op.GRANT): ({"block": int, "to": str, "mode": str}, False),
+    (Kind.REPLY, Op.GRANT): ({}, False),
+    (Kind.REQUEST, Op.REVOKE): ({"block": int, "to": str}, False),
+    (Kind.REPLY, Op.REVOKE): ({}, False),
+    (Kind.REQUEST, Op.SUBSCRIBE): ({"topic": str}, False),
+    (Kind.REPLY, Op.SUBSCRIBE): ({}, False),
+    (Kind.REQUEST, Op.UNSUBSCRIBE): ({"topic": str}, False),
+    (Kind.REPLY, Op.UNSUBSCRIBE): ({}, False),
+    (Kind.REQUEST, Op.PUBLISH): (
+        {"block": int, "topic": str, "header": dict, "nowait": bool},
+        False,
+    ),
+    (Kind.REPLY, Op.PUBLISH): ({"delivered": int}, False),
+    (Kind.REQUEST, Op.PEERS): ({}, False),
+    (Kind.REPLY, Op.PEERS): ({"names": _STRLIST}, False),
     (Kind.REQUEST, Op.STATS): ({}, False),
     (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
     (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),
@@ -233,6 +278,8 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
     ok: bool
     if kind is int:
         ok = type(value) is int and 0 <= value <= _MAX_INT
+    elif kind is bool:
+        ok = type(value) is bool
     elif kind is str:
         ok = type(value) is str and len(value) <= _MAX_STR
     elif kind is bytes:
@@ -289,10 +336,11 @@ class Connection:
     """One side of a blockipc connection: bytes in, events out; events in, bytes out.
 
     >>> client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
-    >>> hello = Request(1, Op.HELLO, {"version": 1, "name": "a", "pid": 7})
-    >>> server.receive_data(client.send(hello))
+    >>> server.receive_data(client.send(Request(1, Op.STATS)))
     >>> server.next_event()
-    Request(req_id=1, op=<Op.HELLO: 1>, args={'version': 1, 'name': 'a', 'pid': 7}, data=b'')
+    Traceback (most recent call last):
+    ...
+    blockipc._exceptions.ProtocolError: STATS is not allowed during the handshake
     """
 
     def __init__(self, role: Role, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:

@@ -33,15 +33,19 @@ BlockLike = Block | int
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A block delivered to this process's inbox by :meth:`Client.send`.
+    """A block delivered to this process's inbox by :meth:`Client.send` or
+    :meth:`Client.publish`.
 
-    The receiver owns ``block`` from now on; ``sender`` is the sending process's name
-    and ``header`` the small dict it attached.
+    ``block.owner`` says who owns it now: this process after a moving send, the sender
+    after a shared send (``move=False``) where this process has a read grant, nobody
+    (``""``) after a publish. ``sender`` is the sending process's name, ``header`` the
+    small dict it attached, ``topic`` the topic of a published block (else ``None``).
     """
 
     block: Block
     sender: str
     header: dict[str, Any] = field(default_factory=dict)
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
