@@ -1,0 +1,972 @@
+"""``blockipc bench``: blockipc against the baselines it must beat, in one run.
+
+Theory of operation
+-------------------
+Every party runs in its own process (``multiprocessing`` spawn context), pinned to one
+CPU with :func:`os.sched_setaffinity` before it starts any thread, and runs its event
+loop on uvloop. For every contender alike the *server side* (the blockipc coordinator,
+the echo server, the ZeroMQ ROUTER, the bulk receiver) sits on the first CPU and the
+*client side* (blockipc clients and the ping-pong peer, the echo client, the DEALER,
+the bulk sender, the memcpy loop) on the second.
+
+All processes are started once, connected and warmed up; then the parent runs
+``rounds`` rounds. In each round it asks every contender in turn for one measurement
+slice (each slice begins with a short untimed warm-up of its own), rotating the order
+from round to round, so slow drifts of the machine (frequency, noisy neighbours) hit
+every contender alike. Samples are taken with :func:`time.perf_counter_ns`
+(``CLOCK_MONOTONIC``, comparable across processes) inside the processes that do the
+work; the parent only collects them and prints a Markdown table.
+
+The parent never runs blockipc itself and sleeps on a pipe while a slice runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import gc
+import importlib.util
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import struct
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+    _Pipe: TypeAlias = Connection[Any, Any]
+
+__all__ = ["main"]
+
+PING_SIZE: Final = 64
+BULK_SIZE: Final = 64 << 20
+SMALL_BLOCK: Final = 4096
+POOL_SIZE: Final = "160MiB"
+_STAMP: Final = struct.Struct("<q")
+_COMMAND_TIMEOUT: Final = 180.0
+_START_TIMEOUT: Final = 60.0
+
+# targets (see the "Measured facts" of the design brief)
+TARGET_READ_VS_RAW: Final = 1.3
+TARGET_READ_VS_ZMQ: Final = 1.0
+TARGET_ALLOC_VS_RTT: Final = 1.3
+TARGET_HANDOFF_SPEEDUP: Final = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How much one run measures; every count is per contender and per round."""
+
+    rounds: int
+    pings: int  # 64-byte round trips (blockipc read, raw socket, zmq)
+    allocs: int  # sequential alloc+free pairs
+    pipe_tasks: int  # concurrent tasks for pipelined alloc+free
+    pipe_each: int  # alloc+free pairs per task
+    sends: int  # blockipc send ping-pongs (A -> B -> A)
+    bulk: int  # 64 MiB socket transfers
+    copies: int  # 64 MiB memcpys
+    warmup: int  # untimed small operations before each slice
+
+
+FULL: Final = Plan(
+    rounds=24,
+    pings=1500,
+    allocs=600,
+    pipe_tasks=32,
+    pipe_each=40,
+    sends=200,
+    bulk=4,
+    copies=6,
+    warmup=100,
+)
+QUICK: Final = Plan(
+    rounds=3,
+    pings=400,
+    allocs=200,
+    pipe_tasks=32,
+    pipe_each=15,
+    sends=60,
+    bulk=2,
+    copies=4,
+    warmup=50,
+)
+
+
+# =====================================================================================
+# worker processes
+# =====================================================================================
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+def _worker(role: str, cpu: int | None, conn: _Pipe, arg: dict[str, Any]) -> None:
+    """Entry point of every child process."""
+    _pin(cpu)  # first: threads started later (libzmq's I/O thread) inherit the mask
+    _quiet_logs()
+    try:
+        _run(lambda: _ROLES[role](conn, arg))
+    except BaseException:
+        # the full traceback goes to stderr (multiprocessing prints it); the parent
+        # reports the last line
+        last = traceback.format_exc().strip().splitlines()[-1]
+        conn.send(("error", f"{role} (pid {os.getpid()}) failed: {last}"))
+        raise
+    finally:
+        conn.close()
+
+
+async def _readable(conn: _Pipe) -> None:
+    """Wait, without blocking the loop, until the parent has written to ``conn``."""
+    loop = asyncio.get_running_loop()
+    fd = conn.fileno()
+    while not conn.poll():
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake(ready: asyncio.Future[None] = ready) -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _until_stop(conn: _Pipe) -> None:
+    while True:
+        await _readable(conn)
+        cmd, _args = conn.recv()
+        if cmd == "stop":
+            return
+
+
+_Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _serve_commands(conn: _Pipe, handlers: dict[str, _Handler]) -> None:
+    """Client-side loop: run each measurement slice the parent asks for."""
+    conn.send(("ready", {}))
+    while True:
+        await _readable(conn)
+        cmd, args = conn.recv()
+        if cmd == "stop":
+            return
+        gc.collect()
+        result = await handlers[cmd](args)
+        conn.send(("ok", result))
+
+
+def _timed_loop(samples: list[int], warmup: int) -> Callable[[int], None]:
+    def record(t0: int) -> None:
+        nonlocal warmup
+        t1 = time.perf_counter_ns()
+        if warmup > 0:
+            warmup -= 1
+        else:
+            samples.append(t1 - t0)
+
+    return record
+
+
+# -- servers (first CPU) --------------------------------------------------------------
+
+
+async def _coordinator_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._coordinator import Coordinator
+
+    async with Coordinator(pool_size=arg["pool_size"]) as coord:
+        conn.send(("ready", {"address": coord.address}))
+        await _until_stop(conn)
+
+
+async def _echo_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                writer.write(await reader.readexactly(PING_SIZE))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(handle, arg["path"])
+    async with server:
+        conn.send(("ready", {}))
+        await _until_stop(conn)
+
+
+async def _zmq_router_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    import zmq
+    import zmq.asyncio
+
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(arg["endpoint"])
+
+    async def echo() -> None:
+        while True:
+            await sock.send_multipart(await sock.recv_multipart())
+
+    task = asyncio.create_task(echo())
+    conn.send(("ready", {}))
+    try:
+        await _until_stop(conn)
+    finally:
+        task.cancel()
+        sock.close(linger=0)
+        ctx.term()
+
+
+class _BulkReceiver(asyncio.BufferedProtocol):
+    """Reads ``stamp + size`` bytes straight into a preallocated buffer, then answers
+    with the nanoseconds since the sender's stamp."""
+
+    def __init__(self, size: int) -> None:
+        self._buffer = bytearray(b"\0" * (_STAMP.size + size))  # touched: no lazy pages
+        self._view = memoryview(self._buffer)
+        self._got = 0
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._got :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._got += nbytes
+        if self._got == len(self._buffer):
+            elapsed = time.perf_counter_ns() - _STAMP.unpack_from(self._buffer)[0]
+            self._got = 0
+            assert self._transport is not None
+            self._transport.write(_STAMP.pack(elapsed))
+
+
+async def _bulk_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    size: int = arg["size"]
+    loop = asyncio.get_running_loop()
+    server: asyncio.AbstractServer
+    if arg["kind"] == "protocol":
+        server = await loop.create_unix_server(lambda: _BulkReceiver(size), arg["path"])
+    else:
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    stamp = await reader.readexactly(_STAMP.size)
+                    await reader.readexactly(size)
+                    elapsed = time.perf_counter_ns() - _STAMP.unpack(stamp)[0]
+                    writer.write(_STAMP.pack(elapsed))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_unix_server(handle, arg["path"])
+    async with server:
+        conn.send(("ready", {}))
+        await _until_stop(conn)
+
+
+# -- clients (second CPU) -------------------------------------------------------------
+
+
+async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    async with connect(arg["address"], name="bench-a") as client:
+        ping = await client.alloc(PING_SIZE)
+        await client.write(ping, b"r" * PING_SIZE)
+        blocks = {"big": await client.alloc(BULK_SIZE), "small": await client.alloc(SMALL_BLOCK)}
+        for block in blocks.values():  # filled beforehand, not timed
+            async with client.lease(block, "w") as view:
+                view[:] = b"\x5a" * len(view)
+
+        async def read(args: dict[str, Any]) -> dict[str, Any]:
+            samples: list[int] = []
+            record = _timed_loop(samples, args["warmup"])
+            for _ in range(args["warmup"] + args["n"]):
+                t0 = time.perf_counter_ns()
+                await client.read(ping, 0, PING_SIZE)
+                record(t0)
+            return {"samples": samples}
+
+        async def alloc_seq(args: dict[str, Any]) -> dict[str, Any]:
+            samples: list[int] = []
+            record = _timed_loop(samples, args["warmup"])
+            for _ in range(args["warmup"] + args["n"]):
+                t0 = time.perf_counter_ns()
+                await client.free(await client.alloc(SMALL_BLOCK))
+                record(t0)
+            return {"samples": samples, "ops": len(samples), "elapsed": sum(samples)}
+
+        async def pairs(k: int) -> None:
+            for _ in range(k):
+                await client.free(await client.alloc(SMALL_BLOCK))
+
+        async def alloc_pipe(args: dict[str, Any]) -> dict[str, Any]:
+            tasks, each = args["tasks"], args["each"]
+            await asyncio.gather(*(pairs(max(1, args["warmup"] // tasks)) for _ in range(tasks)))
+            t0 = time.perf_counter_ns()
+            await asyncio.gather(*(pairs(each) for _ in range(tasks)))
+            return {"ops": tasks * each, "elapsed": time.perf_counter_ns() - t0}
+
+        async def send(args: dict[str, Any]) -> dict[str, Any]:
+            """One way: from calling ``send`` to the peer's ``recv`` returning, timed by
+            the peer against the stamp in the header; the peer sends the block back."""
+            block = blocks[args["which"]]
+            samples: list[int] = []
+            for i in range(args["warmup"] + args["n"]):
+                await client.send(block, to="bench-b", header={"t0": time.perf_counter_ns()})
+                msg = await client.recv()
+                block = msg.block
+                if i >= args["warmup"]:
+                    samples.append(msg.header["elapsed"])
+            blocks[args["which"]] = block
+            return {"samples": samples}
+
+        await _serve_commands(
+            conn, {"read": read, "alloc_seq": alloc_seq, "alloc_pipe": alloc_pipe, "send": send}
+        )
+
+
+async def _blockipc_peer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    async with connect(arg["address"], name="bench-b") as client:
+
+        async def echo() -> None:
+            # the next recv is always posted before the block goes back, so the
+            # coordinator can hand the next message over the moment it arrives
+            pending = asyncio.ensure_future(client.recv())
+            try:
+                while True:
+                    msg = await pending
+                    elapsed = time.perf_counter_ns() - msg.header["t0"]
+                    pending = asyncio.ensure_future(client.recv())
+                    await client.send(msg.block, to=msg.sender, header={"elapsed": elapsed})
+            finally:
+                pending.cancel()
+
+        task = asyncio.create_task(echo())
+        conn.send(("ready", {}))
+        try:
+            await _until_stop(conn)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # its CANCEL goes out before the client says goodbye
+
+
+async def _echo_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    reader, writer = await asyncio.open_unix_connection(arg["path"])
+    payload = b"p" * PING_SIZE
+
+    async def ping(args: dict[str, Any]) -> dict[str, Any]:
+        samples: list[int] = []
+        record = _timed_loop(samples, args["warmup"])
+        for _ in range(args["warmup"] + args["n"]):
+            t0 = time.perf_counter_ns()
+            writer.write(payload)
+            await reader.readexactly(PING_SIZE)
+            record(t0)
+        return {"samples": samples}
+
+    try:
+        await _serve_commands(conn, {"ping": ping})
+    finally:
+        writer.close()
+
+
+async def _zmq_dealer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    import zmq
+    import zmq.asyncio
+
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(arg["endpoint"])
+    payload = b"p" * PING_SIZE
+
+    async def ping(args: dict[str, Any]) -> dict[str, Any]:
+        samples: list[int] = []
+        record = _timed_loop(samples, args["warmup"])
+        for _ in range(args["warmup"] + args["n"]):
+            t0 = time.perf_counter_ns()
+            await sock.send(payload)
+            await sock.recv()
+            record(t0)
+        return {"samples": samples}
+
+    try:
+        await _serve_commands(conn, {"ping": ping})
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+async def _bulk_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    size: int = arg["size"]
+    reader, writer = await asyncio.open_unix_connection(arg["path"])
+    payload = b"\x5a" * size  # filled beforehand, not timed
+
+    async def bulk(args: dict[str, Any]) -> dict[str, Any]:
+        samples: list[int] = []
+        for i in range(args["warmup"] + args["n"]):
+            writer.write(_STAMP.pack(time.perf_counter_ns()))
+            writer.write(payload)
+            await writer.drain()
+            elapsed = _STAMP.unpack(await reader.readexactly(_STAMP.size))[0]
+            if i >= args["warmup"]:
+                samples.append(elapsed)  # measured by the receiver, from the stamp
+        return {"samples": samples}
+
+    try:
+        await _serve_commands(conn, {"bulk": bulk})
+    finally:
+        writer.close()
+
+
+async def _memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    size: int = arg["size"]
+    copy: Callable[[], None]
+    if arg["numpy"]:
+        import numpy as np
+
+        src = np.full(size, 0x5A, dtype=np.uint8)
+        dst = np.ones(size, dtype=np.uint8)
+
+        def copy() -> None:
+            np.copyto(dst, src)
+
+    else:
+        src_b = bytearray(b"\x5a" * size)
+        dst_b = bytearray(b"\1" * size)
+        src_v, dst_v = memoryview(src_b), memoryview(dst_b)
+
+        def copy() -> None:
+            dst_v[:] = src_v
+
+    async def memcpy(args: dict[str, Any]) -> dict[str, Any]:
+        samples: list[int] = []
+        record = _timed_loop(samples, args["warmup"])
+        for _ in range(args["warmup"] + args["n"]):
+            t0 = time.perf_counter_ns()
+            copy()
+            record(t0)
+        return {"samples": samples}
+
+    await _serve_commands(conn, {"memcpy": memcpy})
+
+
+_SERVER_ROLES: Final = frozenset({"coordinator", "echo_server", "zmq_router", "bulk_server"})
+_ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, None]]]] = {
+    "coordinator": _coordinator_role,
+    "echo_server": _echo_server_role,
+    "zmq_router": _zmq_router_role,
+    "bulk_server": _bulk_server_role,
+    "blockipc_client": _blockipc_client_role,
+    "blockipc_peer": _blockipc_peer_role,
+    "echo_client": _echo_client_role,
+    "zmq_dealer": _zmq_dealer_role,
+    "bulk_client": _bulk_client_role,
+    "memcpy": _memcpy_role,
+}
+
+
+# =====================================================================================
+# the parent: start, interleave, collect, report
+# =====================================================================================
+
+
+class _Party:
+    """One child process and the pipe to it."""
+
+    def __init__(self, ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> None:
+        self.role = role
+        parent_end, child_end = ctx.Pipe()
+        self.conn: _Pipe = parent_end
+        self.process: BaseProcess = ctx.Process(
+            target=_worker, args=(role, cpu, child_end, arg), name=f"bench-{role}", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        if not self.conn.poll(timeout):
+            raise RuntimeError(f"{self.role}: no answer within {timeout:.0f} s")
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.role}: process ended ({self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(payload)
+        result: dict[str, Any] = payload
+        return result
+
+    def ask(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        self.conn.send((cmd, args))
+        return self.receive(_COMMAND_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(("stop", {}))
+
+    def join(self) -> None:
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        self.conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    """One contender's measurement in a round."""
+
+    key: str
+    party: str
+    cmd: str
+    args: dict[str, Any]
+
+
+def _cpus() -> tuple[int | None, int | None, str | None]:
+    if not hasattr(os, "sched_getaffinity"):
+        return None, None, "CPU pinning unavailable on this platform: processes not pinned"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return cpus[0], cpus[0], f"only CPU {cpus[0]} available: every party pinned to it"
+    return cpus[0], cpus[1], None
+
+
+def _cpu_snapshot(pids: list[int]) -> tuple[int, int, int] | None:
+    """Clock ticks: (busy on the whole machine, used by ``pids``, stolen); Linux only."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        ours = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            ours += int(stat[11]) + int(stat[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system = fields[0:3]
+    steal = fields[7] if len(fields) > 7 else 0
+    return user + nice + system, ours, steal
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    server_cpu, client_cpu, pin_note = _cpus()
+    if pin_note:
+        notes.append(pin_note)
+    have_zmq, have_numpy = _has("zmq"), _has("numpy")
+    if not have_zmq:
+        notes.append("pyzmq is not installed: the ZeroMQ DEALER/ROUTER rows are skipped")
+    if not have_numpy:
+        notes.append("numpy is not installed: memcpy measured with a bytearray slice copy")
+    ctx = mp.get_context("spawn")
+    tmp = tempfile.TemporaryDirectory(prefix="blockipc-bench-")
+    parties: dict[str, _Party] = {}
+    try:
+
+        def start(name: str, role: str, cpu: int | None, **arg: Any) -> None:
+            parties[name] = _Party(ctx, role, cpu, arg)
+
+        path = os.path.join
+        echo_sock = path(tmp.name, "echo.sock")
+        endpoint = "ipc://" + path(tmp.name, "zmq.ipc")
+        bulk_socks = {kind: path(tmp.name, f"bulk-{kind}.sock") for kind in ("protocol", "streams")}
+        # server side, first CPU
+        start("coordinator", "coordinator", server_cpu, pool_size=POOL_SIZE)
+        start("echo_server", "echo_server", server_cpu, path=echo_sock)
+        if have_zmq:
+            start("zmq_router", "zmq_router", server_cpu, endpoint=endpoint)
+        for kind, sock in bulk_socks.items():
+            start(
+                f"bulk_{kind}_server",
+                "bulk_server",
+                server_cpu,
+                path=sock,
+                kind=kind,
+                size=BULK_SIZE,
+            )
+        servers = list(parties)
+        address = parties["coordinator"].receive(_START_TIMEOUT)["address"]
+        for name in servers[1:]:
+            parties[name].receive(_START_TIMEOUT)
+        # client side, second CPU
+        start("blockipc_peer", "blockipc_peer", client_cpu, address=address)
+        parties["blockipc_peer"].receive(_START_TIMEOUT)  # registered before anyone sends
+        start("blockipc", "blockipc_client", client_cpu, address=address)
+        start("echo_client", "echo_client", client_cpu, path=echo_sock)
+        if have_zmq:
+            start("zmq_dealer", "zmq_dealer", client_cpu, endpoint=endpoint)
+        for kind, sock in bulk_socks.items():
+            start(f"bulk_{kind}_client", "bulk_client", client_cpu, path=sock, size=BULK_SIZE)
+        start("memcpy", "memcpy", client_cpu, size=BULK_SIZE, numpy=have_numpy)
+        for name, party in parties.items():
+            if name not in servers and name != "blockipc_peer":
+                party.receive(_START_TIMEOUT)
+
+        w, n = plan.warmup, plan.pings
+        slices = [
+            _Slice("read_blockipc", "blockipc", "read", {"n": n, "warmup": w}),
+            _Slice("ping_raw", "echo_client", "ping", {"n": n, "warmup": w}),
+            _Slice("alloc_seq", "blockipc", "alloc_seq", {"n": plan.allocs, "warmup": w}),
+            _Slice(
+                "alloc_pipe",
+                "blockipc",
+                "alloc_pipe",
+                {"tasks": plan.pipe_tasks, "each": plan.pipe_each, "warmup": w},
+            ),
+            _Slice("send_big", "blockipc", "send", {"which": "big", "n": plan.sends, "warmup": 10}),
+            _Slice("bulk_protocol", "bulk_protocol_client", "bulk", {"n": plan.bulk, "warmup": 1}),
+            _Slice(
+                "send_small", "blockipc", "send", {"which": "small", "n": plan.sends, "warmup": 10}
+            ),
+            _Slice("bulk_streams", "bulk_streams_client", "bulk", {"n": plan.bulk, "warmup": 1}),
+            _Slice("memcpy", "memcpy", "memcpy", {"n": plan.copies, "warmup": 1}),
+        ]
+        if have_zmq:
+            slices.insert(2, _Slice("ping_zmq", "zmq_dealer", "ping", {"n": n, "warmup": w}))
+        # one untimed pass warms every contender (page faults, code paths, caches)
+        for s in slices:
+            parties[s.party].ask(s.cmd, s.args)
+        results: dict[str, list[dict[str, Any]]] = {s.key: [] for s in slices}
+        order = collections.deque(slices)
+        pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
+        before, started = _cpu_snapshot(pids), time.perf_counter()
+        for r in range(plan.rounds):
+            t0 = time.perf_counter()
+            for s in order:
+                results[s.key].append(parties[s.party].ask(s.cmd, s.args))
+            order.rotate(-1)
+            print(
+                f"round {r + 1}/{plan.rounds} done in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        after = _cpu_snapshot(pids)
+        if before is not None and after is not None:
+            ncpu = os.cpu_count() or 1
+            capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
+            foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
+            steal = (after[2] - before[2]) / capacity
+            if foreign > 0.05:
+                notes.append(
+                    f"other processes used {foreign:.0%} of the {ncpu} CPUs while this ran: "
+                    "the machine was not quiet, expect noisy numbers (rerun on an idle machine)"
+                )
+            if steal > 0.02:
+                notes.append(f"the hypervisor stole {steal:.0%} of the {ncpu} CPUs while this ran")
+        return results, notes
+    finally:
+        # clients first (they say goodbye to their servers), then the servers
+        for party in reversed(parties.values()):
+            party.stop()
+            if party.role not in _SERVER_ROLES:
+                party.join()
+        for party in parties.values():
+            party.join()
+        tmp.cleanup()
+
+
+# -- statistics and the report --------------------------------------------------------
+
+
+def _pct(sorted_samples: list[int], q: float) -> float:
+    """Nearest-rank percentile."""
+    i = max(0, math.ceil(q / 100 * len(sorted_samples)) - 1)
+    return float(sorted_samples[i])
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled latency statistics (µs) plus the spread of the per-round medians."""
+    pooled = sorted(s for r in rounds for s in r["samples"])
+    per_round = [statistics.median(r["samples"]) / 1e3 for r in rounds]
+    return {
+        "n": len(pooled),
+        "median_us": statistics.median(pooled) / 1e3,
+        "p99_us": _pct(pooled, 99) / 1e3,
+        "min_us": pooled[0] / 1e3,
+        "round_medians_us": per_round,
+    }
+
+
+def _rate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    per_round = [r["ops"] / (r["elapsed"] / 1e9) for r in rounds]
+    return {"ops_per_s": statistics.median(per_round), "round_ops_per_s": per_round}
+
+
+def _fmt_us(us: float) -> str:
+    if us >= 1000:
+        return f"{us / 1000:.2f} ms"
+    return f"{us:.1f} µs"
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def _analyse(
+    plan: Plan, results: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, Any], list[list[str]]]:
+    m: dict[str, Any] = {}
+    for key in ("read_blockipc", "ping_raw", "ping_zmq", "send_big", "send_small"):
+        if key in results:
+            m[key] = _summary(results[key])
+    for key in ("bulk_protocol", "bulk_streams", "memcpy"):
+        m[key] = _summary(results[key])
+        m[key]["gb_per_s"] = BULK_SIZE / (m[key]["median_us"] * 1e3)
+    m["alloc_seq"] = {**_summary(results["alloc_seq"]), **_rate(results["alloc_seq"])}
+    m["alloc_pipe"] = _rate(results["alloc_pipe"])
+
+    rows: list[list[str]] = []
+    rd, raw, zq = m["read_blockipc"], m["ping_raw"], m.get("ping_zmq")
+
+    # alloc + free
+    two_rtt = 2 * raw["median_us"]
+    seq = m["alloc_seq"]
+    seq_cell = f"{seq['ops_per_s']:,.0f} pairs/s ({_fmt_us(seq['median_us'])} per pair)"
+    ratio = m["alloc_seq"]["median_us"] / two_rtt
+    rows.append(
+        [
+            "alloc+free, sequential (one pair at a time)",
+            seq_cell,
+            f"2 raw socket RTTs: {_fmt_us(two_rtt)}",
+            f"{ratio:.2f}x",
+            f"≤ {TARGET_ALLOC_VS_RTT}x",
+            _verdict(ratio <= TARGET_ALLOC_VS_RTT),
+        ]
+    )
+    speedup = m["alloc_pipe"]["ops_per_s"] / m["alloc_seq"]["ops_per_s"]
+    rows.append(
+        [
+            f"alloc+free, pipelined ({plan.pipe_tasks} tasks)",
+            f"{m['alloc_pipe']['ops_per_s']:,.0f} pairs/s",
+            f"sequential: {m['alloc_seq']['ops_per_s']:,.0f} pairs/s",
+            f"{speedup:.1f}x",
+            "—",
+            "info",
+        ]
+    )
+
+    # 64-byte round trips
+    ratio_raw = rd["median_us"] / raw["median_us"]
+    rows.append(
+        [
+            "64 B routed read RTT, median",
+            _fmt_us(rd["median_us"]),
+            f"raw uvloop socket: {_fmt_us(raw['median_us'])}",
+            f"{ratio_raw:.2f}x",
+            f"≤ {TARGET_READ_VS_RAW}x",
+            _verdict(ratio_raw <= TARGET_READ_VS_RAW),
+        ]
+    )
+    if zq is not None:
+        ratio_zmq = rd["median_us"] / zq["median_us"]
+        rows.append(
+            [
+                "64 B routed read RTT, median",
+                _fmt_us(rd["median_us"]),
+                f"pyzmq DEALER/ROUTER ipc: {_fmt_us(zq['median_us'])}",
+                f"{ratio_zmq:.2f}x",
+                f"< {TARGET_READ_VS_ZMQ}x",
+                _verdict(ratio_zmq < TARGET_READ_VS_ZMQ),
+            ]
+        )
+    p99_base = f"raw: {_fmt_us(raw['p99_us'])}"
+    p99_ratio = f"{rd['p99_us'] / raw['p99_us']:.2f}x raw"
+    if zq is not None:
+        p99_base += f"; zmq: {_fmt_us(zq['p99_us'])}"
+        p99_ratio += f"; {rd['p99_us'] / zq['p99_us']:.2f}x zmq"
+    rows.append(
+        ["64 B routed read RTT, p99", _fmt_us(rd["p99_us"]), p99_base, p99_ratio, "—", "info"]
+    )
+
+    # 64 MiB hand-over
+    big = m["send_big"]
+    for key, label in (
+        ("bulk_protocol", "asyncio socket, BufferedProtocol"),
+        ("bulk_streams", "asyncio socket, streams"),
+    ):
+        base = m[key]
+        sp = base["median_us"] / big["median_us"]
+        rows.append(
+            [
+                "64 MiB to another process, median",
+                f"send: {_fmt_us(big['median_us'])} (p99 {_fmt_us(big['p99_us'])})",
+                f"{label}: {_fmt_us(base['median_us'])} ({base['gb_per_s']:.2f} GB/s)",
+                f"{sp:,.0f}x faster",
+                f"≥ {TARGET_HANDOFF_SPEEDUP:.0f}x",
+                _verdict(sp >= TARGET_HANDOFF_SPEEDUP),
+            ]
+        )
+    small = m["send_small"]
+    rows.append(
+        [
+            "send 4 KiB vs 64 MiB block (size independence)",
+            f"4 KiB: {_fmt_us(small['median_us'])}",
+            f"64 MiB: {_fmt_us(big['median_us'])}",
+            f"{big['median_us'] / small['median_us']:.2f}x",
+            "≈ 1x",
+            "info",
+        ]
+    )
+    mc = m["memcpy"]
+    rows.append(
+        [
+            "memcpy 64 MiB in one process (context)",
+            "—",
+            f"{_fmt_us(mc['median_us'])} ({mc['gb_per_s']:.2f} GB/s)",
+            f"send = {mc['median_us'] / big['median_us']:,.0f}x faster than one copy",
+            "—",
+            "info",
+        ]
+    )
+    return m, rows
+
+
+def _machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("uvloop", "zmq", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = "missing"
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model,
+        "cpus": cpus,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+    }
+
+
+def _table(rows: list[list[str]]) -> str:
+    head = ["metric", "blockipc", "baseline(s)", "ratio", "target", "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``blockipc bench``: print a Markdown table of blockipc against its baselines."""
+    parser = argparse.ArgumentParser(
+        prog="blockipc bench",
+        description=(
+            "Benchmark blockipc against a raw uvloop Unix socket, pyzmq DEALER/ROUTER over "
+            "ipc:// and asyncio sockets moving 64 MiB. Every party runs in its own process, "
+            "servers pinned to one CPU and clients to another; contenders are measured in "
+            "interleaved rounds. Prints a Markdown table."
+        ),
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help=f"interleaved rounds (default {FULL.rounds}; {QUICK.rounds} with --quick)",
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (about 10 s)")
+    parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be at least 1")
+        plan = Plan(**{**asdict(plan), "rounds": args.rounds})
+
+    machine = _machine()
+    notes: list[str] = []
+    started = time.perf_counter()
+    try:
+        results, notes = _measure(plan, notes)
+    except (RuntimeError, OSError) as exc:
+        print(f"blockipc bench: {exc}", file=sys.stderr)
+        return 1
+    metrics, rows = _analyse(plan, results)
+    duration = time.perf_counter() - started
+
+    v = machine["versions"]
+    print(
+        f"blockipc bench — {machine['date']}, {machine['cpu']}, {machine['cpus']} CPUs, "
+        f"{machine['kernel']}, Python {v['python']}, uvloop {v['uvloop']}, pyzmq {v['zmq']}, "
+        f"numpy {v['numpy']}"
+    )
+    print(
+        f"{plan.rounds} interleaved rounds, {duration:.0f} s; "
+        "servers/coordinator on one CPU, clients/peers on the other\n"
+    )
+    print(_table(rows))
+    for note in notes:
+        print(f"\nNote: {note}")
+    if args.json:
+        doc = {
+            "machine": machine,
+            "plan": asdict(plan),
+            "duration_s": duration,
+            "notes": notes,
+            "metrics": metrics,
+            "table": rows,
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
