@@ -24,6 +24,7 @@ from blockipc import _protocol
 from blockipc._exceptions import ProtocolError
 from blockipc._protocol import (
     _BODY_FIXED,
+    _COMPACT,
     _ERROR_SCHEMA,
     _HANDSHAKE_OPS,
     _INTLIST,
@@ -186,7 +187,18 @@ def frame(
     meta_len: int | None = None,
 ) -> bytes:
     """Hand-pack a frame, valid or not, without going through ``Connection.send``."""
-    packed: bytes = msgpack.packb(meta, use_bin_type=True) if raw_meta is None else raw_meta
+    compact = _COMPACT.get((kind, op))  # type: ignore[call-overload]  # raw ints hash alike
+    if raw_meta is not None:
+        packed = raw_meta
+    elif (
+        compact is not None
+        and isinstance(meta, dict)
+        and list(meta) == list(compact[1])
+        and all(type(v) is int and 0 <= v < 2**64 for v in meta.values())
+    ):
+        packed = compact[0].pack(*meta.values())  # the wire form of all-int metas
+    else:
+        packed = msgpack.packb(meta, use_bin_type=True)
     if body_len is None:
         body_len = _BODY_FIXED + len(packed) + len(data)
     if meta_len is None:
@@ -716,7 +728,17 @@ def test_the_malformed_table_helpers_build_valid_frames(key: tuple[Kind, Op]) ->
 def test_every_field_rejects_every_bad_value(key: tuple[Kind, Op]) -> None:
     kind, op = key
     schema, _ = _SCHEMAS[key]
+    compact = _COMPACT.get(key)
     for name, field_kind in schema.items():
+        if compact is not None:
+            # a fixed struct of u64 has no types to get wrong: only the range can be
+            st, names = compact
+            meta = st.pack(*[2**63 if n == name else 7 for n in names])
+            conn = receiver_for(kind, op)
+            with pytest.raises(ProtocolError):
+                transfer(frame(kind, op, raw_meta=meta), conn)
+            assert conn.state is State.ERROR, name
+            continue
         for value in BAD_VALUES[field_kind]:
             conn = receiver_for(kind, op)
             with pytest.raises(ProtocolError):
@@ -1000,3 +1022,15 @@ def test_protocol_imports_without_any_io_module() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "sans-io ok"
+
+
+@pytest.mark.parametrize("key", sorted(_COMPACT), ids=lambda k: f"{k[0].name}-{k[1].name}")
+def test_compact_metas_have_an_exact_length(key: tuple[Kind, Op]) -> None:
+    kind, op = key
+    st, names = _COMPACT[key]
+    for meta in (st.pack(*[7] * len(names)) + b"\0", st.pack(*[7] * len(names))[:-1]):
+        if not names and not meta:
+            continue
+        conn = receiver_for(kind, op)
+        with pytest.raises(ProtocolError, match="expected"):
+            transfer(frame(kind, op, raw_meta=meta), conn)

@@ -395,13 +395,17 @@ class Client:
                     orphan(fut.result())
             else:
                 fut.cancel()  # a reply that comes later goes to the orphan handler
-                if req_id in self._pending and op in _WAITING_OPS and not self._closed:
+                if (
+                    req_id in self._pending
+                    and op in _WAITING_OPS
+                    and not (self._closed or self._closing)
+                ):
                     self._send_nowait(Op.CANCEL, {"target": req_id})
             raise
 
     def _send_nowait(self, op: Op, args: dict[str, Any]) -> None:
         """Fire a request whose reply nobody awaits."""
-        if self._closed or self._proto is None or self._proto.transport is None:
+        if self._closed or self._closing or self._proto is None or self._proto.transport is None:
             return
         req_id = next(self._ids)
         frame = self._conn.send(Request(req_id, op, args))
@@ -536,10 +540,25 @@ class Client:
         raises :class:`InboxFull` instead). A name nobody has registered raises
         :class:`PeerUnreachable` at once, or after waiting up to ``wait_for_peer``
         seconds for it to register. Each sender's messages arrive in order.
+
+        ``to="node/name"`` sends to a process on another node through the coordinators'
+        link: the block's bytes travel to that node's pool, and the call returns once
+        the remote coordinator has put the whole block in the receiver's inbox (it
+        raises otherwise, and the block is still this process's). ``move=True`` frees
+        the block here after the send; ``move=False`` keeps it. ``nowait`` and
+        ``wait_for_peer`` apply to local sends only.
         """
         bid = _block_id(block)
         _check_name(to, "receiver name")
         hdr = self._check_header(header)
+        if "/" in to:  # node/name: a remote send (see _link.py)
+            if nowait or wait_for_peer is not None:
+                raise InvalidRequest("nowait and wait_for_peer apply to local sends only")
+            remote = {"block": bid, "to": to, "header": hdr, "move": bool(move)}
+            await self._call(Op.REMOTE_SEND, remote)
+            if move:
+                self._sizes.pop(bid, None)
+            return
         wait_ms = 0
         if wait_for_peer is not None:
             if not 0 <= wait_for_peer < 1e9:

@@ -26,11 +26,11 @@ import socket
 import stat
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import anyio
 import msgpack
@@ -57,6 +57,7 @@ from ._exceptions import (
     ProtocolError,
 )
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from ._linkwire import make_config
 from ._pool import Pool
 from ._protocol import (
     CANCELLED,
@@ -73,6 +74,9 @@ from ._protocol import (
 )
 from ._types import Stats
 
+if TYPE_CHECKING:
+    from ._link import Link
+
 __all__ = ["Coordinator"]
 
 log = structlog.get_logger("blockipc.coordinator")
@@ -83,7 +87,7 @@ MAX_INLINE = 1 << 20
 HANDSHAKE_TIMEOUT = 5.0
 
 
-COPY_CHUNK = 2 << 20
+COPY_CHUNK = 1 << 20
 """A copy larger than this runs in a task, a chunk at a time, yielding between chunks."""
 
 MAX_TOPIC = 255
@@ -145,7 +149,17 @@ class Coordinator:
         pool_size: int | str = "256MiB",
         max_pool_size: int | str | None = None,
         min_block: int = 4096,
+        *,
+        node: str | None = None,
+        listen: str | None = None,
+        peers: Mapping[str, str] | None = None,
+        keys: str | os.PathLike[str] | None = None,
+        link_timeout: float = 5.0,
+        insecure: bool = False,
     ) -> None:
+        # the link's configuration is checked now: a bad one never binds anything
+        self._link_config = make_config(node, listen, peers, keys, link_timeout, insecure)
+        self._link: Link | None = None
         self._path_arg = None if path is None else Path(path)
         self._pool_args = (pool_size, max_pool_size, min_block)
         self._pool: Pool | None = None
@@ -175,6 +189,17 @@ class Coordinator:
             raise BlockIPCError("the coordinator has not been started")
         return self._pool
 
+    @property
+    def node(self) -> str | None:
+        """This coordinator's node name for remote sends, or ``None`` (no link)."""
+        return None if self._link_config is None else self._link_config.node
+
+    @property
+    def link_address(self) -> str | None:
+        """The bound ``tcp://HOST:PORT`` of the link listener (the real port when
+        ``listen`` asked for port 0), or ``None`` when this node does not listen."""
+        return None if self._link is None else self._link.address
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -195,12 +220,21 @@ class Coordinator:
         self._pool = Pool(pool_size, max_pool_size, min_block)
         try:
             self._path = self._prepare_path()
+            if self._link_config is not None:
+                from ._link import Link  # pyzmq is imported only by nodes that link
+
+                link = Link(self, self._link_config)
+                await link.start()
+                self._link = link
             listener = await anyio.create_unix_listener(self._path, mode=0o600)
             # The connection tasks run in a task of their own, so that aclose() works
             # from any task (a signal handler, a pytest fixture's teardown): an anyio
             # task group can only be exited by the task that entered it.
             self._runner = asyncio.create_task(self._run(listener))
         except BaseException:
+            if self._link is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._link.aclose()
             self._pool.close()
             self._remove_path()
             raise
@@ -238,6 +272,9 @@ class Coordinator:
         try:
             for session in list(self._sessions.values()):
                 session.abort()
+            if self._link is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._link.aclose()
             if self._runner is not None:
                 self._stop.set()
                 with anyio.CancelScope(shield=True):
@@ -837,6 +874,15 @@ class Coordinator:
         session.reply(Reply(req.req_id, Op.BYE))
         session.close_after_flush()
 
+    def _remote_send(self, session: _Session, req: Request) -> None:
+        if self._link is None:
+            raise PeerUnreachable(
+                f"cannot send to {req.args['to']!r}: this coordinator has no link "
+                "(start it with node=..., peers=...)"
+            )
+        self._check_header(req.args["header"])
+        self._link.send(session, req)  # answered when the peer acknowledges (or fails)
+
     def _session_of(self, proc: ProcessRecord) -> _Session | None:
         return self._sessions.get(proc.key)
 
@@ -859,6 +905,7 @@ class Coordinator:
         Op.UNSUBSCRIBE: _unsubscribe,
         Op.PUBLISH: _publish,
         Op.PEERS: _peers,
+        Op.REMOTE_SEND: _remote_send,
     }
 
 

@@ -107,6 +107,8 @@ class Op(enum.IntEnum):
     UNSUBSCRIBE = 18
     PUBLISH = 19
     PEERS = 20
+    # remote sends through the coordinators' link (40-49)
+    REMOTE_SEND = 40
 
 
 class Role(enum.Enum):
@@ -261,6 +263,11 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.PUBLISH): ({"delivered": int}, False),
     (Kind.REQUEST, Op.PEERS): ({}, False),
     (Kind.REPLY, Op.PEERS): ({"names": _STRLIST}, False),
+    (Kind.REQUEST, Op.REMOTE_SEND): (
+        {"block": int, "to": str, "header": dict, "move": bool},
+        False,
+    ),
+    (Kind.REPLY, Op.REMOTE_SEND): ({}, False),
     (Kind.REQUEST, Op.STATS): ({}, False),
     (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
     (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),
@@ -269,6 +276,27 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.BYE): ({}, False),
 }
 _ERROR_SCHEMA: Final[_Schema] = {"code": int, "message": str}
+
+# Frames whose fields are all ints (the hot path: READ, WRITE, ALLOC, FREE, LEASE,
+# RELEASE, ...) carry their meta as a fixed little-endian struct of u64 in schema order
+# instead of a msgpack map: parsing and checking it costs a fraction of a validated map,
+# and the length alone proves the shape. An empty schema is an empty struct.
+_HOT: Final = (
+    (Kind.REQUEST, Op.READ),
+    (Kind.REPLY, Op.READ),
+    (Kind.REQUEST, Op.WRITE),
+    (Kind.REPLY, Op.WRITE),
+    (Kind.REPLY, Op.ALLOC),
+    (Kind.REQUEST, Op.FREE),
+    (Kind.REPLY, Op.FREE),
+    (Kind.REPLY, Op.LEASE),
+    (Kind.REQUEST, Op.RELEASE),
+    (Kind.REPLY, Op.RELEASE),
+)
+_COMPACT: Final[dict[tuple[Kind, Op], tuple[struct.Struct, tuple[str, ...]]]] = {
+    key: (struct.Struct("<" + "Q" * len(_SCHEMAS[key][0])), tuple(_SCHEMAS[key][0])) for key in _HOT
+}
+assert all(kind is int for key in _HOT for kind in _SCHEMAS[key][0].values())
 _HANDSHAKE_OPS: Final = frozenset({Op.HELLO, Op.ATTACH})
 _KINDS: Final = {k.value: k for k in Kind}  # dict lookups: Kind(v)/Op(v) cost 3x more
 _OPS: Final = {o.value: o for o in Op}
@@ -382,23 +410,38 @@ class Connection:
         if kind is None or op is None:
             self._fail(f"unknown frame kind {kind_v} or op {op_v}")
         meta_end = HEADER.size + meta_len
+        compact = _COMPACT.get((kind, op))
         with memoryview(buf) as view:
-            try:
-                meta = msgpack.unpackb(
-                    view[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
-                )
-            except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
-                self._fail(f"meta is not valid msgpack: {exc}")
+            if compact is not None:
+                st, names = compact
+                if meta_len != st.size:
+                    self._fail(
+                        f"{kind.name} {op.name} #{req_id}: meta of {meta_len} bytes, "
+                        f"expected {st.size}"
+                    )
+                values = st.unpack_from(view, HEADER.size)
+                if any(v > _MAX_INT for v in values):
+                    self._fail(f"{kind.name} {op.name} #{req_id}: field out of range")
+                meta = dict(zip(names, values, strict=True))
+            else:
+                try:
+                    meta = msgpack.unpackb(
+                        view[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
+                    )
+                except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types
+                    self._fail(f"meta is not valid msgpack: {exc}")
             data = bytes(view[meta_end:frame_len]) if frame_len > meta_end else b""
         del buf[:frame_len]
         try:
-            event = self._parse(kind, op, req_id, meta, data)
+            event = self._parse(kind, op, req_id, meta, data, checked=compact is not None)
         except ProtocolError as exc:
             self._fail(str(exc))
         self._on_received(event)
         return event
 
-    def _parse(self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes) -> Event:
+    def _parse(
+        self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes, *, checked: bool
+    ) -> Event:
         def where() -> str:
             return f"{kind.name} {op.name} #{req_id}"
 
@@ -410,7 +453,7 @@ class Connection:
         schema, data_ok = _SCHEMAS[(kind, op)]
         if data and not data_ok:
             raise ProtocolError(f"{where()}: unexpected data")
-        fields = _validate(meta, schema, where)
+        fields = meta if checked else _validate(meta, schema, where)
         if kind is Kind.REQUEST:
             return Request(req_id, op, fields, data)
         return Reply(req_id, op, fields, data)
@@ -454,7 +497,17 @@ class Connection:
                 meta, data = {"code": event.code, "message": event.message}, b""
         if not 0 <= event.req_id <= 0xFFFFFFFF:
             self._fail(f"request id {event.req_id} out of range")
-        packed = self._packer.pack(meta)
+        compact = _COMPACT.get((kind, event.op))
+        if compact is not None:
+            st, names = compact
+            try:
+                if len(meta) != len(names):
+                    raise KeyError(sorted(meta))
+                packed = st.pack(*[meta[name] for name in names])
+            except (KeyError, struct.error) as exc:
+                self._fail(f"{kind.name} {event.op.name}: fields do not fit the schema: {exc}")
+        else:
+            packed = self._packer.pack(meta)
         body_len = _BODY_FIXED + len(packed) + len(data)
         if body_len + 4 > self.max_frame_size:
             self._fail(f"frame of {body_len + 4} bytes exceeds max_frame_size")
