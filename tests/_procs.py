@@ -250,6 +250,88 @@ ROLES = {
 }
 
 
+
+# -- issue 3: streams, backpressure, sharing ---------------------------------------------
+def stream_payload(seq: int, size: int) -> bytes:
+    """The payload of message ``seq`` of a stream: cheap, distinct per message."""
+    return seq.to_bytes(8, "little") * (size // 8) + bytes(size % 8)
+
+
+async def stream_producer(
+    address: str, name: str, to: str, count: str, size: str, quiet: str = ""
+) -> None:
+    """Send ``count`` blocks of ``size`` bytes to ``to``, one after another (each send
+    waits while the inbox is full), each with its sequence number and sha256 in the
+    header; report every send (unless ``quiet``: a full stdout pipe would block the
+    loop), then "done"."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        for seq in range(int(count)):
+            data = stream_payload(seq, int(size))
+            block = await client.alloc(len(data))
+            await client.write(block, data)
+            await client.send(block, to=to, header={"seq": seq, "sha256": sha256(data)})
+            if not quiet:
+                report("sent", seq=seq)
+        report("done", sent=int(count))
+        await anyio.sleep_forever()
+
+
+async def slow_consumer(
+    address: str, name: str, senders: str, count: str, inbox: str, pause_every: str
+) -> None:
+    """Receive ``count`` messages with a small inbox, pausing 20 ms every
+    ``pause_every`` messages so that the senders keep waiting for room; verify every
+    checksum and each sender's order; report a summary."""
+    import blockipc
+
+    expected_senders = senders.split(",")
+    async with blockipc.connect(address, name=name, inbox_messages=int(inbox)) as client:
+        report("ready")
+        seen: dict[str, set[int]] = {s: set() for s in expected_senders}
+        last: dict[str, int] = dict.fromkeys(expected_senders, -1)
+        bad = duplicates = out_of_order = 0
+        for n in range(1, int(count) + 1):
+            msg = await client.recv()
+            seq = msg.header["seq"]
+            data = await client.read(msg.block)
+            bad += sha256(data) != msg.header["sha256"] or data != stream_payload(seq, len(data))
+            duplicates += seq in seen[msg.sender]
+            out_of_order += seq != last[msg.sender] + 1
+            seen[msg.sender].add(seq)
+            last[msg.sender] = seq
+            await client.free(msg.block)
+            if n % int(pause_every) == 0:
+                await anyio.sleep(0.02)
+        report(
+            "done",
+            received={s: len(v) for s, v in seen.items()},
+            bad=bad,
+            duplicates=duplicates,
+            out_of_order=out_of_order,
+            stats=(await client.stats()).blocks,
+        )
+        await anyio.sleep_forever()
+
+
+async def sink(address: str, name: str, inbox: str) -> None:
+    """Register with a small inbox and never receive: senders fill it and wait."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name, inbox_messages=int(inbox)):
+        report("ready")
+        await anyio.sleep_forever()
+
+
+ROLES.update(
+    stream_producer=stream_producer,
+    slow_consumer=slow_consumer,
+    sink=sink,
+)
+
+
 def main() -> None:
     import structlog
 
@@ -258,6 +340,109 @@ def main() -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     role, *args = sys.argv[1:]
     blockipc.run(lambda: ROLES[role](*args))
+
+
+# -- remote sends through the coordinators' link ----------------------------------------
+def _random_buffer(seed: int, size: int = 32 << 20) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def node(
+    path: str, pool_size: str, name: str, listen: str, peers: str, keys: str, timeout: str
+) -> None:
+    """A coordinator with a link: ``listen``/``keys`` of ``-`` mean none, ``peers`` JSON."""
+    import blockipc
+
+    async with blockipc.Coordinator(
+        path=path,
+        pool_size=pool_size,
+        node=name,
+        listen=None if listen == "-" else listen,
+        peers=json.loads(peers),
+        keys=None if keys == "-" else keys,
+        link_timeout=float(timeout),
+    ) as coord:
+        report("ready", address=coord.address, link_address=coord.link_address)
+        await coord.serve_forever()
+
+
+async def remote_producer(
+    address: str,
+    name: str,
+    to: str,
+    count: str,
+    max_size: str,
+    seed: str,
+    inflight: str,
+    fixed: str = "0",
+) -> None:
+    """Send ``count`` blocks of random sizes up to ``max_size`` (all of ``max_size`` with
+    ``fixed`` 1) to ``to`` (NODE/NAME), up to ``inflight`` sends at once; each header
+    carries the index and a crc32. Reports
+    every outcome; a block whose send failed is checked to be intact, then freed."""
+    import zlib
+
+    import blockipc
+
+    rng = random.Random(int(seed))
+    source = _random_buffer(int(seed))
+    slots = asyncio.Semaphore(int(inflight))
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+
+        async def send(i: int, block: Any, crc: int) -> None:
+            try:
+                await client.send(block, to=to, header={"i": i, "crc": crc})
+                report("sent", i=i)
+            except blockipc.BlockIPCError as exc:
+                async with client.lease(block, "r") as view:
+                    intact = zlib.crc32(view) == crc
+                await client.free(block)
+                report("failed", i=i, error=type(exc).__name__, message=str(exc), intact=intact)
+            finally:
+                slots.release()
+
+        tasks = []
+        for i in range(int(count)):
+            size = int(max_size) if fixed == "1" else rng.randint(1, int(max_size))
+            start = rng.randrange(0, len(source) - size + 1)
+            data = memoryview(source)[start : start + size]
+            await slots.acquire()
+            block = await _alloc_when_free(client, size)
+            async with client.lease(block, "w") as view:
+                view[:] = data
+            tasks.append(asyncio.create_task(send(i, block, zlib.crc32(data))))
+        await asyncio.gather(*tasks)
+        report("done")
+        await anyio.sleep_forever()
+
+
+async def remote_consumer(address: str, name: str, count: str, delay: str) -> None:
+    """Receive ``count`` blocks, check each crc32 in place, free it; sleep ``delay``
+    seconds after each (a slow consumer)."""
+    import zlib
+
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        for _ in range(int(count)):
+            msg = await client.recv()
+            async with client.lease(msg.block, "r") as view:
+                ok = zlib.crc32(view) == msg.header["crc"]
+            await client.free(msg.block)
+            report("got", i=msg.header["i"], ok=ok, sender=msg.sender, size=msg.block.size)
+            if float(delay):
+                await asyncio.sleep(float(delay))
+        report("done")
+        await anyio.sleep_forever()
+
+
+ROLES.update(
+    node=node,
+    remote_producer=remote_producer,
+    remote_consumer=remote_consumer,
+)
 
 
 if __name__ == "__main__":

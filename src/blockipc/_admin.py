@@ -28,8 +28,8 @@ kept. ``take`` pops the next message and admits queued deliveries that now fit.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Hashable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,10 +110,16 @@ class BlockRecord:
     size: int
     owner: ProcessRecord | None
     generation: int = 0
+    slot: int = 0  # index of its counter in the shared generation table
     grants: dict[int, tuple[ProcessRecord, Mode]] = field(default_factory=dict)
     leases: dict[int, Lease] = field(default_factory=dict)
     waiters: deque[Waiter] = field(default_factory=deque)
     in_transit: int = 0  # deliveries of this block queued for a full inbox
+    codec: str = "raw"  # how put() encoded it; get() decodes with it
+    meta: dict[str, Any] = field(default_factory=dict)  # the codec's meta (dtype, shape, ...)
+    name: str = ""  # bound to this name: the name holds it, any process may read it
+    cacheable: bool = False  # a named object the pool may evict under pressure
+    doomed: bool = False  # no holder left, but readers still lease it: removed after them
 
     @property
     def owner_name(self) -> str:
@@ -122,6 +128,12 @@ class BlockRecord:
     def holders(self) -> list[ProcessRecord]:
         procs = [p for p, _ in self.grants.values()]
         return procs if self.owner is None else [self.owner, *procs]
+
+    def held_by_process(self) -> bool:
+        return self.owner is not None or bool(self.grants)
+
+    def held(self) -> bool:
+        return self.owner is not None or bool(self.grants) or bool(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +187,11 @@ class RoutingTable:
     100
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_bump: Callable[[BlockRecord], None] | None = None) -> None:
+        self._on_bump = on_bump
+        self.names: dict[str, BlockRecord] = {}
+        # named cacheable objects, least recently used first
+        self.evictable: OrderedDict[str, None] = OrderedDict()
         self.blocks: dict[int, BlockRecord] = {}
         self.processes: dict[str, ProcessRecord] = {}
         self.topics: dict[str, set[ProcessRecord]] = {}
@@ -244,12 +260,17 @@ class RoutingTable:
         for bid in sorted(proc.blocks):
             rec = self.blocks[bid]
             self._drop_hold(rec, proc)
-            if not rec.holders():
-                dropped.extend(self._remove(rec))
+            gone, waits = self._let_go(rec)
+            dropped.extend(waits)
+            if gone:
                 removed.append(rec)
         proc.blocks.clear()
         for rec in touched:
-            if rec.id in self.blocks:
+            gone, waits = self.reap(rec)
+            dropped.extend(waits)
+            if gone:
+                removed.append(rec)
+            elif rec.id in self.blocks:
                 grants.extend(self._grant_waiters(rec))
         admitted: list[Delivery] = []
         for other in self.processes.values():
@@ -264,9 +285,17 @@ class RoutingTable:
 
     # -- blocks ------------------------------------------------------------------
     def add_block(
-        self, proc: ProcessRecord, *, segment: int, offset: int, capacity: int, size: int
+        self,
+        proc: ProcessRecord,
+        *,
+        segment: int,
+        offset: int,
+        capacity: int,
+        size: int,
+        slot: int = 0,
+        generation: int = 0,
     ) -> BlockRecord:
-        rec = BlockRecord(self._next_block, segment, offset, capacity, size, proc)
+        rec = BlockRecord(self._next_block, segment, offset, capacity, size, proc, generation, slot)
         self._next_block += 1
         self.blocks[rec.id] = rec
         proc.blocks.add(rec.id)
@@ -309,9 +338,33 @@ class RoutingTable:
             raise AccessDenied(f"block {rec.id} is being sent; it cannot be freed until delivered")
         self._drop_hold(rec, proc)
         proc.blocks.discard(rec.id)
-        if rec.holders():
+        return self._let_go(rec)
+
+    def _let_go(self, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
+        """After a hold ended: remove the block if nothing holds it. Readers that lease
+        it without holding it (a ``get`` of a named object) finish first: the block is
+        *doomed* now (its generation moves on) and removed by :meth:`reap` after them."""
+        if rec.held():
+            return False, []
+        if rec.leases:
+            if not rec.doomed:
+                rec.doomed = True
+                self.bump(rec)
             return False, []
         return True, self._remove(rec)
+
+    def reap(self, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
+        """Remove a doomed block once its last lease ended: whether it is gone now (free
+        its memory), and the waits that were queued on it (answer them)."""
+        if rec.doomed and not rec.leases and rec.id in self.blocks:
+            return True, self._remove(rec)
+        return False, []
+
+    def bump(self, rec: BlockRecord) -> None:
+        """The block's bytes or life changed: move its generation on (and publish it)."""
+        rec.generation += 1
+        if self._on_bump is not None:
+            self._on_bump(rec)
 
     def _drop_hold(self, rec: BlockRecord, proc: ProcessRecord) -> None:
         if rec.owner is proc:
@@ -323,7 +376,8 @@ class RoutingTable:
             self._drop_lease(lease)
         dropped = list(rec.waiters)
         rec.waiters.clear()
-        rec.generation += 1
+        if not rec.doomed:
+            self.bump(rec)
         del self.blocks[rec.id]
         for holder in rec.holders():
             holder.blocks.discard(rec.id)
@@ -439,6 +493,56 @@ class RoutingTable:
     def subscribers(self, topic: str) -> list[ProcessRecord]:
         return sorted(self.topics.get(topic, ()), key=lambda p: p.key)
 
+    # -- named objects -----------------------------------------------------------
+    def find_name(self, name: str) -> BlockRecord:
+        rec = self.names.get(name)
+        if rec is None:
+            raise BlockNotFound(f"no object named {name!r} (never put, deleted, or evicted)")
+        if name in self.evictable:
+            self.evictable.move_to_end(name)
+        return rec
+
+    def bind(
+        self, proc: ProcessRecord, rec: BlockRecord, name: str, *, cacheable: bool
+    ) -> tuple[BlockRecord | None, list[Waiter]]:
+        """Bind ``name`` to ``rec`` (which ``proc`` gives up), replacing any previous
+        object atomically: a reader gets the old or the new, never a mix. Returns the
+        replaced block if it is gone now (free its memory) and the waits it dropped."""
+        if rec.owner is proc:
+            rec.owner = None
+            proc.blocks.discard(rec.id)
+        rec.name = name
+        rec.cacheable = cacheable
+        old = self.names.get(name)
+        self.names[name] = rec
+        self.evictable.pop(name, None)
+        if cacheable:
+            self.evictable[name] = None
+        if old is None or old is rec:
+            return None, []
+        old.name = ""
+        gone, dropped = self._let_go(old)
+        return (old if gone else None), dropped
+
+    def unbind(self, name: str) -> tuple[BlockRecord | None, list[Waiter]]:
+        """``delete(name)``: returns the block if it is gone now, and dropped waits."""
+        rec = self.names.pop(name, None)
+        if rec is None:
+            raise BlockNotFound(f"no object named {name!r}")
+        self.evictable.pop(name, None)
+        rec.name = ""
+        gone, dropped = self._let_go(rec)
+        return (rec if gone else None), dropped
+
+    def evict_one(self) -> tuple[str, BlockRecord] | None:
+        """Unbind the least recently used cacheable object that nobody leases."""
+        for name in self.evictable:
+            rec = self.names[name]
+            if not rec.leases and not rec.waiters and not rec.held_by_process():
+                self.unbind(name)
+                return name, rec
+        return None
+
     # -- leases ------------------------------------------------------------------
     def request_lease(
         self,
@@ -462,7 +566,7 @@ class RoutingTable:
         """End ``lease``; returns the leases this made possible, in FIFO order."""
         self._drop_lease(lease)
         if lease.mode == "w" and not lease.transient:  # routed writes bump it themselves
-            lease.block.generation += 1
+            self.bump(lease.block)
         if lease.block.id not in self.blocks:
             return []
         return self._grant_waiters(lease.block)

@@ -57,6 +57,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--min-block", type=_size, default=4096, help="smallest block (power of two, page aligned)"
     )
+    link = serve.add_argument_group(
+        "remote sends", "link this coordinator to coordinators on other hosts (pyzmq, tcp://)"
+    )
+    link.add_argument("--node", help="this node's name; remote senders appear as NODE/NAME")
+    link.add_argument(
+        "--listen", metavar="tcp://HOST:PORT", help="accept links from peers here (port 0: any)"
+    )
+    link.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        type=_peer,
+        metavar="NAME=tcp://HOST:PORT",
+        help="a node to send to (repeatable)",
+    )
+    link.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="CURVE keys (blockipc keygen): NODE.key_secret, and PEER.key of every trusted peer",
+    )
+    link.add_argument(
+        "--link-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a send to a node unreachable this long fails (default 5)",
+    )
+    link.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain (unauthenticated, unencrypted) link on non-loopback addresses",
+    )
+
+    keygen = sub.add_parser("keygen", help="write a node's CURVE key pair (pyzmq's format)")
+    keygen.add_argument("name", help="the node name: writes NAME.key and NAME.key_secret (0600)")
+    keygen.add_argument("--dir", required=True, help="the key directory (created 0700)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     stats = sub.add_parser("stats", help="print a running coordinator's pool statistics")
     stats.add_argument("--socket", required=True, help="the coordinator's socket path")
@@ -70,9 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _peer(text: str) -> tuple[str, str]:
+    name, sep, address = text.partition("=")
+    if not sep or not name or not address:
+        raise argparse.ArgumentTypeError(f"expected NAME=tcp://HOST:PORT, not {text!r}")
+    return name, address
+
+
 async def _serve(args: argparse.Namespace) -> int:
     async with Coordinator(
-        args.socket, args.pool_size, args.max_pool_size, args.min_block
+        args.socket,
+        args.pool_size,
+        args.max_pool_size,
+        args.min_block,
+        node=args.node,
+        listen=args.listen,
+        peers=dict(args.peer),
+        keys=args.keys,
+        link_timeout=args.link_timeout,
+        insecure=args.insecure,
     ) as coord:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -102,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run(lambda: _serve(args))
+        if args.command == "keygen":
+            from ._keys import keygen
+
+            public, secret = keygen(args.name, args.dir, force=args.force)
+            print(f"public key: {public}\nsecret key: {secret} (mode 0600, keep it on this host)")
+            return 0
         return run(lambda: _stats(args))
     except BlockIPCError as exc:
         print(f"blockipc {args.command}: {exc}", file=sys.stderr)

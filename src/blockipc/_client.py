@@ -35,6 +35,7 @@ import anyio
 import msgpack
 import structlog
 
+from ._codecs import DEFAULT_CODEC, get_codec
 from ._exceptions import (
     BlockIPCError,
     BlockNotFound,
@@ -45,6 +46,7 @@ from ._exceptions import (
     ProtocolError,
     error_from_code,
 )
+from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
 from ._pool import parse_size
 from ._protocol import (
@@ -59,19 +61,23 @@ from ._protocol import (
     Role,
 )
 from ._types import Block, BlockLike, Message, Stats
+from .cache import LRUCache
 
 __all__ = ["Client", "Lease", "connect"]
 
 log = structlog.get_logger("blockipc.client")
 
 DEFAULT_INBOX_MESSAGES: Final = 1024
+DEFAULT_CACHE_SIZE: Final = "64MiB"
+_MAX_REFS: Final = 65536
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_NAME: Final = 255
-_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND})
+_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND, Op.GET})
 _Orphan = Callable[[Reply], None]
+_Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
 
 def _block_id(block: BlockLike) -> int:
@@ -165,9 +171,18 @@ class Client:
         *,
         inbox_messages: int = DEFAULT_INBOX_MESSAGES,
         inbox_bytes: int | str | None = None,
+        cache_size: int | str = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.address = address
         self.name = name
+        # decoded get() results by (block, generation, codec); checked against the
+        # coordinator's generation table on every hit, so never stale
+        self._cache: LRUCache[tuple[int, int, str], tuple[bool, Any]] = LRUCache(
+            0 if cache_size == 0 else cache_size
+        )
+        self._refs: collections.OrderedDict[int | str, _Ref] = collections.OrderedDict()
+        self._gens: GenerationView | None = None
+        self._cache_hits = self._cache_misses = 0
         if type(inbox_messages) is not int or inbox_messages < 1:
             raise InvalidRequest(f"inbox_messages must be an int >= 1, not {inbox_messages!r}")
         self._inbox_limits = (
@@ -215,7 +230,18 @@ class Client:
             assert isinstance(event, Reply)
             self._token = event.result["token"]
             self._max_inline = min(INLINE_THRESHOLD, event.result["max_inline"])
-            self._map_segments(event.result["segments"], fds)
+            segments = event.result["segments"]
+            if len(fds) != len(segments) + 1:
+                raise ProtocolError(
+                    f"expected {len(segments) + 1} fds (segments and the generation table), "
+                    f"received {len(fds)} (control data truncated or unasked-for fds)"
+                )
+            gen_fd = fds.pop()
+            try:
+                self._gens = GenerationView(gen_fd, event.result["gen_size"])
+            finally:
+                os.close(gen_fd)
+            self._map_segments(segments, fds)
             sock = await take_socket(stream)
         except BaseException:
             close_fds(fds)
@@ -280,6 +306,11 @@ class Client:
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
+        if self._gens is not None:
+            self._gens.close()
+            self._gens = None
+        self._cache.clear()
+        self._refs.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -484,7 +515,9 @@ class Client:
                 )
             return bytes(src[offset : offset + size])
 
-    def lease(self, block: BlockLike, mode: Literal["r", "w"] = "r") -> Lease:
+    def lease(
+        self, block: BlockLike, mode: Literal["r", "w"] = "r", *, codec: str | None = None
+    ) -> Lease:
         """Zero-copy access to ``block``'s bytes while the lease is held.
 
         ``"r"`` leases are shared, a ``"w"`` lease is exclusive; both are awaited when
@@ -497,7 +530,11 @@ class Client:
         bid = _block_id(block)
         if mode not in ("r", "w"):
             raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
-        return Lease(self, bid, mode)
+        if codec is not None:
+            if mode != "r":
+                raise InvalidRequest("a lease with a codec is read-only: use mode 'r'")
+            get_codec(codec)  # an unknown name fails here, before any request
+        return Lease(self, bid, mode, codec)
 
     # -- messages ----------------------------------------------------------------
     @staticmethod
@@ -684,11 +721,128 @@ class Client:
         names: list[str] = (await self._call(Op.PEERS, {})).result["names"]
         return names
 
+    # -- codecs and named objects ------------------------------------------------
+    async def put(
+        self,
+        obj: object,
+        codec: str = DEFAULT_CODEC,
+        *,
+        name: str | None = None,
+        cacheable: bool = False,
+    ) -> Block:
+        """Encode ``obj`` with ``codec`` into a new block and record the codec with it.
+
+        ``"raw"`` and ``"numpy"`` are copied straight from the object's buffer into
+        shared memory (one copy); ``"json"``, ``"msgpack"`` and ``"pickle"`` (only when
+        named) encode first. With ``name``, the object is bound to that name for every
+        local process (:meth:`get`), replacing the previous one atomically, and belongs
+        to the name from then on (:meth:`delete` frees it); ``cacheable=True`` lets the
+        pool evict it, least recently used first, when an allocation would fail.
+        Without a name the block is this process's, like :meth:`alloc`. An object the
+        codec cannot encode raises :class:`CodecError` and leaves no block behind.
+
+        >>> await client.put(weights, codec="numpy", name="weights")  # doctest: +SKIP
+        """
+        if name is not None:
+            _check_name(name, "object name")
+        enc = get_codec(codec).prepare(obj)
+        with enc:
+            n = enc.nbytes
+
+            def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
+                self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
+                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+            r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
+            try:
+                seg = await self._segment(r["segment"])
+                with seg.buffer[r["offset"] : r["offset"] + n] as dst:
+                    enc.write_into(dst)
+                args = {
+                    "lease": r["lease"],
+                    "codec": codec,
+                    "meta": {"nbytes": n, "codec": enc.meta},
+                    "name": name or "",
+                    "cacheable": bool(cacheable),
+                }
+                c = (await self._call(Op.COMMIT, args)).result
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(BlockIPCError):
+                    await self._call(Op.RELEASE, {"lease": r["lease"]})
+                    await self._call(Op.FREE, {"block": r["block"]})
+                raise
+        if name is None:
+            self._sizes[r["block"]] = r["size"]
+        self._remember(name or r["block"], r["block"], c["slot"], c["generation"], codec)
+        return Block(r["block"], r["size"], r["capacity"], "" if name else self.name)
+
+    async def get(self, block_or_name: BlockLike | str, codec: str | None = None) -> Any:
+        """The object in a block (or bound to a name), decoded with the codec recorded
+        by :meth:`put` (``"raw"`` for blocks filled otherwise) unless ``codec`` says
+        otherwise. The result is the caller's and stays valid; numpy arrays come back
+        read-only. Results are cached in this process and checked against the block's
+        generation on every call, which costs no round trip: never a stale value.
+        An unknown or evicted name raises :class:`BlockNotFound`.
+        """
+        if isinstance(block_or_name, str):
+            _check_name(block_or_name, "object name")
+            key: int | str = block_or_name
+            args = {"block": 0, "name": block_or_name}
+        else:
+            key = _block_id(block_or_name)
+            args = {"block": key, "name": ""}
+        if codec is not None:
+            get_codec(codec)
+        ref = self._refs.get(key)
+        if ref is not None and self._gens is not None:
+            bid, slot, gen, rec_codec = ref
+            if self._gens.get(slot) == gen:  # two integers: the hit costs no round trip
+                cached = self._cache.get((bid, gen, codec or rec_codec))
+                if cached is not None:
+                    self._cache_hits += 1
+                    return _materialize(codec or rec_codec, cached)
+            else:
+                self._refs.pop(key, None)
+                self._cache.invalidate_group(bid)
+        self._cache_misses += 1
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator granted it
+            self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
+
+        r = (await self._call(Op.GET, args, orphan=orphan)).result
+        try:
+            seg = await self._segment(r["segment"])
+            c = codec or r["codec"]
+            n = r["meta"].get("nbytes", r["size"])
+            with seg.buffer[r["offset"] : r["offset"] + n] as src:
+                entry = _cache_entry(c, src, r["meta"].get("codec", {}))
+        finally:
+            self._send_nowait(Op.RELEASE, {"lease": r["lease"]})
+        self._remember(key, r["block"], r["slot"], r["generation"], r["codec"])
+        self._cache.put((r["block"], r["generation"], c), entry, n, group=r["block"])
+        return _materialize(c, entry)
+
+    async def delete(self, name: str) -> None:
+        """Unbind ``name``; its block is freed once no reader leases it."""
+        _check_name(name, "object name")
+        await self._call(Op.DELETE, {"name": name})
+        self._refs.pop(name, None)
+
+    def _remember(self, key: int | str, block: int, slot: int, gen: int, codec: str) -> None:
+        self._refs[key] = (block, slot, gen, codec)
+        self._refs.move_to_end(key)
+        if len(self._refs) > _MAX_REFS:
+            self._refs.popitem(last=False)
+
     # -- introspection -----------------------------------------------------------
     async def stats(self) -> Stats:
         """The coordinator's pool and admin space, now."""
         r = dict((await self._call(Op.STATS, {})).result)
         r["processes"] = tuple(r["processes"])
+        r["names"] = tuple(r["names"])
+        r["cache_hits"] += self._cache_hits
+        r["cache_misses"] += self._cache_misses
+        r["cache_evictions"] += self._cache.statistics().evictions
         return Stats(**r)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -699,14 +853,17 @@ class Client:
 class Lease:
     """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`)."""
 
-    def __init__(self, client: Client, block: int, mode: Literal["r", "w"]) -> None:
+    def __init__(
+        self, client: Client, block: int, mode: Literal["r", "w"], codec: str | None = None
+    ) -> None:
         self._client = client
         self.block = block
         self.mode = mode
+        self.codec = codec
         self._lease_id: int | None = None
         self._view: memoryview | None = None
 
-    async def __aenter__(self) -> memoryview:
+    async def __aenter__(self) -> Any:
         if self._lease_id is not None:
             raise BlockIPCError("this lease is already held")
         client = self._client
@@ -714,9 +871,12 @@ class Lease:
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator granted it
             client._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
 
-        reply = await client._call(
-            Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=orphan
-        )
+        if self.codec is None:
+            reply = await client._call(
+                Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=orphan
+            )
+        else:  # GET is a read lease that also says how the block is encoded
+            reply = await client._call(Op.GET, {"block": self.block, "name": ""}, orphan=orphan)
         r = reply.result
         self._lease_id = r["lease"]
         try:
@@ -729,7 +889,13 @@ class Lease:
         if self.mode != "w":
             view.release()
         client._leases.add(self)
-        return self._view
+        if self.codec is None:
+            return self._view
+        try:
+            return _decode_view(self.codec, self._view, r)
+        except BaseException:
+            await self._release()
+            raise
 
     async def __aexit__(
         self,
@@ -755,6 +921,32 @@ class Lease:
             return
         with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
             await self._client._call(Op.RELEASE, {"lease": lease_id})
+
+
+def _cache_entry(codec: str, src: memoryview, meta: dict[str, Any]) -> tuple[bool, Any]:
+    """What the cache keeps for a value: ``(True, value)`` for immutable results (raw
+    bytes, read-only numpy arrays), ``(False, encoded bytes)`` for the others, decoded
+    afresh on every hit so that a caller mutating its result cannot spoil the cache."""
+    codec_obj = get_codec(codec)
+    if codec in ("raw", "numpy"):
+        return True, codec_obj.decode(src, meta)
+    encoded = bytes(src)
+    codec_obj.decode(encoded, meta)  # corrupt bytes raise CodecError now, not on a hit
+    return False, (encoded, meta)
+
+
+def _materialize(codec: str, entry: tuple[bool, Any]) -> Any:
+    final, value = entry
+    if final:
+        return value
+    encoded, meta = value
+    return get_codec(codec).decode(encoded, meta)
+
+
+def _decode_view(codec: str, view: memoryview, r: dict[str, Any]) -> Any:
+    meta = r.get("meta", {})
+    n = meta.get("nbytes", len(view))
+    return get_codec(codec).view(view[:n], meta.get("codec", {}))
 
 
 class _Connect:
@@ -788,12 +980,14 @@ def connect(
     *,
     inbox_messages: int = DEFAULT_INBOX_MESSAGES,
     inbox_bytes: int | str | None = None,
+    cache_size: int | str = DEFAULT_CACHE_SIZE,
 ) -> _Connect:
     """Connect to the coordinator at ``address`` and register as ``name``.
 
     ``inbox_messages`` and ``inbox_bytes`` bound this process's inbox: a sender to a
     full inbox waits for room (see :meth:`Client.send`). ``inbox_bytes`` defaults to no
-    byte limit.
+    byte limit. ``cache_size`` bounds the cache of :meth:`Client.get` results (0 turns it
+    off).
 
     >>> async with blockipc.connect(coord.address, name="producer") as client:  # doctest: +SKIP
     ...     block = await client.alloc(4096)
@@ -804,5 +998,11 @@ def connect(
     """
     _check_name(name, "process name")
     return _Connect(
-        Client(os.fspath(address), name, inbox_messages=inbox_messages, inbox_bytes=inbox_bytes)
+        Client(
+            os.fspath(address),
+            name,
+            inbox_messages=inbox_messages,
+            inbox_bytes=inbox_bytes,
+            cache_size=cache_size,
+        )
     )

@@ -44,7 +44,9 @@ from anyio.abc import (
 )
 
 from ._admin import BlockRecord, Delivery, Grant, Lease, ProcessRecord, RoutingTable, Waiter
+from ._codecs import CODEC_NAMES
 from ._exceptions import (
+    AccessDenied,
     BlockIPCError,
     BlockNotFound,
     ConnectionClosed,
@@ -56,6 +58,7 @@ from ._exceptions import (
     PoolExhausted,
     ProtocolError,
 )
+from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
 from ._linkwire import make_config
 from ._pool import Pool
@@ -163,7 +166,10 @@ class Coordinator:
         self._path_arg = None if path is None else Path(path)
         self._pool_args = (pool_size, max_pool_size, min_block)
         self._pool: Pool | None = None
-        self._table = RoutingTable()
+        self._table = RoutingTable(on_bump=self._publish_generation)
+        self._gens: GenerationTable | None = None
+        self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
+        self._cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
         self._tokens: dict[bytes, ProcessRecord] = {}
         self._sessions: dict[int, _Session] = {}  # process record key -> session
         self._runner: asyncio.Task[None] | None = None
@@ -219,6 +225,7 @@ class Coordinator:
         pool_size, max_pool_size, min_block = self._pool_args
         self._pool = Pool(pool_size, max_pool_size, min_block)
         try:
+            self._gens = GenerationTable(self._pool.max_pool_size // self._pool.min_block + 1)
             self._path = self._prepare_path()
             if self._link_config is not None:
                 from ._link import Link  # pyzmq is imported only by nodes that link
@@ -236,6 +243,8 @@ class Coordinator:
                 with anyio.CancelScope(shield=True):
                     await self._link.aclose()
             self._pool.close()
+            if self._gens is not None:
+                self._gens.close()
             self._remove_path()
             raise
         log.info(
@@ -282,6 +291,8 @@ class Coordinator:
         finally:
             if self._pool is not None:
                 self._pool.close()
+            if self._gens is not None:
+                self._gens.close()
             self._remove_path()
             self._closed.set()
             log.info("coordinator.stopped", address=str(self._path))
@@ -328,6 +339,10 @@ class Coordinator:
             segments=len(pool.segments),
             processes=tuple(sorted(self._table.processes)),
             leases=self._table.lease_count,
+            cache_hits=self._cache_counts[0],
+            cache_misses=self._cache_counts[1],
+            cache_evictions=self._cache_counts[2],
+            names=tuple(sorted(self._table.names)),
         )
 
     # -- connections -------------------------------------------------------------
@@ -393,9 +408,11 @@ class Coordinator:
                     "min_block": self.pool.min_block,
                     "max_inline": MAX_INLINE,
                     "segments": [[s.id, s.size] for s in segments],
+                    "gen_size": self.gens.size,
                 },
             )
-            await send_frame(stream, conn.send(welcome), [s.fd for s in segments])
+            fds = [*(s.fd for s in segments), self.gens.fd]
+            await send_frame(stream, conn.send(welcome), fds)
             sock = await take_socket(stream)
             loop = asyncio.get_running_loop()
             session = _Session(self, conn, proc)
@@ -470,18 +487,59 @@ class Coordinator:
             )
 
     def _alloc(self, session: _Session, req: Request) -> None:
-        size = req.args["size"]
+        rec = self._new_block(session.proc, req.args["size"])
+        session.reply(Reply(req.req_id, Op.ALLOC, _block_fields(rec)))
+
+    def _new_block(self, proc: ProcessRecord, size: int) -> BlockRecord:
+        """Allocate a block for ``proc``; under memory pressure, evict cacheable named
+        objects that nobody uses, least recently used first, before giving up."""
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
-        try:
-            a = self.pool.alloc(size)
-        except PoolExhausted as exc:
-            log.warning("block.alloc_failed", name=session.proc.name, size=size, error=str(exc))
-            raise
-        rec = self._table.add_block(
-            session.proc, segment=a.segment, offset=a.offset, capacity=a.capacity, size=size
+        while True:
+            try:
+                a = self.pool.alloc(size)
+                break
+            except PoolExhausted as exc:
+                if size > self.pool.max_request() or not self._evict_one():
+                    log.warning("block.alloc_failed", name=proc.name, size=size, error=str(exc))
+                    raise
+        slot = (self._base(a.segment) + a.offset) // self.pool.min_block
+        return self._table.add_block(
+            proc,
+            segment=a.segment,
+            offset=a.offset,
+            capacity=a.capacity,
+            size=size,
+            slot=slot,
+            generation=self.gens.get(slot),
         )
-        session.reply(Reply(req.req_id, Op.ALLOC, _block_fields(rec)))
+
+    def _evict_one(self) -> bool:
+        evicted = self._table.evict_one()
+        if evicted is None:
+            return False
+        name, rec = evicted
+        self.pool.free(rec.segment, rec.offset)
+        self._cache_counts[2] += 1
+        log.info("cache.evicted", name=name, block=rec.id, size=rec.size)
+        return True
+
+    def _base(self, segment: int) -> int:
+        base = self._bases.get(segment)
+        if base is None:  # segments only ever get added, with growing ids
+            base = sum(s.size for i, s in self.pool.segments.items() if i < segment)
+            self._bases[segment] = base
+        return base
+
+    @property
+    def gens(self) -> GenerationTable:
+        if self._gens is None:
+            raise BlockIPCError("the coordinator has not been started")
+        return self._gens
+
+    def _publish_generation(self, rec: BlockRecord) -> None:
+        if self._gens is not None:
+            self._gens.set(rec.slot, rec.generation)
 
     def _free(self, session: _Session, req: Request) -> None:
         rec = self._table.lookup(session.proc, req.args["block"], "r")
@@ -534,6 +592,18 @@ class Coordinator:
         if req.op is Op.LEASE:
             session.reply(Reply(req.req_id, Op.LEASE, {"lease": lease.id, **_block_fields(rec)}))
             return []
+        if req.op is Op.GET:
+            fields = {
+                "lease": lease.id,
+                **_block_fields(rec),
+                "owner": rec.owner_name,
+                "generation": rec.generation,
+                "slot": rec.slot,
+                "codec": rec.codec,
+                "meta": rec.meta,
+            }
+            session.reply(Reply(req.req_id, Op.GET, fields))
+            return []
         reply = self._perform(req, rec)
         grants = self._table.release(lease)
         session.reply(reply)
@@ -546,7 +616,7 @@ class Coordinator:
             data = req.data
             with self.pool.view(rec.segment, start, len(data)) as view:
                 view[:] = data
-            rec.generation += 1
+            self._table.bump(rec)
             return Reply(req.req_id, Op.WRITE, {"written": len(data)})
         with self.pool.view(rec.segment, start, req.args["size"]) as view:
             return Reply(req.req_id, Op.READ, {}, bytes(view))
@@ -558,7 +628,7 @@ class Coordinator:
             token = grant.token
             if isinstance(token, asyncio.Future):  # a copy task waiting for its lease
                 if token.done():  # the copy gave up: hand the lease straight back
-                    work.extend(self._table.release(grant.lease))
+                    work.extend(self._end_lease(grant.lease))
                 else:
                     token.set_result(grant.lease)
                 continue
@@ -580,9 +650,18 @@ class Coordinator:
 
     def _release(self, session: _Session, req: Request) -> None:
         lease = self._table.find_lease(session.proc, req.args["lease"])
-        grants = self._table.release(lease)
+        grants = self._end_lease(lease)
         session.reply(Reply(req.req_id, Op.RELEASE))
         self._run_grants(grants)
+
+    def _end_lease(self, lease: Lease) -> list[Grant]:
+        """Release ``lease``; a doomed block whose last reader this was goes away."""
+        grants = self._table.release(lease)
+        gone, dropped = self._table.reap(lease.block)
+        if gone:
+            self.pool.free(lease.block.segment, lease.block.offset)
+            self._answer_dropped(dropped)
+        return grants
 
     # -- copy --------------------------------------------------------------------
     def _copy(self, session: _Session, req: Request) -> None:
@@ -612,7 +691,7 @@ class Coordinator:
             pool.view(dst.segment, dst.offset + dst_offset, size) as d,
         ):
             d[:] = s  # memoryview assignment is a memmove: overlap within a block is fine
-        dst.generation += 1
+        self._table.bump(dst)
 
     async def _copy_task(
         self, session: _Session, req: Request, src: BlockRecord, dst: BlockRecord, size: int
@@ -655,7 +734,7 @@ class Coordinator:
         finally:
             for lease in leases:
                 if lease.id in lease.block.leases:
-                    self._run_grants(self._table.release(lease))
+                    self._run_grants(self._end_lease(lease))
         session.reply(reply)
 
     # -- messages ----------------------------------------------------------------
@@ -810,6 +889,65 @@ class Coordinator:
     def _peers(self, session: _Session, req: Request) -> None:
         session.reply(Reply(req.req_id, Op.PEERS, {"names": sorted(self._table.processes)}))
 
+    # -- codecs and named objects ------------------------------------------------
+    def _put(self, session: _Session, req: Request) -> None:
+        """First half of ``put``: a new block with its write lease, for the client to
+        encode into; COMMIT records the codec and binds the name."""
+        rec = self._new_block(session.proc, req.args["size"])
+        lease = self._table.request_lease(session.proc, rec, "w", None)
+        assert lease is not None  # a new block is uncontended
+        session.reply(Reply(req.req_id, Op.PUT, {"lease": lease.id, **_block_fields(rec)}))
+
+    def _commit(self, session: _Session, req: Request) -> None:
+        a = req.args
+        proc = session.proc
+        lease = self._table.find_lease(proc, a["lease"])
+        rec = lease.block
+        if lease.mode != "w" or rec.owner is not proc:
+            raise AccessDenied(f"lease {lease.id} is not a write lease on a block you own")
+        if a["codec"] not in CODEC_NAMES:
+            raise InvalidRequest(f"unknown codec {a['codec']!r}; known: {', '.join(CODEC_NAMES)}")
+        name = a["name"]
+        if len(name) > MAX_TOPIC:
+            raise InvalidRequest(f"object name {name!r:.80} is longer than {MAX_TOPIC}")
+        rec.codec, rec.meta = a["codec"], a["meta"]
+        grants = self._end_lease(lease)  # bumps the generation before we answer
+        if name:
+            old, dropped = self._table.bind(proc, rec, name, cacheable=a["cacheable"])
+            if old is not None:
+                self.pool.free(old.segment, old.offset)
+            self._answer_dropped(dropped)
+        session.reply(
+            Reply(req.req_id, Op.COMMIT, {"generation": rec.generation, "slot": rec.slot})
+        )
+        self._run_grants(grants)
+
+    def _get(self, session: _Session, req: Request) -> None:
+        """A read lease on a named object (any process) or a block it may read; the
+        reply carries what the client needs to decode and cache it."""
+        name = req.args["name"]
+        if name:
+            try:
+                rec = self._table.find_name(name)
+            except BlockNotFound:
+                self._cache_counts[1] += 1
+                raise
+            self._cache_counts[0] += 1
+        else:
+            named = self._table.blocks.get(req.args["block"])
+            if named is not None and named.name:
+                rec = named
+            else:
+                rec = self._table.lookup(session.proc, req.args["block"], "r")
+        self._lease_or_wait(session, req, rec, "r", transient=False)
+
+    def _delete(self, session: _Session, req: Request) -> None:
+        gone, dropped = self._table.unbind(req.args["name"])
+        if gone is not None:
+            self.pool.free(gone.segment, gone.offset)
+        session.reply(Reply(req.req_id, Op.DELETE))
+        self._answer_dropped(dropped)
+
     # -- rights ------------------------------------------------------------------
     def _grant(self, session: _Session, req: Request) -> None:
         rec = self._table.lookup(session.proc, req.args["block"], "own")
@@ -841,6 +979,7 @@ class Coordinator:
             )
         }
         fields["processes"] = list(s.processes)
+        fields["names"] = list(s.names)
         session.reply(Reply(req.req_id, Op.STATS, fields))
 
     def _cancel(self, session: _Session, req: Request) -> None:
@@ -905,6 +1044,10 @@ class Coordinator:
         Op.UNSUBSCRIBE: _unsubscribe,
         Op.PUBLISH: _publish,
         Op.PEERS: _peers,
+        Op.PUT: _put,
+        Op.COMMIT: _commit,
+        Op.GET: _get,
+        Op.DELETE: _delete,
         Op.REMOTE_SEND: _remote_send,
     }
 

@@ -107,6 +107,11 @@ class Op(enum.IntEnum):
     UNSUBSCRIBE = 18
     PUBLISH = 19
     PEERS = 20
+    # codecs and named objects (30-39)
+    PUT = 30
+    COMMIT = 31
+    GET = 32
+    DELETE = 33
     # remote sends through the coordinators' link (40-49)
     REMOTE_SEND = 40
 
@@ -186,6 +191,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "cache_hits": int,
     "cache_misses": int,
     "cache_evictions": int,
+    "names": _STRLIST,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -208,6 +214,7 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
             "min_block": int,
             "max_inline": int,
             "segments": _SEGLIST,
+            "gen_size": int,  # the generation table's fd follows the segments' fds
         },
         False,
     ),
@@ -261,6 +268,28 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         False,
     ),
     (Kind.REPLY, Op.PUBLISH): ({"delivered": int}, False),
+    (Kind.REQUEST, Op.PUT): ({"size": int}, False),
+    (Kind.REPLY, Op.PUT): ({"lease": int, **_BLOCK_FIELDS}, False),
+    (Kind.REQUEST, Op.COMMIT): (
+        {"lease": int, "codec": str, "meta": dict, "name": str, "cacheable": bool},
+        False,
+    ),
+    (Kind.REPLY, Op.COMMIT): ({"generation": int, "slot": int}, False),
+    (Kind.REQUEST, Op.GET): ({"block": int, "name": str}, False),
+    (Kind.REPLY, Op.GET): (
+        {
+            "lease": int,
+            **_BLOCK_FIELDS,
+            "owner": str,
+            "generation": int,
+            "slot": int,
+            "codec": str,
+            "meta": dict,
+        },
+        False,
+    ),
+    (Kind.REQUEST, Op.DELETE): ({"name": str}, False),
+    (Kind.REPLY, Op.DELETE): ({}, False),
     (Kind.REQUEST, Op.PEERS): ({}, False),
     (Kind.REPLY, Op.PEERS): ({"names": _STRLIST}, False),
     (Kind.REQUEST, Op.REMOTE_SEND): (

@@ -52,8 +52,10 @@ class Message:
 class Stats:
     """A snapshot of the coordinator's pool and admin space (see :meth:`Client.stats`).
 
-    ``free_bytes + used_bytes == pool_size`` always. The cache counters count the
-    cache modules' hits, misses and evictions (zero until a cache is used).
+    ``free_bytes + used_bytes == pool_size`` always. The cache counters add up the
+    client's own cache of ``get`` results (from :meth:`Client.stats`) and the pool's
+    named objects (gets by name found or not, cacheable objects evicted under memory
+    pressure). ``names`` lists the named objects.
     """
 
     pool_size: int
@@ -67,3 +69,4 @@ class Stats:
     cache_hits: int = 0
     cache_misses: int = 0
     cache_evictions: int = 0
+    names: tuple[str, ...] = ()

@@ -1,0 +1,754 @@
+"""The coordinator-to-coordinator link: remote sends over pyzmq (libzmq) ``tcp://``.
+
+Theory of operation
+-------------------
+Each coordinator with a ``node`` name binds one ROUTER socket (``listen``) and
+connects one DEALER socket per peer. A remote send travels from the sending
+coordinator's DEALER to the receiving coordinator's ROUTER as one multipart message
+(see ``_linkwire.py`` for the frames and the rules); the receiver answers it with an
+ack once the block is in the receiving process's inbox, and only then does the
+sender's ``await client.send(...)`` return.
+
+*Zero-copy out.* The data frame is a ``memoryview`` of the block in the pool, handed
+to libzmq with ``copy=False``; libzmq's I/O thread writes it to the socket. While it
+may, the block is *pinned*: it belongs to the link's own process record, so neither
+the sender (nor its death) can free or change it. A ``MessageTracker`` says when
+libzmq is done with the memory; only then is the block freed (a move) or given back to
+the sender (``move=False``, or a failed send).
+
+*One copy in.* The receiver allocates a block in its own pool and copies the frame
+into it, large blocks in a worker thread (``ctypes.memmove`` drops the GIL), so the
+loop keeps serving. Only a complete block is put in an inbox: libzmq never hands out
+part of a multipart message, and an allocation made for a block that cannot be
+delivered after all is freed before the error ack goes back.
+
+*Backpressure.* The sender's window (blocks and bytes not yet acknowledged) bounds
+what a peer may have parked at the receiver; the receiver parks blocks while the
+receiving process's inbox is over its limit or the pool is full, and stops reading
+its socket when too many bytes are parked. High-water marks bound libzmq's queues.
+
+*Security.* With ``keys``, both sockets use CURVE (authenticated, encrypted); the ROUTER
+accepts only the public keys found in the key directory, checked by pyzmq's asyncio
+ZAP authenticator, and every block must come from the node its key belongs to. With
+``IMMEDIATE`` set, nothing is queued for a peer that has not completed the handshake,
+so a refused node never receives a byte of block data. The TCP listener understands
+link frames only: local clients are served on the Unix socket alone.
+
+Structlog events: ``link.started``, ``link.connected``, ``link.disconnected``,
+``link.refused``, ``link.send_failed``, ``link.protocol_error``, ``link.stopped``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import structlog
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+from ._admin import Delivery, ProcessRecord
+from ._exceptions import (
+    AccessDenied,
+    BlockIPCError,
+    ConnectionClosed,
+    InvalidRequest,
+    PeerUnreachable,
+    PoolExhausted,
+    ProtocolError,
+)
+from ._keys import NodeKeys, load_keys
+from ._linkwire import (
+    BlockFrame,
+    Failure,
+    LinkConfig,
+    OutboundState,
+    decode_ack,
+    decode_block,
+    encode_ack,
+    encode_block,
+    peek_seq,
+    split_target,
+)
+from ._protocol import ErrorReply, Reply, Request
+
+if TYPE_CHECKING:
+    from ._admin import BlockRecord
+    from ._coordinator import Coordinator, _Session
+
+__all__ = ["Link"]
+
+log = structlog.get_logger("blockipc.link")
+
+MAX_PARKED: Final = 512 << 20
+"""The receiver stops reading its socket while this many bytes wait for delivery."""
+THREAD_COPY: Final = 2 << 20
+"""Blocks from this size up are copied into the pool in a worker thread."""
+TRACKER_GRACE: Final = 2.0
+"""Seconds a finished send may wait for libzmq to release its memory before the
+peer's socket is reset (closing it makes libzmq drop the message)."""
+
+_HANDSHAKE_FAILED: Final = frozenset(
+    {
+        zmq.Event.HANDSHAKE_FAILED_AUTH,
+        zmq.Event.HANDSHAKE_FAILED_PROTOCOL,
+        zmq.Event.HANDSHAKE_FAILED_NO_DETAIL,
+    }
+)
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Done callback of a send nobody awaits: a failed ack is only logged."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("link.ack_dropped", error=repr(fut.exception()))
+
+
+def _memmove(dst: memoryview, src: memoryview) -> None:
+    """Copy ``src`` into ``dst`` (same length) without holding the GIL."""
+    n = len(dst)
+    d = (ctypes.c_char * n).from_buffer(dst)
+    s = (ctypes.c_char * n).from_buffer(src)
+    try:
+        ctypes.memmove(d, s, n)
+    finally:
+        del d, s  # end the buffer exports now, not at the next collection
+
+
+def _capacity(size: int, min_block: int) -> int:
+    return max(min_block, 1 << (size - 1).bit_length())
+
+
+@dataclass(eq=False)
+class _Outgoing:
+    """A remote send in the sending coordinator, from request to reply."""
+
+    session: _Session
+    req: Request
+    rec: BlockRecord
+    sender: ProcessRecord
+    to: str
+    header: dict[str, Any]
+    move: bool
+    peer: _Peer
+    view: memoryview | None = None
+    tracker: zmq.MessageTracker | None = None
+    error: BlockIPCError | None = None
+    finished_at: float = 0.0
+    replied: bool = False
+
+
+@dataclass(eq=False)
+class _Incoming:
+    """A block received from a peer, waiting for room in the receiver's inbox."""
+
+    ident: bytes
+    frame: BlockFrame
+    data: zmq.Frame
+    sender: str
+
+
+class _Authenticator(AsyncioAuthenticator):
+    """pyzmq's asyncio ZAP handler: CURVE keys in the key directory, by node name."""
+
+    def __init__(self, context: zmq.asyncio.Context, keys: NodeKeys) -> None:
+        super().__init__(context)
+        self.keys = keys
+        self.configure_curve_callback("*", self)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        node = self.keys.node_of(key)
+        if node is None:
+            log.warning(
+                "link.refused",
+                node=self.keys.node,
+                reason="unknown CURVE public key (not in the key directory)",
+                key=key.decode("ascii", "replace"),
+            )
+        return node is not None
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.keys.node_of(z85.encode(client_public_key)) or ""
+
+
+class _Peer:
+    """The sending side of the link to one peer: a DEALER and its state."""
+
+    def __init__(self, link: Link, name: str, endpoint: str, server_key: bytes | None) -> None:
+        self.link = link
+        self.name = name
+        self.endpoint = endpoint
+        self.server_key = server_key
+        self.state = OutboundState(name, link.config.timeout)
+        self.kick = asyncio.Event()
+        self.tcp_connected = False
+        self._reset = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"blockipc-link-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def reset(self) -> None:
+        """Close and reopen the socket: libzmq drops whatever it still queues."""
+        self._reset.set()
+
+    def submit(self, out: _Outgoing) -> None:
+        self.state.submit(out, out.rec.size, time.monotonic())
+        if self.state.refused is not None and not self.state.is_up:
+            self.link.finish_all(self.state.expire(time.monotonic()))
+        self.kick.set()
+
+    def _socket(self) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+        cfg, keys = self.link.config, self.link.keys
+        sock = self.link.ctx.socket(zmq.DEALER)
+        try:
+            self.link.tune(sock)
+            sock.immediate = True  # queue nothing for a peer that is not connected
+            sock.sndhwm = self.state.max_blocks + 2
+            if keys is not None:
+                sock.curve_publickey = keys.public
+                sock.curve_secretkey = keys.secret
+                sock.curve_serverkey = self.server_key
+            monitor = sock.get_monitor_socket()
+            sock.connect(self.endpoint)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        log.debug("link.connecting", node=cfg.node, peer=self.name, endpoint=self.endpoint)
+        return sock, monitor
+
+    async def _run(self) -> None:
+        while True:
+            sock, monitor = self._socket()
+            self._reset.clear()
+            tasks = [
+                asyncio.create_task(self._write(sock)),
+                asyncio.create_task(self._read(sock)),
+                asyncio.create_task(self._watch(monitor)),
+                asyncio.create_task(self._expire()),
+            ]
+            try:
+                await self._reset.wait()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
+                monitor.close(linger=0)
+                sock.close(linger=0)
+                self.tcp_connected = False
+                self.link.finish_all(self.state.down(time.monotonic()))
+            log.info("link.reset", node=self.link.config.node, peer=self.name)
+
+    async def _write(self, sock: zmq.asyncio.Socket) -> None:
+        state, link = self.state, self.link
+        while True:
+            await self.kick.wait()
+            self.kick.clear()
+            while (p := state.next_to_write()) is not None:
+                out: _Outgoing = p.token
+                rec = out.rec
+                if out.view is None:
+                    out.view = link.coord.pool.view(rec.segment, rec.offset, rec.size)
+                parts = encode_block(
+                    p.seq, link.config.node, out.sender.name, out.to, rec.size, out.header
+                )
+                try:
+                    out.tracker = await sock.send_multipart(
+                        [*parts, out.view], flags=zmq.NOBLOCK, copy=False, track=True
+                    )
+                except zmq.Again:  # connected but the pipe is not attached yet, or full
+                    state.unwrite(p)
+                    await asyncio.sleep(0.002)
+                    self.kick.set()
+                    break
+
+    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            parts = await sock.recv_multipart()
+            try:
+                ack = decode_ack(parts)
+            except ProtocolError as exc:
+                log.warning("link.protocol_error", peer=self.name, error=str(exc))
+                continue
+            p = self.state.ack(ack.seq)
+            if p is not None:
+                self.link.finish(p.token, ack.error())
+                self.kick.set()
+
+    async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
+        node = self.link.config.node
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            kind, now = event["event"], time.monotonic()
+            if kind == zmq.Event.CONNECTED:
+                self.tcp_connected = True
+            elif kind == zmq.Event.HANDSHAKE_SUCCEEDED:
+                self.state.up(now)
+                log.info("link.connected", node=node, peer=self.name, endpoint=self.endpoint)
+                self.kick.set()
+            elif kind == zmq.Event.DISCONNECTED:
+                was_up = self.state.is_up
+                failed = self.state.down(now)
+                if was_up:  # a warning only when it cost sends
+                    emit = log.warning if failed else log.info
+                    emit("link.disconnected", node=node, peer=self.name, failed=len(failed))
+                self.link.finish_all(failed)
+            elif kind in _HANDSHAKE_FAILED:
+                if kind == zmq.Event.HANDSHAKE_FAILED_AUTH:
+                    reason = (
+                        f"node {self.name!r} refused this node's key (CURVE authentication "
+                        f"failed, status {int(event['value'])}): its key directory has no "
+                        f"{node}.key matching this node's key"
+                    )
+                else:
+                    what = zmq.Event(kind).name
+                    reason = (
+                        f"the link handshake with node {self.name!r} failed ({what}): "
+                        "check that both nodes use keys (or both none), and that this node's "
+                        f"{self.name}.key is that node's public key"
+                    )
+                if self.state.refused != reason:
+                    log.warning("link.refused", node=node, peer=self.name, reason=reason)
+                self.link.finish_all(self.state.refuse(now, reason))
+
+    async def _expire(self) -> None:
+        tick = min(0.05, self.link.config.timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            self.link.finish_all(self.state.expire(time.monotonic()))
+
+
+class Link:
+    """A coordinator's link to its peers (made and driven by :class:`Coordinator`)."""
+
+    def __init__(self, coord: Coordinator, config: LinkConfig) -> None:
+        self.coord = coord
+        self.config = config
+        self.keys: NodeKeys | None = None
+        if config.keys is not None:
+            self.keys = load_keys(config.keys, config.node)
+            for peer in config.peers:
+                if peer not in self.keys.trusted:
+                    raise BlockIPCError(
+                        f"no public key for peer {peer!r}: {config.keys / (peer + '.key')} "
+                        "is missing"
+                    )
+        self.ctx = zmq.asyncio.Context()
+        self.address: str | None = None
+        self._auth: _Authenticator | None = None
+        self._router: zmq.asyncio.Socket | None = None
+        self._peers: dict[str, _Peer] = {}
+        # The pinned blocks of sends in transit belong to this record (key 0 is no
+        # connection's), so nothing a process does or suffers can free them meanwhile.
+        self.pin = ProcessRecord(0, f"(link {config.node})", os.getpid(), os.getuid())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._targets: dict[str, deque[_Incoming]] = {}
+        self._parked = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._copies: set[asyncio.Future[None]] = set()
+        self._releasing: list[_Outgoing] = []
+        self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
+        self._release_kick = asyncio.Event()
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------
+    def tune(self, sock: zmq.asyncio.Socket) -> None:
+        """Options both sides share: no linger, heartbeats, reconnect backoff."""
+        timeout_ms = max(1, int(self.config.timeout * 1000))
+        sock.linger = 0
+        sock.heartbeat_ivl = max(1, min(1000, timeout_ms // 3))
+        sock.heartbeat_timeout = timeout_ms
+        sock.handshake_ivl = timeout_ms
+        sock.reconnect_ivl = 100
+        sock.reconnect_ivl_max = 1000
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            if self.keys is not None:
+                self._auth = _Authenticator(self.ctx, self.keys)
+                self._auth.start()
+            if cfg.listen is not None:
+                router = self.ctx.socket(zmq.ROUTER)
+                self._router = router
+                self.tune(router)
+                router.rcvhwm = 64
+                if self.keys is not None:
+                    router.curve_server = True
+                    router.curve_publickey = self.keys.public
+                    router.curve_secretkey = self.keys.secret
+                try:
+                    router.bind(cfg.listen.zmq(bind=True))
+                except zmq.ZMQError as exc:
+                    raise BlockIPCError(f"cannot listen on {cfg.listen}: {exc}") from exc
+                self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+                self._spawn(self._serve(router))
+            for name, endpoint in cfg.peers.items():
+                key = None if self.keys is None else self.keys.trusted[name]
+                peer = _Peer(self, name, endpoint.zmq(bind=False), key)
+                self._peers[name] = peer
+                peer.start()
+            self._spawn(self._release_loop())
+        except BaseException:
+            await self.aclose()
+            raise
+        log.info(
+            "link.started",
+            node=cfg.node,
+            listen=self.address,
+            peers={n: str(e) for n, e in cfg.peers.items()},
+            curve=self.keys is not None,
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("link.task_failed", error=repr(task.exception()))
+
+    async def aclose(self) -> None:
+        """Stop the link: pending sends fail, pinned blocks are released, sockets closed."""
+        if self._closing:
+            return
+        self._closing = True
+        for peer in self._peers.values():
+            await peer.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._copies:  # a worker thread may still write into the pool: let it finish
+            await asyncio.gather(*self._copies, return_exceptions=True)
+        for peer in self._peers.values():
+            self.finish_all(
+                peer.state.fail_all(lambda: ConnectionClosed("the coordinator is closing"))
+            )
+        if self._router is not None:
+            self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        self.ctx.destroy(linger=0)
+        # libzmq frees what it still held when its sockets closed; give the pyzmq
+        # garbage thread a moment to say so before the pool goes away.
+        deadline = time.monotonic() + 1.0
+        while (self._releasing or self._lingering) and time.monotonic() < deadline:
+            self._lingering = [t for t in self._lingering if not t.done]
+            self._release_done()
+            await asyncio.sleep(0.005)
+        for out in self._releasing:
+            out.tracker = None
+        self._release_done()
+        self._targets.clear()
+        log.info("link.stopped", node=self.config.node)
+
+    # -- sending -----------------------------------------------------------------
+    def send(self, session: _Session, req: Request) -> None:
+        """Handle a REMOTE_SEND request: pin the block and queue it for its peer.
+
+        A move hands the block's ownership to the link's record (the sender can no
+        longer use it); ``move=False`` adds the link as a read holder. Either way the
+        block is marked in transit, so nobody frees it while libzmq may read it.
+        """
+        args = req.args
+        table, proc, move = self.coord._table, session.proc, args["move"]
+        rec = table.lookup(proc, args["block"], "own" if move else "r")
+        node, name = split_target(args["to"])
+        if node == self.config.node:
+            raise InvalidRequest(
+                f"{args['to']!r} names this node ({node!r}): send to {name!r} instead"
+            )
+        peer = self._peers.get(node)
+        if peer is None:
+            known = ", ".join(sorted(self._peers)) or "none"
+            raise PeerUnreachable(
+                f"no link to node {node!r} (this node {self.config.node!r} has peers: {known})"
+            )
+        if move:
+            table.check_movable(proc, rec)
+        if any(lease.mode == "w" for lease in rec.leases.values()):
+            raise AccessDenied(f"block {rec.id} is under a write lease; end it before sending")
+        if self._closing:
+            raise ConnectionClosed("the coordinator is closing")
+        if move:  # pin: the block leaves its owner until the transfer is over
+            proc.blocks.discard(rec.id)
+            rec.owner = self.pin
+        else:
+            rec.grants[self.pin.key] = (self.pin, "r")
+        self.pin.blocks.add(rec.id)
+        rec.in_transit += 1
+        out = _Outgoing(session, req, rec, proc, name, args["header"], move, peer)
+        peer.submit(out)
+
+    def finish_all(self, failures: list[Failure]) -> None:
+        for p, exc in failures:
+            self.finish(p.token, exc)
+
+    def finish(self, out: _Outgoing, error: BlockIPCError | None) -> None:
+        """A send is over (acknowledged or failed): release its block, answer it."""
+        out.error = error
+        out.finished_at = time.monotonic()
+        if error is not None:
+            log.warning(
+                "link.send_failed",
+                node=self.config.node,
+                peer=out.peer.name,
+                to=out.to,
+                block=out.rec.id,
+                size=out.rec.size,
+                error=str(error),
+            )
+        # Answered once the block is released: after a move it is gone from the pool,
+        # after a failure or with move=False the sender can use it again at once.
+        # An ack means the peer holds every byte, so libzmq has written (and will never
+        # read again) the memory: it is released now, without waiting for the tracker,
+        # which pyzmq's garbage thread sets a little later. A failed send may still sit
+        # in libzmq's queue: its block waits for the tracker.
+        if error is None and out.tracker is not None and not out.tracker.done:
+            self._lingering.append(out.tracker)
+            out.tracker = None
+        self._releasing.append(out)
+        self._release_done()
+        if self._releasing:
+            self._release_kick.set()
+
+    def _release_done(self) -> None:
+        """Release the blocks of finished sends whose memory libzmq no longer holds."""
+        if len(self._lingering) > 64:
+            self._lingering = [t for t in self._lingering if not t.done]
+        keep: list[_Outgoing] = []
+        for out in self._releasing:
+            if out.tracker is None or out.tracker.done:
+                self._release(out)
+            else:
+                keep.append(out)
+        self._releasing = keep
+
+    async def _release_loop(self) -> None:
+        while True:
+            await self._release_kick.wait()
+            self._release_kick.clear()
+            while self._releasing:
+                await asyncio.sleep(0.0005)
+                self._release_done()
+                now = time.monotonic()
+                for out in self._releasing:
+                    if now - out.finished_at > TRACKER_GRACE:
+                        out.peer.reset()
+
+    def _release(self, out: _Outgoing) -> None:
+        """Unpin the block of a finished send: free it (a move that succeeded, or a
+        sender that is gone) or give it back to the sender."""
+        if out.view is not None:
+            with contextlib.suppress(BufferError):
+                out.view.release()
+            out.view = None
+        out.tracker = None
+        table, rec, sender, pin = self.coord._table, out.rec, out.sender, self.pin
+        if table.blocks.get(rec.id) is rec and not self.coord.pool.closed:
+            rec.in_transit -= 1
+            alive = table.processes.get(sender.name) is sender
+            if out.move and out.error is not None and alive and rec.owner is pin:
+                rec.owner = sender  # a failed move: the block is the sender's again
+                sender.blocks.add(rec.id)
+                pin.blocks.discard(rec.id)
+            else:
+                table._drop_hold(rec, pin)
+                pin.blocks.discard(rec.id)
+                if not rec.holders():
+                    dropped = table._remove(rec)
+                    self.coord.pool.free(rec.segment, rec.offset)
+                    self.coord._answer_dropped(dropped)
+        self._reply(out)
+
+    def _reply(self, out: _Outgoing) -> None:
+        if out.replied:
+            return
+        out.replied = True
+        req = out.req
+        if out.error is None:
+            out.session.reply(Reply(req.req_id, req.op))
+        else:
+            out.session.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
+
+    # -- receiving ---------------------------------------------------------------
+    async def _serve(self, router: zmq.asyncio.Socket) -> None:
+        while True:
+            while self._parked > MAX_PARKED:
+                self._room.clear()
+                await self._room.wait()
+            frames = await router.recv_multipart(copy=False)
+            try:
+                self._on_message(router, frames)
+            except Exception as exc:  # one bad message must not stop the link
+                log.exception("link.internal_error", error=repr(exc))
+
+    def _ack(
+        self, router: zmq.asyncio.Socket, ident: bytes, seq: int, exc: BlockIPCError | None
+    ) -> None:
+        parts = encode_ack(seq) if exc is None else encode_ack(seq, exc.code, str(exc))
+        fut = cast("asyncio.Future[Any]", router.send_multipart([ident, *parts]))
+        fut.add_done_callback(_consume)
+
+    def _on_message(self, router: zmq.asyncio.Socket, frames: list[zmq.Frame]) -> None:
+        cfg = self.config
+        if len(frames) < 2:
+            log.warning("link.protocol_error", node=cfg.node, error="empty message")
+            return
+        ident = frames[0].bytes
+        data = frames[-1]
+        head = [f.bytes for f in frames[1:-1]]
+        try:
+            frame = decode_block(head, len(data))
+        except ProtocolError as exc:
+            log.warning("link.protocol_error", node=cfg.node, error=str(exc))
+            seq = peek_seq(head[1]) if len(head) == 2 else None
+            if seq is not None:
+                self._ack(router, ident, seq, exc)
+            return
+        if self.keys is not None:
+            authenticated = data.get("User-Id")
+            if authenticated != frame.node:
+                exc2 = AccessDenied(
+                    f"a block claiming to come from node {frame.node!r} was sent with the key "
+                    f"of node {authenticated!r}"
+                )
+                log.warning("link.refused", node=cfg.node, reason=str(exc2))
+                self._ack(router, ident, frame.seq, exc2)
+                return
+        if frame.to not in self.coord._table.processes:
+            self._ack(
+                router,
+                ident,
+                frame.seq,
+                PeerUnreachable(f"no process named {frame.to!r} on node {cfg.node!r}"),
+            )
+            return
+        queue = self._targets.get(frame.to)
+        item = _Incoming(ident, frame, data, f"{frame.node}/{frame.sender}")
+        self._parked += frame.size
+        if queue is None:
+            queue = self._targets[frame.to] = deque([item])
+            self._spawn(self._deliver_all(router, frame.to, queue))
+        else:
+            queue.append(item)
+
+    async def _deliver_all(
+        self, router: zmq.asyncio.Socket, name: str, queue: deque[_Incoming]
+    ) -> None:
+        """Deliver the blocks for one process in arrival order (per-sender order)."""
+        try:
+            while queue:
+                item = queue[0]
+                error = await self._deliver(name, item)
+                queue.popleft()
+                self._parked -= item.frame.size
+                self._room.set()
+                self._ack(router, item.ident, item.frame.seq, error)
+        finally:
+            if self._targets.get(name) is queue:
+                del self._targets[name]
+
+    def _copy_done(self, fut: asyncio.Future[None]) -> None:
+        self._copies.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("link.copy_failed", error=repr(fut.exception()))
+
+    async def _deliver(self, name: str, item: _Incoming) -> BlockIPCError | None:
+        """Put one received block into ``name``'s inbox, waiting for room there and
+        in the pool; on any failure nothing is delivered and nothing stays allocated."""
+        table, pool, frame = self.coord._table, self.coord.pool, item.frame
+        need = _capacity(frame.size, pool.min_block)
+        if need > pool.max_request():
+            return PoolExhausted(
+                f"a block of {frame.size} bytes is larger than any block node "
+                f"{self.config.node!r} can hold ({pool.max_request()})"
+            )
+        gone = PeerUnreachable(f"process {name!r} left node {self.config.node!r}")
+        delay = 0.0005
+        while True:  # backpressure: while we wait, the sender's window stops it
+            proc = table.processes.get(name)
+            if proc is None:
+                return gone
+            room = pool.largest_free >= need or pool.size < pool.max_pool_size
+            if room and _inbox_room(proc, frame.size):
+                try:
+                    alloc = pool.alloc(frame.size)
+                    break
+                except PoolExhausted:
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+        rec = table.add_block(
+            self.pin,
+            segment=alloc.segment,
+            offset=alloc.offset,
+            capacity=alloc.capacity,
+            size=frame.size,
+        )
+        try:
+            view = pool.view(alloc.segment, alloc.offset, frame.size)
+            try:
+                src = item.data.buffer
+                if frame.size < THREAD_COPY:
+                    view[:] = src
+                else:
+                    loop = asyncio.get_running_loop()
+                    fut = loop.run_in_executor(None, _memmove, view, src)
+                    self._copies.add(fut)
+                    fut.add_done_callback(self._copy_done)
+                    await asyncio.shield(fut)
+            finally:
+                view.release()
+            delay = 0.0005
+            while True:  # the copy took a while: the inbox may have filled meanwhile
+                proc = table.processes.get(name)
+                if proc is None:
+                    raise gone
+                if table.has_room(proc, rec):
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        except BaseException as exc:
+            if table.blocks.get(rec.id) is rec:
+                table._drop_hold(rec, self.pin)
+                self.pin.blocks.discard(rec.id)
+                table._remove(rec)
+                if not pool.closed:
+                    pool.free(alloc.segment, alloc.offset)
+            if isinstance(exc, BlockIPCError):
+                return exc
+            raise
+        sender = ProcessRecord(0, item.sender, 0, 0)  # names the sender in the inbox entry
+        delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
+        assert delivered, "has_room was checked just before"
+        self.coord._wake_receiver(proc)
+        return None
+
+
+def _inbox_room(proc: ProcessRecord, size: int) -> bool:
+    """Whether a block of ``size`` bytes would get into ``proc``'s inbox now (the rule of
+    ``RoutingTable.has_room``, asked before the block exists)."""
+    if proc.pending or len(proc.inbox) >= proc.inbox_messages:
+        return False
+    return not proc.inbox or proc.inbox_used + size <= proc.inbox_bytes

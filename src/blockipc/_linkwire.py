@@ -1,0 +1,456 @@
+"""The coordinator-to-coordinator link, sans-IO: configuration, frames, send state.
+
+Theory of operation
+-------------------
+No socket, loop or zmq import here (a test enforces it): this module decides, the
+link in ``_link.py`` does the I/O.
+
+**Frames.** A remote send is one ZeroMQ multipart message from the sending node's
+DEALER to the receiving node's ROUTER: ``[b"BLK1", meta, data]``. libzmq delivers a
+multipart message whole or not at all, so a receiver never sees part of a block.
+``meta`` is a msgpack map checked field by field like the client protocol's
+(``seq``, ``node``, ``from``, ``to``, ``size``, ``header``); ``data`` must be exactly
+``size`` bytes. The receiver answers every block with ``[b"ACK1", meta]``
+(``seq``, ``code``, ``message``): code 0 means the block is in the receiver's inbox,
+any other code is a :class:`~blockipc.BlockIPCError` code and nothing was delivered.
+
+**Sending** (:class:`OutboundState`, one per peer). A send is *queued* until the
+link to the peer is up and the window has room (a bound on blocks and bytes written
+but not acknowledged), then *in flight* until its ack. Nothing is ever sent twice:
+
+* the link going down fails every in-flight send at once (its block may or may not
+  have reached the peer; it is not retried, so it is never delivered twice);
+* a queued send fails with ``PeerUnreachable`` once the link has been down for
+  ``timeout`` seconds of its life;
+* a peer that refuses this node's key fails every queued and in-flight send with
+  ``AccessDenied``, and later ones at once, until a handshake succeeds.
+
+A slow receiver holds its acks back; the window then stops the sender, so neither
+side buffers more than the window, whatever the backlog.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from ._exceptions import (
+    AccessDenied,
+    BlockIPCError,
+    InvalidRequest,
+    PeerUnreachable,
+    ProtocolError,
+)
+from ._protocol import MAX_HEADER, _validate
+
+__all__ = [
+    "ACK",
+    "BLOCK",
+    "Ack",
+    "BlockFrame",
+    "Endpoint",
+    "LinkConfig",
+    "OutboundState",
+    "Pending",
+    "decode_ack",
+    "decode_block",
+    "encode_ack",
+    "encode_block",
+    "check_node_name",
+    "make_config",
+    "parse_endpoint",
+    "split_target",
+]
+
+BLOCK: Final = b"BLK1"
+ACK: Final = b"ACK1"
+MAX_META: Final = MAX_HEADER + 4096
+_MAX_INT: Final = (1 << 63) - 1
+
+WINDOW_BLOCKS: Final = 8
+"""Blocks written to a peer and not yet acknowledged, at most."""
+WINDOW_BYTES: Final = 64 << 20
+"""Bytes written to a peer and not yet acknowledged, at most (one block may exceed it)."""
+
+_BLOCK_SCHEMA: Final = {
+    "seq": int,
+    "node": str,
+    "from": str,
+    "to": str,
+    "size": int,
+    "header": dict,
+}
+_ACK_SCHEMA: Final = {"seq": int, "code": int, "message": str}
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+# -- configuration -----------------------------------------------------------------
+MAX_NODE: Final = 255
+
+
+def check_node_name(name: str, what: str = "node name") -> str:
+    """Return ``name`` if it can name a node (1-255 printable characters, no ``/``)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_NODE
+        or "/" in name
+        or not name.isprintable()
+        or name != name.strip()
+    ):
+        raise InvalidRequest(
+            f"{what} {name!r:.80} is invalid: 1-{MAX_NODE} printable characters, no '/', "
+            "no leading or trailing spaces"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed ``tcp://HOST:PORT``; ``port`` 0 means "pick a free port"."""
+
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        """True for 127.0.0.0/8, ::1 and ``localhost``; ``*`` and 0.0.0.0 are not."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def zmq(self, *, bind: bool) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "*" if bind and self.port == 0 else str(self.port)
+        return f"tcp://{host}:{port}"
+
+    def __str__(self) -> str:
+        return self.zmq(bind=False)
+
+
+_ENDPOINT_RE = re.compile(r"tcp://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})")
+
+
+def parse_endpoint(text: str, *, listen: bool = False) -> Endpoint:
+    """Parse ``tcp://HOST:PORT`` (``[v6]`` hosts in brackets; ``*`` only to listen).
+
+    >>> parse_endpoint("tcp://127.0.0.1:7100")
+    Endpoint(host='127.0.0.1', port=7100)
+    """
+    match = _ENDPOINT_RE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidRequest(f"link address {text!r} is not of the form tcp://HOST:PORT")
+    host, port = match.group(1).strip("[]"), int(match.group(2))
+    if port > 65535 or (port == 0 and not listen):
+        raise InvalidRequest(f"link address {text!r} has an invalid port")
+    if host == "*" and not listen:
+        raise InvalidRequest(f"link address {text!r}: '*' is only valid for listen")
+    return Endpoint(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """A checked link configuration (see :func:`make_config`)."""
+
+    node: str
+    listen: Endpoint | None
+    peers: dict[str, Endpoint]
+    keys: Path | None
+    timeout: float
+    insecure: bool
+
+
+def make_config(
+    node: str | None,
+    listen: str | None,
+    peers: Mapping[str, str] | None,
+    keys: str | os.PathLike[str] | None,
+    link_timeout: float,
+    insecure: bool,
+) -> LinkConfig | None:
+    """Check the link arguments of a coordinator; ``None`` when it has no link.
+
+    Without ``keys``, a plain link may only listen on and connect to loopback
+    addresses unless ``insecure`` is true: traffic would otherwise cross a network
+    unauthenticated and unencrypted.
+    """
+    if node is None:
+        if listen is not None or peers or keys is not None:
+            raise InvalidRequest("listen, peers and keys need a node name (node=...)")
+        return None
+    check_node_name(node)
+    if isinstance(link_timeout, bool) or not isinstance(link_timeout, int | float):
+        raise InvalidRequest(f"link_timeout must be a number of seconds, not {link_timeout!r}")
+    if not (link_timeout > 0 and math.isfinite(link_timeout)):
+        raise InvalidRequest(f"link_timeout must be positive and finite, not {link_timeout!r}")
+    where = None if listen is None else parse_endpoint(listen, listen=True)
+    parsed: dict[str, Endpoint] = {}
+    for name, address in (peers or {}).items():
+        check_node_name(name, "peer name")
+        if name == node:
+            raise InvalidRequest(f"peer {name!r} has this node's own name")
+        parsed[name] = parse_endpoint(address)
+    if keys is None and not insecure:
+        exposed = [f"listen={where}"] if where is not None and not where.loopback else []
+        exposed += [f"peer {n}={e}" for n, e in parsed.items() if not e.loopback]
+        if exposed:
+            raise InvalidRequest(
+                f"refusing a plain link on a non-loopback address ({', '.join(exposed)}): "
+                "pass keys=DIR (CURVE authentication and encryption, see `blockipc keygen`) "
+                "or insecure=True (--insecure) to allow an unauthenticated, unencrypted link"
+            )
+    return LinkConfig(
+        node,
+        where,
+        parsed,
+        None if keys is None else Path(keys),
+        float(link_timeout),
+        bool(insecure),
+    )
+
+
+def split_target(to: str) -> tuple[str, str]:
+    """``"b/consumer"`` -> ``("b", "consumer")``."""
+    node, sep, name = to.partition("/")
+    if not sep or not node or not name or "/" in name:
+        raise InvalidRequest(f"remote receiver {to!r:.80} is not of the form NODE/NAME")
+    return node, name
+
+
+# -- frames ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BlockFrame:
+    """A block sent over the link, as the receiver parsed it."""
+
+    seq: int
+    node: str
+    sender: str
+    to: str
+    size: int
+    header: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The receiver's answer to block ``seq``: ``code`` 0 for delivered."""
+
+    seq: int
+    code: int
+    message: str
+
+    def error(self) -> BlockIPCError | None:
+        from ._exceptions import error_from_code
+
+        return None if self.code == 0 else error_from_code(self.code, self.message)
+
+
+def encode_block(
+    seq: int, node: str, sender: str, to: str, size: int, header: dict[str, Any]
+) -> list[bytes]:
+    """The first two frames of a block message; the data frame follows them."""
+    meta = {"seq": seq, "node": node, "from": sender, "to": to, "size": size, "header": header}
+    return [BLOCK, _packer.pack(meta)]
+
+
+def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
+    if len(raw) > MAX_META:
+        raise ProtocolError(f"{what}: meta of {len(raw)} bytes is too large")
+    try:
+        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
+        raise ProtocolError(f"{what}: meta is not valid msgpack: {exc}") from None
+    return _validate(meta, schema, lambda: what)
+
+
+def decode_block(parts: list[bytes], data_size: int) -> BlockFrame:
+    """Parse ``[kind, meta]`` of a block message whose data frame is ``data_size`` long.
+
+    ``parts`` are the frames after the routing identity, without the data frame.
+    """
+    if len(parts) != 2 or parts[0] != BLOCK:
+        raise ProtocolError(f"not a link block message ({len(parts) + 1} frames)")
+    meta = _meta(parts[1], _BLOCK_SCHEMA, "link block")
+    if meta["size"] != data_size:
+        raise ProtocolError(f"link block: size {meta['size']} but {data_size} data bytes")
+    for key in ("node", "from", "to"):
+        name = meta[key]
+        if not name or "/" in name or not name.isprintable() or len(name) > 255:
+            raise ProtocolError(f"link block: invalid {key} name {name!r:.80}")
+    if len(_packer.pack(meta["header"])) > MAX_HEADER:
+        raise ProtocolError(f"link block: header larger than {MAX_HEADER} bytes")
+    return BlockFrame(
+        meta["seq"], meta["node"], meta["from"], meta["to"], meta["size"], meta["header"]
+    )
+
+
+def peek_seq(meta: bytes) -> int | None:
+    """The ``seq`` of a block meta that failed to parse, to answer it if possible."""
+    try:
+        value = msgpack.unpackb(meta, raw=False, strict_map_key=True)
+    except Exception:  # noqa: BLE001 -- garbage: there is nobody to answer
+        return None
+    seq = value.get("seq") if type(value) is dict else None
+    return seq if type(seq) is int and 0 <= seq <= _MAX_INT else None
+
+
+def encode_ack(seq: int, code: int = 0, message: str = "") -> list[bytes]:
+    return [ACK, _packer.pack({"seq": seq, "code": code, "message": message[:1000]})]
+
+
+def decode_ack(parts: list[bytes]) -> Ack:
+    if len(parts) != 2 or parts[0] != ACK:
+        raise ProtocolError(f"not a link ack message ({len(parts)} frames)")
+    meta = _meta(parts[1], _ACK_SCHEMA, "link ack")
+    return Ack(meta["seq"], meta["code"], meta["message"])
+
+
+# -- the sending side's state --------------------------------------------------------
+@dataclass(eq=False, slots=True)
+class Pending:
+    """One send to a peer; ``token`` is the I/O layer's own record of it."""
+
+    size: int
+    submitted: float
+    token: Any
+    seq: int = 0
+
+
+Failure = tuple[Pending, BlockIPCError]
+
+
+@dataclass(eq=False)
+class OutboundState:
+    """Queue, window and failure rules of the sends to one peer (no I/O).
+
+    >>> s = OutboundState("b", timeout=5.0)
+    >>> p = s.submit("token", size=100, now=0.0)
+    >>> s.next_to_write() is None          # the link is not up yet
+    True
+    >>> s.up(now=1.0); s.next_to_write() is p
+    True
+    >>> s.ack(p.seq) is p
+    True
+    """
+
+    node: str
+    timeout: float
+    max_blocks: int = WINDOW_BLOCKS
+    max_bytes: int = WINDOW_BYTES
+    is_up: bool = False
+    down_since: float = 0.0
+    refused: str | None = None
+    queue: deque[Pending] = field(default_factory=deque)
+    in_flight: dict[int, Pending] = field(default_factory=dict)
+    in_flight_bytes: int = 0
+    _next_seq: int = 1
+
+    def submit(self, token: Any, size: int, now: float) -> Pending:
+        """Queue a send; it is written when :meth:`next_to_write` returns it."""
+        p = Pending(size, now, token)
+        self.queue.append(p)
+        return p
+
+    def next_to_write(self) -> Pending | None:
+        """The next queued send the window lets through now (it is in flight then)."""
+        if not self.is_up or not self.queue:
+            return None
+        p = self.queue[0]
+        if self.in_flight and (
+            len(self.in_flight) >= self.max_blocks or self.in_flight_bytes + p.size > self.max_bytes
+        ):
+            return None
+        self.queue.popleft()
+        p.seq = self._next_seq
+        self._next_seq += 1
+        self.in_flight[p.seq] = p
+        self.in_flight_bytes += p.size
+        return p
+
+    def unwrite(self, p: Pending) -> None:
+        """The send of ``p`` could not be written after all: queue it first again."""
+        if self.in_flight.pop(p.seq, None) is p:
+            self.in_flight_bytes -= p.size
+            self.queue.appendleft(p)
+
+    def ack(self, seq: int) -> Pending | None:
+        """The send the peer answered, or ``None`` for an unknown (already failed) one."""
+        p = self.in_flight.pop(seq, None)
+        if p is not None:
+            self.in_flight_bytes -= p.size
+        return p
+
+    def up(self, now: float) -> None:
+        """A handshake with the peer succeeded."""
+        self.is_up = True
+        self.refused = None
+
+    def down(self, now: float) -> list[Failure]:
+        """The connection to the peer is gone: fail what is in flight."""
+        if self.is_up:
+            self.is_up = False
+            self.down_since = now
+        return self._fail_in_flight(
+            lambda: PeerUnreachable(
+                f"the link to node {self.node!r} went down with the block in transit; "
+                "it was not retried (it may or may not have been delivered, never twice)"
+            )
+        )
+
+    def refuse(self, now: float, reason: str) -> list[Failure]:
+        """The peer refused our key (or the handshake failed): fail everything."""
+        self.refused = reason
+        failures = self.down(now) if self.is_up else []
+        failures += self._fail_in_flight(lambda: AccessDenied(reason))
+        while self.queue:
+            failures.append((self.queue.popleft(), AccessDenied(reason)))
+        return failures
+
+    def expire(self, now: float) -> list[Failure]:
+        """Queued sends that waited too long for a link that is down."""
+        if self.is_up:
+            return []
+        failures: list[Failure] = []
+        if self.refused is not None:
+            while self.queue:
+                failures.append((self.queue.popleft(), AccessDenied(self.refused)))
+            return failures
+        keep: deque[Pending] = deque()
+        for p in self.queue:
+            if now - max(p.submitted, self.down_since) >= self.timeout:
+                failures.append(
+                    (
+                        p,
+                        PeerUnreachable(
+                            f"node {self.node!r} unreachable: no link to it for "
+                            f"{self.timeout:g} s (link_timeout)"
+                        ),
+                    )
+                )
+            else:
+                keep.append(p)
+        self.queue = keep
+        return failures
+
+    def fail_all(self, exc_factory: Any) -> list[Failure]:
+        failures = self._fail_in_flight(exc_factory)
+        while self.queue:
+            failures.append((self.queue.popleft(), exc_factory()))
+        return failures
+
+    def _fail_in_flight(self, exc_factory: Any) -> list[Failure]:
+        failures = [(p, exc_factory()) for p in self.in_flight.values()]
+        self.in_flight.clear()
+        self.in_flight_bytes = 0
+        return failures
