@@ -250,7 +250,6 @@ ROLES = {
 }
 
 
-
 # -- issue 3: streams, backpressure, sharing ---------------------------------------------
 def stream_payload(seq: int, size: int) -> bytes:
     """The payload of message ``seq`` of a stream: cheap, distinct per message."""
@@ -443,6 +442,133 @@ ROLES.update(
     remote_producer=remote_producer,
     remote_consumer=remote_consumer,
 )
+
+
+# -- named objects, codecs and the cache (tests/test_objects.py) --------------------------
+def codec_samples() -> dict[str, Any]:
+    """One value per codec, built the same way in every process."""
+    import numpy as np
+
+    data = payload(3000, 11)
+    return {
+        "raw": data,
+        "json": {"text": "h\u00e9llo", "n": [1, 2.5, None, True], "nested": {"k": "v"}},
+        "msgpack": {"bin": data[:100], "n": -(2**40), "list": [1, "two", 3.0]},
+        "numpy": np.arange(6000, dtype=np.float32).reshape(60, 100)[:, ::2],
+        "numpy_f": np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4)),
+        "pickle": {"set": {1, 2, 3}, "tuple": (1, "a"), "complex": 1 + 2j},
+    }
+
+
+def sample_codec(key: str) -> str:
+    return key.split("_")[0]
+
+
+def same_value(got: Any, want: Any) -> bool:
+    """Equal values; numpy arrays also of the same dtype and shape, and read-only."""
+    import numpy as np
+
+    if isinstance(want, np.ndarray):
+        return (
+            isinstance(got, np.ndarray)
+            and got.dtype == want.dtype
+            and got.shape == want.shape
+            and bool(np.array_equal(got, want))
+            and not got.flags.writeable
+            # the order is kept: a Fortran-ordered array comes back Fortran-ordered
+            and (got.flags.f_contiguous or not want.flags.f_contiguous)
+        )
+    return bool(type(got) is type(want) and got == want)
+
+
+async def obj_agent(address: str, name: str) -> None:
+    """Run the operations the test writes on stdin, one JSON object a line, and report
+    each result: ``{"event": "ok", "result": ...}`` or ``{"event": "error", ...}``."""
+    import blockipc
+
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader(limit=64 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        while line := await stdin.readline():
+            cmd = json.loads(line)
+            op = cmd.pop("op")
+            try:
+                result = await _agent_op(client, op, cmd)
+            except blockipc.BlockIPCError as exc:
+                report("error", type=type(exc).__name__, message=str(exc))
+            else:
+                report("ok", result=result)
+
+
+_held: set[asyncio.Future[None]] = set()  # the agent's lease-holding tasks
+
+
+async def _agent_op(client: Any, op: str, a: dict[str, Any]) -> Any:
+    import anyio
+
+    import blockipc
+
+    def value() -> Any:
+        return bytes.fromhex(a["value"]) if a.get("hex") else a["value"]
+
+    if op == "put":
+        codec = a.get("codec", "msgpack")
+        cacheable = a.get("cacheable", False)
+        block = await client.put(value(), codec, name=a.get("name"), cacheable=cacheable)
+        return block.id
+    if op == "put_samples":
+        for key, obj in codec_samples().items():
+            await client.put(obj, sample_codec(key), name=f"{a['prefix']}-{key}")
+        return None
+    if op == "check_samples":
+        ok = {}
+        for key, want in codec_samples().items():
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        got = await client.get(f"{a['prefix']}-{key}")
+                        break
+                    except blockipc.BlockNotFound:
+                        await anyio.sleep(0.01)
+            ok[key] = same_value(got, want)
+        return ok
+    if op == "get":
+        got = await client.get(a.get("name") or a["block"], codec=a.get("codec"))
+        return got.hex() if isinstance(got, bytes) else got
+    if op == "alloc":
+        return (await client.alloc(a["size"])).id
+    if op == "write":
+        return await client.write(a["block"], value(), offset=a.get("offset", 0))
+    if op == "lease_write":
+        data = value()
+        async with client.lease(a["block"], "w") as view:
+            view[: len(data)] = data
+        return len(data)
+    if op == "copy":
+        return await client.copy(a["src"], a["dst"])
+    if op == "grant":
+        return await client.grant(a["block"], a["to"], a.get("mode", "r"))
+    if op == "free":
+        return await client.free(a["block"])
+    if op == "hold":  # a read lease (with a codec) on a named object, until killed
+        held = asyncio.Event()
+
+        async def hold() -> None:
+            async with client.lease(a["block"], "r", codec=a.get("codec", "raw")):
+                held.set()
+                await anyio.sleep_forever()
+
+        _held.add(asyncio.ensure_future(hold()))
+        await held.wait()
+        return None
+    if op == "delete":
+        return await client.delete(a["name"])
+    raise ValueError(f"unknown op {op!r}")
+
+
+ROLES.update(obj_agent=obj_agent)
 
 
 if __name__ == "__main__":

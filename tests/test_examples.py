@@ -126,3 +126,29 @@ def test_serve_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path: Path) ->
     assert "coordinator.stale_socket_removed" in err
     assert third.returncode == 0, err
     assert not sock.exists()
+
+
+def test_pipeline_copies_transforms_and_verifies() -> None:
+    result = _run(str(EXAMPLES / "pipeline.py"), "--count", "20", "--size", "300000")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "consumer: 20 blocks ok, 0 bad" in result.stdout
+    assert f"transformer: copied and transformed {20 * 300000:,} bytes" in result.stdout
+    assert "pool after: 0 bytes used, 0 blocks" in result.stdout
+
+
+def test_fanout_delivers_every_block_to_every_subscriber() -> None:
+    result = _run(
+        str(EXAMPLES / "fanout.py"), "--subscribers", "3", "--count", "10", "--size", "1000000"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for i in range(3):
+        assert f"subscriber-{i}: 10 blocks ok, 0 bad" in result.stdout
+    assert "pool after: 0 bytes used, 0 blocks" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["pipeline.py", "fanout.py"])
+def test_sharing_example_help(script: str) -> None:
+    result = _run(str(EXAMPLES / script), "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+    assert "--role" in result.stdout

@@ -335,6 +335,15 @@ async def test_remote_send_moves_block_and_keeps_order() -> None:
         msg = await consumer.recv()
         assert await consumer.read(msg.block) == b"0123456789"
         await consumer.free(msg.block)
+        # the same block twice at once: it stays pinned until the last transfer is over
+        await asyncio.gather(
+            *(producer.send(block, to="b/consumer", move=False, header={"n": n}) for n in (1, 2))
+        )
+        for n in (1, 2):
+            msg = await consumer.recv()
+            assert msg.header == {"n": n} and await consumer.read(msg.block) == b"0123456789"
+            await consumer.free(msg.block)
+        assert a.stats().blocks == 1 and a._link is not None and not a._link._pins
 
         # unknown remote process, unknown node, own node: errors, block intact
         for to, exc in (
@@ -390,6 +399,37 @@ async def test_curve_link_delivers_and_refuses_unknown_keys(tmp_path: Path) -> N
     assert any(e["node"] == "a" and e.get("peer") == "b" for e in refusals)
 
 
+async def test_a_block_must_come_from_the_node_its_key_belongs_to(tmp_path: Path) -> None:
+    keys = node_keys(tmp_path, "a", "b", "c")
+    async with (
+        pair(keys) as (_a, b),
+        blockipc.connect(b.address, name="consumer") as consumer,
+    ):
+        c = load_keys(keys["c"], "c")
+        ctx = zmq.asyncio.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.curve_publickey, dealer.curve_secretkey = c.public, c.secret
+        dealer.curve_serverkey = c.trusted["b"]
+        try:
+            assert b.link_address is not None
+            dealer.connect(b.link_address)
+            with structlog.testing.capture_logs() as logs:
+                # c is trusted by b, but claims to be a: refused, nothing delivered
+                await dealer.send_multipart([*encode_block(1, "a", "x", "consumer", 2, {}), b"hi"])
+                await dealer.send_multipart([*encode_block(2, "c", "x", "consumer", 2, {}), b"ok"])
+                with anyio.fail_after(5):
+                    acks = [decode_ack(await dealer.recv_multipart()) for _ in range(2)]
+            assert [(x.seq, type(x.error())) for x in acks] == [(1, AccessDenied), (2, type(None))]
+            assert any(e["event"] == "link.refused" for e in logs)
+            msg = await consumer.recv()
+            assert (msg.sender, await consumer.read(msg.block)) == ("c/x", b"ok")
+            await consumer.free(msg.block)
+        finally:
+            dealer.close(linger=0)
+            ctx.destroy(linger=0)
+
+
 async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
     port = free_port()  # nobody listens there
     async with blockipc.Coordinator(
@@ -409,6 +449,50 @@ async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
             await producer.free(block)
         await wait_until(lambda: not a.stats().processes)
         assert_pool_clean(a)
+
+
+async def test_sender_gone_or_cancelled_mid_send_leaks_nothing() -> None:
+    port = free_port()  # a node that is down: sends stay pinned until link_timeout
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=0.3
+    ) as a:
+        producer = await blockipc.connect(a.address, name="producer")
+        try:
+            block = await producer.alloc(MiB)
+            task = asyncio.create_task(producer.send(block, to="b/consumer"))
+            await wait_until(lambda: a.stats().blocks == 1 and a._link is not None)
+            task.cancel()  # the send goes on in the coordinator; its outcome is dropped
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            other = await producer.alloc(MiB)
+            pending = asyncio.create_task(producer.send(other, to="b/consumer"))
+            await asyncio.sleep(0.05)
+        finally:
+            await producer.close()  # gone while its block is pinned by the link
+        with pytest.raises(blockipc.ConnectionClosed):
+            await pending
+        await wait_until(lambda: not a.stats().processes and a.stats().blocks == 0)
+        assert_pool_clean(a)
+
+
+async def test_block_larger_than_the_receiving_pool_is_refused() -> None:
+    async with (
+        blockipc.Coordinator(pool_size="1MiB", node="b", listen="tcp://127.0.0.1:0") as b,
+        blockipc.Coordinator(pool_size="8MiB", node="a", peers={"b": str(b.link_address)}) as a,
+    ):
+        async with (
+            blockipc.connect(a.address, name="producer") as producer,
+            blockipc.connect(b.address, name="consumer"),
+        ):
+            block = await producer.alloc(2 * MiB)
+            await producer.write(block, b"big")
+            with pytest.raises(blockipc.PoolExhausted, match="larger than any block"):
+                await producer.send(block, to="b/consumer")
+            assert await producer.read(block, 0, 3) == b"big"
+            await producer.free(block)
+        await wait_until(lambda: not a.stats().processes and not b.stats().processes)
+        assert_pool_clean(a)
+        assert_pool_clean(b)
 
 
 async def test_tcp_listener_serves_link_frames_only() -> None:
@@ -640,9 +724,10 @@ def test_slow_consumer_bounds_both_coordinators_memory(short_dir: Path) -> None:
         assert result["peak"][name]["RssShmem"] <= 128 * 1024 + 1024  # the pool itself
 
 
-def test_remote_example_runs_end_to_end() -> None:
+@pytest.mark.parametrize("flags", [[], ["--curve"]], ids=["plain", "curve"])
+def test_remote_example_runs_end_to_end(flags: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "remote" / "run.py"), "--count", "6"],
+        [sys.executable, str(ROOT / "examples" / "remote" / "run.py"), "--count", "6", *flags],
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         capture_output=True,
         text=True,

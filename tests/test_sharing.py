@@ -562,3 +562,117 @@ async def test_publish_nowait_to_a_full_inbox_delivers_nothing(
         for sub in (roomy, full):
             await sub.free((await sub.recv()).block)
         assert coord.stats().blocks == 0
+
+
+async def test_subscriber_frees_while_another_subscriber_inbox_is_full(
+    coord: blockipc.Coordinator, owner: blockipc.Client
+) -> None:
+    """A subscriber that got the block may free it while the publish still waits for
+    room in another subscriber's inbox; the block lives on for the others."""
+    topic = unique_name("topic")
+    async with (
+        connected(coord, "fast") as fast,
+        connected(coord, "slow", inbox_messages=1) as slow,
+    ):
+        for sub in (fast, slow):
+            await sub.subscribe(topic)
+        filler = await owner.alloc(100)
+        await owner.send(filler, to=slow.name)  # slow's inbox is full now
+        block = await owner.alloc(100)
+        await owner.write(block, b"published")
+        task = asyncio.ensure_future(owner.publish(block, topic))
+        msg = await fast.recv()
+        assert await fast.read(msg.block, 0, 9) == b"published"
+        await fast.free(msg.block)  # the publish still waits for slow's inbox
+        await anyio.sleep(0.02)
+        assert not task.done()
+        assert coord.stats().blocks == 2
+        await slow.free((await slow.recv()).block)  # the filler: room for the publish
+        assert await task == 2
+        msg = await slow.recv()
+        assert await slow.read(msg.block, 0, 9) == b"published"
+        await slow.free(msg.block)
+        assert coord.stats().blocks == 0
+
+
+async def test_sender_cannot_free_a_block_waiting_for_room(coord: blockipc.Coordinator) -> None:
+    async with connected(coord, "rx", inbox_messages=1) as rx, connected(coord, "tx") as tx:
+        first, second = await tx.alloc(100), await tx.alloc(100)
+        await tx.send(first, to=rx.name)
+        for move in (True, False):
+            task = asyncio.ensure_future(tx.send(second, to=rx.name, move=move))
+            await anyio.sleep(0.02)
+            await denied(lambda: tx.free(second), match="being sent")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await tx.free(second)
+        await rx.free((await rx.recv()).block)
+
+
+async def test_cancelling_a_publish_that_waits_for_room(
+    coord: blockipc.Coordinator, owner: blockipc.Client
+) -> None:
+    """The deliveries already made stay; the waiting ones are withdrawn; the block
+    stays the publisher's."""
+    topic = unique_name("topic")
+    async with (
+        connected(coord, "fast") as fast,
+        connected(coord, "slow", inbox_messages=1) as slow,
+    ):
+        for sub in (fast, slow):
+            await sub.subscribe(topic)
+        await owner.send(await owner.alloc(100), to=slow.name)  # slow's inbox is full
+        block = await owner.alloc(100)
+        await owner.write(block, b"published")
+        with anyio.move_on_after(0.1) as scope:
+            await owner.publish(block, topic)
+        assert scope.cancelled_caught
+        msg = await fast.recv()  # delivered before the cancel: it stays
+        assert await fast.read(msg.block, 0, 9) == b"published"
+        await fast.free(msg.block)
+        await slow.free((await slow.recv()).block)  # room now, but it was withdrawn
+        with anyio.move_on_after(0.1):
+            await slow.recv()
+            pytest.fail("a withdrawn publish was delivered")
+        await owner.write(block, b"mine")  # still the publisher's
+        assert await owner.publish(block, topic) == 2  # and it can publish it again
+        for sub in (fast, slow):
+            await sub.free((await sub.recv()).block)
+        assert coord.stats().blocks == 0
+
+
+async def test_subscriber_leaving_while_a_publish_waits_for_its_inbox(
+    coord: blockipc.Coordinator, owner: blockipc.Client
+) -> None:
+    topic = unique_name("topic")
+    async with connected(coord, "fast") as fast:
+        slow = await blockipc.connect(coord.address, name=unique_name("slow"), inbox_messages=1)
+        try:
+            for sub in (fast, slow):
+                await sub.subscribe(topic)
+            await owner.send(await owner.alloc(100), to=slow.name)  # slow's inbox is full
+            task = asyncio.ensure_future(owner.publish(await owner.alloc(100), topic))
+            msg = await fast.recv()
+            await anyio.sleep(0.02)
+            assert not task.done()
+        finally:
+            await slow.aclose()
+        assert await task == 1  # only fast got it
+        await fast.free(msg.block)
+        await wait_until(lambda: coord.stats().blocks == 0)
+
+
+async def test_client_leaving_during_a_large_copy(coord: blockipc.Coordinator) -> None:
+    """A chunked copy whose client disconnects stops cleanly; nothing leaks."""
+    client = await blockipc.connect(coord.address, name=unique_name("copier"))
+    try:
+        src = await client.alloc(24 * MiB)
+        dst = await client.alloc(24 * MiB)
+        task = asyncio.ensure_future(client.copy(src, dst))
+        await asyncio.sleep(0.001)
+    finally:
+        await client.aclose()
+    with contextlib.suppress(blockipc.ConnectionClosed):
+        await task
+    await wait_until(lambda: coord.stats().blocks == 0 and not coord.stats().processes)

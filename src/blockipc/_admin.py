@@ -328,13 +328,16 @@ class RoutingTable:
     def release_hold(self, proc: ProcessRecord, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
         """``free`` by a holder: drop its hold. Returns whether the block is gone (the
         caller frees its memory) and the waits it dropped (answer them with an error).
-        Refused while ``proc`` holds a lease on it."""
+        Refused while ``proc`` holds a lease on it, and while the block waits for room
+        in an inbox if ``proc`` owns it (it is the sender, or the publisher) or is its
+        last holder; a subscriber or grantee may let go meanwhile: the owner's hold keeps
+        the block alive for the deliveries still queued."""
         own = [lease for lease in rec.leases.values() if lease.holder is proc]
         if own:
             raise AccessDenied(
                 f"block {rec.id} has {len(own)} active lease(s) of yours; end them before freeing"
             )
-        if rec.in_transit:
+        if rec.in_transit and (rec.owner is proc or len(rec.holders()) <= 1):
             raise AccessDenied(f"block {rec.id} is being sent; it cannot be freed until delivered")
         self._drop_hold(rec, proc)
         proc.blocks.discard(rec.id)

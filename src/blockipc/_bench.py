@@ -80,6 +80,9 @@ class Plan:
     bulk: int  # 64 MiB socket transfers
     copies: int  # 64 MiB memcpys
     warmup: int  # untimed small operations before each slice
+    tp_rounds: int = 5  # interleaved rounds of the throughput table
+    tp_counts: tuple[int, ...] = (20_000, 2_000, 200, 6)  # payloads per stream, by TP_SIZES
+    fanout: int = 4  # 64 MiB blocks published to FANOUT subscribers per slice
 
 
 FULL: Final = Plan(
@@ -103,6 +106,9 @@ QUICK: Final = Plan(
     bulk=2,
     copies=4,
     warmup=50,
+    tp_rounds=2,
+    tp_counts=(2_000, 200, 40, 2),
+    fanout=2,
 )
 
 
@@ -493,7 +499,322 @@ async def _memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
     await _serve_commands(conn, {"memcpy": memcpy})
 
 
-_SERVER_ROLES: Final = frozenset({"coordinator", "echo_server", "zmq_router", "bulk_server"})
+# -- throughput: producer -> consumer streams (issue 3) -------------------------------
+#
+# Every contender streams ``n`` payloads of one size from a producer process to a
+# consumer process. The producer *writes* each payload (one copy from a prepared
+# source buffer into the buffer it sends: a shared-memory block for blockipc, a new
+# ``bytes`` object for the others) and the consumer *reads it once* (:func:`_read_once`,
+# the same function for every contender). The parent arms the consumer first (it says
+# when it is waiting), then starts the producer; the stream's time runs from the
+# producer's first write to the consumer's last read (``CLOCK_MONOTONIC`` in both).
+
+TP_SIZES: Final = (64, 64 << 10, 1 << 20, 64 << 20)
+TP_POOL: Final = "640MiB"
+TP_MAX: Final = 64 << 20
+FANOUT: Final = 8
+_SMALL_IO: Final = 4096  # blockipc: payloads up to this travel inline, larger via leases
+TARGET_TP_VS_BEST: Final = 4.0
+TARGET_TP_VS_MEMCPY: Final = 0.8
+TARGET_SMALL_VS_RAW: Final = 0.5
+TARGET_SMALL_VS_QUEUE: Final = 2.0
+TARGET_SMALL_VS_ZMQ: Final = 3.0
+
+
+def _source() -> memoryview:
+    """What producers copy from: 64 MiB of a repeating non-zero pattern."""
+    return memoryview(bytes(range(1, 256)) * (TP_MAX // 255 + 1))[:TP_MAX]
+
+
+def _reader() -> Callable[[Any], int]:
+    """The consumer's read of a payload: every byte looked at once."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a bench dependency
+
+        def read_slow(view: Any) -> int:
+            return bytes(view).count(0)
+
+        return read_slow
+
+    def read(view: Any) -> int:
+        if len(view) < _SMALL_IO:
+            return bytes(view).count(0)
+        return int(np.count_nonzero(np.frombuffer(view, dtype=np.uint8)))
+
+    return read
+
+
+_Arm = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _serve_consumer(conn: _Pipe, arm: _Arm) -> None:
+    """Consumer-side loop: ``consume`` answers once armed, then again when done."""
+    conn.send(("ready", {}))
+    while True:
+        await _readable(conn)
+        cmd, args = conn.recv()
+        if cmd == "stop":
+            return
+        gc.collect()
+        conn.send(("ok", {}))  # armed: the parent starts the producer now
+        result = await arm(args)
+        conn.send(("ok", result))
+
+
+async def _tp_blockipc_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    src = _source()
+    async with connect(arg["address"], name=arg["name"]) as client:
+
+        async def produce(args: dict[str, Any]) -> dict[str, Any]:
+            n, size, depth = args["n"], args["size"], args["depth"]
+            to = args["to"]
+            todo = iter(range(n))  # shared by the tasks: many sends in flight
+
+            async def worker() -> None:
+                for _ in todo:
+                    block = await client.alloc(size)
+                    if size <= _SMALL_IO:
+                        await client.write(block, src[:size])
+                    else:
+                        async with client.lease(block, "w") as view:
+                            view[:] = src[:size]
+                    if args.get("topic"):
+                        await client.publish(block, args["topic"])
+                    else:
+                        await client.send(block, to=to)
+
+            t0 = time.perf_counter_ns()
+            await asyncio.gather(*(worker() for _ in range(min(depth, n))))
+            return {"t0": t0}
+
+        await _serve_commands(conn, {"produce": produce})
+
+
+async def _tp_blockipc_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    read_once = _reader()
+    async with connect(
+        arg["address"], name=arg["name"], inbox_messages=64, inbox_bytes="128MiB"
+    ) as client:
+        if arg.get("topic"):
+            await client.subscribe(arg["topic"])
+
+        async def consume(args: dict[str, Any]) -> dict[str, Any]:
+            todo = iter(range(args["n"]))
+            end = 0
+
+            async def worker() -> None:
+                nonlocal end
+                for _ in todo:
+                    msg = await client.recv()
+                    if msg.block.size <= _SMALL_IO:
+                        read_once(await client.read(msg.block))
+                    else:
+                        async with client.lease(msg.block, "r") as view:
+                            read_once(view)
+                    await client.free(msg.block)
+                    end = max(end, time.perf_counter_ns())
+
+            await asyncio.gather(*(worker() for _ in range(min(args["depth"], args["n"]))))
+            return {"end": end}
+
+        await _serve_consumer(conn, consume)
+
+
+async def _tp_queue_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    src, queue = _source(), arg["queue"]
+
+    async def produce(args: dict[str, Any]) -> dict[str, Any]:
+        size = args["size"]
+        t0 = time.perf_counter_ns()
+        for _ in range(args["n"]):
+            queue.put(bytes(src[:size]))
+        return {"t0": t0}
+
+    await _serve_commands(conn, {"produce": produce})
+
+
+async def _tp_queue_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    read_once, queue = _reader(), arg["queue"]
+
+    async def consume(args: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(args["n"]):
+            read_once(queue.get())
+        return {"end": time.perf_counter_ns()}
+
+    await _serve_consumer(conn, consume)
+
+
+async def _tp_pipe_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    src, pipe = _source(), arg["pipe"]
+
+    async def produce(args: dict[str, Any]) -> dict[str, Any]:
+        size = args["size"]
+        t0 = time.perf_counter_ns()
+        for _ in range(args["n"]):
+            pipe.send_bytes(bytes(src[:size]))
+        return {"t0": t0}
+
+    await _serve_commands(conn, {"produce": produce})
+
+
+async def _tp_pipe_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    read_once, pipe = _reader(), arg["pipe"]
+    buffer = bytearray(b"\0" * TP_MAX)  # touched: no lazy pages
+    view = memoryview(buffer)
+
+    async def consume(args: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(args["n"]):
+            read_once(view[: pipe.recv_bytes_into(buffer)])
+        return {"end": time.perf_counter_ns()}
+
+    await _serve_consumer(conn, consume)
+
+
+class _StreamReceiver(asyncio.BufferedProtocol):
+    """Reads fixed-size messages into a preallocated buffer and reads each once."""
+
+    def __init__(self, read_once: Callable[[Any], int]) -> None:
+        self._buffer = bytearray(b"\0" * (TP_MAX + (1 << 20)))  # touched: no lazy pages
+        self._view = memoryview(self._buffer)
+        self._have = 0
+        self._read_once = read_once
+        self._left = 0
+        self._size = 1
+        self.done: asyncio.Future[int] | None = None
+
+    def arm(self, n: int, size: int) -> asyncio.Future[int]:
+        self._left, self._size = n, size
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view[self._have :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._have += nbytes
+        pos, size, view = 0, self._size, self._view
+        while self._left and self._have - pos >= size:
+            self._read_once(view[pos : pos + size])
+            pos += size
+            self._left -= 1
+        if not self._left and self.done is not None and not self.done.done():
+            self.done.set_result(time.perf_counter_ns())
+        if pos:
+            rest = self._have - pos
+            view[:rest] = view[pos : self._have]
+            self._have = rest
+
+
+async def _tp_socket_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    receivers: list[_StreamReceiver] = []
+    connected = asyncio.Event()
+    read_once = _reader()
+
+    def factory() -> _StreamReceiver:
+        receivers.append(_StreamReceiver(read_once))
+        connected.set()
+        return receivers[-1]
+
+    server = await loop.create_unix_server(factory, arg["path"])
+
+    async def consume(args: dict[str, Any]) -> dict[str, Any]:
+        await connected.wait()  # the producer connected at its start; accepted soon
+        return {"end": await receivers[-1].arm(args["n"], args["size"])}
+
+    async with server:
+        await _serve_consumer(conn, consume)
+
+
+async def _tp_socket_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    src = _source()
+    _, writer = await asyncio.open_unix_connection(arg["path"])
+
+    async def produce(args: dict[str, Any]) -> dict[str, Any]:
+        size = args["size"]
+        t0 = time.perf_counter_ns()
+        for _ in range(args["n"]):
+            writer.write(bytes(src[:size]))
+            await writer.drain()
+        return {"t0": t0}
+
+    try:
+        await _serve_commands(conn, {"produce": produce})
+    finally:
+        writer.close()
+
+
+async def _tp_zmq_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    import zmq
+    import zmq.asyncio
+
+    src = _source()
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.connect(arg["endpoint"])
+
+    async def produce(args: dict[str, Any]) -> dict[str, Any]:
+        size = args["size"]
+        t0 = time.perf_counter_ns()
+        for _ in range(args["n"]):
+            await sock.send(bytes(src[:size]), copy=False)  # zero-copy frames
+        return {"t0": t0}
+
+    try:
+        await _serve_commands(conn, {"produce": produce})
+    finally:
+        sock.close(linger=1000)
+        ctx.term()
+
+
+async def _tp_zmq_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    import zmq
+    import zmq.asyncio
+
+    read_once = _reader()
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(arg["endpoint"])
+
+    async def consume(args: dict[str, Any]) -> dict[str, Any]:
+        for _ in range(args["n"]):
+            frame = await sock.recv(copy=False)
+            read_once(frame.buffer)
+        return {"end": time.perf_counter_ns()}
+
+    try:
+        await _serve_consumer(conn, consume)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+async def _tp_memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    """memcpy of each payload size in one process: the floor for one copy in."""
+    import numpy as np
+
+    src = np.full(TP_MAX, 0x5A, dtype=np.uint8)
+    dst = np.ones(TP_MAX, dtype=np.uint8)
+
+    async def produce(args: dict[str, Any]) -> dict[str, Any]:
+        size = args["size"]
+        s, d = src[:size], dst[:size]
+        t0 = time.perf_counter_ns()
+        for _ in range(args["n"]):
+            np.copyto(d, s)
+        return {"t0": t0, "end": time.perf_counter_ns()}
+
+    await _serve_commands(conn, {"produce": produce})
+
+
+_SERVER_ROLES: Final = frozenset(
+    {"coordinator", "echo_server", "zmq_router", "bulk_server", "tp_socket_consumer"}
+)
 _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, None]]]] = {
     "coordinator": _coordinator_role,
     "echo_server": _echo_server_role,
@@ -505,6 +826,17 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
     "zmq_dealer": _zmq_dealer_role,
     "bulk_client": _bulk_client_role,
     "memcpy": _memcpy_role,
+    "tp_blockipc_producer": _tp_blockipc_producer_role,
+    "tp_blockipc_consumer": _tp_blockipc_consumer_role,
+    "tp_queue_producer": _tp_queue_producer_role,
+    "tp_queue_consumer": _tp_queue_consumer_role,
+    "tp_pipe_producer": _tp_pipe_producer_role,
+    "tp_pipe_consumer": _tp_pipe_consumer_role,
+    "tp_socket_producer": _tp_socket_producer_role,
+    "tp_socket_consumer": _tp_socket_consumer_role,
+    "tp_zmq_producer": _tp_zmq_producer_role,
+    "tp_zmq_consumer": _tp_zmq_consumer_role,
+    "tp_memcpy": _tp_memcpy_role,
 }
 
 
@@ -870,6 +1202,264 @@ def _analyse(
     return m, rows
 
 
+# -- throughput table (issue 3) -------------------------------------------------------
+
+_TP_LABELS: Final = {
+    "blockipc": "blockipc",
+    "queue": "mp.Queue",
+    "pipe": "mp.Pipe",
+    "socket": "uvloop Unix socket",
+    "zmq": "pyzmq PUSH/PULL ipc",
+    "memcpy": "memcpy",
+}
+_TP_ALTERNATIVES: Final = ("queue", "pipe", "socket", "zmq")
+_TP_DEPTH: Final = {64: 32, 64 << 10: 8, 1 << 20: 4, 64 << 20: 2}  # blockipc sends in flight
+
+
+def _tp_key(contender: str, size: int) -> str:
+    return f"{contender}@{size}"
+
+
+def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Start every stream's producer and consumer, then run interleaved rounds."""
+    server_cpu, client_cpu, pin_note = _cpus()
+    if pin_note and pin_note not in notes:
+        notes.append(pin_note)
+    have_zmq, have_numpy = _has("zmq"), _has("numpy")
+    if not have_zmq:
+        notes.append("pyzmq is not installed: the PUSH/PULL throughput column is skipped")
+    if not have_numpy:
+        notes.append("numpy is not installed: the memcpy throughput column is skipped")
+    ctx = mp.get_context("spawn")
+    tmp = tempfile.TemporaryDirectory(prefix="blockipc-tp-")
+    parties: dict[str, _Party] = {}
+
+    def start(key: str, role: str, cpu: int | None, **arg: Any) -> _Party:
+        parties[key] = _Party(ctx, role, cpu, arg)
+        return parties[key]
+
+    try:
+        address = start("tp_coordinator", "coordinator", server_cpu, pool_size=TP_POOL).receive(
+            _START_TIMEOUT
+        )["address"]
+        cpus = (server_cpu, client_cpu)
+        consumers = {"blockipc": "tp_blockipc_consumer"}
+        start(
+            "tp_blockipc_consumer",
+            "tp_blockipc_consumer",
+            server_cpu,
+            address=address,
+            name="tp-consumer",
+        )
+        for i in range(FANOUT):
+            start(
+                f"tp_sub{i}",
+                "tp_blockipc_consumer",
+                cpus[i % 2],
+                address=address,
+                name=f"tp-sub-{i}",
+                topic="tp-fanout",
+            )
+        queue = ctx.Queue()
+        start("tp_queue_consumer", "tp_queue_consumer", server_cpu, queue=queue)
+        consumers["queue"] = "tp_queue_consumer"
+        pipe_producer_end, pipe_consumer_end = ctx.Pipe()
+        start("tp_pipe_consumer", "tp_pipe_consumer", server_cpu, pipe=pipe_consumer_end)
+        consumers["pipe"] = "tp_pipe_consumer"
+        sock = os.path.join(tmp.name, "tp.sock")
+        start("tp_socket_consumer", "tp_socket_consumer", server_cpu, path=sock)
+        consumers["socket"] = "tp_socket_consumer"
+        endpoint = "ipc://" + os.path.join(tmp.name, "tp-zmq.ipc")
+        if have_zmq:
+            start("tp_zmq_consumer", "tp_zmq_consumer", server_cpu, endpoint=endpoint)
+            consumers["zmq"] = "tp_zmq_consumer"
+        for name in list(parties)[1:]:
+            parties[name].receive(_START_TIMEOUT)  # bound, registered, subscribed
+        producers = {
+            "blockipc": start(
+                "tp_blockipc_producer",
+                "tp_blockipc_producer",
+                client_cpu,
+                address=address,
+                name="tp-producer",
+            ),
+            "queue": start("tp_queue_producer", "tp_queue_producer", client_cpu, queue=queue),
+            "pipe": start(
+                "tp_pipe_producer", "tp_pipe_producer", client_cpu, pipe=pipe_producer_end
+            ),
+            "socket": start("tp_socket_producer", "tp_socket_producer", client_cpu, path=sock),
+        }
+        if have_zmq:
+            producers["zmq"] = start(
+                "tp_zmq_producer", "tp_zmq_producer", client_cpu, endpoint=endpoint
+            )
+        if have_numpy:
+            producers["memcpy"] = start("tp_memcpy", "tp_memcpy", client_cpu)
+        for party in producers.values():
+            party.receive(_START_TIMEOUT)
+        pipe_producer_end.close()
+        pipe_consumer_end.close()
+
+        def stream(contender: str, size: int, n: int) -> dict[str, Any]:
+            prod_args: dict[str, Any] = {"n": n, "size": size}
+            cons_args: dict[str, Any] = {"n": n, "size": size}
+            cons = [] if contender == "memcpy" else [consumers.get(contender, "")]
+            if contender == "blockipc":
+                depth = _TP_DEPTH[size]
+                prod_args.update(depth=depth, to="tp-consumer")
+                cons_args.update(depth=depth)
+            elif contender == "fanout":
+                prod_args.update(depth=1, to="", topic="tp-fanout")
+                cons_args.update(depth=1)
+                cons = [f"tp_sub{i}" for i in range(FANOUT)]
+            for c in cons:
+                parties[c].ask("consume", cons_args)  # answers once armed
+            party = producers["blockipc" if contender == "fanout" else contender]
+            result = party.ask("produce", prod_args)
+            ends = [parties[c].receive(_COMMAND_TIMEOUT)["end"] for c in cons]
+            end = max(ends) if ends else result["end"]
+            return {"elapsed": end - result["t0"], "n": n, "size": size}
+
+        slices: list[tuple[str, int, int]] = [
+            (contender, size, n)
+            for size, n in zip(TP_SIZES, plan.tp_counts, strict=True)
+            for contender in producers
+        ]
+        slices.append(("fanout", TP_MAX, plan.fanout))
+        for contender, size, n in slices:  # one untimed pass: page faults, code paths
+            stream(contender, size, max(1, n // 4))
+        results: dict[str, list[dict[str, Any]]] = {_tp_key(c, s): [] for c, s, _ in slices}
+        order = collections.deque(slices)
+        pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
+        before, started = _cpu_snapshot(pids), time.perf_counter()
+        for r in range(plan.tp_rounds):
+            t0 = time.perf_counter()
+            for contender, size, n in order:
+                results[_tp_key(contender, size)].append(stream(contender, size, n))
+            order.rotate(-1)
+            print(
+                f"throughput round {r + 1}/{plan.tp_rounds} done in "
+                f"{time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        after = _cpu_snapshot(pids)
+        if before is not None and after is not None:
+            ncpu = os.cpu_count() or 1
+            capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
+            foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
+            if foreign > 0.05:
+                notes.append(
+                    f"throughput: other processes used {foreign:.0%} of the {ncpu} CPUs "
+                    "while it ran: expect noisy numbers (rerun on an idle machine)"
+                )
+        return results
+    finally:
+        for party in reversed(parties.values()):
+            party.stop()
+            if party.role not in _SERVER_ROLES:
+                party.join()
+        for party in parties.values():
+            party.join()
+        tmp.cleanup()
+
+
+def _fmt_rate(bytes_per_s: float, msgs_per_s: float, size: int) -> str:
+    if size < 4096:
+        return f"{msgs_per_s / 1e3:,.0f} k msg/s ({bytes_per_s / 1e6:.1f} MB/s)"
+    return f"{bytes_per_s / 1e9:.2f} GB/s"
+
+
+def _fmt_size(size: int) -> str:
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+def _analyse_throughput(
+    results: dict[str, list[dict[str, Any]]],
+) -> tuple[dict[str, Any], list[list[str]]]:
+    m: dict[str, Any] = {}
+    for key, rounds in results.items():
+        rates = [r["n"] * r["size"] / (r["elapsed"] / 1e9) for r in rounds]
+        m[key] = {
+            "bytes_per_s": statistics.median(rates),
+            "msgs_per_s": statistics.median(rates) / rounds[0]["size"],
+            "round_bytes_per_s": rates,
+        }
+    alternatives = [c for c in _TP_ALTERNATIVES if _tp_key(c, 64) in m]
+    rows: list[list[str]] = []
+    for size in TP_SIZES:
+
+        def rate(c: str, size: int = size) -> float | None:
+            entry = m.get(_tp_key(c, size))
+            return None if entry is None else float(entry["bytes_per_s"])
+
+        ours = rate("blockipc")
+        assert ours is not None
+        cells = [_fmt_size(size)]
+        for c in ("blockipc", *_TP_ALTERNATIVES, "memcpy"):  # one column each, always
+            r = rate(c)
+            cells.append("—" if r is None else _fmt_rate(r, r / size, size))
+        best_c = max(alternatives, key=lambda c: rate(c) or 0.0)
+        best = rate(best_c) or 1.0
+        mc = rate("memcpy")
+        vs_best = ours / best
+        vs_mc = None if mc is None else ours / mc
+        cells.append(f"{vs_best:.2f}x ({_TP_LABELS[best_c]})")
+        cells.append("—" if vs_mc is None else f"{vs_mc:.2f}x")
+        if size == 64:
+            ratios = {c: ours / (rate(c) or 1.0) for c in ("socket", "queue", "zmq") if rate(c)}
+            goals = {
+                "socket": TARGET_SMALL_VS_RAW,
+                "queue": TARGET_SMALL_VS_QUEUE,
+                "zmq": TARGET_SMALL_VS_ZMQ,
+            }
+            cells[-2] = "; ".join(f"{ratios[c]:.2f}x {_TP_LABELS[c]}" for c in ratios)
+            cells.append(", ".join(f"≥ {goals[c]}x {_TP_LABELS[c]}" for c in ratios))
+            cells.append(_verdict(all(ratios[c] >= goals[c] for c in ratios)))
+        elif size >= 1 << 20:
+            ok = vs_best >= TARGET_TP_VS_BEST and (vs_mc is None or vs_mc >= TARGET_TP_VS_MEMCPY)
+            cells.append(f"≥ {TARGET_TP_VS_BEST:.0f}x best, ≥ {TARGET_TP_VS_MEMCPY}x memcpy")
+            cells.append(_verdict(ok))
+        else:
+            cells += ["—", "info"]
+        rows.append(cells)
+    fan = m.get(_tp_key("fanout", TP_MAX))
+    if fan is not None:
+        best_c = max(alternatives, key=lambda c: m[_tp_key(c, TP_MAX)]["bytes_per_s"])
+        one = TP_MAX / m[_tp_key(best_c, TP_MAX)]["bytes_per_s"]  # s per 64 MiB message
+        ours_s = TP_MAX / fan["bytes_per_s"]  # s per block delivered to all FANOUT readers
+        m["fanout_vs_best"] = {"blockipc_s": ours_s, "best": best_c, "best_s": FANOUT * one}
+        cells = [f"1-to-{FANOUT} fan-out, 64 MiB", f"{_fmt_us(ours_s * 1e6)} per block"]
+        cells += ["—"] * len(_TP_ALTERNATIVES)
+        cells[2 + _TP_ALTERNATIVES.index(best_c)] = f"{FANOUT} sends: {_fmt_us(FANOUT * one * 1e6)}"
+        cells += [
+            "—",
+            f"{FANOUT * one / ours_s:.1f}x faster ({_TP_LABELS[best_c]})",
+            "—",
+            "—",
+            "info",
+        ]
+        rows.append(cells)
+    return m, rows
+
+
+def _tp_table(rows: list[list[str]], contenders: list[str]) -> str:
+    head = [
+        "payload",
+        *(_TP_LABELS[c] for c in contenders),
+        "vs best alternative",
+        "vs memcpy",
+        "target",
+        "result",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def _machine() -> dict[str, Any]:
     model = platform.processor() or platform.machine()
     try:
@@ -920,7 +1510,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"interleaved rounds (default {FULL.rounds}; {QUICK.rounds} with --quick)",
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (about 10 s)")
+    parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
+    parser.add_argument(
+        "--suite",
+        choices=["all", "core", "throughput"],
+        default="all",
+        help="core: round trips, alloc and hand-over; throughput: producer -> consumer "
+        "streams and fan-out (default: both)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -932,12 +1529,19 @@ def main(argv: list[str] | None = None) -> int:
     machine = _machine()
     notes: list[str] = []
     started = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    tp_rows: list[list[str]] = []
     try:
-        results, notes = _measure(plan, notes)
+        if args.suite in ("all", "core"):
+            results, notes = _measure(plan, notes)
+            metrics, rows = _analyse(plan, results)
+        if args.suite in ("all", "throughput"):
+            tp_metrics, tp_rows = _analyse_throughput(_measure_throughput(plan, notes))
+            metrics["throughput"] = tp_metrics
     except (RuntimeError, OSError) as exc:
         print(f"blockipc bench: {exc}", file=sys.stderr)
         return 1
-    metrics, rows = _analyse(plan, results)
     duration = time.perf_counter() - started
 
     v = machine["versions"]
@@ -947,10 +1551,17 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy {v['numpy']}"
     )
     print(
-        f"{plan.rounds} interleaved rounds, {duration:.0f} s; "
+        f"{plan.rounds} interleaved rounds (throughput: {plan.tp_rounds}), {duration:.0f} s; "
         "servers/coordinator on one CPU, clients/peers on the other\n"
     )
-    print(_table(rows))
+    if rows:
+        print(_table(rows))
+    if tp_rows:
+        print(
+            "\nProducer -> consumer throughput (the producer writes each payload, the "
+            "consumer reads it once; medians of the rounds):\n"
+        )
+        print(_tp_table(tp_rows, ["blockipc", *_TP_ALTERNATIVES, "memcpy"]))
     for note in notes:
         print(f"\nNote: {note}")
     if args.json:
@@ -961,6 +1572,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "metrics": metrics,
             "table": rows,
+            "throughput_table": tp_rows,
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, ensure_ascii=False)

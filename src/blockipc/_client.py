@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import dataclasses
 import itertools
 import mmap
 import os
@@ -61,7 +62,7 @@ from ._protocol import (
     Role,
 )
 from ._types import Block, BlockLike, Message, Stats
-from .cache import LRUCache
+from .cache import CacheStats, LRUCache
 
 __all__ = ["Client", "Lease", "connect"]
 
@@ -75,7 +76,7 @@ INLINE_THRESHOLD: Final = 64 * 1024
 
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_NAME: Final = 255
-_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND, Op.GET})
+_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND, Op.PUBLISH, Op.GET})
 _Orphan = Callable[[Reply], None]
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
@@ -576,7 +577,8 @@ class Client:
         When the receiver's inbox is full the call waits for room (``nowait=True``
         raises :class:`InboxFull` instead). A name nobody has registered raises
         :class:`PeerUnreachable` at once, or after waiting up to ``wait_for_peer``
-        seconds for it to register. Each sender's messages arrive in order.
+        seconds for it to register. Each sender's messages arrive in order. Cancelling a
+        send that waits (for room or for its peer) withdraws it: the block stays here.
 
         ``to="node/name"`` sends to a process on another node through the coordinators'
         link: the block's bytes travel to that node's pool, and the call returns once
@@ -692,6 +694,7 @@ class Client:
         await self._call(Op.SUBSCRIBE, {"topic": topic})
 
     async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving blocks published to ``topic`` (those already in the inbox stay)."""
         _check_name(topic, "topic")
         await self._call(Op.UNSUBSCRIBE, {"topic": topic})
 
@@ -707,7 +710,9 @@ class Client:
         process) with a read grant, and give up this process's hold: the block is freed
         once every subscriber has freed it. Waits for room in full inboxes
         (``nowait=True`` raises :class:`InboxFull` and delivers nothing). Returns how
-        many subscribers got it; with none, the block is freed at once."""
+        many subscribers got it; with none, the block is freed at once. Cancelling a
+        publish that waits for room withdraws the deliveries not yet made (those made
+        stay) and leaves the block this process's."""
         bid = _block_id(block)
         _check_name(topic, "topic")
         args = {"block": bid, "topic": topic, "header": self._check_header(header)}
@@ -767,9 +772,13 @@ class Client:
                 }
                 c = (await self._call(Op.COMMIT, args)).result
             except BaseException:
-                with anyio.CancelScope(shield=True), contextlib.suppress(BlockIPCError):
-                    await self._call(Op.RELEASE, {"lease": r["lease"]})
-                    await self._call(Op.FREE, {"block": r["block"]})
+                # Each undo on its own: a COMMIT that was done before the cancellation
+                # already ended the lease, and the block must still be freed.
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(BlockIPCError):
+                        await self._call(Op.RELEASE, {"lease": r["lease"]})
+                    with contextlib.suppress(BlockIPCError):
+                        await self._call(Op.FREE, {"block": r["block"]})
                 raise
         if name is None:
             self._sizes[r["block"]] = r["size"]
@@ -844,6 +853,19 @@ class Client:
         r["cache_misses"] += self._cache_misses
         r["cache_evictions"] += self._cache.statistics().evictions
         return Stats(**r)
+
+    def cache_statistics(self) -> CacheStats:
+        """This process's :meth:`get` cache alone, without a round trip: ``hits`` and
+        ``misses`` count :meth:`get` calls (a miss is one that asked the coordinator),
+        the rest describes the cache's occupancy. :meth:`stats` adds these counters to
+        the coordinator's.
+
+        >>> client.cache_statistics().hits  # doctest: +SKIP
+        41
+        """
+        return dataclasses.replace(
+            self._cache.statistics(), hits=self._cache_hits, misses=self._cache_misses
+        )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if self._proto is not None and not self._closed:

@@ -27,7 +27,7 @@ import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
@@ -114,6 +114,8 @@ class _Fanout:
     block: BlockRecord
     remaining: int
     delivered: int = 0
+    waiting: list[tuple[ProcessRecord, _FanoutPart]] = field(default_factory=list)
+    cancelled: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -140,6 +142,17 @@ class Coordinator:
                 block = await client.alloc(1024)
 
     or standalone with ``blockipc serve --socket PATH --pool-size SIZE``.
+
+    With a ``node`` name it is also a node of a link for remote sends (see ``_link.py``):
+    ``listen="tcp://HOST:PORT"`` accepts peers (port 0 picks one: ``coord.link_address``),
+    ``peers={"b": "tcp://HOST:PORT"}`` are the nodes it sends to (``to="b/name"``),
+    ``keys=DIR`` turns on CURVE (``blockipc keygen``), ``link_timeout`` bounds how long a
+    send waits for an unreachable node, and without keys only loopback addresses are
+    accepted unless ``insecure=True``::
+
+        async with blockipc.Coordinator(node="a", peers={"b": "tcp://10.0.0.2:7100"},
+                                        keys="keys/") as coord:
+            ...
 
     ``path=None`` creates the socket in a fresh private directory (mode 0700) that is
     removed on close. An explicit ``path`` left behind by a crashed coordinator is
@@ -553,7 +566,7 @@ class Coordinator:
         """READ and WRITE: bounds-checked, then done under a transient lease."""
         offset = req.args["offset"]
         if req.op is Op.READ:
-            rec = self._table.lookup(session.proc, req.args["block"], "r")
+            rec = self._readable(session.proc, req.args["block"])
             size, mode = req.args["size"], "r"
             if size > MAX_INLINE:
                 raise InvalidRequest(
@@ -573,8 +586,19 @@ class Coordinator:
         mode = req.args["mode"]
         if mode not in ("r", "w"):
             raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
-        rec = self._table.lookup(session.proc, req.args["block"], mode)
+        if mode == "r":
+            rec = self._readable(session.proc, req.args["block"])
+        else:
+            rec = self._table.lookup(session.proc, req.args["block"], mode)
         self._lease_or_wait(session, req, rec, mode, transient=False)
+
+    def _readable(self, proc: ProcessRecord, block_id: int) -> BlockRecord:
+        """A block ``proc`` may read: one it holds with the read right, or a named
+        object (any local process may read those, by name or by id)."""
+        rec = self._table.blocks.get(block_id)
+        if rec is not None and rec.name:
+            return rec
+        return self._table.lookup(proc, block_id, "r")
 
     def _lease_or_wait(
         self, session: _Session, req: Request, rec: BlockRecord, mode: str, *, transient: bool
@@ -667,7 +691,7 @@ class Coordinator:
     def _copy(self, session: _Session, req: Request) -> None:
         """COPY inside the pool: small and uncontended at once, else in a task."""
         a = req.args
-        src = self._table.lookup(session.proc, a["src"], "r")
+        src = self._readable(session.proc, a["src"])
         dst = self._table.lookup(session.proc, a["dst"], "w")
         size = src.size - a["src_offset"] if a["to_end"] else a["size"]
         if size < 0:
@@ -867,10 +891,15 @@ class Coordinator:
                 raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
         fanout = _Fanout(session, req, rec, remaining=len(subs) + 1)
         for sub in subs:
-            delivery = Delivery(rec, proc, sub, a["header"], False, _FanoutPart(fanout), topic)
+            part = _FanoutPart(fanout)
+            delivery = Delivery(rec, proc, sub, a["header"], False, part, topic)
             if self._table.offer(delivery):
                 self._fanout_part_done(fanout, delivered=True)
                 self._wake_receiver(sub)
+            else:
+                fanout.waiting.append((sub, part))
+        if fanout.waiting:  # CANCEL can find it while it waits for room
+            session.publishes[req.req_id] = fanout
         self._fanout_part_done(fanout, delivered=False)  # the publisher's own part
 
     def _fanout_part_done(self, fanout: _Fanout, *, delivered: bool) -> None:
@@ -879,7 +908,11 @@ class Coordinator:
         if fanout.remaining:
             return
         session, rec = fanout.session, fanout.block
-        if rec.id in self._table.blocks and session.proc.blocks.__contains__(rec.id):
+        session.publishes.pop(fanout.request.req_id, None)
+        if fanout.cancelled:  # what was delivered stays delivered; the block stays too
+            session.reply(ErrorReply(fanout.request.req_id, Op.PUBLISH, CANCELLED, "cancelled"))
+            return
+        if rec.id in self._table.blocks and rec.id in session.proc.blocks:
             gone, dropped = self._table.release_hold(session.proc, rec)
             if gone:
                 self.pool.free(rec.segment, rec.offset)
@@ -934,11 +967,7 @@ class Coordinator:
                 raise
             self._cache_counts[0] += 1
         else:
-            named = self._table.blocks.get(req.args["block"])
-            if named is not None and named.name:
-                rec = named
-            else:
-                rec = self._table.lookup(session.proc, req.args["block"], "r")
+            rec = self._readable(session.proc, req.args["block"])
         self._lease_or_wait(session, req, rec, "r", transient=False)
 
     def _delete(self, session: _Session, req: Request) -> None:
@@ -992,6 +1021,12 @@ class Coordinator:
             to, token = session.sends.pop(target)
             if self._table.withdraw(to, token) is not None:
                 session.reply(ErrorReply(target, Op.SEND, CANCELLED, "cancelled"))
+        elif target in session.publishes:
+            fanout = session.publishes.pop(target)
+            fanout.cancelled = True
+            for to, part in fanout.waiting:
+                if self._table.withdraw(to, part) is not None:
+                    self._fanout_part_done(fanout, delivered=False)
         else:
             for pending in session.recv_waits:
                 if pending.req_id == target:
@@ -1075,6 +1110,7 @@ class _Session(asyncio.BufferedProtocol):
         self.proc = proc
         self.waits: dict[int, _Wait] = {}
         self.sends: dict[int, tuple[ProcessRecord, _Wait]] = {}  # sends queued for room
+        self.publishes: dict[int, _Fanout] = {}  # publishes waiting for room somewhere
         self.futures: set[asyncio.Future[Lease]] = set()  # copy tasks' lease waits
         self.recv_waits: deque[Request] = deque()
         self.closed = anyio.Event()

@@ -75,7 +75,9 @@ class ProtocolError(BlockIPCError):
 
 
 class PeerUnreachable(BlockIPCError):
-    """Raised when a send names a process (or node) that nobody has registered."""
+    """Raised when a send names a process (or node) that nobody has registered, or a
+    remote send cannot complete: the other node stayed unreachable for ``link_timeout``
+    seconds, or the link went down with the block in transit (it is never resent)."""
 
     code = 8
 

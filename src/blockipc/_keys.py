@@ -24,15 +24,17 @@ from ._linkwire import check_node_name
 
 __all__ = ["NodeKeys", "keygen", "load_keys"]
 
+
 def keygen(
     name: str, directory: str | os.PathLike[str], *, force: bool = False
 ) -> tuple[Path, Path]:
     """Write a CURVE key pair for node ``name`` into ``directory``.
 
     Returns ``(public_file, secret_file)``: ``DIR/NAME.key`` and ``DIR/NAME.key_secret``
-    (mode 0600). An existing pair is kept unless ``force=True``::
+    (mode 0600). An existing pair is kept unless ``force=True``. The command line is
+    ``blockipc keygen NAME --dir DIR``::
 
-        >>> blockipc.keygen("a", "keys/")           # doctest: +SKIP
+        >>> keygen("a", "keys/")           # doctest: +SKIP
         (PosixPath('keys/a.key'), PosixPath('keys/a.key_secret'))
     """
     check_node_name(name)

@@ -35,7 +35,8 @@ so a refused node never receives a byte of block data. The TCP listener understa
 link frames only: local clients are served on the Unix socket alone.
 
 Structlog events: ``link.started``, ``link.connected``, ``link.disconnected``,
-``link.refused``, ``link.send_failed``, ``link.protocol_error``, ``link.stopped``.
+``link.refused``, ``link.handshake_failed``, ``link.send_failed``,
+``link.protocol_error``, ``link.reset``, ``link.stopped``.
 """
 
 from __future__ import annotations
@@ -98,11 +99,7 @@ TRACKER_GRACE: Final = 2.0
 peer's socket is reset (closing it makes libzmq drop the message)."""
 
 _HANDSHAKE_FAILED: Final = frozenset(
-    {
-        zmq.Event.HANDSHAKE_FAILED_AUTH,
-        zmq.Event.HANDSHAKE_FAILED_PROTOCOL,
-        zmq.Event.HANDSHAKE_FAILED_NO_DETAIL,
-    }
+    {zmq.Event.HANDSHAKE_FAILED_PROTOCOL, zmq.Event.HANDSHAKE_FAILED_NO_DETAIL}
 )
 
 
@@ -189,7 +186,6 @@ class _Peer:
         self.server_key = server_key
         self.state = OutboundState(name, link.config.timeout)
         self.kick = asyncio.Event()
-        self.tcp_connected = False
         self._reset = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -236,10 +232,10 @@ class _Peer:
             sock, monitor = self._socket()
             self._reset.clear()
             tasks = [
-                asyncio.create_task(self._write(sock)),
-                asyncio.create_task(self._read(sock)),
-                asyncio.create_task(self._watch(monitor)),
-                asyncio.create_task(self._expire()),
+                asyncio.create_task(self._guard(self._write(sock))),
+                asyncio.create_task(self._guard(self._read(sock))),
+                asyncio.create_task(self._guard(self._watch(monitor))),
+                asyncio.create_task(self._guard(self._expire())),
             ]
             try:
                 await self._reset.wait()
@@ -251,9 +247,16 @@ class _Peer:
                     sock.disable_monitor()
                 monitor.close(linger=0)
                 sock.close(linger=0)
-                self.tcp_connected = False
                 self.link.finish_all(self.state.down(time.monotonic()))
             log.info("link.reset", node=self.link.config.node, peer=self.name)
+
+    async def _guard(self, coro: Any) -> None:
+        """Run one of the peer's loops; a bug in it resets the socket, never stalls."""
+        try:
+            await coro
+        except Exception as exc:
+            log.exception("link.internal_error", peer=self.name, error=repr(exc))
+            self.reset()
 
     async def _write(self, sock: zmq.asyncio.Socket) -> None:
         state, link = self.state, self.link
@@ -288,7 +291,7 @@ class _Peer:
                 continue
             p = self.state.ack(ack.seq)
             if p is not None:
-                self.link.finish(p.token, ack.error())
+                self.link.finish(p.token, ack.error(), acked=True)
                 self.kick.set()
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
@@ -296,9 +299,7 @@ class _Peer:
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())
             kind, now = event["event"], time.monotonic()
-            if kind == zmq.Event.CONNECTED:
-                self.tcp_connected = True
-            elif kind == zmq.Event.HANDSHAKE_SUCCEEDED:
+            if kind == zmq.Event.HANDSHAKE_SUCCEEDED:
                 self.state.up(now)
                 log.info("link.connected", node=node, peer=self.name, endpoint=self.endpoint)
                 self.kick.set()
@@ -309,23 +310,24 @@ class _Peer:
                     emit = log.warning if failed else log.info
                     emit("link.disconnected", node=node, peer=self.name, failed=len(failed))
                 self.link.finish_all(failed)
-            elif kind in _HANDSHAKE_FAILED:
-                if kind == zmq.Event.HANDSHAKE_FAILED_AUTH:
-                    reason = (
-                        f"node {self.name!r} refused this node's key (CURVE authentication "
-                        f"failed, status {int(event['value'])}): its key directory has no "
-                        f"{node}.key matching this node's key"
-                    )
-                else:
-                    what = zmq.Event(kind).name
-                    reason = (
-                        f"the link handshake with node {self.name!r} failed ({what}): "
-                        "check that both nodes use keys (or both none), and that this node's "
-                        f"{self.name}.key is that node's public key"
-                    )
+            elif kind == zmq.Event.HANDSHAKE_FAILED_AUTH:  # the peer's ZAP said no
+                reason = (
+                    f"node {self.name!r} refused this node's key (CURVE authentication "
+                    f"failed, status {int(event['value'])}): its key directory has no "
+                    f"{node}.key matching this node's key"
+                )
                 if self.state.refused != reason:
                     log.warning("link.refused", node=node, peer=self.name, reason=reason)
                 self.link.finish_all(self.state.refuse(now, reason))
+            elif kind in _HANDSHAKE_FAILED:  # maybe transient: sends wait for link_timeout
+                hint = (
+                    f"the handshake with node {self.name!r} fails "
+                    f"({zmq.Event(kind).name}): check that both nodes use keys (or both "
+                    f"none) and that this node's {self.name}.key is that node's public key"
+                )
+                if self.state.hint != hint:
+                    log.warning("link.handshake_failed", node=node, peer=self.name, reason=hint)
+                self.state.hint = hint
 
     async def _expire(self) -> None:
         tick = min(0.05, self.link.config.timeout / 4)
@@ -365,6 +367,7 @@ class Link:
         self._copies: set[asyncio.Future[None]] = set()
         self._releasing: list[_Outgoing] = []
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
+        self._pins: dict[int, int] = {}  # block id -> transfers of it in progress
         self._release_kick = asyncio.Event()
         self._closing = False
 
@@ -497,6 +500,7 @@ class Link:
             rec.grants[self.pin.key] = (self.pin, "r")
         self.pin.blocks.add(rec.id)
         rec.in_transit += 1
+        self._pins[rec.id] = self._pins.get(rec.id, 0) + 1  # move=False may overlap
         out = _Outgoing(session, req, rec, proc, name, args["header"], move, peer)
         peer.submit(out)
 
@@ -504,12 +508,14 @@ class Link:
         for p, exc in failures:
             self.finish(p.token, exc)
 
-    def finish(self, out: _Outgoing, error: BlockIPCError | None) -> None:
-        """A send is over (acknowledged or failed): release its block, answer it."""
+    def finish(self, out: _Outgoing, error: BlockIPCError | None, *, acked: bool = False) -> None:
+        """A send is over (acknowledged or failed): release its block, answer it.
+        ``acked``: the peer answered (a refusal such as an unknown receiver is the
+        sender's business, logged at info; a failed link is a warning)."""
         out.error = error
         out.finished_at = time.monotonic()
         if error is not None:
-            log.warning(
+            (log.info if acked else log.warning)(
                 "link.send_failed",
                 node=self.config.node,
                 peer=out.peer.name,
@@ -565,6 +571,9 @@ class Link:
             out.view = None
         out.tracker = None
         table, rec, sender, pin = self.coord._table, out.rec, out.sender, self.pin
+        pins = self._pins.pop(rec.id, 1) - 1
+        if pins:
+            self._pins[rec.id] = pins
         if table.blocks.get(rec.id) is rec and not self.coord.pool.closed:
             rec.in_transit -= 1
             alive = table.processes.get(sender.name) is sender
@@ -572,7 +581,7 @@ class Link:
                 rec.owner = sender  # a failed move: the block is the sender's again
                 sender.blocks.add(rec.id)
                 pin.blocks.discard(rec.id)
-            else:
+            elif not pins:  # the link's last transfer of this block is over
                 table._drop_hold(rec, pin)
                 pin.blocks.discard(rec.id)
                 if not rec.holders():
@@ -646,6 +655,11 @@ class Link:
             return
         queue = self._targets.get(frame.to)
         item = _Incoming(ident, frame, data, f"{frame.node}/{frame.sender}")
+        if queue is None and frame.size < THREAD_COPY:  # the common case: no task needed
+            done = self._deliver_now(frame.to, item)
+            if not isinstance(done, _Later):
+                self._ack(router, ident, frame.seq, done)
+                return
         self._parked += frame.size
         if queue is None:
             queue = self._targets[frame.to] = deque([item])
@@ -668,6 +682,37 @@ class Link:
         finally:
             if self._targets.get(name) is queue:
                 del self._targets[name]
+
+    def _deliver_now(self, name: str, item: _Incoming) -> BlockIPCError | _Later | None:
+        """Deliver a small block at once if the receiver's inbox and the pool have room
+        (``_LATER`` if not: it waits in the receiver's queue then)."""
+        table, pool, frame = self.coord._table, self.coord.pool, item.frame
+        proc = table.processes.get(name)
+        if proc is None:
+            return PeerUnreachable(f"process {name!r} left node {self.config.node!r}")
+        need = _capacity(frame.size, pool.min_block)
+        if need > pool.max_request() or not _inbox_room(proc, frame.size):
+            return _LATER  # (too large: _deliver says so)
+        if pool.largest_free < need and pool.size >= pool.max_pool_size:
+            return _LATER
+        try:
+            alloc = pool.alloc(frame.size)
+        except PoolExhausted:
+            return _LATER
+        with pool.view(alloc.segment, alloc.offset, frame.size) as view:
+            view[:] = item.data.buffer
+        rec = table.add_block(
+            self.pin,
+            segment=alloc.segment,
+            offset=alloc.offset,
+            capacity=alloc.capacity,
+            size=frame.size,
+        )
+        sender = ProcessRecord(0, item.sender, 0, 0)  # names the sender in the inbox entry
+        delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
+        assert delivered, "the inbox had room, and nothing ran since"
+        self.coord._wake_receiver(proc)
+        return None
 
     def _copy_done(self, fut: asyncio.Future[None]) -> None:
         self._copies.discard(fut)
@@ -719,7 +764,8 @@ class Link:
                     fut.add_done_callback(self._copy_done)
                     await asyncio.shield(fut)
             finally:
-                view.release()
+                with contextlib.suppress(BufferError):  # cancelled: the thread still copies
+                    view.release()
             delay = 0.0005
             while True:  # the copy took a while: the inbox may have filled meanwhile
                 proc = table.processes.get(name)
@@ -744,6 +790,13 @@ class Link:
         assert delivered, "has_room was checked just before"
         self.coord._wake_receiver(proc)
         return None
+
+
+class _Later:
+    """What :meth:`Link._deliver_now` returns when the block must wait for room."""
+
+
+_LATER: Final = _Later()
 
 
 def _inbox_room(proc: ProcessRecord, size: int) -> bool:

@@ -351,6 +351,7 @@ class OutboundState:
     is_up: bool = False
     down_since: float = 0.0
     refused: str | None = None
+    hint: str | None = None  # why handshakes fail, for the timeout's message
     queue: deque[Pending] = field(default_factory=deque)
     in_flight: dict[int, Pending] = field(default_factory=dict)
     in_flight_bytes: int = 0
@@ -395,6 +396,7 @@ class OutboundState:
         """A handshake with the peer succeeded."""
         self.is_up = True
         self.refused = None
+        self.hint = None
 
     def down(self, now: float) -> list[Failure]:
         """The connection to the peer is gone: fail what is in flight."""
@@ -435,6 +437,7 @@ class OutboundState:
                         PeerUnreachable(
                             f"node {self.node!r} unreachable: no link to it for "
                             f"{self.timeout:g} s (link_timeout)"
+                            + (f"; {self.hint}" if self.hint else "")
                         ),
                     )
                 )

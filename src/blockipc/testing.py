@@ -64,12 +64,14 @@ def assert_pool_clean(coord: Coordinator) -> None:
 def shm_files() -> set[str]:
     """Names in ``/dev/shm`` now (blockipc must never add any).
 
-    POSIX named semaphores (``sem.*``) are left out: blockipc makes none, and other
-    programs on the machine (any ``multiprocessing`` user) create and remove theirs at
-    any moment, which would make a before/after comparison fail at random.
+    POSIX named semaphores (``sem.*``) and ``multiprocessing.shared_memory`` segments
+    (``psm_*``) are left out: blockipc makes neither (its memory is memfd only), and
+    other programs on the machine (any ``multiprocessing`` user, the benchmarks'
+    baselines) create and remove theirs at any moment, which would make a before/after
+    comparison fail at random.
     """
     try:
         names = os.listdir("/dev/shm")
     except FileNotFoundError:
         return set()
-    return {name for name in names if not name.startswith("sem.")}
+    return {name for name in names if not name.startswith(("sem.", "psm_"))}

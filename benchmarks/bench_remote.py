@@ -1,0 +1,423 @@
+"""Remote send throughput: blockipc's link against raw pyzmq and a raw asyncio stream.
+
+    python benchmarks/bench_remote.py [--rounds 3] [--sizes 1MiB,16MiB] [--json out.json]
+
+What runs, each party a process of its own, everything on loopback (127.0.0.1):
+
+* **blockipc plain / CURVE**: coordinator A and coordinator B (``node="a"``/``"b"``),
+  a producer on A that keeps 8 ``send(block, to="b/consumer", move=False)`` in flight
+  from a ring of pre-filled blocks, a consumer on B that receives and frees each block.
+  Every byte crosses the link and is copied into B's pool.
+* **raw pyzmq plain / CURVE**: PUSH (``copy=False`` of one prebuilt buffer) -> PULL
+  (``copy=False``) over ``tcp://``, the same bytes.
+* **raw asyncio TCP (uvloop)**: ``writer.write`` + ``drain`` of length-prefixed messages
+  -> ``reader.readexactly``.
+
+Timing: the sender takes ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, comparable across
+processes) after an untimed warm-up, the receiver when it holds the last byte; the rate
+is bytes / elapsed. Sender-side processes (A and its producer, the PUSH, the stream
+writer) are pinned to the first CPU with ``os.sched_setaffinity`` before any thread
+starts, receiver-side ones to the second. Rounds are interleaved, the order of the
+contenders rotating every round; the table shows medians and the ratios the issue
+asks for (plain link >= 0.7x raw pyzmq and >= 2x the raw stream, CURVE link >= 0.7x
+raw pyzmq CURVE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+SRC = HERE.parent.parent / "src"
+WARMUP = 4
+INFLIGHT = 16
+
+
+def pin(cpu: str) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[int(cpu) % len(cpus)]})
+
+
+def say(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+# -- roles (children) --------------------------------------------------------------
+async def role_coord(cpu: str, sock: str, node: str, listen: str, peer: str, keys: str) -> None:
+    import blockipc
+
+    pin(cpu)
+    async with blockipc.Coordinator(
+        path=sock,
+        pool_size="256MiB",
+        node=node,
+        listen=listen or None,
+        peers={"b": peer} if peer else {},
+        keys=keys or None,
+    ) as coord:
+        say(event="ready", link=coord.link_address)
+        await coord.serve_forever()
+
+
+async def role_bipc_send(cpu: str, sock: str, size: str, count: str) -> None:
+    import blockipc
+
+    pin(cpu)
+    n, total = int(size), int(count)
+    async with blockipc.connect(sock, name="producer") as client:
+        ring = []
+        for i in range(INFLIGHT):
+            block = await client.alloc(n)
+            async with client.lease(block, "w") as view:
+                view[:] = bytes([i]) * n
+            ring.append(block)
+        while True:  # wait for the consumer to register
+            try:
+                await client.send(ring[0], to="b/consumer", move=False)
+                break
+            except blockipc.PeerUnreachable:
+                await asyncio.sleep(0.02)
+
+        async def stream(k: int) -> None:
+            slots = asyncio.Semaphore(INFLIGHT)
+            tasks = []
+
+            async def one(i: int) -> None:
+                try:
+                    await client.send(ring[i % INFLIGHT], to="b/consumer", move=False)
+                finally:
+                    slots.release()
+
+            for i in range(k):
+                await slots.acquire()
+                tasks.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*tasks)
+
+        await stream(WARMUP - 1)
+        t0 = time.perf_counter_ns()
+        await stream(total)
+        say(event="sent", t0=t0)
+        await asyncio.sleep(3600)
+
+
+async def role_bipc_recv(cpu: str, sock: str, count: str) -> None:
+    import blockipc
+
+    pin(cpu)
+    async with blockipc.connect(sock, name="consumer") as client:
+        say(event="ready")
+        frees = []
+        for _ in range(WARMUP + int(count)):
+            msg = await client.recv()
+            frees.append(asyncio.create_task(client.free(msg.block)))  # pipelined
+        t1 = time.perf_counter_ns()
+        await asyncio.gather(*frees)
+        say(event="done", t1=t1)
+        await asyncio.sleep(3600)
+
+
+def _curve(sock: Any, keys: str, server: bool) -> None:
+    if not keys:
+        return
+    spub, ssec, cpub, csec = (k.encode() for k in keys.split(","))
+    if server:
+        sock.curve_server = True
+        sock.curve_publickey, sock.curve_secretkey = spub, ssec
+    else:
+        sock.curve_serverkey = spub
+        sock.curve_publickey, sock.curve_secretkey = cpub, csec
+
+
+def role_zmq_pull(cpu: str, size: str, count: str, keys: str) -> None:
+    pin(cpu)
+    import zmq
+
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    _curve(pull, keys, server=True)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    say(event="ready", port=port)
+    for _ in range(WARMUP + int(count)):
+        frame = pull.recv(copy=False)
+        assert len(frame) == int(size)
+    say(event="done", t1=time.perf_counter_ns())
+    time.sleep(3600)
+
+
+def role_zmq_push(cpu: str, port: str, size: str, count: str, keys: str) -> None:
+    pin(cpu)
+    import zmq
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    _curve(push, keys, server=False)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    payload = b"z" * int(size)
+    for _ in range(WARMUP):
+        push.send(payload, copy=False)
+    t0 = time.perf_counter_ns()
+    for _ in range(int(count)):
+        push.send(payload, copy=False)
+    say(event="sent", t0=t0)
+    time.sleep(3600)
+
+
+async def role_tcp_recv(cpu: str, size: str, count: str) -> None:
+    pin(cpu)
+    done = asyncio.Event()
+    n, total = int(size), WARMUP + int(count)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(total):
+            length = int.from_bytes(await reader.readexactly(8), "little")
+            await reader.readexactly(length)
+        say(event="done", t1=time.perf_counter_ns())
+        done.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=n + 16)
+    say(event="ready", port=server.sockets[0].getsockname()[1])
+    await done.wait()
+    await asyncio.sleep(3600)
+
+
+async def role_tcp_send(cpu: str, port: str, size: str, count: str) -> None:
+    pin(cpu)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+    payload = b"t" * int(size)
+    prefix = len(payload).to_bytes(8, "little")
+    for _ in range(WARMUP):
+        writer.write(prefix)
+        writer.write(payload)
+        await writer.drain()
+    t0 = time.perf_counter_ns()
+    for _ in range(int(count)):
+        writer.write(prefix)
+        writer.write(payload)
+        await writer.drain()
+    say(event="sent", t0=t0)
+    await asyncio.sleep(3600)
+
+
+ROLES: dict[str, Any] = {
+    "coord": role_coord,
+    "bipc_send": role_bipc_send,
+    "bipc_recv": role_bipc_recv,
+    "zmq_pull": role_zmq_pull,
+    "zmq_push": role_zmq_push,
+    "tcp_recv": role_tcp_recv,
+    "tcp_send": role_tcp_send,
+}
+
+
+def child_main(role: str, args: list[str]) -> None:
+    import structlog
+
+    import blockipc
+
+    blockipc.configure_logging("error")
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    fn = ROLES[role]
+    if asyncio.iscoroutinefunction(fn):
+        blockipc.run(lambda: fn(*args))
+    else:
+        fn(*args)
+
+
+# -- the parent ----------------------------------------------------------------------
+class Proc:
+    def __init__(self, role: str, *args: object) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.p = subprocess.Popen(
+            [sys.executable, str(HERE), "--role", role, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+
+    def event(self, name: str) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"child exited ({self.p.wait()})")
+        event: dict[str, Any] = json.loads(line)
+        assert event["event"] == name, event
+        return event
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+        self.p.wait()
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_blockipc(size: int, count: int, keys: str, tmp: Path) -> float:
+    port = free_port()
+    procs: list[Proc] = []
+    try:
+        b = Proc("coord", 1, tmp / "b.sock", "b", f"tcp://127.0.0.1:{port}", "", keys)
+        procs.append(b)
+        b.event("ready")
+        a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", keys)
+        procs.append(a)
+        a.event("ready")
+        recv = Proc("bipc_recv", 1, tmp / "b.sock", count)
+        procs.append(recv)
+        recv.event("ready")
+        send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
+        procs.append(send)
+        t1 = recv.event("done")["t1"]
+        t0 = send.event("sent")["t0"]
+        return size * count / ((t1 - t0) / 1e9) / 1e9
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def run_zmq(size: int, count: int, keys: str) -> float:
+    pull = Proc("zmq_pull", 1, size, count, keys)
+    push = None
+    try:
+        port = pull.event("ready")["port"]
+        push = Proc("zmq_push", 0, port, size, count, keys)
+        t1 = pull.event("done")["t1"]
+        t0 = push.event("sent")["t0"]
+        return size * count / ((t1 - t0) / 1e9) / 1e9
+    finally:
+        pull.stop()
+        if push is not None:
+            push.stop()
+
+
+def run_tcp(size: int, count: int) -> float:
+    recv = Proc("tcp_recv", 1, size, count)
+    send = None
+    try:
+        port = recv.event("ready")["port"]
+        send = Proc("tcp_send", 0, port, size, count)
+        t1 = recv.event("done")["t1"]
+        t0 = send.event("sent")["t0"]
+        return size * count / ((t1 - t0) / 1e9) / 1e9
+    finally:
+        recv.stop()
+        if send is not None:
+            send.stop()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="1MiB,16MiB")
+    parser.add_argument("--bytes", default="512MiB", help="moved per measurement")
+    parser.add_argument("--json", help="write every sample here")
+    parser.add_argument("--only", default="", help="run contenders whose name has this")
+    args, rest = parser.parse_known_args(argv)
+    if args.role:
+        child_main(args.role, rest)
+        return 0
+    import zmq
+    from zmq.utils import z85
+
+    from blockipc import parse_size
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-remote-", dir="/tmp"))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "blockipc", "keygen", "a", "--dir", str(tmp / "keys")],
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [sys.executable, "-m", "blockipc", "keygen", "b", "--dir", str(tmp / "keys")],
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+            check=True,
+            capture_output=True,
+        )
+        spub, ssec = zmq.curve_keypair()
+        cpub, csec = zmq.curve_keypair()
+        raw_keys = ",".join(k.decode() for k in (spub, ssec, cpub, csec))
+        assert z85.decode(spub)
+        total = parse_size(args.bytes)
+        contenders = {
+            "blockipc link, plain": lambda s, n: run_blockipc(s, n, "", tmp),
+            "blockipc link, CURVE": lambda s, n: run_blockipc(s, n, str(tmp / "keys"), tmp),
+            "raw pyzmq PUSH/PULL, plain": lambda s, n: run_zmq(s, n, ""),
+            "raw pyzmq PUSH/PULL, CURVE": lambda s, n: run_zmq(s, n, raw_keys),
+            "raw asyncio TCP stream (uvloop)": lambda s, n: run_tcp(s, n),
+        }
+        contenders = {k: v for k, v in contenders.items() if args.only in k}
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
+        samples: dict[str, dict[int, list[float]]] = {c: {s: [] for s in sizes} for c in contenders}
+        names = list(contenders)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for size in sizes:
+                count = max(8, total // size)
+                for name in order:
+                    samples[name][size].append(contenders[name](size, count))
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    med = {c: {s: statistics.median(v) for s, v in per.items()} for c, per in samples.items()}
+    print(f"| contender | {' | '.join(f'{s >> 20} MiB GB/s' for s in sizes)} |")
+    print(f"|---|{'---|' * len(sizes)}")
+    for name in names:
+        print(f"| {name} | {' | '.join(f'{med[name][s]:.2f}' for s in sizes)} |")
+    print()
+    checks = [
+        ("plain link / raw pyzmq plain", "blockipc link, plain", "raw pyzmq PUSH/PULL, plain", 0.7),
+        (
+            "plain link / raw asyncio stream",
+            "blockipc link, plain",
+            "raw asyncio TCP stream (uvloop)",
+            2.0,
+        ),
+        ("CURVE link / raw pyzmq CURVE", "blockipc link, CURVE", "raw pyzmq PUSH/PULL, CURVE", 0.7),
+    ]
+    print(f"| ratio | {' | '.join(f'{s >> 20} MiB' for s in sizes)} | target |")
+    print(f"|---|{'---|' * len(sizes)}---|")
+    for label, num, den, target in checks:
+        if num not in med or den not in med:
+            continue
+        cells = []
+        for s in sizes:
+            ratio = med[num][s] / med[den][s]
+            cells.append(f"{ratio:.2f}x {'pass' if ratio >= target else 'FAIL'}")
+        print(f"| {label} | {' | '.join(cells)} | >= {target}x |")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"samples": {c: {str(s): v for s, v in per.items()} for c, per in samples.items()}},
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""A lifespan for ASGI apps: one blockipc client per web worker process.
+
+Each worker process of an ASGI server (``uvicorn --workers N``, gunicorn with uvicorn
+workers) runs the app's lifespan once: this helper connects to a coordinator on
+startup, under a name unique to the worker (``name-PID``, since two live connections
+may not share a name), puts the client on ``app.state.blockipc`` and closes it on
+shutdown. The workers then share named objects through the pool, and each keeps its
+own coherent :meth:`~blockipc.Client.get` cache::
+
+    from starlette.applications import Starlette
+    import blockipc.asgi
+
+    app = Starlette(routes=[...], lifespan=blockipc.asgi.lifespan("/run/blockipc.sock"))
+
+    async def endpoint(request):
+        client = blockipc.asgi.client(request.app)
+        value = await client.get("weights")
+
+The module imports no web framework: anything that calls ``lifespan(app)`` and enters
+the context manager it returns works (Starlette, FastAPI, Litestar's ``lifespan=``
+hooks), and ``app.state`` only has to accept attributes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from ._client import Client, connect
+from ._exceptions import BlockIPCError
+
+__all__ = ["ADDRESS_ENV", "client", "lifespan"]
+
+ADDRESS_ENV = "BLOCKIPC_ADDRESS"
+"""The environment variable :func:`lifespan` reads when it is given no address."""
+
+_STATE_ATTR = "blockipc"
+
+
+def lifespan(
+    address: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    **connect_kwargs: Any,
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan function that connects each worker process to the coordinator.
+
+    ``address`` is the coordinator's socket (default: the ``BLOCKIPC_ADDRESS``
+    environment variable); the worker registers as ``f"{name}-{os.getpid()}"``
+    (``name`` defaults to ``"web"``). ``connect_kwargs`` go to :func:`blockipc.connect`
+    (``cache_size=``, ``inbox_messages=``, ...). While the app runs, the client is
+    ``app.state.blockipc``; on shutdown it is closed and removed.
+
+    >>> life = blockipc.asgi.lifespan("/tmp/b.sock", cache_size="256MiB")  # doctest: +SKIP
+    >>> app = Starlette(routes=routes, lifespan=life)  # doctest: +SKIP
+    """
+    prefix = "web" if name is None else name
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(app: Any) -> AsyncIterator[None]:
+        where = os.environ.get(ADDRESS_ENV) if address is None else os.fspath(address)
+        if not where:
+            raise BlockIPCError(
+                f"no coordinator address: pass one to blockipc.asgi.lifespan() or set {ADDRESS_ENV}"
+            )
+        async with connect(where, f"{prefix}-{os.getpid()}", **connect_kwargs) as c:
+            setattr(app.state, _STATE_ATTR, c)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(AttributeError):
+                    delattr(app.state, _STATE_ATTR)
+
+    return _lifespan
+
+
+def client(app: Any) -> Client:
+    """The client :func:`lifespan` put on ``app.state`` (pass ``request.app``).
+
+    Raises :class:`BlockIPCError` outside the app's lifespan.
+    """
+    c = getattr(app.state, _STATE_ATTR, None)
+    if not isinstance(c, Client):
+        raise BlockIPCError("no blockipc client on app.state: is blockipc.asgi.lifespan in use?")
+    return c

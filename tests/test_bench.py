@@ -1,0 +1,69 @@
+"""The throughput table of ``blockipc bench``: analysis and report, on made-up results
+(running the benchmark itself takes minutes; ``tests/test_examples.py`` checks its
+``--help``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from blockipc._bench import (
+    _TP_ALTERNATIVES,
+    FANOUT,
+    TP_MAX,
+    TP_SIZES,
+    _analyse_throughput,
+    _tp_key,
+    _tp_table,
+)
+
+
+def _results(rates: dict[str, float], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Two rounds per stream at ``rates[contender]`` bytes per second, every size."""
+    out: dict[str, Any] = {}
+    for contender, rate in rates.items():
+        if contender in skip:
+            continue
+        for size in TP_SIZES:
+            out[_tp_key(contender, size)] = [
+                {"n": 10, "size": size, "elapsed": 10 * size / rate * 1e9} for _ in range(2)
+            ]
+    return out
+
+
+def _rows(results: dict[str, Any]) -> list[list[str]]:
+    _metrics, rows = _analyse_throughput(results)
+    table = _tp_table(rows, ["blockipc", *_TP_ALTERNATIVES, "memcpy"])
+    assert len({line.count("|") for line in table.splitlines()}) == 1  # a regular table
+    return rows
+
+
+RATES = {"queue": 1e8, "pipe": 2e8, "socket": 4e8, "zmq": 2.5e8, "memcpy": 1e9}
+
+
+def test_every_target_passes_when_far_ahead() -> None:
+    rows = _rows(_results({"blockipc": 2e9, "fanout": 2e9, **RATES}))
+    assert [r[-1] for r in rows] == ["pass", "info", "pass", "pass", "info"]
+    assert "5.00x (uvloop Unix socket)" in rows[2]  # 2e9 / 4e8
+    fan = rows[-1]
+    assert fan[0] == f"1-to-{FANOUT} fan-out, 64 MiB"
+    assert f"{FANOUT * 2e9 / 4e8:.1f}x faster" in " ".join(fan)
+
+
+@pytest.mark.parametrize(
+    ("blockipc", "memcpy"),
+    [(1e9, 1e9), (2e9, 3e9)],  # under 4x the best alternative / under 0.8x memcpy
+)
+def test_targets_fail_and_say_so(blockipc: float, memcpy: float) -> None:
+    rows = _rows(_results({"blockipc": blockipc, **RATES, "memcpy": memcpy}))
+    assert rows[2][-1] == rows[3][-1] == "**FAIL**"
+    assert len(rows) == len(TP_SIZES)  # no fan-out measured: no fan-out row
+
+
+def test_a_missing_contender_keeps_the_columns() -> None:
+    rows = _rows(_results({"blockipc": 2e9, **RATES}, skip=("zmq", "memcpy")))
+    zmq_column = 1 + 1 + _TP_ALTERNATIVES.index("zmq")
+    assert all(r[zmq_column] == "—" for r in rows)
+    assert "pyzmq" not in rows[0][-2]  # the 64 B target names only what was measured
+    assert TP_SIZES[-1] == TP_MAX
