@@ -21,7 +21,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m blockipc bench
+	$(BIN)/python -m blockipc bench --suite all
+	$(BIN)/python -m blockipc bench --suite cache
+	$(BIN)/python benchmarks/bench_remote.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

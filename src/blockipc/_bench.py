@@ -1513,13 +1513,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
     parser.add_argument(
         "--suite",
-        choices=["all", "core", "throughput"],
+        choices=["all", "core", "throughput", "cache"],
         default="all",
         help="core: round trips, alloc and hand-over; throughput: producer -> consumer "
-        "streams and fan-out (default: both)",
+        "streams and fan-out (default: both); cache: get/put of objects against "
+        "Manager().dict(), Redis and shared_memory (its own options: --suite cache --help)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.suite == "cache":
+        from ._bench_cache import main as cache_main
+
+        forwarded = [*rest, *(["--quick"] if args.quick else [])]
+        forwarded += ["--json", args.json] if args.json else []
+        forwarded += ["--rounds", str(args.rounds)] if args.rounds is not None else []
+        return cache_main(forwarded)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     plan = QUICK if args.quick else FULL
     if args.rounds is not None:
         if args.rounds < 1:
