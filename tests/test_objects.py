@@ -366,6 +366,7 @@ async def test_replace_is_atomic_for_concurrent_readers(
             arr = await other.get("atomic")
             assert arr.min() == arr.max(), "a torn read"
             seen.add(float(arr[0]))
+            await asyncio.sleep(0)  # a cache hit does not yield to the loop: let the writer run
 
     seen: set[float] = set()
     task = asyncio.ensure_future(writer())

@@ -809,6 +809,9 @@ class Client:
                 cached = self._cache.get((bid, gen, codec or rec_codec))
                 if cached is not None:
                     self._cache_hits += 1
+                    # a checkpoint (no round trip): a loop polling get() must not
+                    # starve the other tasks of this event loop
+                    await asyncio.sleep(0)
                     return _materialize(codec or rec_codec, cached)
             else:
                 self._refs.pop(key, None)
