@@ -848,12 +848,24 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
 class _Party:
     """One child process and the pipe to it."""
 
-    def __init__(self, ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        role: str,
+        cpu: int | None,
+        arg: dict[str, Any],
+        worker: Callable[..., None] | None = None,
+    ) -> None:
+        """Start ``role`` in a process of its own; ``worker`` is the module-level entry
+        point that knows the role (this module's ``_worker`` by default)."""
         self.role = role
         parent_end, child_end = ctx.Pipe()
         self.conn: _Pipe = parent_end
         self.process: BaseProcess = ctx.Process(
-            target=_worker, args=(role, cpu, child_end, arg), name=f"bench-{role}", daemon=True
+            target=worker or _worker,
+            args=(role, cpu, child_end, arg),
+            name=f"bench-{role}",
+            daemon=True,
         )
         self.process.start()
         child_end.close()

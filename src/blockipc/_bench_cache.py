@@ -52,6 +52,7 @@ from ._bench import (
     _fmt_us,
     _has,
     _machine,
+    _Party,
     _pin,
     _quiet_logs,
     _run,
@@ -65,7 +66,6 @@ from ._bench import (
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
-    from multiprocessing.process import BaseProcess
 
     _Pipe = Connection[Any, Any]
 
@@ -74,7 +74,6 @@ __all__ = ["main"]
 VALUE_SIZE: Final = 1 << 20
 BIG_SIZE: Final = 64 << 20
 POOL_SIZE: Final = "256MiB"
-_COMMAND_TIMEOUT: Final = 180.0
 _START_TIMEOUT: Final = 60.0
 
 # targets (issue 6)
@@ -295,44 +294,9 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
 # =====================================================================================
 
 
-class _Party:
-    def __init__(self, ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> None:
-        self.role = role
-        parent_end, child_end = ctx.Pipe()
-        self.conn: _Pipe = parent_end
-        self.process: BaseProcess = ctx.Process(
-            target=_worker, args=(role, cpu, child_end, arg), name=f"bench-{role}", daemon=True
-        )
-        self.process.start()
-        child_end.close()
-
-    def receive(self, timeout: float) -> dict[str, Any]:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.role}: no answer within {timeout:.0f} s")
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"{self.role}: process ended ({self.process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(payload)
-        result: dict[str, Any] = payload
-        return result
-
-    def ask(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        self.conn.send((cmd, args))
-        return self.receive(_COMMAND_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            with contextlib.suppress(OSError):
-                self.conn.send(("stop", {}))
-
-    def join(self) -> None:
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        self.conn.close()
+def _party(ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> _Party:
+    """A party of this suite: _bench's process-and-pipe, running this module's roles."""
+    return _Party(ctx, role, cpu, arg, worker=_worker)
 
 
 @contextlib.contextmanager
@@ -386,14 +350,14 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
             os.sched_setaffinity(manager_pid, {server_cpu})
         shared = manager.dict()
         try:
-            parties["coordinator"] = _Party(
+            parties["coordinator"] = _party(
                 ctx, "coordinator", server_cpu, {"pool_size": POOL_SIZE}
             )
             address = parties["coordinator"].receive(_START_TIMEOUT)["address"]
             common = {"address": address, "shared_dict": shared, "redis": redis_path}
-            parties["writer"] = _Party(ctx, "writer", client_cpu, common)
+            parties["writer"] = _party(ctx, "writer", client_cpu, common)
             parties["writer"].receive(_START_TIMEOUT)  # the values are stored now
-            parties["reader"] = _Party(ctx, "reader", client_cpu, common)
+            parties["reader"] = _party(ctx, "reader", client_cpu, common)
             parties["reader"].receive(_START_TIMEOUT)
             reader, writer = parties["reader"], parties["writer"]
 
