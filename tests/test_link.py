@@ -495,6 +495,37 @@ async def test_block_larger_than_the_receiving_pool_is_refused() -> None:
         assert_pool_clean(b)
 
 
+async def test_received_blocks_get_their_generation_slot_and_evict_cacheables() -> None:
+    """A block that arrives over the link is allocated like any other: it gets its own
+    generation slot (a shared slot could make another block's cached value look fresh)
+    and may evict cacheable objects when B's pool is full."""
+    async with (
+        pair(pool="4MiB") as (a, b),
+        blockipc.connect(a.address, name="producer") as producer,
+        blockipc.connect(b.address, name="consumer") as consumer,
+    ):
+        # B's pool: a small block at offset 0 (so the remote block lands elsewhere,
+        # off slot 0) and a cacheable object nobody holds in the only 2 MiB left
+        small = await consumer.alloc(4096)
+        await consumer.put(b"x" * (3 * MiB // 2), codec="raw", name="cached", cacheable=True)
+        block = await producer.alloc(2 * MiB)
+        await producer.write(block, b"remote")
+        with anyio.fail_after(10):  # without eviction it would wait for room forever
+            await producer.send(block, to="b/consumer")
+        msg = await consumer.recv()
+        assert await consumer.read(msg.block, 0, 6) == b"remote"
+        rec = b._table.blocks[msg.block.id]
+        base = sum(s.size for i, s in b.pool.segments.items() if i < rec.segment)
+        assert rec.slot == (base + rec.offset) // b.pool.min_block != 0
+        assert b.gens.get(rec.slot) == rec.generation
+        stats = await consumer.stats()
+        assert "cached" not in stats.names and stats.cache_evictions >= 1
+        with pytest.raises(blockipc.BlockNotFound):
+            await consumer.get("cached")
+        await consumer.free(msg.block)
+        await consumer.free(small)
+
+
 async def test_tcp_listener_serves_link_frames_only() -> None:
     async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
         assert b.link_address is not None

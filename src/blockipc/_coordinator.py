@@ -503,9 +503,10 @@ class Coordinator:
         rec = self._new_block(session.proc, req.args["size"])
         session.reply(Reply(req.req_id, Op.ALLOC, _block_fields(rec)))
 
-    def _new_block(self, proc: ProcessRecord, size: int) -> BlockRecord:
+    def _new_block(self, proc: ProcessRecord, size: int, *, quiet: bool = False) -> BlockRecord:
         """Allocate a block for ``proc``; under memory pressure, evict cacheable named
-        objects that nobody uses, least recently used first, before giving up."""
+        objects that nobody uses, least recently used first, before giving up (``quiet``:
+        a caller that retries logs nothing on failure)."""
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
         while True:
@@ -514,7 +515,8 @@ class Coordinator:
                 break
             except PoolExhausted as exc:
                 if size > self.pool.max_request() or not self._evict_one():
-                    log.warning("block.alloc_failed", name=proc.name, size=size, error=str(exc))
+                    if not quiet:
+                        log.warning("block.alloc_failed", name=proc.name, size=size, error=str(exc))
                     raise
         slot = (self._base(a.segment) + a.offset) // self.pool.min_block
         return self._table.add_block(

@@ -27,6 +27,13 @@ what a peer may have parked at the receiver; the receiver parks blocks while the
 receiving process's inbox is over its limit or the pool is full, and stops reading
 its socket when too many bytes are parked. High-water marks bound libzmq's queues.
 
+*I/O.* The ROUTER and the DEALERs are plain pyzmq sockets used with ``NOBLOCK`` only,
+driven by callbacks on their ``ZMQ_FD`` (``loop.add_reader``): no future or task per
+message as ``zmq.asyncio`` would make. ``ZMQ_FD`` is edge-triggered and any operation
+on the socket may take the edge, so a callback reads until ``EAGAIN`` and checks
+``ZMQ_EVENTS`` after sending before it returns. The receiver answers the blocks it
+delivered in one turn of the loop with one ``ACKS`` message per peer.
+
 *Security.* With ``keys``, both sockets use CURVE (authenticated, encrypted); the ROUTER
 accepts only the public keys found in the key directory, checked by pyzmq's asyncio
 ZAP authenticator, and every block must come from the node its key belongs to. With
@@ -45,6 +52,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -73,9 +81,10 @@ from ._linkwire import (
     Failure,
     LinkConfig,
     OutboundState,
-    decode_ack,
+    decode_acks,
     decode_block,
     encode_ack,
+    encode_acks,
     encode_block,
     peek_seq,
     split_target,
@@ -98,15 +107,53 @@ TRACKER_GRACE: Final = 2.0
 """Seconds a finished send may wait for libzmq to release its memory before the
 peer's socket is reset (closing it makes libzmq drop the message)."""
 
+# plain ints: the hot paths skip the enum arithmetic of pyzmq's constants
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_EVENTS: Final = int(zmq.EVENTS)
+_POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
+
 _HANDSHAKE_FAILED: Final = frozenset(
     {zmq.Event.HANDSHAKE_FAILED_PROTOCOL, zmq.Event.HANDSHAKE_FAILED_NO_DETAIL}
 )
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Done callback of a send nobody awaits: a failed ack is only logged."""
-    if not fut.cancelled() and fut.exception() is not None:
-        log.debug("link.ack_dropped", error=repr(fut.exception()))
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+_malloc_tuned = False
+
+
+def _tune_malloc() -> None:
+    """Keep the memory libzmq receives large messages into.
+
+    libzmq's I/O thread ``malloc``s every received message and receives into it;
+    glibc gives the freed memory back to the kernel (a heap trim, or ``munmap``)
+    as soon as enough of it is free, so the next message page-faults on every page
+    (measured on loopback: tens of page faults per 1 MiB message, in the thread
+    that also runs on the receiving CPU).
+    Allocations up to 32 MiB stay on the heap and the heap keeps up to 256 MiB free:
+    what the process keeps is its peak, which the link's bounds (high-water marks,
+    windows) already limit; it does not grow with a backlog.
+    """
+    global _malloc_tuned
+    if _malloc_tuned or not sys.platform.startswith("linux"):
+        return
+    _malloc_tuned = True
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+
+
+def _plain_socket(ctx: zmq.asyncio.Context, kind: int) -> zmq.Socket[bytes]:
+    """A socket of the link's (asyncio) context with pyzmq's plain API: the link uses
+    it with ``NOBLOCK`` only, polled through its ``FD`` by the event loop (no futures
+    per message, as ``zmq.asyncio`` would make)."""
+    return cast("zmq.Socket[bytes]", ctx.socket(kind, socket_class=zmq.Socket))  # type: ignore[arg-type]
+
+
+def _int_opt(sock: zmq.Socket[bytes], option: int) -> int:
+    return cast(int, sock.getsockopt(option))
 
 
 def _memmove(dst: memoryview, src: memoryview) -> None:
@@ -177,7 +224,14 @@ class _Authenticator(AsyncioAuthenticator):
 
 
 class _Peer:
-    """The sending side of the link to one peer: a DEALER and its state."""
+    """The sending side of the link to one peer: a DEALER and its state.
+
+    The DEALER is a plain (blocking-API) pyzmq socket used only with ``NOBLOCK`` and
+    driven by :meth:`_pump`, which the event loop calls when the socket's ``FD``
+    signals and whenever there is something new to write. ``ZMQ_FD`` is edge-triggered
+    (any operation on the socket may consume the signal), so the pump reads until
+    ``EAGAIN`` and checks ``ZMQ_EVENTS`` after its last send before it returns.
+    """
 
     def __init__(self, link: Link, name: str, endpoint: str, server_key: bytes | None) -> None:
         self.link = link
@@ -185,9 +239,12 @@ class _Peer:
         self.endpoint = endpoint
         self.server_key = server_key
         self.state = OutboundState(name, link.config.timeout)
-        self.kick = asyncio.Event()
         self._reset = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._scheduled = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._blocked = False  # the last write found the socket full (EAGAIN)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"blockipc-link-{self.name}")
@@ -206,11 +263,17 @@ class _Peer:
         self.state.submit(out, out.rec.size, time.monotonic())
         if self.state.refused is not None and not self.state.is_up:
             self.link.finish_all(self.state.expire(time.monotonic()))
-        self.kick.set()
+        self.wake()
 
-    def _socket(self) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+    def wake(self) -> None:
+        """Run the pump soon (once, however many sends arrive meanwhile)."""
+        if not self._scheduled and self._sock is not None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _socket(self) -> tuple[zmq.Socket[bytes], zmq.asyncio.Socket]:
         cfg, keys = self.link.config, self.link.keys
-        sock = self.link.ctx.socket(zmq.DEALER)
+        sock = _plain_socket(self.link.ctx, zmq.DEALER)
         try:
             self.link.tune(sock)
             sock.immediate = True  # queue nothing for a peer that is not connected
@@ -219,7 +282,7 @@ class _Peer:
                 sock.curve_publickey = keys.public
                 sock.curve_secretkey = keys.secret
                 sock.curve_serverkey = self.server_key
-            monitor = sock.get_monitor_socket()
+            monitor = cast("zmq.asyncio.Socket", sock.get_monitor_socket())
             sock.connect(self.endpoint)
         except BaseException:
             sock.close(linger=0)
@@ -228,18 +291,26 @@ class _Peer:
         return sock, monitor
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             sock, monitor = self._socket()
             self._reset.clear()
+            fd = _int_opt(sock, zmq.FD)
+            self._sock = sock
+            loop.add_reader(fd, self._pump)
             tasks = [
-                asyncio.create_task(self._guard(self._write(sock))),
-                asyncio.create_task(self._guard(self._read(sock))),
                 asyncio.create_task(self._guard(self._watch(monitor))),
                 asyncio.create_task(self._guard(self._expire())),
             ]
+            self.wake()
             try:
                 await self._reset.wait()
             finally:
+                self._sock = None
+                loop.remove_reader(fd)
+                if self._retry is not None:
+                    self._retry.cancel()
+                    self._retry = None
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -258,41 +329,71 @@ class _Peer:
             log.exception("link.internal_error", peer=self.name, error=repr(exc))
             self.reset()
 
-    async def _write(self, sock: zmq.asyncio.Socket) -> None:
-        state, link = self.state, self.link
-        while True:
-            await self.kick.wait()
-            self.kick.clear()
-            while (p := state.next_to_write()) is not None:
-                out: _Outgoing = p.token
-                rec = out.rec
-                if out.view is None:
-                    out.view = link.coord.pool.view(rec.segment, rec.offset, rec.size)
-                parts = encode_block(
-                    p.seq, link.config.node, out.sender.name, out.to, rec.size, out.header
-                )
-                try:
-                    out.tracker = await sock.send_multipart(
-                        [*parts, out.view], flags=zmq.NOBLOCK, copy=False, track=True
-                    )
-                except zmq.Again:  # connected but the pipe is not attached yet, or full
-                    state.unwrite(p)
-                    await asyncio.sleep(0.002)
-                    self.kick.set()
-                    break
+    def _pump(self) -> None:
+        """Read the acks that arrived, write what the window allows, until the socket
+        has nothing more to say (``ZMQ_EVENTS`` without ``POLLIN``)."""
+        self._scheduled = False
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            for _ in range(64):  # (a bound, in case POLLOUT and EAGAIN disagree)
+                self._read(sock)
+                self._write(sock)
+                events = _int_opt(sock, _EVENTS)
+                if not (events & _POLLIN or (events & _POLLOUT and self._blocked)):
+                    return
+            if self._retry is None:  # not done: go on shortly, without spinning
+                self._retry = asyncio.get_running_loop().call_later(0.002, self._retried)
+        except Exception as exc:
+            log.exception("link.internal_error", peer=self.name, error=repr(exc))
+            self.reset()
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            parts = await sock.recv_multipart()
+    def _write(self, sock: zmq.Socket[bytes]) -> None:
+        state, link = self.state, self.link
+        self._blocked = False
+        while (p := state.next_to_write()) is not None:
+            out: _Outgoing = p.token
+            rec = out.rec
+            if out.view is None:
+                out.view = link.coord.pool.view(rec.segment, rec.offset, rec.size)
+            parts = encode_block(
+                p.seq, link.config.node, out.sender.name, out.to, rec.size, out.header
+            )
             try:
-                ack = decode_ack(parts)
+                out.tracker = sock.send_multipart(
+                    [*parts, out.view], flags=_NOBLOCK, copy=False, track=True
+                )
+            except zmq.Again:  # connected but the pipe is not attached yet, or full
+                state.unwrite(p)
+                self._blocked = True
+                # the FD signals when the pipe takes messages again; a timer too, in
+                # case the pipe was only not attached yet
+                if self._retry is None:
+                    loop = asyncio.get_running_loop()
+                    self._retry = loop.call_later(0.002, self._retried)
+                return
+
+    def _retried(self) -> None:
+        self._retry = None
+        self.wake()
+
+    def _read(self, sock: zmq.Socket[bytes]) -> None:
+        # ZMQ_EVENTS, not EAGAIN, ends the loop (as cheap, and no exception to make)
+        while _int_opt(sock, _EVENTS) & _POLLIN:
+            try:
+                parts = sock.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                acks = decode_acks(parts)
             except ProtocolError as exc:
                 log.warning("link.protocol_error", peer=self.name, error=str(exc))
                 continue
-            p = self.state.ack(ack.seq)
-            if p is not None:
-                self.link.finish(p.token, ack.error(), acked=True)
-                self.kick.set()
+            for ack in acks:
+                p = self.state.ack(ack.seq)
+                if p is not None:
+                    self.link.finish(p.token, ack.error(), acked=True)
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         node = self.link.config.node
@@ -302,7 +403,7 @@ class _Peer:
             if kind == zmq.Event.HANDSHAKE_SUCCEEDED:
                 self.state.up(now)
                 log.info("link.connected", node=node, peer=self.name, endpoint=self.endpoint)
-                self.kick.set()
+                self.wake()
             elif kind == zmq.Event.DISCONNECTED:
                 was_up = self.state.is_up
                 failed = self.state.down(now)
@@ -351,10 +452,17 @@ class Link:
                         f"no public key for peer {peer!r}: {config.keys / (peer + '.key')} "
                         "is missing"
                     )
+        _tune_malloc()
         self.ctx = zmq.asyncio.Context()
         self.address: str | None = None
         self._auth: _Authenticator | None = None
-        self._router: zmq.asyncio.Socket | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._router_fd = -1
+        self._reading = False  # the router's FD is watched (not while too much is parked)
+        self._pumping = False
+        self._pump_due = False
+        self._acks: dict[bytes, list[int]] = {}  # successes not yet answered, by peer
+        self._senders: dict[str, ProcessRecord] = {}
         self._peers: dict[str, _Peer] = {}
         # The pinned blocks of sends in transit belong to this record (key 0 is no
         # connection's), so nothing a process does or suffers can free them meanwhile.
@@ -362,8 +470,6 @@ class Link:
         self._tasks: set[asyncio.Task[None]] = set()
         self._targets: dict[str, deque[_Incoming]] = {}
         self._parked = 0
-        self._room = asyncio.Event()
-        self._room.set()
         self._copies: set[asyncio.Future[None]] = set()
         self._releasing: list[_Outgoing] = []
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
@@ -372,7 +478,7 @@ class Link:
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------
-    def tune(self, sock: zmq.asyncio.Socket) -> None:
+    def tune(self, sock: zmq.Socket[bytes]) -> None:
         """Options both sides share: no linger, heartbeats, reconnect backoff."""
         timeout_ms = max(1, int(self.config.timeout * 1000))
         sock.linger = 0
@@ -389,7 +495,7 @@ class Link:
                 self._auth = _Authenticator(self.ctx, self.keys)
                 self._auth.start()
             if cfg.listen is not None:
-                router = self.ctx.socket(zmq.ROUTER)
+                router = _plain_socket(self.ctx, zmq.ROUTER)
                 self._router = router
                 self.tune(router)
                 router.rcvhwm = 64
@@ -402,7 +508,9 @@ class Link:
                 except zmq.ZMQError as exc:
                     raise BlockIPCError(f"cannot listen on {cfg.listen}: {exc}") from exc
                 self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-                self._spawn(self._serve(router))
+                self._router_fd = _int_opt(router, zmq.FD)
+                asyncio.get_running_loop().add_reader(self._router_fd, self._serve)
+                self._reading = True
             for name, endpoint in cfg.peers.items():
                 key = None if self.keys is None else self.keys.trusted[name]
                 peer = _Peer(self, name, endpoint.zmq(bind=False), key)
@@ -448,7 +556,11 @@ class Link:
                 peer.state.fail_all(lambda: ConnectionClosed("the coordinator is closing"))
             )
         if self._router is not None:
+            if self._reading:
+                asyncio.get_running_loop().remove_reader(self._router_fd)
+                self._reading = False
             self._router.close(linger=0)
+            self._router = None
         if self._auth is not None:
             self._auth.stop()
         self.ctx.destroy(linger=0)
@@ -601,25 +713,75 @@ class Link:
             out.session.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
 
     # -- receiving ---------------------------------------------------------------
-    async def _serve(self, router: zmq.asyncio.Socket) -> None:
-        while True:
-            while self._parked > MAX_PARKED:
-                self._room.clear()
-                await self._room.wait()
-            frames = await router.recv_multipart(copy=False)
-            try:
-                self._on_message(router, frames)
-            except Exception as exc:  # one bad message must not stop the link
-                log.exception("link.internal_error", error=repr(exc))
+    def _serve(self) -> None:
+        """Read the router until ``EAGAIN`` (its ``FD`` is edge-triggered), unless too
+        many bytes are parked: then its ``FD`` is not watched until some are delivered."""
+        self._pump_due = False
+        router = self._router
+        if router is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._pumping = True
+        try:
+            while True:
+                if self._parked > MAX_PARKED:
+                    if self._reading:
+                        loop.remove_reader(self._router_fd)
+                        self._reading = False
+                    self._flush_acks(router)
+                    return
+                frames = None
+                if _int_opt(router, _EVENTS) & _POLLIN:  # (no EAGAIN exception to make)
+                    with contextlib.suppress(zmq.Again):
+                        frames = router.recv_multipart(_NOBLOCK, copy=False)
+                if frames is None:
+                    if not self._acks:
+                        break
+                    self._flush_acks(router)  # (sending may take the FD's edge: read again)
+                    continue
+                try:
+                    self._on_message(router, frames)
+                except Exception as exc:  # one bad message must not stop the link
+                    log.exception("link.internal_error", error=repr(exc))
+        finally:
+            self._pumping = False
+        if not self._reading:
+            loop.add_reader(self._router_fd, self._serve)
+            self._reading = True
+
+    def _serve_soon(self) -> None:
+        """The router was used outside :meth:`_serve` (which may have consumed its FD's
+        edge), or room was made: read it again soon."""
+        if not self._pump_due and not self._pumping and self._router is not None:
+            self._pump_due = True
+            asyncio.get_running_loop().call_soon(self._serve)
 
     def _ack(
-        self, router: zmq.asyncio.Socket, ident: bytes, seq: int, exc: BlockIPCError | None
+        self, router: zmq.Socket[bytes], ident: bytes, seq: int, exc: BlockIPCError | None
     ) -> None:
-        parts = encode_ack(seq) if exc is None else encode_ack(seq, exc.code, str(exc))
-        fut = cast("asyncio.Future[Any]", router.send_multipart([ident, *parts]))
-        fut.add_done_callback(_consume)
+        """Answer block ``seq``: a success with the others of this turn of the loop
+        (one message), a failure at once."""
+        if exc is None:
+            self._acks.setdefault(ident, []).append(seq)
+        else:
+            self._flush_acks(router)
+            self._send_ack(router, [ident, *encode_ack(seq, exc.code, str(exc))])
+        self._serve_soon()
 
-    def _on_message(self, router: zmq.asyncio.Socket, frames: list[zmq.Frame]) -> None:
+    def _flush_acks(self, router: zmq.Socket[bytes]) -> None:
+        acks, self._acks = self._acks, {}
+        for ident, seqs in acks.items():
+            for i in range(0, len(seqs), 1024):
+                self._send_ack(router, [ident, *encode_acks(seqs[i : i + 1024])])
+
+    @staticmethod
+    def _send_ack(router: zmq.Socket[bytes], parts: list[bytes]) -> None:
+        try:  # a ROUTER never blocks: it drops what it cannot route
+            router.send_multipart(parts, _NOBLOCK)
+        except zmq.ZMQError as err:
+            log.debug("link.ack_dropped", error=repr(err))
+
+    def _on_message(self, router: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
         cfg = self.config
         if len(frames) < 2:
             log.warning("link.protocol_error", node=cfg.node, error="empty message")
@@ -668,7 +830,7 @@ class Link:
             queue.append(item)
 
     async def _deliver_all(
-        self, router: zmq.asyncio.Socket, name: str, queue: deque[_Incoming]
+        self, router: zmq.Socket[bytes], name: str, queue: deque[_Incoming]
     ) -> None:
         """Deliver the blocks for one process in arrival order (per-sender order)."""
         try:
@@ -677,8 +839,8 @@ class Link:
                 error = await self._deliver(name, item)
                 queue.popleft()
                 self._parked -= item.frame.size
-                self._room.set()
-                self._ack(router, item.ident, item.frame.seq, error)
+                if self._router is router:
+                    self._ack(router, item.ident, item.frame.seq, error)
         finally:
             if self._targets.get(name) is queue:
                 del self._targets[name]
@@ -693,26 +855,26 @@ class Link:
         need = _capacity(frame.size, pool.min_block)
         if need > pool.max_request() or not _inbox_room(proc, frame.size):
             return _LATER  # (too large: _deliver says so)
-        if pool.largest_free < need and pool.size >= pool.max_pool_size:
-            return _LATER
-        try:
-            alloc = pool.alloc(frame.size)
+        try:  # through the coordinator: the block's generation slot, and eviction
+            rec = self.coord._new_block(self.pin, frame.size, quiet=True)
         except PoolExhausted:
             return _LATER
-        with pool.view(alloc.segment, alloc.offset, frame.size) as view:
+        with pool.view(rec.segment, rec.offset, frame.size) as view:
             view[:] = item.data.buffer
-        rec = table.add_block(
-            self.pin,
-            segment=alloc.segment,
-            offset=alloc.offset,
-            capacity=alloc.capacity,
-            size=frame.size,
-        )
-        sender = ProcessRecord(0, item.sender, 0, 0)  # names the sender in the inbox entry
+        sender = self._sender_record(item.sender)
         delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
         assert delivered, "the inbox had room, and nothing ran since"
         self.coord._wake_receiver(proc)
         return None
+
+    def _sender_record(self, name: str) -> ProcessRecord:
+        """A record that names a remote sender in inbox entries (only its name is read)."""
+        rec = self._senders.get(name)
+        if rec is None:
+            if len(self._senders) >= 1024:
+                self._senders.clear()
+            rec = self._senders[name] = ProcessRecord(0, name, 0, 0)
+        return rec
 
     def _copy_done(self, fut: asyncio.Future[None]) -> None:
         self._copies.discard(fut)
@@ -735,24 +897,16 @@ class Link:
             proc = table.processes.get(name)
             if proc is None:
                 return gone
-            room = pool.largest_free >= need or pool.size < pool.max_pool_size
-            if room and _inbox_room(proc, frame.size):
-                try:
-                    alloc = pool.alloc(frame.size)
+            if _inbox_room(proc, frame.size):
+                try:  # evicts cacheable objects before it gives up
+                    rec = self.coord._new_block(self.pin, frame.size, quiet=True)
                     break
                 except PoolExhausted:
                     pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
-        rec = table.add_block(
-            self.pin,
-            segment=alloc.segment,
-            offset=alloc.offset,
-            capacity=alloc.capacity,
-            size=frame.size,
-        )
         try:
-            view = pool.view(alloc.segment, alloc.offset, frame.size)
+            view = pool.view(rec.segment, rec.offset, frame.size)
             try:
                 src = item.data.buffer
                 if frame.size < THREAD_COPY:
@@ -781,11 +935,11 @@ class Link:
                 self.pin.blocks.discard(rec.id)
                 table._remove(rec)
                 if not pool.closed:
-                    pool.free(alloc.segment, alloc.offset)
+                    pool.free(rec.segment, rec.offset)
             if isinstance(exc, BlockIPCError):
                 return exc
             raise
-        sender = ProcessRecord(0, item.sender, 0, 0)  # names the sender in the inbox entry
+        sender = self._sender_record(item.sender)
         delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
         assert delivered, "has_room was checked just before"
         self.coord._wake_receiver(proc)

@@ -13,6 +13,8 @@ multipart message whole or not at all, so a receiver never sees part of a block.
 ``size`` bytes. The receiver answers every block with ``[b"ACK1", meta]``
 (``seq``, ``code``, ``message``): code 0 means the block is in the receiver's inbox,
 any other code is a :class:`~blockipc.BlockIPCError` code and nothing was delivered.
+Several blocks delivered at once may be answered by one ``[b"ACKS", seqs]`` instead
+(``seqs``: unsigned 64-bit little-endian integers, each a code-0 ack).
 
 **Sending** (:class:`OutboundState`, one per peer). A send is *queued* until the
 link to the peer is up and the window has room (a bound on blocks and bytes written
@@ -35,6 +37,7 @@ import ipaddress
 import math
 import os
 import re
+import struct
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +57,7 @@ from ._protocol import MAX_HEADER, _validate
 
 __all__ = [
     "ACK",
+    "ACKS",
     "BLOCK",
     "Ack",
     "BlockFrame",
@@ -62,8 +66,10 @@ __all__ = [
     "OutboundState",
     "Pending",
     "decode_ack",
+    "decode_acks",
     "decode_block",
     "encode_ack",
+    "encode_acks",
     "encode_block",
     "check_node_name",
     "make_config",
@@ -73,6 +79,7 @@ __all__ = [
 
 BLOCK: Final = b"BLK1"
 ACK: Final = b"ACK1"
+ACKS: Final = b"ACKS"
 MAX_META: Final = MAX_HEADER + 4096
 _MAX_INT: Final = (1 << 63) - 1
 
@@ -288,7 +295,9 @@ def decode_block(parts: list[bytes], data_size: int) -> BlockFrame:
         name = meta[key]
         if not name or "/" in name or not name.isprintable() or len(name) > 255:
             raise ProtocolError(f"link block: invalid {key} name {name!r:.80}")
-    if len(_packer.pack(meta["header"])) > MAX_HEADER:
+    # re-encoded, no value grows to twice its size (a float32 becomes 9 bytes, from 5):
+    # a small meta needs no second encoding to know that its header is small enough
+    if len(parts[1]) * 2 > MAX_HEADER and len(_packer.pack(meta["header"])) > MAX_HEADER:
         raise ProtocolError(f"link block: header larger than {MAX_HEADER} bytes")
     return BlockFrame(
         meta["seq"], meta["node"], meta["from"], meta["to"], meta["size"], meta["header"]
@@ -307,6 +316,27 @@ def peek_seq(meta: bytes) -> int | None:
 
 def encode_ack(seq: int, code: int = 0, message: str = "") -> list[bytes]:
     return [ACK, _packer.pack({"seq": seq, "code": code, "message": message[:1000]})]
+
+
+def encode_acks(seqs: list[int]) -> list[bytes]:
+    """One message for several code-0 acks (a single one is an ordinary ack)."""
+    if len(seqs) == 1:
+        return encode_ack(seqs[0])
+    return [ACKS, struct.pack(f"<{len(seqs)}Q", *seqs)]
+
+
+def decode_acks(parts: list[bytes]) -> list[Ack]:
+    """The acks of an ``ACK1`` or ``ACKS`` message.
+
+    >>> [a.seq for a in decode_acks(encode_acks([3, 4]))]
+    [3, 4]
+    """
+    if len(parts) == 2 and parts[0] == ACKS:
+        raw = parts[1]
+        if not raw or len(raw) % 8 or len(raw) > MAX_META:
+            raise ProtocolError(f"link acks: {len(raw)} bytes is not a list of sequence numbers")
+        return [Ack(seq, 0, "") for seq in struct.unpack(f"<{len(raw) // 8}Q", raw)]
+    return [decode_ack(parts)]
 
 
 def decode_ack(parts: list[bytes]) -> Ack:
