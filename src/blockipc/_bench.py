@@ -918,6 +918,31 @@ def _cpus() -> tuple[int | None, int | None, str | None]:
     return cpus[0], cpus[1], None
 
 
+def _load_notes(
+    before: tuple[int, int, int] | None,
+    after: tuple[int, int, int] | None,
+    started: float,
+    prefix: str = "",
+) -> list[str]:
+    """Notes for the report when other processes (or the hypervisor) took CPU time while
+    the measurement that began at ``started`` ran, from two :func:`_cpu_snapshot`."""
+    if before is None or after is None:
+        return []
+    ncpu = os.cpu_count() or 1
+    capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
+    foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
+    steal = (after[2] - before[2]) / capacity
+    notes = []
+    if foreign > 0.05:
+        notes.append(
+            f"{prefix}other processes used {foreign:.0%} of the {ncpu} CPUs while this ran: "
+            "the machine was not quiet, expect noisy numbers (rerun on an idle machine)"
+        )
+    if steal > 0.02:
+        notes.append(f"{prefix}the hypervisor stole {steal:.0%} of the {ncpu} CPUs while this ran")
+    return notes
+
+
 def _cpu_snapshot(pids: list[int]) -> tuple[int, int, int] | None:
     """Clock ticks: (busy on the whole machine, used by ``pids``, stolen); Linux only."""
     try:
@@ -1033,19 +1058,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
                 file=sys.stderr,
                 flush=True,
             )
-        after = _cpu_snapshot(pids)
-        if before is not None and after is not None:
-            ncpu = os.cpu_count() or 1
-            capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
-            foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
-            steal = (after[2] - before[2]) / capacity
-            if foreign > 0.05:
-                notes.append(
-                    f"other processes used {foreign:.0%} of the {ncpu} CPUs while this ran: "
-                    "the machine was not quiet, expect noisy numbers (rerun on an idle machine)"
-                )
-            if steal > 0.02:
-                notes.append(f"the hypervisor stole {steal:.0%} of the {ncpu} CPUs while this ran")
+        notes += _load_notes(before, _cpu_snapshot(pids), started)
         return results, notes
     finally:
         # clients first (they say goodbye to their servers), then the servers
@@ -1355,16 +1368,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
                 file=sys.stderr,
                 flush=True,
             )
-        after = _cpu_snapshot(pids)
-        if before is not None and after is not None:
-            ncpu = os.cpu_count() or 1
-            capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
-            foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
-            if foreign > 0.05:
-                notes.append(
-                    f"throughput: other processes used {foreign:.0%} of the {ncpu} CPUs "
-                    "while it ran: expect noisy numbers (rerun on an idle machine)"
-                )
+        notes += _load_notes(before, _cpu_snapshot(pids), started, "throughput: ")
         return results
     finally:
         for party in reversed(parties.values()):

@@ -51,6 +51,7 @@ from ._bench import (
     _cpus,
     _fmt_us,
     _has,
+    _load_notes,
     _machine,
     _Party,
     _pin,
@@ -410,16 +411,7 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
                     file=sys.stderr,
                     flush=True,
                 )
-            after = _cpu_snapshot(pids)
-            if before is not None and after is not None:
-                ncpu = os.cpu_count() or 1
-                capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
-                foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
-                if foreign > 0.05:
-                    notes.append(
-                        f"other processes used {foreign:.0%} of the {ncpu} CPUs while this "
-                        "ran: the machine was not quiet, expect noisy numbers"
-                    )
+            notes += _load_notes(before, _cpu_snapshot(pids), started)
             return results
         finally:
             for name in ("reader", "writer", "coordinator"):  # clients first
