@@ -423,7 +423,8 @@ class Connection:
 
     def next_event(self) -> Event | NeedData:
         """Return the next complete event, or ``NEED_DATA``."""
-        self._check_usable()
+        if self.error is not None:
+            raise self.error
         buf = self._buffer
         if len(buf) < HEADER.size:
             return NEED_DATA
@@ -440,37 +441,48 @@ class Connection:
             self._fail(f"unknown frame kind {kind_v} or op {op_v}")
         meta_end = HEADER.size + meta_len
         compact = _COMPACT.get((kind, op))
-        with memoryview(buf) as view:
-            if compact is not None:
-                st, names = compact
-                if meta_len != st.size:
-                    self._fail(
-                        f"{kind.name} {op.name} #{req_id}: meta of {meta_len} bytes, "
-                        f"expected {st.size}"
-                    )
-                values = st.unpack_from(view, HEADER.size)
-                if any(v > _MAX_INT for v in values):
-                    self._fail(f"{kind.name} {op.name} #{req_id}: field out of range")
-                meta = dict(zip(names, values, strict=True))
+        if compact is not None:  # the hot path: no msgpack, no per-field checks
+            st, names = compact
+            if meta_len != st.size:
+                self._fail(
+                    f"{kind.name} {op.name} #{req_id}: meta of {meta_len} bytes, expected {st.size}"
+                )
+            values = st.unpack_from(buf, HEADER.size)
+            if values and max(values) > _MAX_INT:
+                self._fail(f"{kind.name} {op.name} #{req_id}: field out of range")
+            if frame_len > meta_end:
+                if not _SCHEMAS[(kind, op)][1]:
+                    self._fail(f"{kind.name} {op.name} #{req_id}: unexpected data")
+                with memoryview(buf) as view:
+                    data = bytes(view[meta_end:frame_len])
             else:
-                try:
-                    meta = msgpack.unpackb(
-                        view[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
-                    )
-                except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types
-                    self._fail(f"meta is not valid msgpack: {exc}")
+                data = b""
+            del buf[:frame_len]
+            fields = dict(zip(names, values, strict=True))
+            event: Event = (
+                Request(req_id, op, fields, data)
+                if kind is Kind.REQUEST
+                else Reply(req_id, op, fields, data)
+            )
+            self._on_received(event)
+            return event
+        with memoryview(buf) as view:
+            try:
+                meta = msgpack.unpackb(
+                    view[HEADER.size : meta_end], raw=False, strict_map_key=True, use_list=True
+                )
+            except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types
+                self._fail(f"meta is not valid msgpack: {exc}")
             data = bytes(view[meta_end:frame_len]) if frame_len > meta_end else b""
         del buf[:frame_len]
         try:
-            event = self._parse(kind, op, req_id, meta, data, checked=compact is not None)
+            event = self._parse(kind, op, req_id, meta, data)
         except ProtocolError as exc:
             self._fail(str(exc))
         self._on_received(event)
         return event
 
-    def _parse(
-        self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes, *, checked: bool
-    ) -> Event:
+    def _parse(self, kind: Kind, op: Op, req_id: int, meta: Any, data: bytes) -> Event:
         def where() -> str:
             return f"{kind.name} {op.name} #{req_id}"
 
@@ -482,7 +494,7 @@ class Connection:
         schema, data_ok = _SCHEMAS[(kind, op)]
         if data and not data_ok:
             raise ProtocolError(f"{where()}: unexpected data")
-        fields = meta if checked else _validate(meta, schema, where)
+        fields = _validate(meta, schema, where)
         if kind is Kind.REQUEST:
             return Request(req_id, op, fields, data)
         return Reply(req_id, op, fields, data)
@@ -506,7 +518,8 @@ class Connection:
     # -- sending -----------------------------------------------------------------
     def send(self, event: Event) -> bytes:
         """Return the bytes that carry ``event`` to the peer."""
-        self._check_usable()
+        if self.error is not None:
+            raise self.error
         if isinstance(event, Request):
             if self.role is not Role.CLIENT:
                 self._fail("only a client sends requests")
