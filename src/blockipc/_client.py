@@ -435,6 +435,10 @@ class Client:
                     self._send_nowait(Op.CANCEL, {"target": req_id})
             raise
 
+    def _return_lease(self, reply: Reply) -> None:
+        """Orphan handler: a lease granted to a call cancelled meanwhile goes back."""
+        self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
+
     def _send_nowait(self, op: Op, args: dict[str, Any]) -> None:
         """Fire a request whose reply nobody awaits."""
         if self._closed or self._closing or self._proto is None or self._proto.transport is None:
@@ -755,7 +759,7 @@ class Client:
             n = enc.nbytes
 
             def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
-                self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
+                self._return_lease(reply)
                 self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
             r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
@@ -818,10 +822,7 @@ class Client:
                 self._cache.invalidate_group(bid)
         self._cache_misses += 1
 
-        def orphan(reply: Reply) -> None:  # cancelled after the coordinator granted it
-            self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
-
-        r = (await self._call(Op.GET, args, orphan=orphan)).result
+        r = (await self._call(Op.GET, args, orphan=self._return_lease)).result
         try:
             seg = await self._segment(r["segment"])
             c = codec or r["codec"]
@@ -893,15 +894,14 @@ class Lease:
             raise BlockIPCError("this lease is already held")
         client = self._client
 
-        def orphan(reply: Reply) -> None:  # cancelled after the coordinator granted it
-            client._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
-
         if self.codec is None:
             reply = await client._call(
-                Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=orphan
+                Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=client._return_lease
             )
         else:  # GET is a read lease that also says how the block is encoded
-            reply = await client._call(Op.GET, {"block": self.block, "name": ""}, orphan=orphan)
+            reply = await client._call(
+                Op.GET, {"block": self.block, "name": ""}, orphan=client._return_lease
+            )
         r = reply.result
         self._lease_id = r["lease"]
         try:

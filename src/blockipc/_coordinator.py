@@ -834,7 +834,7 @@ class Coordinator:
 
     def _wake_receiver(self, proc: ProcessRecord) -> None:
         """Answer ``proc``'s waiting ``recv`` calls from its inbox."""
-        session = self._session_of(proc)
+        session = self._sessions.get(proc.key)
         if session is None:
             return
         while session.recv_waits and proc.inbox:
@@ -1058,9 +1058,6 @@ class Coordinator:
             )
         self._check_header(req.args["header"])
         self._link.send(session, req)  # answered when the peer acknowledges (or fails)
-
-    def _session_of(self, proc: ProcessRecord) -> _Session | None:
-        return self._sessions.get(proc.key)
 
     _handlers: ClassVar[dict[Op, Callable[[Coordinator, _Session, Request], None]]] = {
         Op.ALLOC: _alloc,
