@@ -1,13 +1,19 @@
 """Remote send throughput: blockipc's link against raw pyzmq and a raw asyncio stream.
 
     python benchmarks/bench_remote.py [--rounds 3] [--sizes 1MiB,16MiB] [--json out.json]
+                                      [--recv-tasks 4]
 
 What runs, each party a process of its own, everything on loopback (127.0.0.1):
 
 * **blockipc plain / CURVE**: coordinator A and coordinator B (``node="a"``/``"b"``),
-  a producer on A that keeps 8 ``send(block, to="b/consumer", move=False)`` in flight
-  from a ring of pre-filled blocks, a consumer on B that receives and frees each block.
-  Every byte crosses the link and is copied into B's pool.
+  a producer on A whose 16 tasks each ``send(block, to="b/consumer", move=False)`` in
+  a loop (16 sends in flight; the link's window lets 8 of them travel at a time) from a
+  ring of pre-filled blocks, and a consumer on B whose 4 tasks (``--recv-tasks``) each
+  ``recv()`` in a loop and free every block (the frees pipelined as tasks). Every byte
+  crosses the link and is copied into B's pool. A consumer with one ``recv`` at a time
+  (``--recv-tasks 1``) falls behind the link: its inbox backlog grows until it fills
+  B's pool, every copy then lands in cold memory, and the link waits for room (about
+  30% slower at 1 MiB).
 * **raw pyzmq plain / CURVE**: PUSH (``copy=False`` of one prebuilt buffer) -> PULL
   (``copy=False``) over ``tcp://``, the same bytes.
 * **raw asyncio TCP (uvloop)**: ``writer.write`` + ``drain`` of length-prefixed messages
@@ -44,6 +50,7 @@ HERE = Path(__file__).resolve()
 SRC = HERE.parent.parent / "src"
 WARMUP = 4
 INFLIGHT = 16
+"""Sends the producer keeps in flight (one task each)."""
 
 
 def pin(cpu: str) -> None:
@@ -92,19 +99,11 @@ async def role_bipc_send(cpu: str, sock: str, size: str, count: str) -> None:
                 await asyncio.sleep(0.02)
 
         async def stream(k: int) -> None:
-            slots = asyncio.Semaphore(INFLIGHT)
-            tasks = []
-
-            async def one(i: int) -> None:
-                try:
+            async def sender(first: int) -> None:  # sends first, first + INFLIGHT, ...
+                for i in range(first, k, INFLIGHT):
                     await client.send(ring[i % INFLIGHT], to="b/consumer", move=False)
-                finally:
-                    slots.release()
 
-            for i in range(k):
-                await slots.acquire()
-                tasks.append(asyncio.create_task(one(i)))
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*(sender(j) for j in range(INFLIGHT)))
 
         await stream(WARMUP - 1)
         t0 = time.perf_counter_ns()
@@ -113,16 +112,23 @@ async def role_bipc_send(cpu: str, sock: str, size: str, count: str) -> None:
         await asyncio.sleep(3600)
 
 
-async def role_bipc_recv(cpu: str, sock: str, count: str) -> None:
+async def role_bipc_recv(cpu: str, sock: str, count: str, tasks: str) -> None:
     import blockipc
 
     pin(cpu)
     async with blockipc.connect(sock, name="consumer") as client:
         say(event="ready")
         frees = []
-        for _ in range(WARMUP + int(count)):
-            msg = await client.recv()
-            frees.append(asyncio.create_task(client.free(msg.block)))  # pipelined
+        left = WARMUP + int(count)
+
+        async def receiver() -> None:  # several recv() in flight, as a pipelining user has
+            nonlocal left
+            while left > 0:
+                left -= 1
+                msg = await client.recv()
+                frees.append(asyncio.create_task(client.free(msg.block)))  # pipelined
+
+        await asyncio.gather(*(receiver() for _ in range(int(tasks))))
         t1 = time.perf_counter_ns()
         await asyncio.gather(*frees)
         say(event="done", t1=t1)
@@ -274,7 +280,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_blockipc(size: int, count: int, keys: str, tmp: Path) -> float:
+def run_blockipc(size: int, count: int, keys: str, tmp: Path, recv_tasks: int) -> float:
     port = free_port()
     procs: list[Proc] = []
     try:
@@ -284,7 +290,7 @@ def run_blockipc(size: int, count: int, keys: str, tmp: Path) -> float:
         a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", keys)
         procs.append(a)
         a.event("ready")
-        recv = Proc("bipc_recv", 1, tmp / "b.sock", count)
+        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks)
         procs.append(recv)
         recv.event("ready")
         send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
@@ -335,6 +341,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bytes", default="512MiB", help="moved per measurement")
     parser.add_argument("--json", help="write every sample here")
     parser.add_argument("--only", default="", help="run contenders whose name has this")
+    parser.add_argument(
+        "--recv-tasks", type=int, default=4, help="recv() calls the blockipc consumer keeps waiting"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.role:
         child_main(args.role, rest)
@@ -364,8 +373,10 @@ def main(argv: list[str]) -> int:
         assert z85.decode(spub)
         total = parse_size(args.bytes)
         contenders = {
-            "blockipc link, plain": lambda s, n: run_blockipc(s, n, "", tmp),
-            "blockipc link, CURVE": lambda s, n: run_blockipc(s, n, str(tmp / "keys"), tmp),
+            "blockipc link, plain": lambda s, n: run_blockipc(s, n, "", tmp, args.recv_tasks),
+            "blockipc link, CURVE": lambda s, n: run_blockipc(
+                s, n, str(tmp / "keys"), tmp, args.recv_tasks
+            ),
             "raw pyzmq PUSH/PULL, plain": lambda s, n: run_zmq(s, n, ""),
             "raw pyzmq PUSH/PULL, CURVE": lambda s, n: run_zmq(s, n, raw_keys),
             "raw asyncio TCP stream (uvloop)": lambda s, n: run_tcp(s, n),
