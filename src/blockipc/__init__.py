@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 from . import testing as testing
+from ._channel import ChannelMessage as ChannelMessage
+from ._channel import ChannelReceiver as ChannelReceiver
+from ._channel import ChannelSender as ChannelSender
 from ._cli import configure_logging as configure_logging
 from ._client import Client as Client
 from ._client import Lease as Lease
@@ -17,6 +20,7 @@ from ._coordinator import Coordinator as Coordinator
 from ._exceptions import AccessDenied as AccessDenied
 from ._exceptions import BlockIPCError as BlockIPCError
 from ._exceptions import BlockNotFound as BlockNotFound
+from ._exceptions import ChannelClosed as ChannelClosed
 from ._exceptions import CodecError as CodecError
 from ._exceptions import ConnectionClosed as ConnectionClosed
 from ._exceptions import InboxFull as InboxFull
@@ -40,6 +44,9 @@ __all__ = (
     "connect",
     "Client",
     "Lease",
+    "ChannelSender",
+    "ChannelReceiver",
+    "ChannelMessage",
     "run",
     "configure_logging",
     # values
@@ -55,6 +62,7 @@ __all__ = (
     "AccessDenied",
     "OutOfBounds",
     "ConnectionClosed",
+    "ChannelClosed",
     "ProtocolError",
     "PeerUnreachable",
     "InvalidRequest",

@@ -45,6 +45,7 @@ from ._exceptions import (
 
 __all__ = [
     "BlockRecord",
+    "ChannelRecord",
     "Delivery",
     "Grant",
     "InboxEntry",
@@ -78,6 +79,8 @@ class ProcessRecord:
     inbox_used: int = 0  # bytes of the blocks in the inbox
     pending: deque[Delivery] = field(default_factory=deque)
     topics: set[str] = field(default_factory=set)
+    channels: dict[int, ChannelRecord] = field(default_factory=dict)  # as either end
+    channel_offers: deque[ChannelRecord] = field(default_factory=deque)  # not accepted yet
 
 
 @dataclass(eq=False, slots=True)
@@ -120,6 +123,7 @@ class BlockRecord:
     name: str = ""  # bound to this name: the name holds it, any process may read it
     cacheable: bool = False  # a named object the pool may evict under pressure
     doomed: bool = False  # no holder left, but readers still lease it: removed after them
+    channel: int = 0  # the ring of this channel: held by it, no process has rights on it
 
     @property
     def owner_name(self) -> str:
@@ -133,7 +137,20 @@ class BlockRecord:
         return self.owner is not None or bool(self.grants)
 
     def held(self) -> bool:
-        return self.owner is not None or bool(self.grants) or bool(self.name)
+        return self.owner is not None or bool(self.grants) or bool(self.name) or bool(self.channel)
+
+
+@dataclass(eq=False, slots=True)
+class ChannelRecord:
+    """A channel: its ring's block and its two ends (``None`` once an end closed)."""
+
+    id: int
+    block: BlockRecord
+    sender: ProcessRecord | None
+    receiver: ProcessRecord | None
+    sender_name: str
+    receiver_name: str
+    accepted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +212,10 @@ class RoutingTable:
         self.blocks: dict[int, BlockRecord] = {}
         self.processes: dict[str, ProcessRecord] = {}
         self.topics: dict[str, set[ProcessRecord]] = {}
+        self.channels: dict[int, ChannelRecord] = {}
         self._next_block = 1
         self._next_lease = 1
+        self._next_channel = 1
         self._next_key = 1
 
     # -- processes ---------------------------------------------------------------
@@ -404,6 +423,67 @@ class RoutingTable:
             )
         del rec.grants[to.key]
         to.blocks.discard(rec.id)
+
+    # -- channels ----------------------------------------------------------------
+    def open_channel(
+        self,
+        sender: ProcessRecord,
+        receiver: ProcessRecord,
+        *,
+        segment: int,
+        offset: int,
+        capacity: int,
+        size: int,
+        slot: int = 0,
+        generation: int = 0,
+    ) -> ChannelRecord:
+        """A channel from ``sender`` to ``receiver`` whose ring is a block held by the
+        channel itself (no process may free, write or lease it through the table);
+        offered to the receiver until it accepts."""
+        rec = BlockRecord(self._next_block, segment, offset, capacity, size, None, generation, slot)
+        self._next_block += 1
+        chan = ChannelRecord(self._next_channel, rec, sender, receiver, sender.name, receiver.name)
+        self._next_channel += 1
+        rec.channel = chan.id
+        self.blocks[rec.id] = rec
+        self.channels[chan.id] = chan
+        sender.channels[chan.id] = chan
+        receiver.channels[chan.id] = chan
+        receiver.channel_offers.append(chan)
+        return chan
+
+    def accept_channel(self, proc: ProcessRecord) -> ChannelRecord | None:
+        """The oldest channel offered to ``proc``, now accepted; ``None`` if none."""
+        while proc.channel_offers:
+            chan = proc.channel_offers.popleft()
+            if chan.receiver is proc:
+                chan.accepted = True
+                return chan
+        return None
+
+    def channel_end(self, proc: ProcessRecord, channel: int) -> ChannelRecord:
+        """A channel ``proc`` is an open end of (the receiver only once it accepted)."""
+        chan = proc.channels.get(channel)
+        if chan is None or (chan.receiver is proc and not chan.accepted):
+            raise AccessDenied(f"this process is not an open end of channel {channel}")
+        return chan
+
+    def close_channel_end(self, chan: ChannelRecord, proc: ProcessRecord) -> bool:
+        """``proc``'s end of ``chan`` is closed; True when that was the last end and
+        the ring's block is gone (the caller frees its memory)."""
+        if chan.sender is proc:
+            chan.sender = None
+        if chan.receiver is proc:
+            chan.receiver = None
+            if chan in proc.channel_offers:
+                proc.channel_offers.remove(chan)
+        proc.channels.pop(chan.id, None)
+        if chan.sender is not None or chan.receiver is not None:
+            return False
+        del self.channels[chan.id]
+        chan.block.channel = 0
+        gone, _ = self._let_go(chan.block)  # nobody could lease it: nothing waits
+        return gone
 
     # -- deliveries --------------------------------------------------------------
     def check_movable(self, proc: ProcessRecord, rec: BlockRecord) -> None:

@@ -510,7 +510,7 @@ async def _memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 # producer's first write to the consumer's last read (``CLOCK_MONOTONIC`` in both).
 
 TP_SIZES: Final = (64, 64 << 10, 1 << 20, 64 << 20)
-TP_POOL: Final = "640MiB"
+TP_POOL: Final = "1GiB"
 TP_MAX: Final = 64 << 20
 FANOUT: Final = 8
 _SMALL_IO: Final = 4096  # blockipc: payloads up to this travel inline, larger via leases
@@ -621,6 +621,51 @@ async def _tp_blockipc_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
             await asyncio.gather(*(worker() for _ in range(min(args["depth"], args["n"]))))
             return {"end": end}
+
+        await _serve_consumer(conn, consume)
+
+
+def _ring_capacity(size: int) -> int:
+    """The ring a channel benchmark opens for ``size``-byte payloads: a few in flight."""
+    return max(1 << 20, 4 * size)
+
+
+async def _tp_channel_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    src = _source()
+    async with connect(arg["address"], name=arg["name"]) as client:
+        channels = {
+            size: await client.open_channel(arg["to"], capacity=_ring_capacity(size))
+            for size in TP_SIZES
+        }
+
+        async def produce(args: dict[str, Any]) -> dict[str, Any]:
+            tx, payload = channels[args["size"]], src[: args["size"]]
+            t0 = time.perf_counter_ns()
+            for _ in range(args["n"]):
+                await tx.send(payload)
+            return {"t0": t0}
+
+        await _serve_commands(conn, {"produce": produce})
+
+
+async def _tp_channel_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+    from ._client import connect
+
+    read_once = _reader()
+    async with connect(arg["address"], name=arg["name"]) as client:
+        channels: dict[int, Any] = {}
+
+        async def consume(args: dict[str, Any]) -> dict[str, Any]:
+            if not channels:  # the producer opened one per size, in order, at its start
+                channels.update({size: await client.accept_channel() for size in TP_SIZES})
+            rx = channels[args["size"]]
+            for _ in range(args["n"]):
+                msg = await rx.recv()
+                read_once(msg.data)
+                msg.release()
+            return {"end": time.perf_counter_ns()}
 
         await _serve_consumer(conn, consume)
 
@@ -828,6 +873,8 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
     "memcpy": _memcpy_role,
     "tp_blockipc_producer": _tp_blockipc_producer_role,
     "tp_blockipc_consumer": _tp_blockipc_consumer_role,
+    "tp_channel_producer": _tp_channel_producer_role,
+    "tp_channel_consumer": _tp_channel_consumer_role,
     "tp_queue_producer": _tp_queue_producer_role,
     "tp_queue_consumer": _tp_queue_consumer_role,
     "tp_pipe_producer": _tp_pipe_producer_role,
@@ -1230,7 +1277,8 @@ def _analyse(
 # -- throughput table (issue 3) -------------------------------------------------------
 
 _TP_LABELS: Final = {
-    "blockipc": "blockipc",
+    "blockipc": "blockipc channel",
+    "blocks": "blockipc blocks (send/recv)",
     "queue": "mp.Queue",
     "pipe": "mp.Pipe",
     "socket": "uvloop Unix socket",
@@ -1238,7 +1286,8 @@ _TP_LABELS: Final = {
     "memcpy": "memcpy",
 }
 _TP_ALTERNATIVES: Final = ("queue", "pipe", "socket", "zmq")
-_TP_DEPTH: Final = {64: 32, 64 << 10: 8, 1 << 20: 4, 64 << 20: 2}  # blockipc sends in flight
+_TP_COLUMNS: Final = ("blockipc", "blocks", *_TP_ALTERNATIVES, "memcpy")  # of the table
+_TP_DEPTH: Final = {64: 32, 64 << 10: 8, 1 << 20: 4, 64 << 20: 2}  # block sends in flight
 
 
 def _tp_key(contender: str, size: int) -> str:
@@ -1268,7 +1317,14 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
             _START_TIMEOUT
         )["address"]
         cpus = (server_cpu, client_cpu)
-        consumers = {"blockipc": "tp_blockipc_consumer"}
+        consumers = {"blockipc": "tp_channel_consumer", "blocks": "tp_blockipc_consumer"}
+        start(
+            "tp_channel_consumer",
+            "tp_channel_consumer",
+            server_cpu,
+            address=address,
+            name="tp-ch-consumer",
+        )
         start(
             "tp_blockipc_consumer",
             "tp_blockipc_consumer",
@@ -1302,6 +1358,14 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
             parties[name].receive(_START_TIMEOUT)  # bound, registered, subscribed
         producers = {
             "blockipc": start(
+                "tp_channel_producer",
+                "tp_channel_producer",
+                client_cpu,
+                address=address,
+                name="tp-ch-producer",
+                to="tp-ch-consumer",
+            ),
+            "blocks": start(
                 "tp_blockipc_producer",
                 "tp_blockipc_producer",
                 client_cpu,
@@ -1329,7 +1393,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
             prod_args: dict[str, Any] = {"n": n, "size": size}
             cons_args: dict[str, Any] = {"n": n, "size": size}
             cons = [] if contender == "memcpy" else [consumers.get(contender, "")]
-            if contender == "blockipc":
+            if contender == "blocks":
                 depth = _TP_DEPTH[size]
                 prod_args.update(depth=depth, to="tp-consumer")
                 cons_args.update(depth=depth)
@@ -1339,7 +1403,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
                 cons = [f"tp_sub{i}" for i in range(FANOUT)]
             for c in cons:
                 parties[c].ask("consume", cons_args)  # answers once armed
-            party = producers["blockipc" if contender == "fanout" else contender]
+            party = producers["blocks" if contender == "fanout" else contender]
             result = party.ask("produce", prod_args)
             ends = [parties[c].receive(_COMMAND_TIMEOUT)["end"] for c in cons]
             end = max(ends) if ends else result["end"]
@@ -1415,7 +1479,7 @@ def _analyse_throughput(
         ours = rate("blockipc")
         assert ours is not None
         cells = [_fmt_size(size)]
-        for c in ("blockipc", *_TP_ALTERNATIVES, "memcpy"):  # one column each, always
+        for c in _TP_COLUMNS:  # a column each, always
             r = rate(c)
             cells.append("—" if r is None else _fmt_rate(r, r / size, size))
         best_c = max(alternatives, key=lambda c: rate(c) or 0.0)
@@ -1449,8 +1513,8 @@ def _analyse_throughput(
         ours_s = TP_MAX / fan["bytes_per_s"]  # s per block delivered to all FANOUT readers
         m["fanout_vs_best"] = {"blockipc_s": ours_s, "best": best_c, "best_s": FANOUT * one}
         cells = [f"1-to-{FANOUT} fan-out, 64 MiB", f"{_fmt_us(ours_s * 1e6)} per block"]
-        cells += ["—"] * len(_TP_ALTERNATIVES)
-        cells[2 + _TP_ALTERNATIVES.index(best_c)] = f"{FANOUT} sends: {_fmt_us(FANOUT * one * 1e6)}"
+        cells += ["—"] * (1 + len(_TP_ALTERNATIVES))
+        cells[1 + _TP_COLUMNS.index(best_c)] = f"{FANOUT} sends: {_fmt_us(FANOUT * one * 1e6)}"
         cells += [
             "—",
             f"{FANOUT * one / ours_s:.1f}x faster ({_TP_LABELS[best_c]})",
@@ -1587,7 +1651,7 @@ def main(argv: list[str] | None = None) -> int:
             "\nProducer -> consumer throughput (the producer writes each payload, the "
             "consumer reads it once; medians of the rounds):\n"
         )
-        print(_tp_table(tp_rows, ["blockipc", *_TP_ALTERNATIVES, "memcpy"]))
+        print(_tp_table(tp_rows, list(_TP_COLUMNS)))
     for note in notes:
         print(f"\nNote: {note}")
     if args.json:

@@ -36,6 +36,7 @@ import anyio
 import msgpack
 import structlog
 
+from ._channel import ChannelReceiver, ChannelSender, _Bell, _End
 from ._codecs import DEFAULT_CODEC, get_codec
 from ._exceptions import (
     BlockIPCError,
@@ -61,6 +62,7 @@ from ._protocol import (
     Request,
     Role,
 )
+from ._ring import RingReader, RingWriter
 from ._types import Block, BlockLike, Message, Stats
 from .cache import CacheStats, LRUCache
 
@@ -70,13 +72,26 @@ log = structlog.get_logger("blockipc.client")
 
 DEFAULT_INBOX_MESSAGES: Final = 1024
 DEFAULT_CACHE_SIZE: Final = "64MiB"
+DEFAULT_CHANNEL_CAPACITY: Final = "4MiB"
 _MAX_REFS: Final = 65536
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_NAME: Final = 255
-_WAITING_OPS: Final = frozenset({Op.LEASE, Op.READ, Op.WRITE, Op.RECV, Op.SEND, Op.PUBLISH, Op.GET})
+_WAITING_OPS: Final = frozenset(
+    {
+        Op.LEASE,
+        Op.READ,
+        Op.WRITE,
+        Op.RECV,
+        Op.SEND,
+        Op.PUBLISH,
+        Op.GET,
+        Op.CHANNEL_OPEN,
+        Op.CHANNEL_ACCEPT,
+    }
+)
 _Orphan = Callable[[Reply], None]
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
@@ -95,6 +110,31 @@ def _check_offset(offset: int, what: str = "offset") -> None:
         raise TypeError(f"{what} must be an int, not {type(offset).__name__}")
     if not 0 <= offset <= _MAX_INT:
         raise OutOfBounds(f"{what} {offset} is outside every block")
+
+
+_MADV_POPULATE_WRITE: Final = 23  # Linux 5.14+; not in Python's mmap module before 3.13
+_PREFAULT_CHUNK: Final = 8 << 20
+
+
+async def _prefault(mm: mmap.mmap, offset: int, size: int) -> None:
+    """Map every page of a channel's ring into this process now, a chunk at a time:
+    otherwise the first laps of a stream pay a page fault per 4 KiB on each end."""
+    end = offset + size
+    for at in range(offset, end, _PREFAULT_CHUNK):
+        try:
+            mm.madvise(_MADV_POPULATE_WRITE, at, min(_PREFAULT_CHUNK, end - at))
+        except OSError:  # an older kernel: the pages fault in on first use instead
+            return
+        await asyncio.sleep(0)
+
+
+def _wait_ms(wait_for_peer: float | None) -> int:
+    """``wait_for_peer`` seconds on the wire: milliseconds, 0 for no wait."""
+    if wait_for_peer is None:
+        return 0
+    if not 0 <= wait_for_peer < 1e9:
+        raise InvalidRequest(f"wait_for_peer must be >= 0 seconds, not {wait_for_peer}")
+    return max(1, int(wait_for_peer * 1000))
 
 
 def _check_name(name: str, what: str) -> None:
@@ -204,6 +244,8 @@ class Client:
         self._error: BlockIPCError | None = None
         self._attach_lock = anyio.Lock()
         self._leases: set[Lease] = set()
+        self._channels: dict[int, ChannelSender | ChannelReceiver] = {}
+        self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
 
     # -- connection --------------------------------------------------------------
     async def _open(self) -> None:
@@ -287,21 +329,34 @@ class Client:
         except KeyError:
             raise ProtocolError(f"coordinator did not provide segment {seg_id}") from None
 
-    async def _attach(self, wanted: list[int]) -> None:
+    async def _attach(self, wanted: list[int], channel: int = 0) -> list[int]:
+        """Fetch segments (and a channel's eventfds) on a side connection; returns the
+        eventfds, which the caller owns."""
         try:
             stream = await anyio.connect_unix(self.address)
         except OSError as exc:
             raise ConnectionClosed(f"cannot reach {self.address}: {exc}") from exc
-        async with stream:
-            conn = Connection(Role.CLIENT)
-            req = Request(1, Op.ATTACH, {"token": self._token, "segments": wanted})
-            await send_frame(stream, conn.send(req))
-            event, fds = await receive_event(stream, conn, with_fds=True)
-            if isinstance(event, ErrorReply):
-                close_fds(fds)
-                raise error_from_code(event.code, event.message)
-            assert isinstance(event, Reply)
-            self._map_segments(event.result["segments"], fds)
+        got: list[int] = []
+        try:
+            async with stream:
+                conn = Connection(Role.CLIENT)
+                args = {"token": self._token, "segments": wanted, "channel": channel}
+                await send_frame(stream, conn.send(Request(1, Op.ATTACH, args)))
+                event, fds = await receive_event(stream, conn, with_fds=True)
+                if isinstance(event, ErrorReply):
+                    close_fds(fds)
+                    raise error_from_code(event.code, event.message)
+                assert isinstance(event, Reply)
+                bells = event.result["bells"]
+                if bells != (2 if channel else 0) or len(fds) < bells:
+                    close_fds(fds)
+                    raise ProtocolError(f"expected 2 eventfds for channel {channel}, got {bells}")
+                got = fds[len(fds) - bells :]
+                self._map_segments(event.result["segments"], fds[: len(fds) - bells])
+        except BaseException:
+            close_fds(got)  # e.g. cancelled while the side connection closes
+            raise
+        return got
 
     def _unmap(self) -> None:
         for seg in self._segments.values():
@@ -362,6 +417,9 @@ class Client:
                 fut.exception()  # mark retrieved: the awaiting task may be gone
         for lease in list(self._leases):
             lease._drop_view()  # the coordinator reclaims the lease: the view must not outlive it
+        for end in list(self._channels.values()):
+            end._shutdown(self._closed_error())  # before the unmap: ends hold views
+        self._channels.clear()
         self._unmap()
 
     def _closed_error(self) -> BlockIPCError:
@@ -602,18 +660,13 @@ class Client:
             if move:
                 self._sizes.pop(bid, None)
             return
-        wait_ms = 0
-        if wait_for_peer is not None:
-            if not 0 <= wait_for_peer < 1e9:
-                raise InvalidRequest(f"wait_for_peer must be >= 0 seconds, not {wait_for_peer}")
-            wait_ms = max(1, int(wait_for_peer * 1000))
         args = {
             "block": bid,
             "to": to,
             "header": hdr,
             "move": bool(move),
             "nowait": bool(nowait),
-            "wait_ms": wait_ms,
+            "wait_ms": _wait_ms(wait_for_peer),
         }
         await self._call(Op.SEND, args)
         if move:
@@ -645,6 +698,88 @@ class Client:
                 if self._closing:
                     return
                 raise
+
+    # -- channels ----------------------------------------------------------------
+    async def open_channel(
+        self,
+        to: str,
+        *,
+        capacity: int | str = DEFAULT_CHANNEL_CAPACITY,
+        wait_for_peer: float | None = None,
+    ) -> ChannelSender:
+        """Open a channel to the process registered as ``to``: a ring of ``capacity``
+        bytes in the pool that messages cross without a coordinator request each (see
+        :class:`ChannelSender`). ``to`` gets it from :meth:`accept_channel`; messages
+        sent before it accepts wait in the ring. The largest message is a little under
+        ``capacity`` (one page holds the ring's control words); the ring is freed when
+        both ends have closed or disconnected.
+
+        An unknown ``to`` raises :class:`PeerUnreachable` at once, or after waiting up
+        to ``wait_for_peer`` seconds for it to register; no room for the ring raises
+        :class:`PoolExhausted`.
+        """
+        _check_name(to, "receiver name")
+        if "/" in to:
+            raise InvalidRequest("channels are between processes of one coordinator")
+        args = {"to": to, "capacity": parse_size(capacity), "wait_ms": _wait_ms(wait_for_peer)}
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator opened it
+            self._send_nowait(Op.CHANNEL_CLOSE, {"channel": reply.result["channel"]})
+
+        r = (await self._call(Op.CHANNEL_OPEN, args, orphan=orphan)).result
+        end = await self._channel_end(r, to, sender=True)
+        assert isinstance(end, ChannelSender)
+        return end
+
+    async def accept_channel(self) -> ChannelReceiver:
+        """Wait for the next channel another process opened to this one (oldest
+        first) and return its receiving end (see :class:`ChannelReceiver`)."""
+        if self._accepted:
+            reply = self._accepted.popleft()
+        else:
+            reply = await self._call(Op.CHANNEL_ACCEPT, {}, orphan=self._accepted.append)
+        r = reply.result
+        end = await self._channel_end(r, r["sender"], sender=False)
+        assert isinstance(end, ChannelReceiver)
+        return end
+
+    async def _channel_end(
+        self, r: dict[str, Any], peer: str, *, sender: bool
+    ) -> ChannelSender | ChannelReceiver:
+        """Map the channel's ring and fetch its eventfds; closes the channel on failure."""
+        chan = r["channel"]
+        fds: list[int] = []
+        try:
+            seg = await self._segment(r["segment"])
+            fds = await self._attach([], channel=chan)
+            if self._closed:
+                raise self._closed_error()
+            block = seg.buffer[r["offset"] : r["offset"] + r["size"]]
+            try:
+                ring = RingWriter(block) if sender else RingReader(block)
+            finally:
+                block.release()
+            await _prefault(seg.mm, r["offset"], r["size"])
+            data_fd, space_fd = fds
+            own, other = (space_fd, data_fd) if sender else (data_fd, space_fd)
+            bell = _Bell(asyncio.get_running_loop(), own, other)
+            fds = []  # the bell owns them now
+            end: ChannelSender | ChannelReceiver
+            if isinstance(ring, RingWriter):
+                end = ChannelSender(chan, peer, ring, bell, self._channel_closed)
+            else:
+                end = ChannelReceiver(chan, peer, ring, bell, self._channel_closed)
+        except BaseException:
+            close_fds(fds)
+            self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan})
+            raise
+        self._channels[chan] = end
+        log.debug("channel.ready", channel=chan, peer=peer, sender=sender, size=r["size"])
+        return end
+
+    def _channel_closed(self, end: _End) -> None:
+        if self._channels.pop(end.id, None) is not None:
+            self._send_nowait(Op.CHANNEL_CLOSE, {"channel": end.id})
 
     # -- copy, rights, publish/subscribe -----------------------------------------
     async def copy(

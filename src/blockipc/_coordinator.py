@@ -43,7 +43,16 @@ from anyio.abc import (
     UNIXSocketStream,
 )
 
-from ._admin import BlockRecord, Delivery, Grant, Lease, ProcessRecord, RoutingTable, Waiter
+from ._admin import (
+    BlockRecord,
+    ChannelRecord,
+    Delivery,
+    Grant,
+    Lease,
+    ProcessRecord,
+    RoutingTable,
+    Waiter,
+)
 from ._codecs import CODEC_NAMES
 from ._exceptions import (
     AccessDenied,
@@ -61,7 +70,7 @@ from ._exceptions import (
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
 from ._linkwire import make_config
-from ._pool import Pool
+from ._pool import Allocation, Pool
 from ._protocol import (
     CANCELLED,
     MAX_HEADER,
@@ -75,6 +84,8 @@ from ._protocol import (
     Request,
     Role,
 )
+from ._ring import CTL_SIZE, init_ring, mark_closed
+from ._ring import supported as ring_supported
 from ._types import Stats
 
 if TYPE_CHECKING:
@@ -92,6 +103,11 @@ HANDSHAKE_TIMEOUT = 5.0
 
 COPY_CHUNK = 1 << 20
 """A copy larger than this runs in a task, a chunk at a time, yielding between chunks."""
+
+MIN_CHANNEL = CTL_SIZE + 4096
+"""Smallest ring a channel may ask for: its control page and one page of data."""
+
+_EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 
 MAX_TOPIC = 255
 
@@ -188,6 +204,7 @@ class Coordinator:
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None  # the running task group: copies run in it
         self._peer_waits: dict[str, list[_PeerWait]] = {}
+        self._bells: dict[int, tuple[int, int]] = {}  # channel -> (data, space) eventfds
         self._stop = anyio.Event()
         self._private_dir: Path | None = None
         self._path: Path | None = None
@@ -302,6 +319,10 @@ class Coordinator:
                 with anyio.CancelScope(shield=True):
                     await self._runner
         finally:
+            for bells in self._bells.values():
+                for fd in bells:
+                    os.close(fd)
+            self._bells.clear()
             if self._pool is not None:
                 self._pool.close()
             if self._gens is not None:
@@ -448,10 +469,19 @@ class Coordinator:
                 raise ProtocolError("ATTACH with an unknown session token")
             wanted = req.args["segments"][:MAX_FDS]
             segments = [self.pool.segments[i] for i in wanted if i in self.pool.segments]
+            bells: list[int] = []
+            if req.args["channel"]:
+                bells = list(self._bells[self._table.channel_end(proc, req.args["channel"]).id])
             reply: Event = Reply(
-                req.req_id, Op.ATTACH, {"segments": [[s.id, s.size] for s in segments]}
+                req.req_id,
+                Op.ATTACH,
+                {"segments": [[s.id, s.size] for s in segments], "bells": len(bells)},
             )
-            await send_frame(stream, conn.send(reply), [s.fd for s in segments])
+            await send_frame(stream, conn.send(reply), [*(s.fd for s in segments), *bells])
+        except ConnectionClosed:
+            log.debug("client.closed_during_attach", name=proc.name if proc else None)
+        except AccessDenied as exc:
+            await send_frame(stream, conn.send(_error_reply(req, exc)))
         except ProtocolError as exc:
             log.warning("protocol.error", phase="attach", error=str(exc))
             await send_frame(stream, conn.send(_error_reply(req, exc)))
@@ -464,6 +494,8 @@ class Coordinator:
             for fut in session.futures:
                 if not fut.done():
                     fut.set_exception(ConnectionClosed(f"{proc.name!r} disconnected"))
+        for chan in list(proc.channels.values()):
+            self._end_channel(chan, proc)
         done = self._table.unregister(proc)
         freed = 0
         for rec in done.blocks:
@@ -507,6 +539,21 @@ class Coordinator:
         """Allocate a block for ``proc``; under memory pressure, evict cacheable named
         objects that nobody uses, least recently used first, before giving up (``quiet``:
         a caller that retries logs nothing on failure)."""
+        a, slot = self._allocate(proc, size, quiet=quiet)
+        return self._table.add_block(
+            proc,
+            segment=a.segment,
+            offset=a.offset,
+            capacity=a.capacity,
+            size=size,
+            slot=slot,
+            generation=self.gens.get(slot),
+        )
+
+    def _allocate(
+        self, proc: ProcessRecord, size: int, *, quiet: bool = False
+    ) -> tuple[Allocation, int]:
+        """Memory for a block of ``size`` bytes and its generation slot."""
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
         while True:
@@ -518,16 +565,7 @@ class Coordinator:
                     if not quiet:
                         log.warning("block.alloc_failed", name=proc.name, size=size, error=str(exc))
                     raise
-        slot = (self._base(a.segment) + a.offset) // self.pool.min_block
-        return self._table.add_block(
-            proc,
-            segment=a.segment,
-            offset=a.offset,
-            capacity=a.capacity,
-            size=size,
-            slot=slot,
-            generation=self.gens.get(slot),
-        )
+        return a, (self._base(a.segment) + a.offset) // self.pool.min_block
 
     def _evict_one(self) -> bool:
         evicted = self._table.evict_one()
@@ -1042,8 +1080,14 @@ class Coordinator:
                             waits.remove(pw)
                             if pw.timer is not None:
                                 pw.timer.cancel()
-                            session.reply(ErrorReply(target, Op.SEND, CANCELLED, "cancelled"))
+                            op = pw.request.op
+                            session.reply(ErrorReply(target, op, CANCELLED, "cancelled"))
                             break
+                for pending in session.accept_waits:
+                    if pending.req_id == target:
+                        session.accept_waits.remove(pending)
+                        session.reply(ErrorReply(target, pending.op, CANCELLED, "cancelled"))
+                        break
         session.reply(Reply(req.req_id, Op.CANCEL))
 
     def _bye(self, session: _Session, req: Request) -> None:
@@ -1058,6 +1102,97 @@ class Coordinator:
             )
         self._check_header(req.args["header"])
         self._link.send(session, req)  # answered when the peer acknowledges (or fails)
+
+    # -- channels ------------------------------------------------------------------
+    def _channel_open(self, session: _Session, req: Request) -> None:
+        """CHANNEL_OPEN: a ring in a block of its own and two eventfds, offered to the
+        receiver; from then on the two ends pass messages without this coordinator."""
+        a = req.args
+        if not ring_supported():
+            raise InvalidRequest("channels need an x86-64 CPU (their ring relies on its TSO)")
+        if not MIN_CHANNEL <= a["capacity"] <= self.pool.max_request():
+            raise InvalidRequest(
+                f"channel capacity must be {MIN_CHANNEL} to {self.pool.max_request()} bytes, "
+                f"not {a['capacity']}"
+            )
+        to = self._table.processes.get(a["to"])
+        if to is None:
+            if not a["wait_ms"]:
+                raise PeerUnreachable(f"no process named {a['to']!r} is registered")
+            self._park_for_peer(session, req)
+            return
+        alloc, slot = self._allocate(session.proc, a["capacity"])
+        try:
+            view = self.pool.view(alloc.segment, alloc.offset, a["capacity"])
+            try:
+                init_ring(view)
+            finally:
+                view.release()
+            bells = (os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS))
+        except BaseException:
+            self.pool.free(alloc.segment, alloc.offset)
+            raise
+        chan = self._table.open_channel(
+            session.proc,
+            to,
+            segment=alloc.segment,
+            offset=alloc.offset,
+            capacity=alloc.capacity,
+            size=a["capacity"],
+            slot=slot,
+            generation=self.gens.get(slot),
+        )
+        self._bells[chan.id] = bells
+        session.reply(
+            Reply(req.req_id, Op.CHANNEL_OPEN, {"channel": chan.id, **_block_fields(chan.block)})
+        )
+        log.info(
+            "channel.open",
+            channel=chan.id,
+            sender=session.proc.name,
+            to=to.name,
+            size=a["capacity"],
+        )
+        self._answer_accepts(to)
+
+    def _channel_accept(self, session: _Session, req: Request) -> None:
+        session.accept_waits.append(req)
+        self._answer_accepts(session.proc)
+
+    def _answer_accepts(self, proc: ProcessRecord) -> None:
+        session = self._sessions.get(proc.key)
+        while session is not None and session.accept_waits:
+            chan = self._table.accept_channel(proc)
+            if chan is None:
+                return
+            req = session.accept_waits.popleft()
+            fields = {"channel": chan.id, "sender": chan.sender_name, **_block_fields(chan.block)}
+            session.reply(Reply(req.req_id, Op.CHANNEL_ACCEPT, fields))
+
+    def _channel_close(self, session: _Session, req: Request) -> None:
+        chan = self._table.channel_end(session.proc, req.args["channel"])
+        self._end_channel(chan, session.proc)
+        session.reply(Reply(req.req_id, Op.CHANNEL_CLOSE))
+
+    def _end_channel(self, chan: ChannelRecord, proc: ProcessRecord) -> None:
+        """``proc``'s end of ``chan`` closed (or its process ended): say so in the ring,
+        wake the other end, and free the ring once both ends are gone."""
+        rec, (data_bell, space_bell) = chan.block, self._bells[chan.id]
+        view = self.pool.view(rec.segment, rec.offset, rec.size)
+        try:
+            for producer, bell in ((True, data_bell), (False, space_bell)):
+                if (chan.sender if producer else chan.receiver) is proc:
+                    mark_closed(view, producer=producer)
+                    os.eventfd_write(bell, 1)  # the other end sleeps on this one
+        finally:
+            view.release()
+        if self._table.close_channel_end(chan, proc):
+            self.pool.free(rec.segment, rec.offset)
+            for fd in self._bells.pop(chan.id):
+                os.close(fd)
+            log.info(
+                "channel.closed", channel=chan.id, sender=chan.sender_name, to=chan.receiver_name
+            )
 
     _handlers: ClassVar[dict[Op, Callable[[Coordinator, _Session, Request], None]]] = {
         Op.ALLOC: _alloc,
@@ -1083,6 +1218,9 @@ class Coordinator:
         Op.GET: _get,
         Op.DELETE: _delete,
         Op.REMOTE_SEND: _remote_send,
+        Op.CHANNEL_OPEN: _channel_open,
+        Op.CHANNEL_ACCEPT: _channel_accept,
+        Op.CHANNEL_CLOSE: _channel_close,
     }
 
 
@@ -1112,6 +1250,7 @@ class _Session(asyncio.BufferedProtocol):
         self.publishes: dict[int, _Fanout] = {}  # publishes waiting for room somewhere
         self.futures: set[asyncio.Future[Lease]] = set()  # copy tasks' lease waits
         self.recv_waits: deque[Request] = deque()
+        self.accept_waits: deque[Request] = deque()
         self.closed = anyio.Event()
         self._transport: asyncio.Transport | None = None
         self._buffer = memoryview(bytearray(256 * 1024))

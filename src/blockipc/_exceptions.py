@@ -14,6 +14,7 @@ __all__ = [
     "AccessDenied",
     "BlockIPCError",
     "BlockNotFound",
+    "ChannelClosed",
     "CodecError",
     "ConnectionClosed",
     "ErrorCode",
@@ -65,6 +66,11 @@ class ConnectionClosed(BlockIPCError, ConnectionError):
     a call was made."""
 
     code = 6
+
+
+class ChannelClosed(ConnectionClosed):
+    """Raised when a channel's other end closed it (or its process ended), or this end
+    did, or its client closed; a receiver sees it only after every message sent."""
 
 
 class ProtocolError(BlockIPCError):

@@ -114,6 +114,10 @@ class Op(enum.IntEnum):
     DELETE = 33
     # remote sends through the coordinators' link (40-49)
     REMOTE_SEND = 40
+    # channels: rings in the pool that messages cross without the coordinator (50-59)
+    CHANNEL_OPEN = 50
+    CHANNEL_ACCEPT = 51
+    CHANNEL_CLOSE = 52
 
 
 class Role(enum.Enum):
@@ -218,8 +222,10 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         },
         False,
     ),
-    (Kind.REQUEST, Op.ATTACH): ({"token": bytes, "segments": _INTLIST}, False),
-    (Kind.REPLY, Op.ATTACH): ({"segments": _SEGLIST}, False),
+    # channel: also fetch that channel's two eventfds (0: none); they follow the
+    # segments' fds, the receiver's ("data") first, then the sender's ("space")
+    (Kind.REQUEST, Op.ATTACH): ({"token": bytes, "segments": _INTLIST, "channel": int}, False),
+    (Kind.REPLY, Op.ATTACH): ({"segments": _SEGLIST, "bells": int}, False),
     (Kind.REQUEST, Op.ALLOC): ({"size": int}, False),
     (Kind.REPLY, Op.ALLOC): (_BLOCK_FIELDS, False),
     (Kind.REQUEST, Op.FREE): ({"block": int}, False),
@@ -297,6 +303,12 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         False,
     ),
     (Kind.REPLY, Op.REMOTE_SEND): ({}, False),
+    (Kind.REQUEST, Op.CHANNEL_OPEN): ({"to": str, "capacity": int, "wait_ms": int}, False),
+    (Kind.REPLY, Op.CHANNEL_OPEN): ({"channel": int, **_BLOCK_FIELDS}, False),
+    (Kind.REQUEST, Op.CHANNEL_ACCEPT): ({}, False),
+    (Kind.REPLY, Op.CHANNEL_ACCEPT): ({"channel": int, "sender": str, **_BLOCK_FIELDS}, False),
+    (Kind.REQUEST, Op.CHANNEL_CLOSE): ({"channel": int}, False),
+    (Kind.REPLY, Op.CHANNEL_CLOSE): ({}, False),
     (Kind.REQUEST, Op.STATS): ({}, False),
     (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
     (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),

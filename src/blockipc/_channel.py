@@ -1,0 +1,479 @@
+"""Channels: a stream of messages from one process to another, past the coordinator.
+
+Theory of operation
+-------------------
+``client.open_channel(to)`` asks the coordinator for a ring (:mod:`blockipc._ring`) in
+a pool block and two eventfds; ``client.accept_channel()`` on the receiving side gets
+the same. From then on a message costs no coordinator request: the sender copies the
+payload into the ring and publishes it, the receiver reads it where it lies (a
+``memoryview`` into the pool) and releases it. The coordinator stays the authority on
+the ring's block: it is held by the channel (no process may free, write or lease it
+through the routing table) and freed when both ends have closed or disconnected, and
+it marks an end closed in the ring when that end's process goes away.
+
+Wake-ups: each end sleeps on its own eventfd (``data`` for the receiver, ``space`` for
+the sender) only after announcing it in the ring (``want_data``/``want_space``), and
+the other end writes the eventfd only when it sees that announcement, so a busy stream
+makes no system calls at all. The announcement and the re-check that follows are
+separated by :func:`~blockipc._ring.fence`, as are the other end's publish and its look
+at the announcement: one of the two always sees the other, so no wake-up is lost. A
+sleeping end still looks again every :data:`RECHECK` seconds, a bound on the damage a
+misbehaving peer can do, never the way a healthy channel makes progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Final, Self
+
+import msgpack
+import structlog
+
+from ._exceptions import ChannelClosed, InboxFull, InvalidRequest, PeerUnreachable, ProtocolError
+from ._protocol import MAX_HEADER
+from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
+
+__all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
+
+log = structlog.get_logger("blockipc.channel")
+
+RECHECK: Final = 1.0
+"""Seconds a sleeping end waits before looking at the ring again without a wake-up."""
+CHUNK: Final = 4 << 20
+"""Payloads larger than this are copied into the ring in chunks, yielding in between."""
+
+
+def _encode_header(header: dict[str, Any] | None) -> bytes:
+    if not header:
+        return b""
+    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
+        raise InvalidRequest("a message header must be a dict with str keys")
+    try:
+        encoded: bytes = msgpack.packb(header, use_bin_type=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"message header cannot be encoded with msgpack: {exc}") from exc
+    if len(encoded) > MAX_HEADER:
+        raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
+    return encoded
+
+
+def _decode_header(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types
+        raise ProtocolError(f"a channel message header is not msgpack: {exc}") from None
+    if type(header) is not dict:
+        raise ProtocolError("a channel message header is not a map")
+    return header
+
+
+def _as_bytes(data: Any) -> memoryview:
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    if not view.nbytes:
+        return memoryview(b"")
+    if view.format != "B" or view.ndim != 1:
+        if not view.c_contiguous:
+            raise InvalidRequest("a channel payload must be a C-contiguous buffer")
+        view = view.cast("B")
+    return view
+
+
+class _Bell:
+    """An eventfd this end sleeps on, watched by the loop for as long as the end lives."""
+
+    __slots__ = ("_event", "_fd", "_loop", "_peer_fd")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, peer_fd: int) -> None:
+        self._loop, self._fd, self._peer_fd = loop, fd, peer_fd
+        self._event = asyncio.Event()
+        loop.add_reader(fd, self._rung)
+
+    def _rung(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._fd)
+        self._event.set()
+
+    def arm(self) -> None:
+        """Called before announcing a sleep: a ring after this wakes :meth:`sleep`."""
+        self._event.clear()
+
+    async def sleep(self) -> bool:
+        """Wait for a ring; ``False`` if :data:`RECHECK` passed without one."""
+        try:
+            async with asyncio.timeout(RECHECK):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def ring_peer(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.eventfd_write(self._peer_fd, 1)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self._loop.remove_reader(self._fd)
+        for fd in (self._fd, self._peer_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd = self._peer_fd = -1
+        self._event.set()  # sleepers wake and find the channel closed
+
+
+class _End:
+    """What both ends share: the channel id, the peer's name, closing."""
+
+    def __init__(
+        self, channel: int, peer: str, bell: _Bell, on_close: Callable[[_End], None]
+    ) -> None:
+        self.id = channel
+        self.peer = peer
+        self._bell = bell
+        self._on_close = on_close
+        self._closed: BaseException | None = None
+
+    @property
+    def closed(self) -> bool:
+        """This end is closed (by :meth:`aclose`, or its client closed)."""
+        return self._closed is not None
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise ChannelClosed(f"channel {self.id} is closed") from self._closed
+
+    def _shutdown(self, reason: BaseException) -> None:
+        """Close this end now, locally (the client tells the coordinator)."""
+        if self._closed is not None:
+            return
+        self._closed = reason
+        self._mark_closed()
+        fence()
+        self._bell.ring_peer()
+        self._bell.close()
+        self._release_views()
+
+    def _mark_closed(self) -> None:
+        raise NotImplementedError
+
+    def _release_views(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close this end; the other end sees the channel closed. Idempotent."""
+        if self._closed is None:
+            self._shutdown(ChannelClosed(f"channel {self.id} closed by this end"))
+            self._on_close(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class ChannelSender(_End):
+    """The sending end of a channel, from :meth:`blockipc.Client.open_channel`.
+
+    ``await send(data)`` copies ``data`` into the ring and returns once the receiver can
+    see it: it waits only while the ring is full (backpressure). ``reserve(size)``
+    hands out the ring's memory itself to fill in place. Messages arrive in the order
+    they were sent; one task or many may send.
+    """
+
+    def __init__(
+        self,
+        channel: int,
+        peer: str,
+        ring: RingWriter,
+        bell: _Bell,
+        on_close: Callable[[_End], None],
+    ) -> None:
+        super().__init__(channel, peer, bell, on_close)
+        self._ring = ring
+        self._lock = asyncio.Lock()  # held by a send that yields mid-copy and by reserve()
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of the ring's data area; the largest payload is a little less."""
+        return self._ring.size
+
+    def max_payload(self, header: dict[str, Any] | None = None) -> int:
+        """The largest payload one message with this header can carry."""
+        return self._ring.max_payload(len(_encode_header(header)))
+
+    async def _room(self, size: int, header: bytes, nowait: bool) -> int:
+        """Reserve a record, waiting for the receiver to make room if needed."""
+        ring, bell = self._ring, self._bell
+        while True:
+            self._check_open()
+            if ring.consumer_closed:
+                raise PeerUnreachable(f"{self.peer!r} closed channel {self.id}")
+            at = ring.reserve(size, header)
+            if at is not None:
+                return at
+            self._wake_receiver()  # a wrap marker may just have been published
+            if nowait:
+                raise InboxFull(f"channel {self.id} to {self.peer!r} is full")
+            bell.arm()
+            ring.set_want_space(True)
+            fence()
+            if ring.free_bytes() == ring.size or ring.consumer_closed:
+                ring.set_want_space(False)
+                continue
+            at = ring.reserve(size, header)
+            if at is not None:
+                ring.set_want_space(False)
+                return at
+            await bell.sleep()
+            self._check_open()  # closed while asleep: the ring is unmapped
+            ring.set_want_space(False)
+
+    def _wake_receiver(self) -> None:
+        fence()
+        if self._ring.wants_data():
+            self._bell.ring_peer()
+
+    async def send(
+        self, data: Any, *, header: dict[str, Any] | None = None, nowait: bool = False
+    ) -> None:
+        """Copy ``data`` (any C-contiguous buffer: bytes, bytearray, memoryview, numpy
+        array) into the ring as one message with an optional small ``header`` dict.
+
+        Waits while the ring is full (``nowait=True`` raises :class:`InboxFull`
+        instead); raises :class:`PeerUnreachable` once the receiver has closed the
+        channel and :class:`ChannelClosed` after this end closed. A payload larger than
+        :meth:`max_payload` raises ``ValueError``.
+        """
+        src = data if type(data) is bytes else _as_bytes(data)
+        hdr = _encode_header(header) if header else b""
+        n = len(src)
+        if n <= CHUNK and not self._lock.locked():
+            ring = self._ring
+            at = None
+            if self._closed is None and not ring.ctl[W_CONSUMER_CLOSED]:
+                at = ring.reserve(n, hdr)
+            if at is None:
+                at = await self._room(n, hdr, nowait)
+            ring.data[at : at + n] = src
+            ring.commit(at, n)
+            fence()
+            if ring.ctl[W_WANT_DATA]:
+                self._bell.ring_peer()
+            return
+        async with self._lock:  # keeps order with sends that yield mid-copy
+            at = await self._room(n, hdr, nowait)
+            dst = self._ring.data
+            for i in range(0, n, CHUNK):
+                dst[at + i : at + min(n, i + CHUNK)] = src[i : i + CHUNK]
+                if i + CHUNK < n:
+                    await asyncio.sleep(0)
+                    self._check_open()
+            self._ring.commit(at, n)
+            self._wake_receiver()
+
+    @contextlib.asynccontextmanager
+    async def reserve(
+        self, size: int, *, header: dict[str, Any] | None = None
+    ) -> AsyncIterator[memoryview]:
+        """Room for one ``size``-byte message, as a writable ``memoryview`` into the
+        ring: fill it, and the message is sent when the block exits without an
+        exception (zero copies besides your own writes). Other sends wait meanwhile.
+        """
+        if type(size) is not int or size < 0:
+            raise InvalidRequest(f"size must be an int >= 0, not {size!r}")
+        hdr = _encode_header(header)
+        async with self._lock:
+            at = await self._room(size, hdr, False)
+            view = self._ring.data[at : at + size]
+            try:
+                yield view
+            finally:
+                view.release()
+            self._check_open()
+            self._ring.commit(at, size)
+            self._wake_receiver()
+
+    def _mark_closed(self) -> None:
+        self._ring.close()
+
+    def _release_views(self) -> None:
+        self._ring.release()
+
+
+class ChannelMessage:
+    """A message read from a channel: ``data`` is a read-only ``memoryview`` into the
+    ring, valid until :meth:`release` (or the end of a ``with`` block)."""
+
+    __slots__ = ("_end", "_receiver", "_released", "data", "header", "sender")
+
+    def __init__(
+        self, receiver: ChannelReceiver, data: memoryview, header: dict[str, Any], end: int
+    ) -> None:
+        self._receiver = receiver
+        self.data = data
+        self.header = header
+        self.sender = receiver.peer
+        self._end = end
+        self._released = False
+
+    def release(self) -> None:
+        """Give the message's room back to the sender. Idempotent."""
+        if not self._released:
+            self._released = True
+            self._receiver._release(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else f"{len(self.data)} bytes"
+        return f"<ChannelMessage from {self.sender!r}, {state}, header={self.header!r}>"
+
+
+class ChannelReceiver(_End):
+    """The receiving end of a channel, from :meth:`blockipc.Client.accept_channel`.
+
+    ``await recv()`` returns the next :class:`ChannelMessage` (``async for`` works too
+    and ends when the sender has closed and everything was read). Release each
+    message when done with it; its room in the ring is reused in order.
+    """
+
+    def __init__(
+        self,
+        channel: int,
+        peer: str,
+        ring: RingReader,
+        bell: _Bell,
+        on_close: Callable[[_End], None],
+    ) -> None:
+        super().__init__(channel, peer, bell, on_close)
+        self._ring = ring
+        self._view = ring.data.toreadonly()  # messages are read-only slices of it
+        self._out: collections.deque[ChannelMessage] = collections.deque()
+
+    def _next(self) -> ChannelMessage | None:
+        rec = self._ring.next()
+        if rec is None:
+            return None
+        offset, length, header, end = rec
+        msg = ChannelMessage(
+            self,
+            self._view[offset : offset + length],
+            _decode_header(header) if header else {},
+            end,
+        )
+        self._out.append(msg)
+        return msg
+
+    def _skip_markers(self) -> None:
+        """With nothing outstanding, step the released count over wrap markers read."""
+        if not self._out and self._ring.tail != self._ring.pos:
+            self._ring.release_to(self._ring.pos)
+            self._wake_sender()
+
+    async def recv(self) -> ChannelMessage:
+        """The next message; waits for one. Raises :class:`ChannelClosed` once the
+        sender closed the channel and every message it sent was received."""
+        if self._closed is None:
+            msg = self._next()
+            if msg is not None:
+                return msg
+        return await self._wait_next()
+
+    async def _wait_next(self) -> ChannelMessage:
+        ring, bell = self._ring, self._bell
+        while True:
+            self._check_open()
+            msg = self._next()
+            if msg is not None:
+                return msg
+            self._skip_markers()
+            if ring.producer_closed:
+                fence()
+                msg = self._next()
+                if msg is not None:
+                    return msg
+                raise ChannelClosed(f"{self.peer!r} closed channel {self.id}")
+            bell.arm()
+            ring.set_want_data(True)
+            fence()
+            msg = self._next()
+            if msg is not None:
+                ring.set_want_data(False)
+                return msg
+            if not ring.producer_closed:
+                await bell.sleep()
+                self._check_open()  # closed while asleep: the ring is unmapped
+            ring.set_want_data(False)
+
+    def __aiter__(self) -> AsyncIterator[ChannelMessage]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ChannelMessage]:
+        while True:
+            try:
+                msg = await self.recv()
+            except ChannelClosed:
+                if self.closed:
+                    raise
+                return
+            yield msg
+
+    def _release(self, msg: ChannelMessage) -> None:
+        try:
+            msg.data.release()
+        except BufferError:
+            log.warning("channel.view_exported", channel=self.id, sender=self.peer)
+        out = self._out
+        if not out or out[0] is not msg or self._closed is not None:
+            return  # released out of order: the room comes back with the older ones
+        out.popleft()
+        ring = self._ring
+        if out:
+            end = msg._end
+            while out and out[0]._released:
+                end = out.popleft()._end
+            ring.release_to(end if out else ring.pos)
+        else:
+            ring.release_to(ring.pos)
+        fence()
+        if ring.ctl[W_WANT_SPACE]:
+            self._bell.ring_peer()
+
+    def _wake_sender(self) -> None:
+        fence()
+        if self._ring.wants_space():
+            self._bell.ring_peer()
+
+    def _mark_closed(self) -> None:
+        self._ring.close()
+
+    def _release_views(self) -> None:
+        for msg in self._out:
+            msg._released = True
+            with contextlib.suppress(BufferError):
+                msg.data.release()
+        self._out.clear()
+        self._view.release()
+        self._ring.release()
