@@ -146,7 +146,29 @@ def test_fanout_delivers_every_block_to_every_subscriber() -> None:
     assert "pool after: 0 bytes used, 0 blocks" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["pipeline.py", "fanout.py"])
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [(3000, 4096), (3000, 1), (40, 3 * 1024 * 1024 + 5)],  # send(), and reserve() in place
+)
+def test_stream_verifies_every_message_through_a_channel(count: int, size: int) -> None:
+    result = _run(str(EXAMPLES / "stream.py"), "--count", str(count), "--size", str(size))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"consumer: {count:,} messages ok, 0 bad" in result.stdout
+    assert "exit codes [0, 0]; pool after: 0 bytes used, 0 blocks" in result.stdout
+    assert f"stream: {count:,} messages verified, " in result.stdout.splitlines()[-1]
+    assert result.stdout.rstrip().endswith(" msg/s")
+
+
+def test_stream_fails_when_a_message_does_not_fit_the_ring() -> None:
+    result = _run(
+        str(EXAMPLES / "stream.py"), "--count", "3", "--size", "100000", "--capacity", "64KiB"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "does not fit a ring" in result.stderr
+    assert "stream: FAILED" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["pipeline.py", "fanout.py", "stream.py"])
 def test_sharing_example_help(script: str) -> None:
     result = _run(str(EXAMPLES / script), "--help")
     assert result.returncode == 0
