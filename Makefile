@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python -m blockipc bench --suite all
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
+	$(BIN)/python benchmarks/bench_floor.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -229,17 +229,15 @@ class ChannelSender(_End):
                 raise InboxFull(f"channel {self.id} to {self.peer!r} is full")
             bell.arm()
             ring.set_want_space(True)
-            fence()
-            if ring.free_bytes() == ring.size or ring.consumer_closed:
-                ring.set_want_space(False)
-                continue
+            fence()  # then look again: the receiver sees want_space, or we see its release
             at = ring.reserve(size, header)
-            if at is not None:
-                ring.set_want_space(False)
-                return at
-            await bell.sleep()
-            self._check_open()  # closed while asleep: the ring is unmapped
+            if at is None and not ring.consumer_closed:
+                self._wake_receiver()
+                await bell.sleep()
+                self._check_open()  # closed while asleep: the ring is unmapped
             ring.set_want_space(False)
+            if at is not None:
+                return at
 
     def _wake_receiver(self) -> None:
         fence()

@@ -115,23 +115,25 @@ def _peer(text: str) -> tuple[str, str]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    async with Coordinator(
-        args.socket,
-        args.pool_size,
-        args.max_pool_size,
-        args.min_block,
-        node=args.node,
-        listen=args.listen,
-        peers=dict(args.peer),
-        keys=args.keys,
-        link_timeout=args.link_timeout,
-        insecure=args.insecure,
-    ) as coord:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # signals are caught from before the socket exists: a SIGINT or SIGTERM that comes
+    # while the coordinator starts still ends it cleanly (socket removed, exit 0)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Coordinator(
+            args.socket,
+            args.pool_size,
+            args.max_pool_size,
+            args.min_block,
+            node=args.node,
+            listen=args.listen,
+            peers=dict(args.peer),
+            keys=args.keys,
+            link_timeout=args.link_timeout,
+            insecure=args.insecure,
+        ) as coord:
             async for signum in signals:
                 log.info("coordinator.signal", signal=signal.Signals(signum).name)
                 break
-        await coord.aclose()
+            await coord.aclose()
     return 0
 
 

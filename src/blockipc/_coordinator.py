@@ -450,12 +450,14 @@ class Coordinator:
             sock = await take_socket(stream)
             loop = asyncio.get_running_loop()
             session = _Session(self, conn, proc)
+            # listed before the transport starts: a request it handles at once (a recv,
+            # an accept) may need to be found by a send from another session
+            self._sessions[proc.key] = session
             try:
                 await loop.connect_accepted_socket(lambda: session, sock)
             except BaseException:
                 sock.close()
                 raise
-            self._sessions[proc.key] = session
             log.info("client.connect", name=proc.name, pid=pid)
             self._retry_peer_waits(proc.name)
             await session.closed.wait()
@@ -1153,16 +1155,16 @@ class Coordinator:
             to=to.name,
             size=a["capacity"],
         )
-        self._answer_accepts(to)
+        self._answer_accepts(self._sessions.get(to.key))
 
     def _channel_accept(self, session: _Session, req: Request) -> None:
         session.accept_waits.append(req)
-        self._answer_accepts(session.proc)
+        # this session, not a lookup: requests may arrive before _sessions lists it
+        self._answer_accepts(session)
 
-    def _answer_accepts(self, proc: ProcessRecord) -> None:
-        session = self._sessions.get(proc.key)
+    def _answer_accepts(self, session: _Session | None) -> None:
         while session is not None and session.accept_waits:
-            chan = self._table.accept_channel(proc)
+            chan = self._table.accept_channel(session.proc)
             if chan is None:
                 return
             req = session.accept_waits.popleft()

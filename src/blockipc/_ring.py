@@ -209,6 +209,7 @@ class RingWriter(_Ring):
         self.ctl[W_HEAD] = self.head
 
     def free_bytes(self) -> int:
+        """Room in the ring now (validating the consumer's ``tail`` on the way)."""
         return self.size - (self.head - self._load_tail())
 
     def wants_data(self) -> bool:
