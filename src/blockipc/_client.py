@@ -121,6 +121,8 @@ async def _prefault(mm: mmap.mmap, offset: int, size: int) -> None:
     otherwise the first laps of a stream pay a page fault per 4 KiB on each end."""
     end = offset + size
     for at in range(offset, end, _PREFAULT_CHUNK):
+        if mm.closed:  # the client closed meanwhile: the caller raises
+            return
         try:
             mm.madvise(_MADV_POPULATE_WRITE, at, min(_PREFAULT_CHUNK, end - at))
         except OSError:  # an older kernel: the pages fault in on first use instead
@@ -754,12 +756,14 @@ class Client:
             fds = await self._attach([], channel=chan)
             if self._closed:
                 raise self._closed_error()
+            await _prefault(seg.mm, r["offset"], r["size"])
+            if self._closed:
+                raise self._closed_error()
             block = seg.buffer[r["offset"] : r["offset"] + r["size"]]
             try:
                 ring = RingWriter(block) if sender else RingReader(block)
             finally:
                 block.release()
-            await _prefault(seg.mm, r["offset"], r["size"])
             data_fd, space_fd = fds
             own, other = (space_fd, data_fd) if sender else (data_fd, space_fd)
             bell = _Bell(asyncio.get_running_loop(), own, other)

@@ -1159,7 +1159,6 @@ class Coordinator:
 
     def _channel_accept(self, session: _Session, req: Request) -> None:
         session.accept_waits.append(req)
-        # this session, not a lookup: requests may arrive before _sessions lists it
         self._answer_accepts(session)
 
     def _answer_accepts(self, session: _Session | None) -> None:
