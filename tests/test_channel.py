@@ -1070,3 +1070,101 @@ async def test_kill_9_producer_wakes_a_waiting_consumer(
     await rx.aclose()
     await wait_until(lambda: name not in coord.stats().processes)
     await ring_freed(coord, start)
+
+
+# -- codecs ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("codec", "value"),
+    [
+        ("json", {"k": [1, 2.5, None, "h\u00e9"]}),
+        ("msgpack", {"k": [1, 2.5, None], "b": b"\x00\xff"}),
+        ("pickle", {"set": {1, 2}, "tuple": (1, "x")}),
+        ("raw", b"raw bytes"),
+    ],
+)
+async def test_codec_roundtrip(
+    a: blockipc.Client, b: blockipc.Client, codec: str, value: Any
+) -> None:
+    tx, rx = await pair(a, b)
+    await tx.send(value, header={"seq": 7}, codec=codec)
+    async with asyncio.timeout(10):
+        msg = await rx.recv()
+    assert (msg.codec, msg.header) == (codec, {"seq": 7})  # the user's header, untouched
+    decoded = msg.decode()
+    msg.release()
+    assert decoded == value  # decode() owns its memory: still good after release
+    await tx.aclose()
+    await rx.aclose()
+
+
+async def test_numpy_codec_view_is_zero_copy_until_release(
+    a: blockipc.Client, b: blockipc.Client
+) -> None:
+    tx, rx = await pair(a, b, capacity=MiB)
+    arr = np.arange(12 * 1000, dtype=np.float64).reshape(12, 1000)
+    await tx.send(arr, codec="numpy")
+    await tx.send(arr[:, ::2].copy(), codec="numpy")  # a second message after it
+    async with asyncio.timeout(10):
+        msg = await rx.recv()
+    view = msg.view()
+    assert view.shape == (12, 1000) and view.dtype == np.float64
+    assert not view.flags.writeable
+    np.testing.assert_array_equal(view, arr)
+    # the array lies in the ring: it shares memory with the message's data
+    assert np.shares_memory(view, np.frombuffer(msg.data, dtype=np.uint8))
+    copy = msg.decode()
+    assert not np.shares_memory(copy, np.frombuffer(msg.data, dtype=np.uint8))
+    del view
+    msg.release()
+    np.testing.assert_array_equal(copy, arr)
+    async with asyncio.timeout(10):
+        second = await rx.recv()
+    with second:
+        np.testing.assert_array_equal(second.view(), arr[:, ::2])
+    await tx.aclose()
+    await rx.aclose()
+
+
+async def test_codec_errors_send_nothing(a: blockipc.Client, b: blockipc.Client) -> None:
+    tx, rx = await pair(a, b)
+    with pytest.raises(blockipc.CodecError):
+        await tx.send({"x": 1}, codec="yaml")  # no such codec
+    with pytest.raises(blockipc.CodecError):
+        await tx.send({"x": object()}, codec="json")  # json cannot encode it
+    with pytest.raises(blockipc.CodecError):
+        await tx.send([1, 2], codec="numpy")  # not an array
+    await tx.send(b"after")  # the channel is fine, and nothing else was sent
+    async with asyncio.timeout(10):
+        msg = await rx.recv()
+    with msg:
+        assert (bytes(msg.data), msg.codec, msg.decode(), msg.view()) == (
+            b"after",
+            None,
+            b"after",
+            msg.data,
+        )
+    await tx.aclose()
+    await rx.aclose()
+
+
+async def test_a_scribbled_codec_header_is_a_protocol_error(
+    a: blockipc.Client, b: blockipc.Client
+) -> None:
+    """A header that is neither a map nor [map, codec, meta] raises ProtocolError in
+    the receiver (the sender wrote it with reserve's header path bypassed)."""
+    import msgpack
+
+    from blockipc._ring import RingWriter
+
+    tx, rx = await pair(a, b)
+    ring: RingWriter = tx._ring  # type: ignore[attr-defined]
+    for bad in ([1, 2], [{}, 3, {}], "text"):
+        hdr = msgpack.packb(bad)
+        at = ring.reserve(0, hdr)
+        assert at is not None
+        ring.commit(at, 0)
+        with pytest.raises(blockipc.ProtocolError):
+            async with asyncio.timeout(10):
+                await rx.recv()
+    await tx.aclose()
+    await rx.aclose()

@@ -34,6 +34,7 @@ from typing import Any, Final, Self
 import msgpack
 import structlog
 
+from ._codecs import get_codec
 from ._exceptions import ChannelClosed, InboxFull, InvalidRequest, PeerUnreachable, ProtocolError
 from ._protocol import MAX_HEADER
 from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
@@ -48,13 +49,21 @@ CHUNK: Final = 4 << 20
 """Payloads larger than this are copied into the ring in chunks, yielding in between."""
 
 
-def _encode_header(header: dict[str, Any] | None) -> bytes:
-    if not header:
-        return b""
+def _encode_header(
+    header: dict[str, Any] | None, codec: str | None = None, meta: dict[str, Any] | None = None
+) -> bytes:
+    """A record's header: the user's dict as a msgpack map, or, when a codec encoded the
+    payload, the list ``[header, codec, meta]``."""
+    if header is None:
+        header = {}
     if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
         raise InvalidRequest("a message header must be a dict with str keys")
+    if not header and codec is None:
+        return b""
     try:
-        encoded: bytes = msgpack.packb(header, use_bin_type=True)
+        encoded: bytes = msgpack.packb(
+            header if codec is None else [header, codec, meta or {}], use_bin_type=True
+        )
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"message header cannot be encoded with msgpack: {exc}") from exc
     if len(encoded) > MAX_HEADER:
@@ -62,16 +71,23 @@ def _encode_header(header: dict[str, Any] | None) -> bytes:
     return encoded
 
 
-def _decode_header(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        return {}
+def _decode_header(raw: bytes) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """``(header, codec, meta)`` of a record header written by :func:`_encode_header`."""
     try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types
         raise ProtocolError(f"a channel message header is not msgpack: {exc}") from None
-    if type(header) is not dict:
-        raise ProtocolError("a channel message header is not a map")
-    return header
+    if type(obj) is dict:
+        return obj, None, {}
+    if (
+        type(obj) is list
+        and len(obj) == 3
+        and type(obj[0]) is dict
+        and type(obj[1]) is str
+        and type(obj[2]) is dict
+    ):
+        return obj[0], obj[1], obj[2]
+    raise ProtocolError("a channel message header is neither a map nor [map, codec, meta]")
 
 
 def _as_bytes(data: Any) -> memoryview:
@@ -245,31 +261,57 @@ class ChannelSender(_End):
             self._bell.ring_peer()
 
     async def send(
-        self, data: Any, *, header: dict[str, Any] | None = None, nowait: bool = False
+        self,
+        data: Any,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+        codec: str | None = None,
     ) -> None:
         """Copy ``data`` (any C-contiguous buffer: bytes, bytearray, memoryview, numpy
         array) into the ring as one message with an optional small ``header`` dict.
 
+        With ``codec`` (``"raw"``, ``"json"``, ``"msgpack"``, ``"numpy"``, ``"pickle"``),
+        ``data`` is any object that codec encodes; the receiver gets it back with
+        :meth:`ChannelMessage.decode` or, zero-copy, :meth:`ChannelMessage.view`.
+
         Waits while the ring is full (``nowait=True`` raises :class:`InboxFull`
         instead); raises :class:`PeerUnreachable` once the receiver has closed the
         channel and :class:`ChannelClosed` after this end closed. A payload larger than
-        :meth:`max_payload` raises ``ValueError``.
+        :meth:`max_payload` raises ``ValueError``; one the codec cannot encode,
+        :class:`CodecError`.
         """
+        if codec is not None:
+            with get_codec(codec).prepare(data) as enc:
+                await self._send(enc.buffer, _encode_header(header, codec, enc.meta), nowait)
+            return
         src = data if type(data) is bytes else _as_bytes(data)
         hdr = _encode_header(header) if header else b""
+        n, ring = len(src), self._ring
+        # the common case, with no await at all: room now, nobody mid-copy, both ends open
+        if (
+            n <= CHUNK
+            and not self._lock.locked()
+            and self._closed is None
+            and not ring.ctl[W_CONSUMER_CLOSED]
+        ):
+            at = ring.reserve(n, hdr)
+            if at is not None:
+                ring.data[at : at + n] = src
+                ring.commit(at, n)
+                fence()
+                if ring.ctl[W_WANT_DATA]:
+                    self._bell.ring_peer()
+                return
+        await self._send(src, hdr, nowait)
+
+    async def _send(self, src: Any, hdr: bytes, nowait: bool) -> None:
         n = len(src)
         if n <= CHUNK and not self._lock.locked():
-            ring = self._ring
-            at = None
-            if self._closed is None and not ring.ctl[W_CONSUMER_CLOSED]:
-                at = ring.reserve(n, hdr)
-            if at is None:
-                at = await self._room(n, hdr, nowait)
-            ring.data[at : at + n] = src
-            ring.commit(at, n)
-            fence()
-            if ring.ctl[W_WANT_DATA]:
-                self._bell.ring_peer()
+            at = await self._room(n, hdr, nowait)
+            self._ring.data[at : at + n] = src
+            self._ring.commit(at, n)
+            self._wake_receiver()
             return
         async with self._lock:  # keeps order with sends that yield mid-copy
             at = await self._room(n, hdr, nowait)
@@ -315,17 +357,45 @@ class ChannelMessage:
     """A message read from a channel: ``data`` is a read-only ``memoryview`` into the
     ring, valid until :meth:`release` (or the end of a ``with`` block)."""
 
-    __slots__ = ("_end", "_receiver", "_released", "data", "header", "sender")
+    __slots__ = ("_end", "_meta", "_receiver", "_released", "codec", "data", "header", "sender")
 
     def __init__(
-        self, receiver: ChannelReceiver, data: memoryview, header: dict[str, Any], end: int
+        self,
+        receiver: ChannelReceiver,
+        data: memoryview,
+        header: dict[str, Any],
+        end: int,
+        codec: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self._receiver = receiver
         self.data = data
         self.header = header
         self.sender = receiver.peer
+        self.codec = codec
+        """The codec the sender named (``send(..., codec=)``), or ``None`` for bytes."""
+        self._meta = meta
         self._end = end
         self._released = False
+
+    def decode(self) -> Any:
+        """The payload parsed by the sender's codec, owning its memory (still valid
+        after :meth:`release`); ``bytes`` if the sender named no codec.
+
+        :raises CodecError: if the payload does not decode.
+        """
+        if self.codec is None:
+            return bytes(self.data)
+        return get_codec(self.codec).decode(self.data, self._meta)
+
+    def view(self) -> Any:
+        """The payload without a copy where the codec allows (``"numpy"``: a read-only
+        array over the ring; ``"raw"`` or no codec: :attr:`data`), else decoded. Valid
+        only until :meth:`release`: the ring's room is reused after it.
+        """
+        if self.codec is None:
+            return self.data
+        return get_codec(self.codec).view(self.data, self._meta)
 
     def release(self) -> None:
         """Give the message's room back to the sender. Idempotent."""
@@ -375,12 +445,12 @@ class ChannelReceiver(_End):
         if rec is None:
             return None
         offset, length, header, end = rec
-        msg = ChannelMessage(
-            self,
-            self._view[offset : offset + length],
-            _decode_header(header) if header else {},
-            end,
-        )
+        data = self._view[offset : offset + length]
+        if header:
+            user, codec, meta = _decode_header(header)
+            msg = ChannelMessage(self, data, user, end, codec, meta)
+        else:
+            msg = ChannelMessage(self, data, {}, end)
         self._out.append(msg)
         return msg
 
