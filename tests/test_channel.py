@@ -1168,3 +1168,12 @@ async def test_a_scribbled_codec_header_is_a_protocol_error(
                 await rx.recv()
     await tx.aclose()
     await rx.aclose()
+
+
+async def test_a_channel_to_itself_is_refused(
+    coord: blockipc.Coordinator, a: blockipc.Client
+) -> None:
+    start = usage(coord)
+    with pytest.raises(InvalidRequest, match="two processes"):
+        await a.open_channel(a.name)
+    assert usage(coord) == start

@@ -1123,6 +1123,8 @@ class Coordinator:
                 raise PeerUnreachable(f"no process named {a['to']!r} is registered")
             self._park_for_peer(session, req)
             return
+        if to is session.proc:
+            raise InvalidRequest("a channel needs two processes (within one, use a queue)")
         alloc, slot = self._allocate(session.proc, a["capacity"])
         try:
             view = self.pool.view(alloc.segment, alloc.offset, a["capacity"])
