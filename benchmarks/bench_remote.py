@@ -118,7 +118,7 @@ async def role_bipc_send(cpu: str, sock: str, size: str, count: str) -> None:
         await asyncio.sleep(3600)
 
 
-async def role_bipc_recv(cpu: str, sock: str, count: str, tasks: str) -> None:
+async def role_bipc_recv(cpu: str, sock: str, count: str, tasks: str, batch: str) -> None:
     import blockipc
 
     pin(cpu)
@@ -134,7 +134,17 @@ async def role_bipc_recv(cpu: str, sock: str, count: str, tasks: str) -> None:
                 msg = await client.recv()
                 frees.append(asyncio.create_task(client.free(msg.block)))  # pipelined
 
-        await asyncio.gather(*(receiver() for _ in range(int(tasks))))
+        async def batch_receiver() -> None:  # what the inbox holds, one request each way
+            nonlocal left
+            while left > 0:
+                msgs = await client.recv_many(int(batch))
+                left -= len(msgs)
+                frees.append(asyncio.create_task(client.free_many(m.block for m in msgs)))
+
+        if int(batch):
+            await batch_receiver()
+        else:
+            await asyncio.gather(*(receiver() for _ in range(int(tasks))))
         t1 = time.perf_counter_ns()
         await asyncio.gather(*frees)
         say(event="done", t1=t1)
@@ -305,7 +315,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_blockipc(size: int, count: int, keys: str, tmp: Path, recv_tasks: int) -> float:
+def run_blockipc(
+    size: int, count: int, keys: str, tmp: Path, recv_tasks: int, recv_batch: int
+) -> float:
     port = free_port()
     procs: list[Proc] = []
     try:
@@ -315,7 +327,7 @@ def run_blockipc(size: int, count: int, keys: str, tmp: Path, recv_tasks: int) -
         a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", keys)
         procs.append(a)
         a.event("ready")
-        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks)
+        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks, recv_batch)
         procs.append(recv)
         recv.event("ready")
         send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
@@ -369,6 +381,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--recv-tasks", type=int, default=4, help="recv() calls the blockipc consumer keeps waiting"
     )
+    parser.add_argument(
+        "--recv-batch",
+        type=int,
+        default=64,
+        help="the consumer takes up to this many messages per recv_many() and frees them "
+        "with one free_many(); 0: one recv() and free() per message (--recv-tasks)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.role:
         child_main(args.role, rest)
@@ -398,9 +417,11 @@ def main(argv: list[str]) -> int:
         assert z85.decode(spub)
         total = parse_size(args.bytes)
         contenders = {
-            "blockipc link, plain": lambda s, n: run_blockipc(s, n, "", tmp, args.recv_tasks),
+            "blockipc link, plain": lambda s, n: run_blockipc(
+                s, n, "", tmp, args.recv_tasks, args.recv_batch
+            ),
             "blockipc link, CURVE": lambda s, n: run_blockipc(
-                s, n, str(tmp / "keys"), tmp, args.recv_tasks
+                s, n, str(tmp / "keys"), tmp, args.recv_tasks, args.recv_batch
             ),
             "raw pyzmq PUSH/PULL, plain": lambda s, n: run_zmq(s, n, ""),
             "raw pyzmq PUSH/PULL, CURVE": lambda s, n: run_zmq(s, n, raw_keys),

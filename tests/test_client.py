@@ -630,3 +630,102 @@ async def test_lease_views_die_with_the_connection() -> None:
         with pytest.raises(ConnectionClosed):
             await client.alloc(1)
         await client.close()
+
+
+# -- batches: recv_many, free_many -------------------------------------------------------
+async def test_recv_many_returns_a_burst_in_order(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    start = coord.stats()
+    sent = []
+    for i in range(10):
+        block = await other.alloc(64)
+        await other.write(block, bytes([i]) * 64)
+        await other.send(block, to=client.name, header={"i": i})
+        sent.append(block.id)
+    with anyio.fail_after(5):
+        first = await client.recv_many(4)
+        rest = await client.recv_many()
+    msgs = first + rest
+    assert [m.header["i"] for m in msgs] == list(range(10))
+    assert [m.block.id for m in msgs] == sent
+    assert len(first) == 4 and all(m.sender == other.name for m in msgs)
+    assert await client.read(msgs[3].block, 0, 2) == b"\x03\x03"
+    await client.free_many(m.block for m in msgs)
+    assert coord.stats().blocks == start.blocks
+
+
+async def test_recv_many_waits_for_the_first_message(
+    client: blockipc.Client, other: blockipc.Client
+) -> None:
+    task = asyncio.create_task(client.recv_many(8))
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    block = await other.alloc(10)
+    await other.send(block, to=client.name)
+    with anyio.fail_after(5):
+        msgs = await task
+    assert [m.block.id for m in msgs] == [block.id]
+    await client.free_many([msgs[0].block.id])
+
+
+async def test_cancelled_recv_many_loses_nothing(
+    client: blockipc.Client, other: blockipc.Client
+) -> None:
+    with anyio.move_on_after(0.05) as scope:
+        await client.recv_many()
+    assert scope.cancelled_caught
+    blocks = [await other.alloc(10) for _ in range(3)]
+    for b in blocks:
+        await other.send(b, to=client.name)
+    got: list[blockipc.Message] = []
+    with anyio.fail_after(5):
+        while len(got) < 3:
+            got += await client.recv_many()
+    assert [m.block.id for m in got] == [b.id for b in blocks]
+    await client.free_many(m.block for m in got)
+
+
+async def test_free_many_is_all_or_nothing(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    start = coord.stats()
+    mine = [await client.alloc(100) for _ in range(3)]
+    theirs = await other.alloc(100)
+    leased = await client.alloc(100)
+    with pytest.raises(AccessDenied):
+        await client.free_many([*mine, theirs])  # not ours: nothing freed
+    with pytest.raises(BlockNotFound):
+        await client.free_many([*mine, 10**9])
+    async with client.lease(leased, "r"):
+        with pytest.raises(AccessDenied, match="lease"):
+            await client.free_many([*mine, leased])
+    with pytest.raises(InvalidRequest):
+        await client.free_many([mine[0], mine[0]])  # twice
+    with pytest.raises(InvalidRequest):
+        await client.free_many([])
+    assert coord.stats().blocks == start.blocks + 5  # all still there
+    await client.free_many([*mine, leased])
+    await other.free(theirs)
+    assert coord.stats().blocks == start.blocks
+    with pytest.raises(InvalidRequest):
+        await client.recv_many(0)
+
+
+async def test_recv_many_keeps_a_reply_under_the_frame_limit(
+    client: blockipc.Client, other: blockipc.Client
+) -> None:
+    """Many messages with large headers come in several replies, never one frame over
+    the limit (which would end the connection)."""
+    big = {"pad": "x" * 15_000}
+    for _ in range(80):  # 80 x 15 KB of headers: more than one frame may carry
+        block = await other.alloc(10)
+        await other.send(block, to=client.name, header=big)
+    got: list[blockipc.Message] = []
+    with anyio.fail_after(10):
+        while len(got) < 80:
+            batch = await client.recv_many(1000)
+            assert len(batch) < 80
+            got += batch
+    assert all(m.header == big for m in got)
+    await client.free_many(m.block for m in got)

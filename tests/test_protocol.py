@@ -32,11 +32,13 @@ from blockipc._protocol import (
     _MAX_LIST,
     _MAX_STR,
     _MAX_TOKEN,
+    _MSGLIST,
     _SCHEMAS,
     _SEGLIST,
     _STRLIST,
     CANCELLED,
     HEADER,
+    MAX_BATCH,
     MAX_FRAME_SIZE,
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -75,6 +77,7 @@ EXAMPLES: dict[Any, Any] = {
     _STRLIST: ["a", "b"],
     _INTLIST: [1, 2],
     _SEGLIST: [[0, 4096], [1, 8192]],
+    _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
 }
 
 # Largest and smallest values that must still be accepted.
@@ -87,6 +90,11 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _STRLIST: [[], ["x" * _MAX_STR], ["a"] * _MAX_LIST],
     _INTLIST: [[], [0, _MAX_INT], [0] * _MAX_LIST],
     _SEGLIST: [[], [[0, _MAX_INT]], [[0, 1]] * _MAX_LIST],
+    _MSGLIST: [
+        [[0, 0, 0, 0, 0, "", "", {}, ""]],
+        [[_MAX_INT] * 5 + ["x" * _MAX_STR] * 2 + [{"k": [1]}, "x" * _MAX_STR]],
+        [[_MAX_INT] * 5 + ["o", "s", {}, "t"]] * MAX_BATCH,
+    ],
 }
 
 # Values that must be rejected for a field of each type.
@@ -109,6 +117,19 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [[0, 1.0]],
         [{"a": 1}],
         [[0, 1]] * (_MAX_LIST + 1),
+    ],
+    _MSGLIST: [
+        [],  # a reply carries at least one message
+        None,
+        [[1, 2, 3, 4, 5, "o", "s", {}]],  # 8 items
+        [[-1, 2, 3, 4, 5, "o", "s", {}, ""]],
+        [[1, 2, 3, 4, True, "o", "s", {}, ""]],
+        [[1, 2, 3, 4, 5, 1, "s", {}, ""]],
+        [[1, 2, 3, 4, 5, "o", "s", [], ""]],
+        [[1, 2, 3, 4, 5, "o", "s", {1: 2}, ""]],
+        [[1, 2, 3, 4, 5, "o", "s", {}, None]],
+        [[1, 2, 3, 4, 5, "o", "x" * (_MAX_STR + 1), {}, ""]],
+        [[1, 2, 3, 4, 5, "o", "s", {}, ""]] * (MAX_BATCH + 1),
     ],
 }
 
@@ -314,6 +335,21 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     _STRLIST: st.lists(st.text(max_size=8), max_size=4),
     _INTLIST: st.lists(_UINT, max_size=4),
     _SEGLIST: st.lists(st.lists(_UINT, min_size=2, max_size=2), max_size=4),
+    _MSGLIST: st.lists(
+        st.tuples(
+            _UINT,
+            _UINT,
+            _UINT,
+            _UINT,
+            _UINT,
+            st.text(max_size=8),
+            st.text(max_size=8),
+            st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
+            st.text(max_size=8),
+        ).map(list),
+        min_size=1,
+        max_size=3,
+    ),
 }
 
 

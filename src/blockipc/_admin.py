@@ -351,6 +351,15 @@ class RoutingTable:
         in an inbox if ``proc`` owns it (it is the sender, or the publisher) or is its
         last holder; a subscriber or grantee may let go meanwhile: the owner's hold keeps
         the block alive for the deliveries still queued."""
+        self.check_release(proc, rec)
+        self._drop_hold(rec, proc)
+        proc.blocks.discard(rec.id)
+        return self._let_go(rec)
+
+    @staticmethod
+    def check_release(proc: ProcessRecord, rec: BlockRecord) -> None:
+        """Raise why ``proc`` may not drop its hold on ``rec`` now (see
+        :meth:`release_hold`); return if it may."""
         own = [lease for lease in rec.leases.values() if lease.holder is proc]
         if own:
             raise AccessDenied(
@@ -358,9 +367,6 @@ class RoutingTable:
             )
         if rec.in_transit and (rec.owner is proc or len(rec.holders()) <= 1):
             raise AccessDenied(f"block {rec.id} is being sent; it cannot be freed until delivered")
-        self._drop_hold(rec, proc)
-        proc.blocks.discard(rec.id)
-        return self._let_go(rec)
 
     def _let_go(self, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
         """After a hold ended: remove the block if nothing holds it. Readers that lease

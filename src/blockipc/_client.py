@@ -28,7 +28,7 @@ import itertools
 import mmap
 import os
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self, cast
 
@@ -52,6 +52,7 @@ from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
 from ._pool import parse_size
 from ._protocol import (
+    MAX_BATCH,
     MAX_HEADER,
     PROTOCOL_VERSION,
     Connection,
@@ -85,6 +86,7 @@ _WAITING_OPS: Final = frozenset(
         Op.READ,
         Op.WRITE,
         Op.RECV,
+        Op.RECV_MANY,
         Op.SEND,
         Op.PUBLISH,
         Op.GET,
@@ -538,6 +540,16 @@ class Client:
         await self._call(Op.FREE, {"block": bid})
         self._sizes.pop(bid, None)
 
+    async def free_many(self, blocks: Iterable[BlockLike]) -> None:
+        """Free several blocks in one request: all of them or, if one cannot be freed
+        (unknown, leased, being sent), none, and that block's error is raised."""
+        ids = [_block_id(b) for b in blocks]
+        if not 1 <= len(ids) <= MAX_BATCH:
+            raise InvalidRequest(f"free_many takes 1 to {MAX_BATCH} blocks, not {len(ids)}")
+        await self._call(Op.FREE_MANY, {"blocks": ids})
+        for bid in ids:
+            self._sizes.pop(bid, None)
+
     async def write(
         self, block: BlockLike, data: bytes | bytearray | memoryview, offset: int = 0
     ) -> int:
@@ -684,6 +696,30 @@ class Client:
 
         reply = await self._call(Op.RECV, {}, orphan=orphan)
         return self._message(reply)
+
+    async def recv_many(self, max_messages: int = 64) -> list[Message]:
+        """Wait for at least one message, then return every message the inbox holds,
+        up to ``max_messages`` (at most :data:`MAX_BATCH`), in order: one request for
+        a burst instead of one per message."""
+        if type(max_messages) is not int or not 1 <= max_messages <= MAX_BATCH:
+            raise InvalidRequest(f"max_messages must be an int from 1 to {MAX_BATCH}")
+        if self._inbox:
+            return [self._inbox.popleft() for _ in range(min(max_messages, len(self._inbox)))]
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator delivered
+            self._inbox.extend(self._messages(reply))
+
+        reply = await self._call(Op.RECV_MANY, {"max": max_messages}, orphan=orphan)
+        return self._messages(reply)
+
+    def _messages(self, reply: Reply) -> list[Message]:
+        out = []
+        for bid, size, capacity, _seg, _off, owner, sender, header, topic in reply.result[
+            "messages"
+        ]:
+            self._sizes[bid] = size
+            out.append(Message(Block(bid, size, capacity, owner), sender, header, topic or None))
+        return out
 
     def _message(self, reply: Reply) -> Message:
         r = reply.result

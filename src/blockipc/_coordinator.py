@@ -73,6 +73,8 @@ from ._linkwire import make_config
 from ._pool import Allocation, Pool
 from ._protocol import (
     CANCELLED,
+    MAX_BATCH,
+    MAX_FRAME_SIZE,
     MAX_HEADER,
     PROTOCOL_VERSION,
     Connection,
@@ -854,23 +856,72 @@ class Coordinator:
                 self.handle(wait.session, wait.request)
 
     def _recv(self, session: _Session, req: Request) -> None:
+        """RECV (one message) and RECV_MANY (what the inbox holds, up to ``max``)."""
+        if req.op is Op.RECV_MANY and not 1 <= req.args["max"] <= MAX_BATCH:
+            raise InvalidRequest(f"max must be 1 to {MAX_BATCH}, not {req.args['max']}")
         if session.proc.inbox and not session.recv_waits:
             self._deliver(session, req)
         else:
             session.recv_waits.append(req)
 
     def _deliver(self, session: _Session, req: Request) -> None:
-        entry, admitted = self._table.take(session.proc)
-        rec = entry.block
-        fields = {
-            **_block_fields(rec),
-            "owner": rec.owner_name,
-            "sender": entry.sender,
-            "header": entry.header,
-            "topic": entry.topic,
-        }
-        session.reply(Reply(req.req_id, Op.RECV, fields))
+        proc = session.proc
+        if req.op is Op.RECV:
+            entry, admitted = self._table.take(proc)
+            rec = entry.block
+            fields = {
+                **_block_fields(rec),
+                "owner": rec.owner_name,
+                "sender": entry.sender,
+                "header": entry.header,
+                "topic": entry.topic,
+            }
+            session.reply(Reply(req.req_id, Op.RECV, fields))
+            self._deliveries_done(admitted, wake=False)
+            return
+        messages: list[list[Any]] = []
+        admitted = []
+        budget = MAX_FRAME_SIZE // 2  # a reply must stay under the frame limit, so count
+        # each message at its largest: 1 KiB of fields and names, plus a full header
+        while proc.inbox and len(messages) < req.args["max"]:
+            budget -= 1024 + (MAX_HEADER if proc.inbox[0].header else 0)
+            if messages and budget < 0:
+                break
+            entry, more = self._table.take(proc)
+            rec = entry.block
+            messages.append(
+                [
+                    rec.id,
+                    rec.size,
+                    rec.capacity,
+                    rec.segment,
+                    rec.offset,
+                    rec.owner_name,
+                    entry.sender,
+                    entry.header,
+                    entry.topic,
+                ]
+            )
+            admitted += more
+        session.reply(Reply(req.req_id, Op.RECV_MANY, {"messages": messages}))
         self._deliveries_done(admitted, wake=False)
+
+    def _free_many(self, session: _Session, req: Request) -> None:
+        """FREE_MANY: all the blocks or, if one may not be freed, none of them."""
+        ids = req.args["blocks"]
+        if not 1 <= len(ids) <= MAX_BATCH or len(set(ids)) != len(ids):
+            raise InvalidRequest(f"blocks must be 1 to {MAX_BATCH} distinct block ids")
+        recs = [self._table.lookup(session.proc, bid, "r") for bid in ids]
+        for rec in recs:
+            self._table.check_release(session.proc, rec)
+        dropped: list[Waiter] = []
+        for rec in recs:
+            gone, waits = self._table.release_hold(session.proc, rec)
+            if gone:
+                self.pool.free(rec.segment, rec.offset)
+            dropped += waits
+        session.reply(Reply(req.req_id, Op.FREE_MANY))
+        self._answer_dropped(dropped)
 
     def _wake_receiver(self, proc: ProcessRecord) -> None:
         """Answer ``proc``'s waiting ``recv`` calls from its inbox."""
@@ -1073,7 +1124,7 @@ class Coordinator:
             for pending in session.recv_waits:
                 if pending.req_id == target:
                     session.recv_waits.remove(pending)
-                    session.reply(ErrorReply(target, Op.RECV, CANCELLED, "cancelled"))
+                    session.reply(ErrorReply(target, pending.op, CANCELLED, "cancelled"))
                     break
             else:
                 for waits in self._peer_waits.values():
@@ -1206,6 +1257,8 @@ class Coordinator:
         Op.RELEASE: _release,
         Op.SEND: _send,
         Op.RECV: _recv,
+        Op.RECV_MANY: _recv,
+        Op.FREE_MANY: _free_many,
         Op.STATS: _stats,
         Op.CANCEL: _cancel,
         Op.BYE: _bye,

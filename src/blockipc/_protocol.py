@@ -48,6 +48,7 @@ from ._exceptions import ProtocolError
 __all__ = [
     "CANCELLED",
     "HEADER",
+    "MAX_BATCH",
     "MAX_HEADER",
     "MAX_FRAME_SIZE",
     "NEED_DATA",
@@ -107,6 +108,8 @@ class Op(enum.IntEnum):
     UNSUBSCRIBE = 18
     PUBLISH = 19
     PEERS = 20
+    RECV_MANY = 21
+    FREE_MANY = 22
     # codecs and named objects (30-39)
     PUT = 30
     COMMIT = 31
@@ -181,6 +184,10 @@ Event = Request | Reply | ErrorReply
 _SEGLIST: Final = "seglist"  # list of [segment id, size] pairs
 _STRLIST: Final = "strlist"
 _INTLIST: Final = "intlist"
+_MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
+# owner, sender, header, topic] per message
+MAX_BATCH: Final = 1024
+"""Most messages one RECV_MANY reply carries, and blocks one FREE_MANY frees."""
 _Schema = dict[str, Any]
 
 _STATS_FIELDS: Final[_Schema] = {
@@ -249,6 +256,10 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         {**_BLOCK_FIELDS, "owner": str, "sender": str, "header": dict, "topic": str},
         False,
     ),
+    (Kind.REQUEST, Op.RECV_MANY): ({"max": int}, False),
+    (Kind.REPLY, Op.RECV_MANY): ({"messages": _MSGLIST}, False),
+    (Kind.REQUEST, Op.FREE_MANY): ({"blocks": _INTLIST}, False),
+    (Kind.REPLY, Op.FREE_MANY): ({}, False),
     (Kind.REQUEST, Op.COPY): (
         {
             "src": int,
@@ -366,6 +377,20 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             type(value) is list
             and len(value) <= _MAX_LIST
             and all(type(v) is int and 0 <= v <= _MAX_INT for v in value)
+        )
+    elif kind == _MSGLIST:
+        ok = (
+            type(value) is list
+            and 0 < len(value) <= MAX_BATCH
+            and all(
+                type(m) is list
+                and len(m) == 9
+                and all(type(x) is int and 0 <= x <= _MAX_INT for x in m[:5])
+                and all(type(x) is str and len(x) <= _MAX_STR for x in (m[5], m[6], m[8]))
+                and type(m[7]) is dict
+                and all(type(k) is str for k in m[7])
+                for m in value
+            )
         )
     else:  # _SEGLIST
         ok = (
