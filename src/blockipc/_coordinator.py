@@ -926,10 +926,16 @@ class Coordinator:
     def _wake_receiver(self, proc: ProcessRecord) -> None:
         """Answer ``proc``'s waiting ``recv`` calls from its inbox."""
         session = self._sessions.get(proc.key)
-        if session is None:
+        if session is None or not (session.recv_waits and proc.inbox):
             return
-        while session.recv_waits and proc.inbox:
-            self._deliver(session, session.recv_waits.popleft())
+        outer, session._batching = session._batching, True  # one write for all the replies
+        try:
+            while session.recv_waits and proc.inbox:
+                self._deliver(session, session.recv_waits.popleft())
+        finally:
+            session._batching = outer
+            if not outer:
+                session._flush()
 
     def _deliveries_done(self, deliveries: list[Delivery], *, wake: bool = True) -> None:
         for d in deliveries:

@@ -462,6 +462,9 @@ class Link:
         self._pumping = False
         self._pump_due = False
         self._acks: dict[bytes, list[int]] = {}  # successes not yet answered, by peer
+        # receivers of blocks delivered during this read of the router: woken at its end,
+        # so a waiting recv_many gets the whole burst in one reply (one wake-up)
+        self._to_wake: dict[int, ProcessRecord] = {}
         self._senders: dict[str, ProcessRecord] = {}
         self._peers: dict[str, _Peer] = {}
         # The pinned blocks of sends in transit belong to this record (key 0 is no
@@ -745,6 +748,9 @@ class Link:
                     log.exception("link.internal_error", error=repr(exc))
         finally:
             self._pumping = False
+            to_wake, self._to_wake = self._to_wake, {}
+            for proc in to_wake.values():
+                self.coord._wake_receiver(proc)
         if not self._reading:
             loop.add_reader(self._router_fd, self._serve)
             self._reading = True
@@ -864,7 +870,7 @@ class Link:
         sender = self._sender_record(item.sender)
         delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
         assert delivered, "the inbox had room, and nothing ran since"
-        self.coord._wake_receiver(proc)
+        self._to_wake[proc.key] = proc  # (woken when this read of the router ends)
         return None
 
     def _sender_record(self, name: str) -> ProcessRecord:
