@@ -89,6 +89,13 @@ def test_example_help(script: str) -> None:
     assert "usage:" in result.stdout
 
 
+@pytest.mark.parametrize("script", ["bench_floor.py", "bench_remote.py"])
+def test_benchmark_script_help(script: str) -> None:
+    result = _run(str(EXAMPLES.parent / "benchmarks" / script), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
 @pytest.mark.parametrize("command", [[], ["serve"], ["stats"], ["bench"]])
 def test_cli_help(command: list[str]) -> None:
     result = _run("-m", "blockipc", *command, "--help")
