@@ -8,13 +8,9 @@ uses :func:`spawn`, which always kills the child and waits for it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import random
-import sys
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -25,25 +21,9 @@ from _procs import Child, report
 HERE = Path(__file__).resolve()
 
 
-@contextlib.asynccontextmanager
-async def spawn(role: str, *args: object) -> AsyncIterator[Child]:
+def spawn(role: str, *args: object) -> contextlib.AbstractAsyncContextManager[Child]:
     """Start ``python tests/_channel_procs.py ROLE ARGS...``; killed and waited for on exit."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_procs.SRC), env.get("PYTHONPATH")]))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(HERE),
-        role,
-        *map(str, args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    child = Child(role, proc)
-    try:
-        yield child
-    finally:
-        await child.stop()
+    return _procs.spawn(role, *args, script=HERE)
 
 
 _SOURCE_SIZE = 1 << 20

@@ -76,13 +76,14 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def spawn(role: str, *args: object) -> AsyncIterator[Child]:
-    """Start ``python tests/_procs.py ROLE ARGS...``; killed and waited for on exit."""
+async def spawn(role: str, *args: object, script: Path = HERE) -> AsyncIterator[Child]:
+    """Start ``python SCRIPT ROLE ARGS...`` (this file by default); killed and waited for
+    on exit."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(HERE),
+        str(script),
         role,
         *map(str, args),
         stdin=asyncio.subprocess.DEVNULL,
