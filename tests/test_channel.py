@@ -92,7 +92,7 @@ def usage(coord: blockipc.Coordinator) -> tuple[int, int, int]:
 
 async def ring_freed(coord: blockipc.Coordinator, start: tuple[int, int, int]) -> None:
     await wait_until(lambda: usage(coord) == start)
-    assert not coord._table.channels
+    assert not coord._table.channels and coord.stats().channels == 0
     assert not coord._bells
 
 
@@ -110,6 +110,7 @@ async def test_roundtrip_with_header(
     # the ring is a block of the pool, held by the channel
     blocks, used, _ = usage(coord)
     assert (blocks, used) == (start[0] + 1, start[1] + 64 * KiB)
+    assert (await a.stats()).channels == coord.stats().channels == 1
     data = payload(1000, 1)
     header = {"seq": 1, "name": "h\u00e9llo", "list": [1, 2.5, None], "bin": b"\x00\x01"}
     await tx.send(data, header=header)

@@ -379,6 +379,7 @@ class Coordinator:
             cache_misses=self._cache_counts[1],
             cache_evictions=self._cache_counts[2],
             names=tuple(sorted(self._table.names)),
+            channels=len(self._table.channels),
         )
 
     # -- connections -------------------------------------------------------------
@@ -1104,6 +1105,7 @@ class Coordinator:
                 "cache_hits",
                 "cache_misses",
                 "cache_evictions",
+                "channels",
             )
         }
         fields["processes"] = list(s.processes)

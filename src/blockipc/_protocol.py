@@ -203,6 +203,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "cache_misses": int,
     "cache_evictions": int,
     "names": _STRLIST,
+    "channels": int,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,

@@ -70,3 +70,5 @@ class Stats:
     cache_misses: int = 0
     cache_evictions: int = 0
     names: tuple[str, ...] = ()
+    channels: int = 0
+    """Open channels (:meth:`Client.open_channel`); each holds one block, its ring."""
