@@ -1178,3 +1178,23 @@ async def test_a_channel_to_itself_is_refused(
     with pytest.raises(InvalidRequest, match="two processes"):
         await a.open_channel(a.name)
     assert usage(coord) == start
+
+
+async def test_a_header_the_receiver_could_not_decode_is_refused_by_the_sender(
+    a: blockipc.Client, b: blockipc.Client
+) -> None:
+    """Headers are checked as a send's are: one msgpack can encode but a receiver
+    (strict map keys) could not decode raises InvalidRequest before anything is sent."""
+    tx, rx = await pair(a, b)
+    for bad in ({"nested": {1: "int key"}}, {"x": object()}, ["not", "a", "dict"]):
+        with pytest.raises(InvalidRequest):
+            await tx.send(b"x", header=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest):
+            await tx.send({"v": 1}, header=bad, codec="json")  # type: ignore[arg-type]
+    await tx.send(b"after", header={"ok": True})
+    async with asyncio.timeout(10):
+        msg = await rx.recv()
+    with msg:
+        assert (bytes(msg.data), msg.header) == (b"after", {"ok": True})
+    await tx.aclose()
+    await rx.aclose()

@@ -36,7 +36,7 @@ import structlog
 
 from ._codecs import get_codec
 from ._exceptions import ChannelClosed, InboxFull, InvalidRequest, PeerUnreachable, ProtocolError
-from ._protocol import MAX_HEADER
+from ._protocol import MAX_HEADER, pack_header
 from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
@@ -52,20 +52,12 @@ CHUNK: Final = 4 << 20
 def _encode_header(
     header: dict[str, Any] | None, codec: str | None = None, meta: dict[str, Any] | None = None
 ) -> bytes:
-    """A record's header: the user's dict as a msgpack map, or, when a codec encoded the
-    payload, the list ``[header, codec, meta]``."""
-    if header is None:
-        header = {}
-    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
-        raise InvalidRequest("a message header must be a dict with str keys")
-    if not header and codec is None:
-        return b""
-    try:
-        encoded: bytes = msgpack.packb(
-            header if codec is None else [header, codec, meta or {}], use_bin_type=True
-        )
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"message header cannot be encoded with msgpack: {exc}") from exc
+    """A record's header: the user's dict as a msgpack map (checked like a send's
+    header), or, when a codec encoded the payload, the list ``[header, codec, meta]``."""
+    packed = pack_header(header)
+    if codec is None:
+        return packed if header else b""
+    encoded: bytes = msgpack.packb([header or {}, codec, meta or {}], use_bin_type=True)
     if len(encoded) > MAX_HEADER:
         raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
     return encoded

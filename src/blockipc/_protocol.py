@@ -43,13 +43,14 @@ from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
-from ._exceptions import ProtocolError
+from ._exceptions import InvalidRequest, ProtocolError
 
 __all__ = [
     "CANCELLED",
     "HEADER",
     "MAX_BATCH",
     "MAX_HEADER",
+    "pack_header",
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "NeedData",
@@ -71,6 +72,30 @@ _BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
 MAX_FRAME_SIZE: Final = (1 << 20) + 65536
 MAX_HEADER: Final = 16 * 1024
 """Largest message header (msgpack-encoded) a send may carry; checked by the coordinator."""
+
+
+def pack_header(header: dict[str, Any] | None) -> bytes:
+    """A message header, checked and encoded: a dict with str keys that msgpack encodes
+    and decodes back with strict map keys (what every receiver does), at most
+    :data:`MAX_HEADER` bytes. ``None`` is the empty header.
+
+    :raises InvalidRequest: for anything else.
+    """
+    hdr = {} if header is None else header
+    if not isinstance(hdr, dict):
+        raise InvalidRequest("header must be a dict")
+    if not all(type(key) is str for key in hdr):  # the wire protocol requires it
+        raise InvalidRequest("header keys must be str")
+    try:
+        packed: bytes = msgpack.packb(hdr, use_bin_type=True)
+        msgpack.unpackb(packed, raw=False, strict_map_key=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"header cannot be sent: {exc}") from exc
+    if len(packed) > MAX_HEADER:
+        raise InvalidRequest(f"header is {len(packed)} bytes encoded; the limit is {MAX_HEADER}")
+    return packed
+
+
 _MAX_INT: Final = (1 << 63) - 1
 _MAX_STR: Final = 1024
 _MAX_TOKEN: Final = 64
