@@ -699,19 +699,32 @@ class Client:
         return self._messages(reply)
 
     def _messages(self, reply: Reply) -> list[Message]:
-        out = []
-        for bid, size, capacity, _seg, _off, owner, sender, header, topic in reply.result[
-            "messages"
-        ]:
-            self._sizes[bid] = size
-            out.append(Message(Block(bid, size, capacity, owner), sender, header, topic or None))
-        return out
+        return [
+            self._new_message(bid, size, capacity, owner, sender, header, topic)
+            for bid, size, capacity, _seg, _off, owner, sender, header, topic in reply.result[
+                "messages"
+            ]
+        ]
 
     def _message(self, reply: Reply) -> Message:
         r = reply.result
-        self._sizes[r["block"]] = r["size"]
-        block = Block(r["block"], r["size"], r["capacity"], r["owner"])
-        return Message(block, r["sender"], r["header"], r["topic"] or None)
+        return self._new_message(
+            r["block"], r["size"], r["capacity"], r["owner"], r["sender"], r["header"], r["topic"]
+        )
+
+    def _new_message(
+        self,
+        bid: int,
+        size: int,
+        capacity: int,
+        owner: str,
+        sender: str,
+        header: dict[str, Any],
+        topic: str,
+    ) -> Message:
+        """A received block, now this process's: its size is remembered for reads."""
+        self._sizes[bid] = size
+        return Message(Block(bid, size, capacity, owner), sender, header, topic or None)
 
     async def messages(self) -> AsyncIterator[Message]:
         """``async for msg in client.messages():`` until this client is closed."""
@@ -776,9 +789,7 @@ class Client:
         try:
             seg = await self._segment(r["segment"])
             fds = await self._attach([], channel=chan)
-            if self._closed:
-                raise self._closed_error()
-            await _prefault(seg.mm, r["offset"], r["size"])
+            await _prefault(seg.mm, r["offset"], r["size"])  # (stops if the client closed)
             if self._closed:
                 raise self._closed_error()
             block = seg.buffer[r["offset"] : r["offset"] + r["size"]]
