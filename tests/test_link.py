@@ -37,12 +37,14 @@ from blockipc._exceptions import ProtocolError
 from blockipc._keys import keygen, load_keys
 from blockipc._linkwire import (
     ACK,
-    BLOCK,
+    BLOCKS,
+    MAX_BLOCKS,
     OutboundState,
     decode_ack,
-    decode_block,
+    decode_acks,
+    decode_blocks,
     encode_ack,
-    encode_block,
+    encode_blocks,
     make_config,
     parse_endpoint,
     split_target,
@@ -51,6 +53,18 @@ from blockipc.testing import assert_pool_clean
 
 ROOT = Path(__file__).resolve().parent.parent
 KiB, MiB = 1 << 10, 1 << 20
+
+
+def encode_block(
+    seq: int, node: str, sender: str, to: str, size: int, header: dict[str, object]
+) -> list[bytes]:
+    """The frames before the data frame of a one-block link message."""
+    return [BLOCKS, encode_blocks(node, [[seq, sender, to, size, header]])]
+
+
+def decode_block(head: list[bytes], size: int) -> object:
+    (frame,) = decode_blocks(head, [size])
+    return frame
 
 
 def free_port() -> int:
@@ -165,7 +179,7 @@ def test_endpoints_and_targets() -> None:
 
 def test_link_frames_round_trip_and_are_validated() -> None:
     head = encode_block(7, "a", "producer", "consumer", 5, {"k": [1, 2]})
-    frame = decode_block(head, 5)
+    (frame,) = decode_blocks(head, [5])
     assert (frame.seq, frame.node, frame.sender, frame.to, frame.header) == (
         7,
         "a",
@@ -174,20 +188,41 @@ def test_link_frames_round_trip_and_are_validated() -> None:
         {"k": [1, 2]},
     )
     with pytest.raises(ProtocolError, match="size"):
-        decode_block(head, 4)  # the data frame must be exactly as long as announced
-    meta = msgpack.packb({"seq": 1, "node": "a", "from": "p", "to": "c", "size": 1})
+        decode_blocks(head, [4])  # the data frame must be exactly as long as announced
+    with pytest.raises(ProtocolError, match="entries"):
+        decode_blocks(head, [5, 5])  # one entry per data frame
+    entries = [[i, "p", "c", i + 1, {"i": i}] for i in range(MAX_BLOCKS)]
+    sizes = [i + 1 for i in range(MAX_BLOCKS)]
+    frames = decode_blocks([BLOCKS, encode_blocks("a", entries)], sizes)
+    assert [(f.seq, f.size, f.header) for f in frames] == [(i, i + 1, {"i": i}) for i in range(64)]
+    too_many = [*entries, [MAX_BLOCKS, "p", "c", 1, {}]]
+    with pytest.raises(ProtocolError, match="data frames"):
+        decode_blocks([BLOCKS, encode_blocks("a", too_many)], [1] * (MAX_BLOCKS + 1))
+
+    def meta(node: object, *entries: object) -> bytes:
+        raw: bytes = msgpack.packb({"node": node, "blocks": list(entries)})
+        return raw
+
     bad_metas: list[bytes] = [
         b"\xc1",  # not msgpack
-        meta,  # missing header
-        msgpack.packb({"seq": -1, "node": "a", "from": "p", "to": "c", "size": 1, "header": {}}),
-        msgpack.packb({"seq": 1, "node": "a/x", "from": "p", "to": "c", "size": 1, "header": {}}),
-        msgpack.packb({"seq": 1, "node": "a", "from": "p", "to": "c", "size": 1, "header": {1: 2}}),
+        msgpack.packb({"node": "a", "blocks": [[1, "p", "c", 1, {}]], "x": 1}),  # unknown field
+        msgpack.packb({"blocks": [[1, "p", "c", 1, {}]]}),  # no node
+        meta("a", [1, "p", "c", 1]),  # missing header
+        meta("a", [-1, "p", "c", 1, {}]),
+        meta("a", [True, "p", "c", 1, {}]),
+        meta("a/x", [1, "p", "c", 1, {}]),
+        meta("a", [1, "p/q", "c", 1, {}]),
+        meta("a", [1, "p", "", 1, {}]),
+        meta("a", [1, "p", "c", 1, {1: 2}]),
+        meta("a", [1, "p", "c", 1, []]),
+        meta("a", "not a list"),
+        meta("a", [1, "p", "c", 1, {"big": "x" * (70 << 10)}]),  # header over MAX_HEADER
     ]
     for bad in bad_metas:
         with pytest.raises(ProtocolError):
-            decode_block([BLOCK, bad], 1)
+            decode_blocks([BLOCKS, bad], [1])
     with pytest.raises(ProtocolError):
-        decode_block([b"ALLOC", head[1]], 5)  # a client request is not a link frame
+        decode_blocks([b"ALLOC", head[1]], [5])  # a client request is not a link frame
     ack = decode_ack(encode_ack(3, 8, "no such process"))
     assert (ack.seq, ack.code) == (3, 8)
     assert isinstance(ack.error(), PeerUnreachable)
@@ -565,6 +600,53 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
                 dealer.close(linger=0)
                 ctx.destroy(linger=0)
             assert b.stats() == before
+        await wait_until(lambda: not b.stats().processes)
+        assert_pool_clean(b)
+
+
+async def test_one_message_of_several_blocks_is_delivered_block_by_block() -> None:
+    async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+        assert b.link_address is not None
+        async with blockipc.connect(b.address, name="consumer") as consumer:
+            ctx = zmq.asyncio.Context()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            try:
+                dealer.connect(b.link_address)
+                entries = [
+                    [1, "p", "consumer", 3, {"i": 1}],
+                    [2, "p", "nobody", 3, {"i": 2}],
+                    [3, "q", "consumer", 5, {"i": 3}],
+                ]
+                meta = encode_blocks("x", entries)
+                await dealer.send_multipart([BLOCKS, meta, b"one", b"two", b"three"])
+                acks = []
+                with anyio.fail_after(5):
+                    while len(acks) < 3:
+                        acks += decode_acks(await dealer.recv_multipart())
+                assert sorted((x.seq, type(x.error())) for x in acks) == [
+                    (1, type(None)),
+                    (2, PeerUnreachable),
+                    (3, type(None)),
+                ]
+                got = [await consumer.recv() for _ in range(2)]
+                assert [(m.sender, m.header) for m in got] == [("x/p", {"i": 1}), ("x/q", {"i": 3})]
+                assert [await consumer.read(m.block) for m in got] == [b"one", b"three"]
+                await consumer.free_many(m.block for m in got)
+                # one bad entry spoils the whole message: nothing of it is delivered
+                entries[1][3] = 4  # announced 4 bytes, 3 sent
+                await dealer.send_multipart([BLOCKS, encode_blocks("x", entries), b"a", b"b", b"c"])
+                with anyio.fail_after(5):
+                    bad = [decode_ack(await dealer.recv_multipart()) for _ in range(3)]
+                assert sorted((x.seq, type(x.error())) for x in bad) == [
+                    (1, ProtocolError),
+                    (2, ProtocolError),
+                    (3, ProtocolError),
+                ]
+                assert b.stats().blocks == 0
+            finally:
+                dealer.close(linger=0)
+                ctx.destroy(linger=0)
         await wait_until(lambda: not b.stats().processes)
         assert_pool_clean(b)
 

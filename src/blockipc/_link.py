@@ -31,8 +31,14 @@ its socket when too many bytes are parked. High-water marks bound libzmq's queue
 driven by callbacks on their ``ZMQ_FD`` (``loop.add_reader``): no future or task per
 message as ``zmq.asyncio`` would make. ``ZMQ_FD`` is edge-triggered and any operation
 on the socket may take the edge, so a callback reads until ``EAGAIN`` and checks
-``ZMQ_EVENTS`` after sending before it returns. The receiver answers the blocks it
-delivered in one turn of the loop with one ``ACKS`` message per peer.
+``ZMQ_EVENTS`` after sending before it returns.
+
+*Batches.* A sender writes what its window lets through at once as one message of up
+to :data:`BATCH_BYTES` bytes (small blocks share a message, a meta and an ack; large
+ones travel one by one, so the receiver copies one while the next arrives); it answers
+the requests of the acks of one pump with one write per sending process. The receiver
+answers the blocks of each message it read with one ``ACKS`` message, at once, so the
+sender's window refills while the receiver goes on reading.
 
 *Security.* With ``keys``, both sockets use CURVE (authenticated, encrypted); the ROUTER
 accepts only the public keys found in the key directory, checked by pyzmq's asyncio
@@ -77,16 +83,19 @@ from ._exceptions import (
 )
 from ._keys import NodeKeys, load_keys
 from ._linkwire import (
+    BLOCKS,
+    MAX_BLOCKS,
     BlockFrame,
     Failure,
     LinkConfig,
     OutboundState,
+    Pending,
     decode_acks,
-    decode_block,
+    decode_blocks,
     encode_ack,
     encode_acks,
-    encode_block,
-    peek_seq,
+    encode_blocks,
+    peek_seqs,
     split_target,
 )
 from ._protocol import ErrorReply, Reply, Request
@@ -103,12 +112,18 @@ MAX_PARKED: Final = 512 << 20
 """The receiver stops reading its socket while this many bytes wait for delivery."""
 THREAD_COPY: Final = 2 << 20
 """Blocks from this size up are copied into the pool in a worker thread."""
+BATCH_BYTES: Final = 4 << 20
+"""A message of blocks is closed once it holds this many bytes (or MAX_BLOCKS blocks):
+small blocks share one message, one meta and one ack; large ones travel alone, so the
+receiver works on one message while the next arrives (libzmq hands a message over only
+once all of it is there)."""
 TRACKER_GRACE: Final = 2.0
 """Seconds a finished send may wait for libzmq to release its memory before the
 peer's socket is reset (closing it makes libzmq drop the message)."""
 
 # plain ints: the hot paths skip the enum arithmetic of pyzmq's constants
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_NOBLOCK_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
 _POLLIN: Final = int(zmq.POLLIN)
 _POLLOUT: Final = int(zmq.POLLOUT)
@@ -336,6 +351,7 @@ class _Peer:
         sock = self._sock
         if sock is None:
             return
+        held = self.link.hold_replies()
         try:
             for _ in range(64):  # (a bound, in case POLLOUT and EAGAIN disagree)
                 self._read(sock)
@@ -348,24 +364,41 @@ class _Peer:
         except Exception as exc:
             log.exception("link.internal_error", peer=self.name, error=repr(exc))
             self.reset()
+        finally:
+            if held:
+                self.link.flush_replies()
 
     def _write(self, sock: zmq.Socket[bytes]) -> None:
+        """Write every send the window lets through, several per message (up to
+        :data:`MAX_BLOCKS` blocks or :data:`BATCH_BYTES` bytes)."""
         state, link = self.state, self.link
         self._blocked = False
-        while (p := state.next_to_write()) is not None:
-            out: _Outgoing = p.token
-            rec = out.rec
-            if out.view is None:
-                out.view = link.coord.pool.view(rec.segment, rec.offset, rec.size)
-            parts = encode_block(
-                p.seq, link.config.node, out.sender.name, out.to, rec.size, out.header
-            )
-            try:
-                out.tracker = sock.send_multipart(
-                    [*parts, out.view], flags=_NOBLOCK, copy=False, track=True
-                )
+        view = link.coord.pool.view
+        while True:
+            batch: list[Pending] = []
+            nbytes = 0
+            while (
+                len(batch) < MAX_BLOCKS
+                and nbytes < BATCH_BYTES
+                and (p := state.next_to_write()) is not None
+            ):
+                batch.append(p)
+                nbytes += p.size
+            if not batch:
+                return
+            entries, views = [], []
+            for p in batch:
+                out: _Outgoing = p.token
+                rec = out.rec
+                if out.view is None:
+                    out.view = view(rec.segment, rec.offset, rec.size)
+                views.append(out.view)
+                entries.append([p.seq, out.sender.name, out.to, rec.size, out.header])
+            try:  # (once the first frame is queued, libzmq takes the rest of the message)
+                sock.send(BLOCKS, _NOBLOCK_MORE)
             except zmq.Again:  # connected but the pipe is not attached yet, or full
-                state.unwrite(p)
+                for p in reversed(batch):
+                    state.unwrite(p)
                 self._blocked = True
                 # the FD signals when the pipe takes messages again; a timer too, in
                 # case the pipe was only not attached yet
@@ -373,6 +406,12 @@ class _Peer:
                     loop = asyncio.get_running_loop()
                     self._retry = loop.call_later(0.002, self._retried)
                 return
+            sock.send(encode_blocks(link.config.node, entries), _NOBLOCK_MORE)
+            last = len(batch) - 1
+            for i, p in enumerate(batch):
+                p.token.tracker = sock.send(
+                    views[i], _NOBLOCK if i == last else _NOBLOCK_MORE, copy=False, track=True
+                )
 
     def _retried(self) -> None:
         self._retry = None
@@ -478,6 +517,7 @@ class Link:
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
         self._pins: dict[int, int] = {}  # block id -> transfers of it in progress
         self._release_kick = asyncio.Event()
+        self._held: list[_Session] | None = None  # sessions whose replies wait for a flush
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------
@@ -709,11 +749,28 @@ class Link:
         if out.replied:
             return
         out.replied = True
-        req = out.req
+        req, session = out.req, out.session
+        if self._held is not None and not session._batching:
+            session._batching = True  # its replies go out in one write, at flush_replies
+            self._held.append(session)
         if out.error is None:
-            out.session.reply(Reply(req.req_id, req.op))
+            session.reply(Reply(req.req_id, req.op))
         else:
-            out.session.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
+            session.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
+
+    def hold_replies(self) -> bool:
+        """Collect the replies of the sends that finish from now on until
+        :meth:`flush_replies`, one write per sender (``False``: already collecting)."""
+        if self._held is not None:
+            return False
+        self._held = []
+        return True
+
+    def flush_replies(self) -> None:
+        held, self._held = self._held or [], None
+        for session in held:
+            session._batching = False
+            session._flush()
 
     # -- receiving ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -746,6 +803,8 @@ class Link:
                     self._on_message(router, frames)
                 except Exception as exc:  # one bad message must not stop the link
                     log.exception("link.internal_error", error=repr(exc))
+                if self._acks:  # at once: the sender's window refills while we go on
+                    self._flush_acks(router)
         finally:
             self._pumping = False
             to_wake, self._to_wake = self._to_wake, {}
@@ -765,8 +824,8 @@ class Link:
     def _ack(
         self, router: zmq.Socket[bytes], ident: bytes, seq: int, exc: BlockIPCError | None
     ) -> None:
-        """Answer block ``seq``: a success with the others of this turn of the loop
-        (one message), a failure at once."""
+        """Answer block ``seq``: a success with the others of its message (one
+        ``ACKS``, sent when the message is done), a failure at once."""
         if exc is None:
             self._acks.setdefault(ident, []).append(seq)
         else:
@@ -789,51 +848,53 @@ class Link:
 
     def _on_message(self, router: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
         cfg = self.config
-        if len(frames) < 2:
-            log.warning("link.protocol_error", node=cfg.node, error="empty message")
+        if len(frames) < 4:
+            log.warning("link.protocol_error", node=cfg.node, error=f"{len(frames)} frames")
             return
         ident = frames[0].bytes
-        data = frames[-1]
-        head = [f.bytes for f in frames[1:-1]]
+        head = [frames[1].bytes, frames[2].bytes]
+        data = frames[3:]
         try:
-            frame = decode_block(head, len(data))
+            blocks = decode_blocks(head, [len(f) for f in data])
         except ProtocolError as exc:
             log.warning("link.protocol_error", node=cfg.node, error=str(exc))
-            seq = peek_seq(head[1]) if len(head) == 2 else None
-            if seq is not None:
+            for seq in peek_seqs(head[1]):
                 self._ack(router, ident, seq, exc)
             return
         if self.keys is not None:
-            authenticated = data.get("User-Id")
-            if authenticated != frame.node:
+            authenticated = frames[1].get("User-Id")
+            if authenticated != blocks[0].node:
                 exc2 = AccessDenied(
-                    f"a block claiming to come from node {frame.node!r} was sent with the key "
-                    f"of node {authenticated!r}"
+                    f"a block claiming to come from node {blocks[0].node!r} was sent with the "
+                    f"key of node {authenticated!r}"
                 )
                 log.warning("link.refused", node=cfg.node, reason=str(exc2))
-                self._ack(router, ident, frame.seq, exc2)
+                for frame in blocks:
+                    self._ack(router, ident, frame.seq, exc2)
                 return
-        if frame.to not in self.coord._table.processes:
-            self._ack(
-                router,
-                ident,
-                frame.seq,
-                PeerUnreachable(f"no process named {frame.to!r} on node {cfg.node!r}"),
-            )
-            return
-        queue = self._targets.get(frame.to)
-        item = _Incoming(ident, frame, data, f"{frame.node}/{frame.sender}")
-        if queue is None and frame.size < THREAD_COPY:  # the common case: no task needed
-            done = self._deliver_now(frame.to, item)
-            if not isinstance(done, _Later):
-                self._ack(router, ident, frame.seq, done)
-                return
-        self._parked += frame.size
-        if queue is None:
-            queue = self._targets[frame.to] = deque([item])
-            self._spawn(self._deliver_all(router, frame.to, queue))
-        else:
-            queue.append(item)
+        processes = self.coord._table.processes
+        for frame, buf in zip(blocks, data, strict=True):
+            if frame.to not in processes:
+                self._ack(
+                    router,
+                    ident,
+                    frame.seq,
+                    PeerUnreachable(f"no process named {frame.to!r} on node {cfg.node!r}"),
+                )
+                continue
+            queue = self._targets.get(frame.to)
+            item = _Incoming(ident, frame, buf, f"{frame.node}/{frame.sender}")
+            if queue is None and frame.size < THREAD_COPY:  # the common case: no task needed
+                done = self._deliver_now(frame.to, item)
+                if not isinstance(done, _Later):
+                    self._ack(router, ident, frame.seq, done)
+                    continue
+            self._parked += frame.size
+            if queue is None:
+                queue = self._targets[frame.to] = deque([item])
+                self._spawn(self._deliver_all(router, frame.to, queue))
+            else:
+                queue.append(item)
 
     async def _deliver_all(
         self, router: zmq.Socket[bytes], name: str, queue: deque[_Incoming]

@@ -5,12 +5,14 @@ Theory of operation
 No socket, loop or zmq import here (a test enforces it): this module decides, the
 link in ``_link.py`` does the I/O.
 
-**Frames.** A remote send is one ZeroMQ multipart message from the sending node's
-DEALER to the receiving node's ROUTER: ``[b"BLK1", meta, data]``. libzmq delivers a
-multipart message whole or not at all, so a receiver never sees part of a block.
-``meta`` is a msgpack map checked field by field like the client protocol's
-(``seq``, ``node``, ``from``, ``to``, ``size``, ``header``); ``data`` must be exactly
-``size`` bytes. The receiver answers every block with ``[b"ACK1", meta]``
+**Frames.** Remote sends travel as ZeroMQ multipart messages from the sending
+node's DEALER to the receiving node's ROUTER, each carrying 1 to :data:`MAX_BLOCKS`
+blocks: ``[b"BLKS", meta, data_1, ..., data_k]``. libzmq delivers a multipart message
+whole or not at all, so a receiver never sees part of a block. ``meta`` is a msgpack
+map ``{"node": NAME, "blocks": [[seq, from, to, size, header], ...]}``, one entry per
+data frame, in order, each checked field by field like the client protocol's; a data
+frame must be exactly ``size`` bytes. The receiver answers every block with
+``[b"ACK1", meta]``
 (``seq``, ``code``, ``message``): code 0 means the block is in the receiver's inbox,
 any other code is a :class:`~blockipc.BlockIPCError` code and nothing was delivered.
 Several blocks delivered at once may be answered by one ``[b"ACKS", seqs]`` instead
@@ -37,6 +39,7 @@ import ipaddress
 import math
 import os
 import re
+import reprlib
 import struct
 from collections import deque
 from collections.abc import Mapping
@@ -58,7 +61,8 @@ from ._protocol import MAX_HEADER, _validate
 __all__ = [
     "ACK",
     "ACKS",
-    "BLOCK",
+    "BLOCKS",
+    "MAX_BLOCKS",
     "Ack",
     "BlockFrame",
     "Endpoint",
@@ -67,17 +71,20 @@ __all__ = [
     "Pending",
     "decode_ack",
     "decode_acks",
-    "decode_block",
+    "decode_blocks",
     "encode_ack",
     "encode_acks",
-    "encode_block",
+    "encode_blocks",
     "check_node_name",
     "make_config",
     "parse_endpoint",
     "split_target",
 ]
 
-BLOCK: Final = b"BLK1"
+BLOCKS: Final = b"BLKS"
+MAX_BLOCKS: Final = 64
+"""Blocks one link message carries at most (a sender batches what its window lets
+through at once: one message, one meta to parse, one ack for all of them)."""
 ACK: Final = b"ACK1"
 ACKS: Final = b"ACKS"
 MAX_META: Final = MAX_HEADER + 4096
@@ -88,14 +95,7 @@ WINDOW_BLOCKS: Final = 8
 WINDOW_BYTES: Final = 64 << 20
 """Bytes written to a peer and not yet acknowledged, at most (one block may exceed it)."""
 
-_BLOCK_SCHEMA: Final = {
-    "seq": int,
-    "node": str,
-    "from": str,
-    "to": str,
-    "size": int,
-    "header": dict,
-}
+_BLOCKS_KEYS: Final = frozenset({"node", "blocks"})
 _ACK_SCHEMA: Final = {"seq": int, "code": int, "message": str}
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -263,12 +263,11 @@ class Ack:
         return None if self.code == 0 else error_from_code(self.code, self.message)
 
 
-def encode_block(
-    seq: int, node: str, sender: str, to: str, size: int, header: dict[str, Any]
-) -> list[bytes]:
-    """The first two frames of a block message; the data frame follows them."""
-    meta = {"seq": seq, "node": node, "from": sender, "to": to, "size": size, "header": header}
-    return [BLOCK, _packer.pack(meta)]
+def encode_blocks(node: str, entries: list[list[Any]]) -> bytes:
+    """The meta frame of a message of blocks from ``node``: ``entries`` are
+    ``[seq, from, to, size, header]``, their data frames follow in the same order."""
+    meta: bytes = _packer.pack({"node": node, "blocks": entries})
+    return meta
 
 
 def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
@@ -281,37 +280,78 @@ def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
     return _validate(meta, schema, lambda: what)
 
 
-def decode_block(parts: list[bytes], data_size: int) -> BlockFrame:
-    """Parse ``[kind, meta]`` of a block message whose data frame is ``data_size`` long.
-
-    ``parts`` are the frames after the routing identity, without the data frame.
-    """
-    if len(parts) != 2 or parts[0] != BLOCK:
-        raise ProtocolError(f"not a link block message ({len(parts) + 1} frames)")
-    meta = _meta(parts[1], _BLOCK_SCHEMA, "link block")
-    if meta["size"] != data_size:
-        raise ProtocolError(f"link block: size {meta['size']} but {data_size} data bytes")
-    for key in ("node", "from", "to"):
-        name = meta[key]
-        if not name or "/" in name or not name.isprintable() or len(name) > 255:
-            raise ProtocolError(f"link block: invalid {key} name {name!r:.80}")
-    # re-encoded, no value grows to twice its size (a float32 becomes 9 bytes, from 5):
-    # a small meta needs no second encoding to know that its header is small enough
-    if len(parts[1]) * 2 > MAX_HEADER and len(_packer.pack(meta["header"])) > MAX_HEADER:
-        raise ProtocolError(f"link block: header larger than {MAX_HEADER} bytes")
-    return BlockFrame(
-        meta["seq"], meta["node"], meta["from"], meta["to"], meta["size"], meta["header"]
+def _bad_name(name: Any) -> bool:
+    return (
+        type(name) is not str
+        or not name
+        or len(name) > 255
+        or "/" in name
+        or not name.isprintable()
     )
 
 
-def peek_seq(meta: bytes) -> int | None:
-    """The ``seq`` of a block meta that failed to parse, to answer it if possible."""
+def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
+    """Parse ``[kind, meta]`` of a message of blocks whose data frames are ``sizes``
+    long; ``parts`` are the frames after the routing identity, without the data frames.
+
+    >>> meta = encode_blocks("a", [[1, "p", "c", 2, {}], [2, "p", "c", 3, {"k": 1}]])
+    >>> [(b.seq, b.size, b.header) for b in decode_blocks([BLOCKS, meta], [2, 3])]
+    [(1, 2, {}), (2, 3, {'k': 1})]
+    """
+    if len(parts) != 2 or parts[0] != BLOCKS:
+        raise ProtocolError(f"not a link block message ({len(parts) + len(sizes)} frames)")
+    if not 1 <= len(sizes) <= MAX_BLOCKS:
+        raise ProtocolError(f"link blocks: {len(sizes)} data frames (1 to {MAX_BLOCKS})")
+    raw = parts[1]
+    if len(raw) > MAX_META * len(sizes):
+        raise ProtocolError(f"link blocks: meta of {len(raw)} bytes is too large")
+    try:
+        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
+        raise ProtocolError(f"link blocks: meta is not valid msgpack: {exc}") from None
+    if type(meta) is not dict or meta.keys() != _BLOCKS_KEYS:
+        raise ProtocolError(f"link blocks: meta {reprlib.repr(meta)} is not {{node, blocks}}")
+    node, entries = meta["node"], meta["blocks"]
+    if _bad_name(node):
+        raise ProtocolError(f"link blocks: invalid node name {node!r:.80}")
+    if type(entries) is not list or len(entries) != len(sizes):
+        count = len(entries) if type(entries) is list else reprlib.repr(entries)
+        raise ProtocolError(f"link blocks: {count} entries for {len(sizes)} data frames")
+    # re-encoded, no value grows to twice its size (a float32 becomes 9 bytes, from 5):
+    # a small meta needs no second encoding to know that its headers are small enough
+    big = len(raw) * 2 > MAX_HEADER
+    frames = []
+    for entry, size in zip(entries, sizes, strict=True):
+        if type(entry) is not list or len(entry) != 5:
+            raise ProtocolError(f"link blocks: entry {reprlib.repr(entry)} is not 5 fields")
+        seq, sender, to, n, header = entry
+        if type(seq) is not int or not 0 <= seq <= _MAX_INT:
+            raise ProtocolError(f"link blocks: invalid seq {reprlib.repr(seq)}")
+        if type(n) is not int or n != size:
+            raise ProtocolError(f"link block {seq}: size {n!r:.20} but {size} data bytes")
+        for what, name in (("from", sender), ("to", to)):
+            if _bad_name(name):
+                raise ProtocolError(f"link block {seq}: invalid {what} name {name!r:.80}")
+        if type(header) is not dict or not all(type(k) is str for k in header):
+            raise ProtocolError(f"link block {seq}: header {reprlib.repr(header)} is not a map")
+        if big and len(_packer.pack(header)) > MAX_HEADER:
+            raise ProtocolError(f"link block {seq}: header larger than {MAX_HEADER} bytes")
+        frames.append(BlockFrame(seq, node, sender, to, size, header))
+    return frames
+
+
+def peek_seqs(meta: bytes) -> list[int]:
+    """The ``seq`` of every entry of a block meta that failed to parse, to answer them
+    if possible (garbage has none: there is nobody to answer)."""
     try:
         value = msgpack.unpackb(meta, raw=False, strict_map_key=True)
     except Exception:  # noqa: BLE001 -- garbage: there is nobody to answer
-        return None
-    seq = value.get("seq") if type(value) is dict else None
-    return seq if type(seq) is int and 0 <= seq <= _MAX_INT else None
+        return []
+    entries = value.get("blocks") if type(value) is dict else None
+    if type(entries) is not list:
+        return []
+    seqs = [e[0] for e in entries[:MAX_BLOCKS] if type(e) is list and e]
+    return [s for s in seqs if type(s) is int and 0 <= s <= _MAX_INT]
 
 
 def encode_ack(seq: int, code: int = 0, message: str = "") -> list[bytes]:
