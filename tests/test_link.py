@@ -311,7 +311,8 @@ def test_serve_cli_link_flags(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout
-    for flag in ("--node", "--listen", "--peer", "--keys", "--link-timeout", "--insecure"):
+    flags = ("--node", "--listen", "--peer", "--keys", "--link-timeout", "--link-io-nice")
+    for flag in (*flags, "--insecure"):
         assert flag in help_text
     refused = subprocess.run(
         [
@@ -327,6 +328,32 @@ def test_serve_cli_link_flags(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "non-loopback" in refused.stderr and "--insecure" in refused.stderr
     assert not (tmp_path / "s").exists()
+
+
+def _io_thread_nices() -> dict[int, int]:
+    """This process's libzmq I/O threads and their nice values."""
+    nices = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("ZMQbg/IO/"):
+                nices[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+    return nices
+
+
+async def test_a_listening_node_lowers_its_io_thread_priority() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for io_nice, expected in ((None, min(19, base + 10)), (3, min(19, base + 3)), (0, base)):
+        before = set(_io_thread_nices())
+        extra = {} if io_nice is None else {"link_io_nice": io_nice}
+        async with blockipc.Coordinator(
+            pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0", **extra
+        ):
+            mine = {t: n for t, n in _io_thread_nices().items() if t not in before}
+            assert list(mine.values()) == [expected]
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the loop's own thread: unchanged
+    for bad in (-1, 20, 1.5, True, "5"):
+        with pytest.raises(InvalidRequest, match="link_io_nice"):
+            blockipc.Coordinator(node="b", listen="tcp://127.0.0.1:0", link_io_nice=bad)  # type: ignore[arg-type]
 
 
 # -- real links, embedded coordinators -------------------------------------------------

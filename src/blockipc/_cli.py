@@ -15,6 +15,7 @@ import structlog
 from ._client import connect
 from ._coordinator import Coordinator
 from ._exceptions import BlockIPCError
+from ._linkwire import IO_NICE
 from ._pool import parse_size
 from ._runtime import run
 
@@ -85,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a send to a node unreachable this long fails (default 5)",
     )
     link.add_argument(
+        "--link-io-nice",
+        type=int,
+        default=IO_NICE,
+        metavar="N",
+        help="added to the nice value of the link's I/O thread on a listening node, 0-19 "
+        f"(default {IO_NICE}; 0: unchanged)",
+    )
+    link.add_argument(
         "--insecure",
         action="store_true",
         help="allow a plain (unauthenticated, unencrypted) link on non-loopback addresses",
@@ -129,6 +138,7 @@ async def _serve(args: argparse.Namespace) -> int:
             keys=args.keys,
             link_timeout=args.link_timeout,
             insecure=args.insecure,
+            link_io_nice=args.link_io_nice,
         ) as coord:
             async for signum in signals:
                 log.info("coordinator.signal", signal=signal.Signals(signum).name)

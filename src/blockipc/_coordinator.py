@@ -69,7 +69,7 @@ from ._exceptions import (
 )
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
-from ._linkwire import make_config
+from ._linkwire import IO_NICE, make_config
 from ._pool import Allocation, Pool
 from ._protocol import (
     CANCELLED,
@@ -166,7 +166,10 @@ class Coordinator:
     ``peers={"b": "tcp://HOST:PORT"}`` are the nodes it sends to (``to="b/name"``),
     ``keys=DIR`` turns on CURVE (``blockipc keygen``), ``link_timeout`` bounds how long a
     send waits for an unreachable node, and without keys only loopback addresses are
-    accepted unless ``insecure=True``::
+    accepted unless ``insecure=True``. A node that listens lowers its libzmq I/O
+    thread's scheduling priority by ``link_io_nice`` (default 10; 0 leaves it): on a
+    busy CPU the loop that copies received blocks into the pool then runs before the
+    I/O thread reads further ahead::
 
         async with blockipc.Coordinator(node="a", peers={"b": "tcp://10.0.0.2:7100"},
                                         keys="keys/") as coord:
@@ -190,9 +193,12 @@ class Coordinator:
         keys: str | os.PathLike[str] | None = None,
         link_timeout: float = 5.0,
         insecure: bool = False,
+        link_io_nice: int = IO_NICE,
     ) -> None:
         # the link's configuration is checked now: a bad one never binds anything
-        self._link_config = make_config(node, listen, peers, keys, link_timeout, insecure)
+        self._link_config = make_config(
+            node, listen, peers, keys, link_timeout, insecure, link_io_nice
+        )
         self._link: Link | None = None
         self._path_arg = None if path is None else Path(path)
         self._pool_args = (pool_size, max_pool_size, min_block)

@@ -96,6 +96,8 @@ WINDOW_BYTES: Final = 64 << 20
 """Bytes written to a peer and not yet acknowledged, at most (one block may exceed it)."""
 
 _BLOCKS_KEYS: Final = frozenset({"node", "blocks"})
+IO_NICE: Final = 10
+"""Added by default to the nice value of a receiving node's libzmq I/O thread."""
 _ACK_SCHEMA: Final = {"seq": int, "code": int, "message": str}
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -177,6 +179,7 @@ class LinkConfig:
     keys: Path | None
     timeout: float
     insecure: bool
+    io_nice: int = IO_NICE
 
 
 def make_config(
@@ -186,8 +189,12 @@ def make_config(
     keys: str | os.PathLike[str] | None,
     link_timeout: float,
     insecure: bool,
+    io_nice: int = IO_NICE,
 ) -> LinkConfig | None:
     """Check the link arguments of a coordinator; ``None`` when it has no link.
+
+    ``io_nice`` (0 to 19) is added to the nice value of the receiving node's libzmq I/O
+    thread (see ``_link.py``); 0 leaves it alone.
 
     Without ``keys``, a plain link may only listen on and connect to loopback
     addresses unless ``insecure`` is true: traffic would otherwise cross a network
@@ -202,6 +209,8 @@ def make_config(
         raise InvalidRequest(f"link_timeout must be a number of seconds, not {link_timeout!r}")
     if not (link_timeout > 0 and math.isfinite(link_timeout)):
         raise InvalidRequest(f"link_timeout must be positive and finite, not {link_timeout!r}")
+    if type(io_nice) is not int or not 0 <= io_nice <= 19:
+        raise InvalidRequest(f"link_io_nice must be an int from 0 to 19, not {io_nice!r}")
     where = None if listen is None else parse_endpoint(listen, listen=True)
     parsed: dict[str, Endpoint] = {}
     for name, address in (peers or {}).items():
@@ -225,6 +234,7 @@ def make_config(
         None if keys is None else Path(keys),
         float(link_timeout),
         bool(insecure),
+        io_nice,
     )
 
 
