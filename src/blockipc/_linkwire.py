@@ -55,6 +55,7 @@ from ._exceptions import (
     InvalidRequest,
     PeerUnreachable,
     ProtocolError,
+    error_from_code,
 )
 from ._protocol import MAX_HEADER, _validate
 
@@ -268,8 +269,6 @@ class Ack:
     message: str
 
     def error(self) -> BlockIPCError | None:
-        from ._exceptions import error_from_code
-
         return None if self.code == 0 else error_from_code(self.code, self.message)
 
 
