@@ -8,14 +8,16 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
 * **blockipc plain / CURVE**: coordinator A and coordinator B (``node="a"``/``"b"``),
   a producer on A whose 16 tasks each ``send(block, to="b/consumer", move=False)`` in
   a loop (16 sends in flight; the link's window lets 8 of them travel at a time) from a
-  ring of pre-filled blocks, and a consumer on B whose 4 tasks (``--recv-tasks``) each
-  ``recv()`` in a loop and free every block (the frees pipelined as tasks). Every byte
-  crosses the link and is copied into B's pool. A consumer with one ``recv`` at a time
-  (``--recv-tasks 1``) falls behind the link: its inbox backlog grows until it fills
-  B's pool, every copy then lands in cold memory, and the link waits for room (about
-  30% slower at 1 MiB).
-* **raw pyzmq plain / CURVE**: PUSH (``copy=False`` of one prebuilt buffer) -> PULL
-  (``copy=False``) over ``tcp://``, the same bytes.
+  ring of 16 pre-filled blocks, and a consumer on B that takes what its inbox holds
+  with ``recv_many(64)`` and frees it with one ``free_many`` (pipelined as a task;
+  ``--recv-batch 0`` gives a consumer whose ``--recv-tasks`` tasks each ``recv()`` and
+  ``free()`` one block at a time). Every byte crosses the link and is copied into B's
+  pool. A consumer with one ``recv`` at a time (``--recv-batch 0 --recv-tasks 1``)
+  falls behind the link: its inbox backlog grows until it fills B's pool, every copy
+  then lands in cold memory, and the link waits for room.
+* **raw pyzmq plain / CURVE**: PUSH (``copy=False``, from a ring of 16 prebuilt
+  buffers, the size of the blockipc producer's ring of blocks) -> PULL (``copy=False``)
+  over ``tcp://``, the same bytes.
 * **raw pyzmq PUSH/PULL + one copy into a pool** (information): the plain raw PULL,
   which also copies each message into the next of 4 slots of a prefaulted memfd ring.
   A link must land every block in the receiving coordinator's pool, and libzmq cannot
@@ -23,7 +25,7 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
   receive: its ratio to the raw PULL bounds what the plain link can reach when the
   receiving CPU is the bottleneck.
 * **raw asyncio TCP (uvloop)**: ``writer.write`` + ``drain`` of length-prefixed messages
-  -> ``reader.readexactly``.
+  (from the same ring of 16 buffers) -> ``reader.readexactly``.
 
 Timing: the sender takes ``time.perf_counter_ns()`` (CLOCK_MONOTONIC, comparable across
 processes) after an untimed warm-up, the receiver when it holds the last byte; the rate
@@ -66,6 +68,13 @@ def pin(cpu: str) -> None:
 
 def say(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
+
+
+def payloads(size: int) -> list[bytes]:
+    """What a raw sender sends, in turn: as many distinct buffers as the blockipc
+    producer's ring of blocks, so both send from the same amount of memory (one buffer
+    sent over and over stays in the sending CPU's cache, which no real stream does)."""
+    return [bytes([i + 1]) * size for i in range(INFLIGHT)]
 
 
 # -- roles (children) --------------------------------------------------------------
@@ -206,12 +215,12 @@ def role_zmq_push(cpu: str, port: str, size: str, count: str, keys: str) -> None
     push = ctx.socket(zmq.PUSH)
     _curve(push, keys, server=False)
     push.connect(f"tcp://127.0.0.1:{port}")
-    payload = b"z" * int(size)
-    for _ in range(WARMUP):
-        push.send(payload, copy=False)
+    ring = payloads(int(size))
+    for i in range(WARMUP):
+        push.send(ring[i % INFLIGHT], copy=False)
     t0 = time.perf_counter_ns()
-    for _ in range(int(count)):
-        push.send(payload, copy=False)
+    for i in range(int(count)):
+        push.send(ring[i % INFLIGHT], copy=False)
     say(event="sent", t0=t0)
     time.sleep(3600)
 
@@ -237,16 +246,16 @@ async def role_tcp_recv(cpu: str, size: str, count: str) -> None:
 async def role_tcp_send(cpu: str, port: str, size: str, count: str) -> None:
     pin(cpu)
     _reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
-    payload = b"t" * int(size)
-    prefix = len(payload).to_bytes(8, "little")
-    for _ in range(WARMUP):
+    ring = payloads(int(size))
+    prefix = int(size).to_bytes(8, "little")
+    for i in range(WARMUP):
         writer.write(prefix)
-        writer.write(payload)
+        writer.write(ring[i % INFLIGHT])
         await writer.drain()
     t0 = time.perf_counter_ns()
-    for _ in range(int(count)):
+    for i in range(int(count)):
         writer.write(prefix)
-        writer.write(payload)
+        writer.write(ring[i % INFLIGHT])
         await writer.drain()
     say(event="sent", t0=t0)
     await asyncio.sleep(3600)
