@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -59,6 +60,8 @@ SRC = HERE.parent.parent / "src"
 WARMUP = 4
 INFLIGHT = 16
 """Sends the producer keeps in flight (one task each)."""
+EVENT_TIMEOUT = 300.0
+"""Seconds the parent waits for a child's next event before it gives up."""
 
 
 def pin(cpu: str) -> None:
@@ -301,8 +304,11 @@ class Proc:
             text=True,
         )
 
-    def event(self, name: str) -> dict[str, Any]:
+    def event(self, name: str, timeout: float = EVENT_TIMEOUT) -> dict[str, Any]:
         assert self.p.stdout is not None
+        ready, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not ready:  # e.g. a peer of this child died: never wait forever
+            raise RuntimeError(f"no {name!r} event from {self.p.args[3]!r} in {timeout:g} s")
         line = self.p.stdout.readline()
         if not line:
             raise RuntimeError(f"child exited ({self.p.wait()})")
