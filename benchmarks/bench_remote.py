@@ -324,6 +324,14 @@ class Proc:
             self.p.stdout.close()
 
 
+def size_label(size: int) -> str:
+    """``1 MiB``, ``64 KiB``, ``100 B``: a message size for the table."""
+    for shift, unit in ((20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -459,7 +467,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {c: {s: statistics.median(v) for s, v in per.items()} for c, per in samples.items()}
-    print(f"| contender | {' | '.join(f'{s >> 20} MiB GB/s' for s in sizes)} |")
+    print(f"| contender | {' | '.join(f'{size_label(s)} GB/s' for s in sizes)} |")
     print(f"|---|{'---|' * len(sizes)}")
     for name in names:
         print(f"| {name} | {' | '.join(f'{med[name][s]:.2f}' for s in sizes)} |")
@@ -480,7 +488,7 @@ def main(argv: list[str]) -> int:
             0.0,
         ),
     ]
-    print(f"| ratio | {' | '.join(f'{s >> 20} MiB' for s in sizes)} | target |")
+    print(f"| ratio | {' | '.join(size_label(s) for s in sizes)} | target |")
     print(f"|---|{'---|' * len(sizes)}---|")
     for label, num, den, target in checks:
         if num not in med or den not in med:
