@@ -96,6 +96,19 @@ def test_benchmark_script_help(script: str) -> None:
     assert "usage:" in result.stdout
 
 
+def test_remote_benchmark_runs_every_contender() -> None:
+    # a tiny run (16 blocks of 64 KiB each way): every role starts, moves its bytes and
+    # reports, and the tables come out; the rates themselves mean nothing here
+    script = str(EXAMPLES.parent / "benchmarks" / "bench_remote.py")
+    result = _run(script, "--rounds", "1", "--sizes", "64KiB", "--bytes", "1MiB", timeout=240)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "| contender | 64 KiB GB/s |" in out
+    for row in ("blockipc link, plain", "blockipc link, CURVE", "raw asyncio TCP stream"):
+        assert f"| {row}" in out
+    assert "| plain link / raw pyzmq plain | " in out and "| CURVE link / raw pyzmq CURVE | " in out
+
+
 @pytest.mark.parametrize("command", [[], ["serve"], ["stats"], ["bench"]])
 def test_cli_help(command: list[str]) -> None:
     result = _run("-m", "blockipc", *command, "--help")
