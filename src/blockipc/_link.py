@@ -594,7 +594,7 @@ class Link:
         read several more (measured on two CPUs, 1 MiB blocks: +15 % with 10).
         """
         nice = self.config.io_nice
-        if not nice:
+        if not nice or not sys.platform.startswith("linux"):  # (/proc/self/task)
             return
         tids: set[int] = set()
         for _ in range(100):  # the thread names itself just after it starts
