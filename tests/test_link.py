@@ -492,6 +492,47 @@ async def test_a_block_must_come_from_the_node_its_key_belongs_to(tmp_path: Path
             ctx.destroy(linger=0)
 
 
+async def test_a_batch_the_socket_refuses_is_queued_again_in_order() -> None:
+    # The monitor can report a handshake before libzmq has attached the pipe; a send
+    # then gets EAGAIN. Forced here: the state is told the link is up while nothing
+    # listens (IMMEDIATE: no pipe). The whole batch must go back to the queue, in order,
+    # and leave in that order once the node really comes up.
+    port = free_port()
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=20
+    ) as a:
+        assert a._link is not None
+        peer = a._link._peers["b"]
+        async with blockipc.connect(a.address, name="producer") as producer:
+            blocks = []
+            for i in range(3):
+                blocks.append(block := await producer.alloc(10))
+                await producer.write(block, bytes([i]) * 10)
+            peer.state.up(time.monotonic())
+            sends = [
+                asyncio.create_task(producer.send(blk, to="b/consumer", header={"i": i}))
+                for i, blk in enumerate(blocks)
+            ]
+            await wait_until(lambda: peer._blocked and len(peer.state.queue) == 3)
+            assert not peer.state.in_flight
+            assert [p.token.header["i"] for p in peer.state.queue] == [0, 1, 2]
+            async with (
+                blockipc.Coordinator(
+                    pool_size="8MiB", node="b", listen=f"tcp://127.0.0.1:{port}"
+                ) as b,
+                blockipc.connect(b.address, name="consumer") as consumer,
+            ):
+                with anyio.fail_after(15):
+                    await asyncio.gather(*sends)
+                got = [await consumer.recv() for _ in range(3)]
+                assert [m.header["i"] for m in got] == [0, 1, 2]
+                assert [await consumer.read(m.block) for m in got] == [
+                    bytes([i]) * 10 for i in range(3)
+                ]
+                await consumer.free_many(m.block for m in got)
+            assert a.stats().blocks == 0  # moved: freed once acknowledged
+
+
 async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
     port = free_port()  # nobody listens there
     async with blockipc.Coordinator(
