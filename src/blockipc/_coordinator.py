@@ -935,14 +935,13 @@ class Coordinator:
         session = self._sessions.get(proc.key)
         if session is None or not (session.recv_waits and proc.inbox):
             return
-        outer, session._batching = session._batching, True  # one write for all the replies
+        held = session.hold()  # one write for all the replies
         try:
             while session.recv_waits and proc.inbox:
                 self._deliver(session, session.recv_waits.popleft())
         finally:
-            session._batching = outer
-            if not outer:
-                session._flush()
+            if held:
+                session.release()
 
     def _deliveries_done(self, deliveries: list[Delivery], *, wake: bool = True) -> None:
         for d in deliveries:
@@ -1343,7 +1342,7 @@ class _Session(asyncio.BufferedProtocol):
         self._process()
 
     def _process(self) -> None:
-        self._batching = True
+        held = self.hold()
         try:
             while True:
                 try:
@@ -1356,8 +1355,8 @@ class _Session(asyncio.BufferedProtocol):
                 assert isinstance(event, Request)
                 self.coord.handle(self, event)
         finally:
-            self._batching = False
-            self._flush()
+            if held:
+                self.release()
 
     def eof_received(self) -> bool:
         return False
@@ -1376,6 +1375,19 @@ class _Session(asyncio.BufferedProtocol):
             return
         if not self._batching:
             self._flush()
+
+    def hold(self) -> bool:
+        """Collect this session's replies until :meth:`release`, to write them at once
+        (``False``: they are collected already, and the outer holder writes them)."""
+        if self._batching:
+            return False
+        self._batching = True
+        return True
+
+    def release(self) -> None:
+        """End :meth:`hold`: write the replies collected meanwhile."""
+        self._batching = False
+        self._flush()
 
     def _flush(self) -> None:
         if self._out and self._transport is not None:

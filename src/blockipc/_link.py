@@ -789,9 +789,8 @@ class Link:
             return
         out.replied = True
         req, session = out.req, out.session
-        if self._held is not None and not session._batching:
-            session._batching = True  # its replies go out in one write, at flush_replies
-            self._held.append(session)
+        if self._held is not None and session.hold():
+            self._held.append(session)  # its replies go out in one write, at flush_replies
         if out.error is None:
             session.reply(Reply(req.req_id, req.op))
         else:
@@ -808,8 +807,7 @@ class Link:
     def flush_replies(self) -> None:
         held, self._held = self._held or [], None
         for session in held:
-            session._batching = False
-            session._flush()
+            session.release()
 
     # -- receiving ---------------------------------------------------------------
     def _serve(self) -> None:
