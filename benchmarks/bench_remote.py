@@ -24,6 +24,12 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
   receive into a buffer of ours, so this copy is the least any link adds to a raw
   receive: its ratio to the raw PULL bounds what the plain link can reach when the
   receiving CPU is the bottleneck.
+* **link sending side alone / receiving side alone** (information): half the link
+  against a stand-in for the other half, to see which side caps it. Sending side: A
+  and its producer (first CPU) send to a ROUTER (second CPU) that acks each message's
+  blocks as soon as it has parsed it. Receiving side: a DEALER (first CPU) writes link
+  messages as A does (half the window per message, at most 8 blocks and 64 MiB
+  unacknowledged, from 16 buffers) to B and its consumer (second CPU).
 * **raw asyncio TCP (uvloop)**: ``writer.write`` + ``drain`` of length-prefixed messages
   (from the same ring of 16 buffers) -> ``reader.readexactly``.
 
@@ -126,7 +132,7 @@ async def role_bipc_send(cpu: str, sock: str, size: str, count: str) -> None:
         await stream(WARMUP - 1)
         t0 = time.perf_counter_ns()
         await stream(total)
-        say(event="sent", t0=t0)
+        say(event="sent", t0=t0, t1=time.perf_counter_ns())
         await asyncio.sleep(3600)
 
 
@@ -210,6 +216,66 @@ def role_zmq_pull(cpu: str, size: str, count: str, keys: str, copy: str = "") ->
     time.sleep(3600)
 
 
+def role_link_acker(cpu: str) -> None:
+    """Stands in for coordinator B: a ROUTER that parses every link message and acks
+    its blocks at once (no pool, no inbox, no consumer), so only the sending side works."""
+    pin(cpu)
+    import zmq
+
+    from blockipc._linkwire import decode_blocks, encode_acks
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    say(event="ready", port=port)
+    while True:
+        ident, *head_and_data = router.recv_multipart(copy=False)
+        head, data = head_and_data[:2], head_and_data[2:]
+        blocks = decode_blocks([f.bytes for f in head], [len(f) for f in data])
+        router.send_multipart([ident.bytes, *encode_acks([b.seq for b in blocks])])
+
+
+def role_link_feeder(cpu: str, port: str, size: str, count: str) -> None:
+    """Stands in for coordinator A: a DEALER that writes link messages of blocks to B
+    as A does (half the window per message, at most 8 blocks unacknowledged, from a
+    ring of 16 buffers), so only the receiving side (B and its consumer) works."""
+    pin(cpu)
+    import zmq
+
+    from blockipc._linkwire import (
+        BLOCKS,
+        WINDOW_BLOCKS,
+        WINDOW_BYTES,
+        decode_acks,
+        encode_blocks,
+    )
+
+    n, total = int(size), WARMUP + int(count)
+    per_message = max(1, min(WINDOW_BLOCKS // 2, (4 << 20) // n))
+    ring = payloads(n)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    seq = acked = 0
+    t0 = None
+    while acked < total:
+        while seq < total and (seq == acked or (seq - acked + per_message) * n <= WINDOW_BYTES):
+            if seq - acked + per_message > WINDOW_BLOCKS:
+                break
+            k = min(per_message, total - seq)
+            entries = [[seq + i + 1, "producer", "consumer", n, {}] for i in range(k)]
+            frames = [ring[(seq + i) % INFLIGHT] for i in range(k)]
+            dealer.send_multipart([BLOCKS, encode_blocks("a", entries), *frames], copy=False)
+            seq += k
+        for ack in decode_acks(dealer.recv_multipart()):
+            assert ack.code == 0, ack
+            acked += 1
+            if acked == WARMUP:
+                t0 = time.perf_counter_ns()
+    say(event="sent", t0=t0)
+    time.sleep(3600)
+
+
 def role_zmq_push(cpu: str, port: str, size: str, count: str, keys: str) -> None:
     pin(cpu)
     import zmq
@@ -268,6 +334,8 @@ ROLES: dict[str, Any] = {
     "coord": role_coord,
     "bipc_send": role_bipc_send,
     "bipc_recv": role_bipc_recv,
+    "link_acker": role_link_acker,
+    "link_feeder": role_link_feeder,
     "zmq_pull": role_zmq_pull,
     "zmq_push": role_zmq_push,
     "tcp_recv": role_tcp_recv,
@@ -363,6 +431,46 @@ def run_blockipc(
             p.stop()
 
 
+def run_sending_side(size: int, count: int, tmp: Path) -> float:
+    """A and its producer (first CPU) against a ROUTER that acks at once (second CPU)."""
+    procs: list[Proc] = []
+    try:
+        acker = Proc("link_acker", 1)
+        procs.append(acker)
+        port = acker.event("ready")["port"]
+        a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", "")
+        procs.append(a)
+        a.event("ready")
+        send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
+        procs.append(send)
+        sent = send.event("sent")
+        return size * count / ((sent["t1"] - sent["t0"]) / 1e9) / 1e9
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def run_receiving_side(size: int, count: int, tmp: Path, recv_tasks: int, recv_batch: int) -> float:
+    """A DEALER writing link messages (first CPU) to B and its consumer (second CPU)."""
+    port = free_port()
+    procs: list[Proc] = []
+    try:
+        b = Proc("coord", 1, tmp / "b.sock", "b", f"tcp://127.0.0.1:{port}", "", "")
+        procs.append(b)
+        b.event("ready")
+        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks, recv_batch)
+        procs.append(recv)
+        recv.event("ready")
+        feeder = Proc("link_feeder", 0, port, size, count)
+        procs.append(feeder)
+        t1 = recv.event("done")["t1"]
+        t0 = feeder.event("sent")["t0"]
+        return size * count / ((t1 - t0) / 1e9) / 1e9
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
 def run_zmq(size: int, count: int, keys: str, copy: bool = False) -> float:
     pull = Proc("zmq_pull", 1, size, count, keys, "copy" if copy else "")
     push = None
@@ -452,6 +560,12 @@ def main(argv: list[str]) -> int:
                 s, n, "", copy=True
             ),
             "raw asyncio TCP stream (uvloop)": lambda s, n: run_tcp(s, n),
+            "link sending side alone, plain (B: a ROUTER that acks)": lambda s, n: run_sending_side(
+                s, n, tmp
+            ),
+            "link receiving side alone, plain (A: a DEALER)": lambda s, n: run_receiving_side(
+                s, n, tmp, args.recv_tasks, args.recv_batch
+            ),
         }
         contenders = {k: v for k, v in contenders.items() if args.only in k}
         sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -484,6 +598,18 @@ def main(argv: list[str]) -> int:
         (
             "ceiling: raw PULL + one copy into a pool / raw pyzmq plain (info)",
             "raw pyzmq PUSH/PULL + one copy into a pool, plain",
+            "raw pyzmq PUSH/PULL, plain",
+            0.0,
+        ),
+        (
+            "sending side alone / raw pyzmq plain (info)",
+            "link sending side alone, plain (B: a ROUTER that acks)",
+            "raw pyzmq PUSH/PULL, plain",
+            0.0,
+        ),
+        (
+            "receiving side alone / raw pyzmq plain (info)",
+            "link receiving side alone, plain (A: a DEALER)",
             "raw pyzmq PUSH/PULL, plain",
             0.0,
         ),

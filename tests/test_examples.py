@@ -104,7 +104,8 @@ def test_remote_benchmark_runs_every_contender() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "| contender | 64 KiB GB/s |" in out
-    for row in ("blockipc link, plain", "blockipc link, CURVE", "raw asyncio TCP stream"):
+    rows = ("blockipc link, plain", "blockipc link, CURVE", "raw asyncio TCP stream")
+    for row in (*rows, "link sending side alone", "link receiving side alone"):
         assert f"| {row}" in out
     assert "| plain link / raw pyzmq plain | " in out and "| CURVE link / raw pyzmq CURVE | " in out
 
