@@ -406,23 +406,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_receiver(
+    procs: list[Proc], tmp: Path, port: int, keys: str, count: int, tasks: int, batch: int
+) -> Proc:
+    """Coordinator B listening on ``port`` and its consumer, on the second CPU (added to
+    ``procs``); returns the consumer."""
+    b = Proc("coord", 1, tmp / "b.sock", "b", f"tcp://127.0.0.1:{port}", "", keys)
+    procs.append(b)
+    b.event("ready")
+    recv = Proc("bipc_recv", 1, tmp / "b.sock", count, tasks, batch)
+    procs.append(recv)
+    recv.event("ready")
+    return recv
+
+
+def start_sender(procs: list[Proc], tmp: Path, port: int, keys: str, size: int, count: int) -> Proc:
+    """Coordinator A linked to ``port`` and its producer, on the first CPU (added to
+    ``procs``); returns the producer, which starts sending at once."""
+    a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", keys)
+    procs.append(a)
+    a.event("ready")
+    send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
+    procs.append(send)
+    return send
+
+
 def run_blockipc(
     size: int, count: int, keys: str, tmp: Path, recv_tasks: int, recv_batch: int
 ) -> float:
     port = free_port()
     procs: list[Proc] = []
     try:
-        b = Proc("coord", 1, tmp / "b.sock", "b", f"tcp://127.0.0.1:{port}", "", keys)
-        procs.append(b)
-        b.event("ready")
-        a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", keys)
-        procs.append(a)
-        a.event("ready")
-        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks, recv_batch)
-        procs.append(recv)
-        recv.event("ready")
-        send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
-        procs.append(send)
+        recv = start_receiver(procs, tmp, port, keys, count, recv_tasks, recv_batch)
+        send = start_sender(procs, tmp, port, keys, size, count)
         t1 = recv.event("done")["t1"]
         t0 = send.event("sent")["t0"]
         return size * count / ((t1 - t0) / 1e9) / 1e9
@@ -438,12 +454,7 @@ def run_sending_side(size: int, count: int, tmp: Path) -> float:
         acker = Proc("link_acker", 1)
         procs.append(acker)
         port = acker.event("ready")["port"]
-        a = Proc("coord", 0, tmp / "a.sock", "a", "", f"tcp://127.0.0.1:{port}", "")
-        procs.append(a)
-        a.event("ready")
-        send = Proc("bipc_send", 0, tmp / "a.sock", size, count)
-        procs.append(send)
-        sent = send.event("sent")
+        sent = start_sender(procs, tmp, port, "", size, count).event("sent")
         return size * count / ((sent["t1"] - sent["t0"]) / 1e9) / 1e9
     finally:
         for p in reversed(procs):
@@ -455,12 +466,7 @@ def run_receiving_side(size: int, count: int, tmp: Path, recv_tasks: int, recv_b
     port = free_port()
     procs: list[Proc] = []
     try:
-        b = Proc("coord", 1, tmp / "b.sock", "b", f"tcp://127.0.0.1:{port}", "", "")
-        procs.append(b)
-        b.event("ready")
-        recv = Proc("bipc_recv", 1, tmp / "b.sock", count, recv_tasks, recv_batch)
-        procs.append(recv)
-        recv.event("ready")
+        recv = start_receiver(procs, tmp, port, "", count, recv_tasks, recv_batch)
         feeder = Proc("link_feeder", 0, port, size, count)
         procs.append(feeder)
         t1 = recv.event("done")["t1"]
