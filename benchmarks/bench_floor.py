@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for size in SIZES:
             results[size].append(measure(size, args.seconds))
-    print("| payload | memcpy, one process | write, two cores | read, two cores | "
-          "min(write, read) / memcpy |")
+    print(
+        "| payload | memcpy, one process | write, two cores | read, two cores | "
+        "min(write, read) / memcpy |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for size, rounds in results.items():
         med = {k: statistics.median(r[k] for r in rounds) for k in ("memcpy", "write", "read")}
