@@ -822,11 +822,8 @@ class Coordinator:
         move = a["move"]
         rec = self._table.lookup(session.proc, a["block"], "own" if move else "r")
         self._check_header(a["header"])
-        to = self._table.processes.get(a["to"])
-        if to is None:
-            if not a["wait_ms"]:
-                raise PeerUnreachable(f"no process named {a['to']!r} is registered")
-            self._park_for_peer(session, req)
+        to = self._receiver(session, req)
+        if to is None:  # parked until it registers
             return
         if move:
             self._table.check_movable(session.proc, rec)
@@ -837,6 +834,17 @@ class Coordinator:
             self._wake_receiver(to)
         else:
             session.sends[req.req_id] = (to, token)
+
+    def _receiver(self, session: _Session, req: Request) -> ProcessRecord | None:
+        """The process named ``req.args["to"]``, or None once the request is parked to
+        wait for it to register (``wait_ms``); :class:`PeerUnreachable` if it may not."""
+        a = req.args
+        to = self._table.processes.get(a["to"])
+        if to is None:
+            if not a["wait_ms"]:
+                raise PeerUnreachable(f"no process named {a['to']!r} is registered")
+            self._park_for_peer(session, req)
+        return to
 
     def _park_for_peer(self, session: _Session, req: Request) -> None:
         name = req.args["to"]
@@ -1181,11 +1189,8 @@ class Coordinator:
                 f"channel capacity must be {MIN_CHANNEL} to {self.pool.max_request()} bytes, "
                 f"not {a['capacity']}"
             )
-        to = self._table.processes.get(a["to"])
-        if to is None:
-            if not a["wait_ms"]:
-                raise PeerUnreachable(f"no process named {a['to']!r} is registered")
-            self._park_for_peer(session, req)
+        to = self._receiver(session, req)
+        if to is None:  # parked until it registers
             return
         if to is session.proc:
             raise InvalidRequest("a channel needs two processes (within one, use a queue)")
