@@ -24,6 +24,12 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
   receive into a buffer of ours, so this copy is the least any link adds to a raw
   receive: its ratio to the raw PULL bounds what the plain link can reach when the
   receiving CPU is the bottleneck.
+* **raw pyzmq PUSH/PULL + a channel ring + a consumer process** (information): the
+  plain raw PULL copies each message into a blockipc channel ring of 16 slots (the
+  library's own ring and eventfd wake-ups), which a consumer process forked on the
+  same CPU reads and releases; it reports the last message. Nothing of a coordinator
+  (no allocation, routing, acknowledgement or window): the least a receiver that hands
+  the bytes to another process in shared memory can do, on a CPU it shares with it.
 * **link sending side alone / receiving side alone** (information): half the link
   against a stand-in for the other half, to see which side caps it. Sending side: A
   and its producer (first CPU) send to a ROUTER (second CPU) that acks each message's
@@ -47,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -182,31 +189,40 @@ def _curve(sock: Any, keys: str, server: bool) -> None:
 
 
 def role_zmq_pull(cpu: str, size: str, count: str, keys: str, copy: str = "") -> None:
-    """PULL each message; with ``copy``, also copy it into the next of 4 slots of a
+    """PULL each message. With ``copy``: also copy it into the next of 4 slots of a
     memfd ring mapped (and prefaulted) like a coordinator's pool, small enough to stay
     in the caches (the kindest case): the one copy that landing a block in a pool adds
-    to a raw receive, and nothing else."""
+    to a raw receive, and nothing else. With ``ring``: copy it into a channel ring with
+    room for 16 messages (blockipc's own ring and wake-up code, as many as the sender
+    rotates) that a consumer process on the same CPU reads and releases: a bare receiver
+    that lands the bytes in shared memory for another process, with no allocation,
+    no routing, no acknowledgement."""
     pin(cpu)
     import mmap
 
     import zmq
 
     n = int(size)
-    slots = 4
+    total = WARMUP + int(count)
+    slots = INFLIGHT if copy == "ring" else 4
     ring: memoryview | None = None
     if copy:
         fd = os.memfd_create("bench-pool")
-        os.ftruncate(fd, slots * n)
-        mm = mmap.mmap(fd, slots * n)
+        os.ftruncate(fd, slots * n + (4096 if copy == "ring" else 0))
+        mm = mmap.mmap(fd, os.fstat(fd).st_size)
         os.close(fd)
         ring = memoryview(mm)
         ring[:] = b"\x01" * len(ring)  # every page mapped before the clock starts
+    if copy == "ring":
+        assert ring is not None
+        _pull_into_ring(ring, n, total, keys)
+        return
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     _curve(pull, keys, server=True)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     say(event="ready", port=port)
-    for i in range(WARMUP + int(count)):
+    for i in range(total):
         frame = pull.recv(copy=False)
         assert len(frame) == n
         if ring is not None:
@@ -214,6 +230,67 @@ def role_zmq_pull(cpu: str, size: str, count: str, keys: str, copy: str = "") ->
             ring[at : at + n] = frame.buffer
     say(event="done", t1=time.perf_counter_ns())
     time.sleep(3600)
+
+
+def _pull_into_ring(block: memoryview, n: int, total: int, keys: str) -> None:
+    """The ``ring`` mode of :func:`role_zmq_pull`: a forked consumer (same CPU) reads
+    the ring with :class:`blockipc._channel.ChannelReceiver` and reports ``done``."""
+    import zmq
+
+    from blockipc._ring import W_WANT_DATA, RingWriter, fence, init_ring
+
+    init_ring(block)
+    data_fd, space_fd = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    if os.fork() == 0:  # before any zmq thread starts
+        try:
+            asyncio.run(_ring_consumer(block, total, data_fd, space_fd, os.getppid()))
+        finally:
+            os._exit(0)
+    writer = RingWriter(block)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    _curve(pull, keys, server=True)
+    say(event="ready", port=pull.bind_to_random_port("tcp://127.0.0.1"))
+    for _ in range(total):
+        buf = pull.recv(copy=False).buffer
+        while (at := writer.reserve(n, b"")) is None:  # full: sleep until a release
+            writer.set_want_space(True)
+            fence()
+            if (at := writer.reserve(n, b"")) is not None:
+                writer.set_want_space(False)
+                break
+            select.select([space_fd], [], [], 1.0)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(space_fd)
+            writer.set_want_space(False)
+        writer.data[at : at + n] = buf
+        writer.commit(at, n)
+        fence()
+        if writer.ctl[W_WANT_DATA]:
+            os.eventfd_write(data_fd, 1)
+    time.sleep(3600)
+
+
+async def _ring_consumer(
+    block: memoryview, total: int, data_fd: int, space_fd: int, parent: int
+) -> None:
+    from blockipc._channel import ChannelReceiver, _Bell
+    from blockipc._ring import RingReader
+
+    async def orphaned() -> None:  # the PULL was killed: do not outlive it
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+        os._exit(1)
+
+    watchdog = asyncio.create_task(orphaned())
+    loop = asyncio.get_running_loop()
+    bell = _Bell(loop, data_fd, space_fd)
+    receiver = ChannelReceiver(0, "pull", RingReader(block), bell, lambda end: None)
+    for _ in range(total):
+        msg = await receiver.recv()
+        msg.release()
+    say(event="done", t1=time.perf_counter_ns())
+    watchdog.cancel()
 
 
 def role_link_acker(cpu: str) -> None:
@@ -477,8 +554,8 @@ def run_receiving_side(size: int, count: int, tmp: Path, recv_tasks: int, recv_b
             p.stop()
 
 
-def run_zmq(size: int, count: int, keys: str, copy: bool = False) -> float:
-    pull = Proc("zmq_pull", 1, size, count, keys, "copy" if copy else "")
+def run_zmq(size: int, count: int, keys: str, copy: str = "") -> float:
+    pull = Proc("zmq_pull", 1, size, count, keys, copy)
     push = None
     try:
         port = pull.event("ready")["port"]
@@ -563,7 +640,10 @@ def main(argv: list[str]) -> int:
             "raw pyzmq PUSH/PULL, plain": lambda s, n: run_zmq(s, n, ""),
             "raw pyzmq PUSH/PULL, CURVE": lambda s, n: run_zmq(s, n, raw_keys),
             "raw pyzmq PUSH/PULL + one copy into a pool, plain": lambda s, n: run_zmq(
-                s, n, "", copy=True
+                s, n, "", copy="copy"
+            ),
+            "raw pyzmq PUSH/PULL + a channel ring + consumer process, plain": lambda s, n: run_zmq(
+                s, n, "", copy="ring"
             ),
             "raw asyncio TCP stream (uvloop)": lambda s, n: run_tcp(s, n),
             "link sending side alone, plain (B: a ROUTER that acks)": lambda s, n: run_sending_side(
@@ -604,6 +684,12 @@ def main(argv: list[str]) -> int:
         (
             "ceiling: raw PULL + one copy into a pool / raw pyzmq plain (info)",
             "raw pyzmq PUSH/PULL + one copy into a pool, plain",
+            "raw pyzmq PUSH/PULL, plain",
+            0.0,
+        ),
+        (
+            "bound: raw PULL + a ring + consumer process / raw pyzmq plain (info)",
+            "raw pyzmq PUSH/PULL + a channel ring + consumer process, plain",
             "raw pyzmq PUSH/PULL, plain",
             0.0,
         ),

@@ -105,8 +105,11 @@ def test_remote_benchmark_runs_every_contender() -> None:
     out = result.stdout
     assert "| contender | 64 KiB GB/s |" in out
     rows = ("blockipc link, plain", "blockipc link, CURVE", "raw asyncio TCP stream")
-    for row in (*rows, "link sending side alone", "link receiving side alone"):
+    one_sided = ("link sending side alone", "link receiving side alone")
+    bare = ("raw pyzmq PUSH/PULL + one copy", "raw pyzmq PUSH/PULL + a channel ring + consumer")
+    for row in (*rows, *one_sided, *bare):
         assert f"| {row}" in out
+    assert "| bound: raw PULL + a ring + consumer process / raw pyzmq plain (info) | " in out
     assert "| plain link / raw pyzmq plain | " in out and "| CURVE link / raw pyzmq CURVE | " in out
 
 
