@@ -273,3 +273,20 @@ def test_topics(table: RoutingTable) -> None:
     assert table.subscribers("t") == [b]
     table.unsubscribe(b, "t")
     assert table.topics == {}
+
+
+def test_touch_moves_only_named_cacheable_objects(table: RoutingTable) -> None:
+    a, first = _block(table, "a")
+    _, second = _block(table, "a")
+    _, plain = _block(table, "a")
+    _, unnamed = _block(table, "a")
+    table.bind(a, first, "first", cacheable=True)
+    table.bind(a, second, "second", cacheable=True)
+    table.bind(a, plain, "plain", cacheable=False)
+    assert list(table.evictable) == ["first", "second"]
+    # gone, unnamed, and named but not cacheable: skipped, nothing moves
+    assert table.touch([10_000, unnamed.id, plain.id]) == 0
+    assert list(table.evictable) == ["first", "second"]
+    assert table.touch([first.id, first.id]) == 2
+    assert list(table.evictable) == ["second", "first"]
+    assert table.evict_one() == ("second", second)

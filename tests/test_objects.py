@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -309,6 +310,25 @@ async def test_eviction_is_lru() -> None:
         await c.free(first)
         await c.free(second)
         assert (await c.stats()).cache_evictions >= 2
+
+
+async def test_hits_a_client_cache_serves_count_as_uses_for_eviction() -> None:
+    """Another process reads "a" from its own cache (no round trip): the coordinator
+    hears of those hits in a TOUCH, so "a" is not the object evicted first."""
+    async with small_pool() as (coord, c), agent(coord.address, unique_name("reader")) as run:
+        await fill(c)
+        a = [200 * KiB, zlib.crc32(b"a" * (200 * KiB))]
+        assert await run("get", name="a", digest=True) == a  # a miss: now cached there
+        for key in "bcd":
+            await c.get(key)  # c has no cache: these reach the coordinator
+        assert list(coord._table.evictable) == ["a", "b", "c", "d"]
+        answered = coord.stats().cache_hits
+        assert await run("get", name="a", digest=True) == a  # a hit
+        assert coord.stats().cache_hits == answered  # the get itself never came here
+        await wait_until(lambda: list(coord._table.evictable)[-1] == "a")
+        block = await c.alloc(200 * KiB)
+        assert coord.stats().names == ("a", "c", "d")
+        await c.free(block)
 
 
 async def test_leased_objects_survive_eviction() -> None:

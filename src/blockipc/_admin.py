@@ -29,7 +29,7 @@ kept. ``take`` pops the next message and admits queued deliveries that now fit.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -590,6 +590,18 @@ class RoutingTable:
         if name in self.evictable:
             self.evictable.move_to_end(name)
         return rec
+
+    def touch(self, block_ids: Iterable[int]) -> int:
+        """Count these blocks' named cacheable objects as used now (a client's own cache
+        served them). Blocks that are gone, unnamed or not cacheable are skipped: a
+        touch is a hint, and the block may have been freed since. Returns how many moved."""
+        moved = 0
+        for bid in block_ids:
+            rec = self.blocks.get(bid)
+            if rec is not None and rec.name in self.evictable:
+                self.evictable.move_to_end(rec.name)
+                moved += 1
+        return moved
 
     def bind(
         self, proc: ProcessRecord, rec: BlockRecord, name: str, *, cacheable: bool

@@ -74,6 +74,10 @@ DEFAULT_INBOX_MESSAGES: Final = 1024
 DEFAULT_CACHE_SIZE: Final = "64MiB"
 DEFAULT_CHANNEL_CAPACITY: Final = "4MiB"
 _MAX_REFS: Final = 65536
+TOUCH_DELAY: Final = 0.05
+"""Seconds a client gathers the blocks its own cache served before it tells the
+coordinator in one ``TOUCH`` (whose LRU order decides what is evicted)."""
+_MAX_TOUCH: Final = 4096  # blocks per TOUCH: the protocol's longest list
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
@@ -227,6 +231,8 @@ class Client:
         self._refs: collections.OrderedDict[int | str, _Ref] = collections.OrderedDict()
         self._gens: GenerationView | None = None
         self._cache_hits = self._cache_misses = 0
+        self._touched: dict[int, None] = {}  # hits not told to the coordinator yet
+        self._touch_timer: asyncio.Handle | None = None
         if type(inbox_messages) is not int or inbox_messages < 1:
             raise InvalidRequest(f"inbox_messages must be an int >= 1, not {inbox_messages!r}")
         self._inbox_limits = (
@@ -413,6 +419,10 @@ class Client:
             return
         self._closed = True
         self._error = error
+        if self._touch_timer is not None:
+            self._touch_timer.cancel()
+            self._touch_timer = None
+        self._touched.clear()
         pending, self._pending = self._pending, {}
         for fut, _orphan in pending.values():
             if fut is not None and not fut.done():
@@ -985,6 +995,7 @@ class Client:
                 cached = self._cache.get((bid, gen, codec or rec_codec))
                 if cached is not None:
                     self._cache_hits += 1
+                    self._touch(bid)
                     # a checkpoint (no round trip): a loop polling get() must not
                     # starve the other tasks of this event loop
                     await asyncio.sleep(0)
@@ -1012,6 +1023,25 @@ class Client:
         _check_name(name, "object name")
         await self._call(Op.DELETE, {"name": name})
         self._refs.pop(name, None)
+
+    def _touch(self, block: int) -> None:
+        """Note a hit of this client's cache: the coordinator, which never saw it, hears
+        of it within :data:`TOUCH_DELAY`, so an object every process reads from its own
+        cache is not the pool's least recently used."""
+        self._touched[block] = None
+        if self._touch_timer is None:
+            loop = asyncio.get_running_loop()
+            self._touch_timer = loop.call_later(TOUCH_DELAY, self._send_touches)
+
+    def _send_touches(self) -> None:
+        self._touch_timer = None
+        touched = self._touched
+        blocks = list(itertools.islice(touched, _MAX_TOUCH))
+        for block in blocks:
+            del touched[block]
+        self._send_nowait(Op.TOUCH, {"blocks": blocks})
+        if touched:
+            self._touch_timer = asyncio.get_running_loop().call_soon(self._send_touches)
 
     def _remember(self, key: int | str, block: int, slot: int, gen: int, codec: str) -> None:
         self._refs[key] = (block, slot, gen, codec)

@@ -1083,6 +1083,10 @@ class Coordinator:
             rec = self._readable(session.proc, req.args["block"])
         self._lease_or_wait(session, req, rec, "r", transient=False)
 
+    def _touch(self, session: _Session, req: Request) -> None:
+        self._table.touch(req.args["blocks"])
+        session.reply(Reply(req.req_id, Op.TOUCH))
+
     def _delete(self, session: _Session, req: Request) -> None:
         gone, dropped = self._table.unbind(req.args["name"])
         if gone is not None:
@@ -1291,6 +1295,7 @@ class Coordinator:
         Op.COMMIT: _commit,
         Op.GET: _get,
         Op.DELETE: _delete,
+        Op.TOUCH: _touch,
         Op.REMOTE_SEND: _remote_send,
         Op.CHANNEL_OPEN: _channel_open,
         Op.CHANNEL_ACCEPT: _channel_accept,

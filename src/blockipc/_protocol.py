@@ -140,6 +140,7 @@ class Op(enum.IntEnum):
     COMMIT = 31
     GET = 32
     DELETE = 33
+    TOUCH = 34  # blocks a client's own cache served: the pool's LRU order sees those uses
     # remote sends through the coordinators' link (40-49)
     REMOTE_SEND = 40
     # channels: rings in the pool that messages cross without the coordinator (50-59)
@@ -333,6 +334,8 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     ),
     (Kind.REQUEST, Op.DELETE): ({"name": str}, False),
     (Kind.REPLY, Op.DELETE): ({}, False),
+    (Kind.REQUEST, Op.TOUCH): ({"blocks": _INTLIST}, False),
+    (Kind.REPLY, Op.TOUCH): ({}, False),
     (Kind.REQUEST, Op.PEERS): ({}, False),
     (Kind.REPLY, Op.PEERS): ({"names": _STRLIST}, False),
     (Kind.REQUEST, Op.REMOTE_SEND): (
