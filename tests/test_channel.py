@@ -635,7 +635,7 @@ async def test_invalid_open_requests(
     for capacity in (0, 1, 4096, SMALL - 1, 65 * MiB, "128MiB"):
         with pytest.raises(InvalidRequest):
             await a.open_channel(b.name, capacity=capacity)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match=r"send\(block, to='node/name'\)"):
         await a.open_channel("node/name")
     with pytest.raises(InvalidRequest):
         await a.open_channel(b.name, wait_for_peer=-1)

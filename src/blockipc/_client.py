@@ -767,7 +767,10 @@ class Client:
         """
         _check_name(to, "receiver name")
         if "/" in to:
-            raise InvalidRequest("channels are between processes of one coordinator")
+            raise InvalidRequest(
+                f"channels are between processes of one coordinator: to reach {to!r} on "
+                f"another node, send it blocks with send(block, to={to!r})"
+            )
         args = {"to": to, "capacity": parse_size(capacity), "wait_ms": _wait_ms(wait_for_peer)}
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator opened it
