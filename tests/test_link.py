@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -32,7 +33,7 @@ import zmq
 
 import blockipc
 from _procs import Child, spawn, wait_until
-from blockipc import AccessDenied, BlockNotFound, InvalidRequest, PeerUnreachable
+from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._exceptions import ProtocolError
 from blockipc._keys import keygen, load_keys
 from blockipc._linkwire import (
@@ -419,6 +420,37 @@ async def test_remote_send_moves_block_and_keeps_order() -> None:
         await producer.free(block)
 
 
+async def test_stats_count_each_nodes_sends_and_receipts() -> None:
+    async with (
+        pair() as (a, b),
+        blockipc.connect(a.address, name="producer") as producer,
+        blockipc.connect(b.address, name="consumer") as consumer,
+    ):
+        assert b.stats().links == ()  # no peers, nothing received yet
+        block = await producer.alloc(3000)
+        for _ in range(3):
+            await producer.send(block, to="b/consumer", move=False)
+        with pytest.raises(PeerUnreachable):
+            await producer.send(block, to="b/nobody")
+        (link,) = (await producer.stats()).links  # over the wire
+        assert link == LinkStats("b", "up", sent=3, sent_bytes=9000, failed=1)
+        assert b.stats().links == (
+            LinkStats("a", "inbound", received=3, received_bytes=9000, refused=1),
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        cli = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "blockipc", "stats", "--socket", a.address),
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, _ = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 0
+        assert "up: queued 0, in flight 0, sent 3 (9000 B), failed 1, received 0" in out.decode()
+        for _ in range(3):
+            await consumer.free((await consumer.recv()).block)
+        await producer.free(block)
+
+
 async def test_curve_link_delivers_and_refuses_unknown_keys(tmp_path: Path) -> None:
     keys = node_keys(tmp_path, "a", "b")
     async with (
@@ -452,6 +484,8 @@ async def test_curve_link_delivers_and_refuses_unknown_keys(tmp_path: Path) -> N
                 await producer.send(block, to="b/consumer")
             assert time.monotonic() - started < 1.5
             assert await producer.read(block, 0, 6) == b"secret"  # still the sender's
+            assert a.stats().links == (LinkStats("b", "refused", failed=1),)
+            assert b.stats().links == ()  # no block got through to be counted
             with anyio.move_on_after(0.2) as scope:
                 await consumer.recv()
             assert scope.cancelled_caught  # nothing was delivered
@@ -548,6 +582,7 @@ async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
                 elapsed = time.monotonic() - started
             assert 0.45 <= elapsed < 1.5, elapsed
             assert [e["event"] for e in logs if e["event"] == "link.send_failed"]
+            assert a.stats().links == (LinkStats("b", "down", failed=1),)
             assert await producer.read(block, 0, 4) == b"kept"
             await producer.free(block)
         await wait_until(lambda: not a.stats().processes)
@@ -667,7 +702,10 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
             finally:
                 dealer.close(linger=0)
                 ctx.destroy(linger=0)
-            assert b.stats() == before
+            # counted: the well-formed block refused (the malformed one names no node)
+            after = b.stats()
+            assert after.links == (LinkStats("x", "inbound", refused=1),)
+            assert dataclasses.replace(after, links=()) == before
         await wait_until(lambda: not b.stats().processes)
         assert_pool_clean(b)
 
@@ -792,7 +830,7 @@ async def test_kill_9_of_receiving_node_mid_stream(short_dir: Path) -> None:
     ) as a:
         async with blockipc.connect(a.address, name="producer") as producer:
             keep = await producer.alloc(MiB)  # so "back where it was" is not just "empty"
-            start = a.stats()
+            start = dataclasses.replace(a.stats(), links=())  # the pool's accounting
             outcomes: list[tuple[int, BaseException | None, float]] = []
             crcs: dict[int, int] = {}
 
@@ -837,7 +875,10 @@ async def test_kill_9_of_receiving_node_mid_stream(short_dir: Path) -> None:
             assert max(t for _, _, t in failures) - killed < 2.0 + 1.0
             assert len(got) == len(set(got))  # nothing delivered twice
             assert {i for i, exc, _ in outcomes if exc is None} <= set(got) | set(range(28))
-            await wait_until(lambda: a.stats() == start)  # pinned blocks freed or given back
+            # pinned blocks freed or given back, every send counted once
+            await wait_until(lambda: dataclasses.replace(a.stats(), links=()) == start)
+            (link,) = a.stats().links
+            assert (link.sent, link.failed) == (len(outcomes) - len(failures), len(failures))
 
             # B comes back on the same address: the link reconnects by itself
             async with (

@@ -28,6 +28,7 @@ from blockipc._protocol import (
     _ERROR_SCHEMA,
     _HANDSHAKE_OPS,
     _INTLIST,
+    _LINKLIST,
     _MAX_INT,
     _MAX_LIST,
     _MAX_STR,
@@ -78,6 +79,7 @@ EXAMPLES: dict[Any, Any] = {
     _INTLIST: [1, 2],
     _SEGLIST: [[0, 4096], [1, 8192]],
     _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
+    _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
 }
 
 # Largest and smallest values that must still be accepted.
@@ -90,6 +92,7 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _STRLIST: [[], ["x" * _MAX_STR], ["a"] * _MAX_LIST],
     _INTLIST: [[], [0, _MAX_INT], [0] * _MAX_LIST],
     _SEGLIST: [[], [[0, _MAX_INT]], [[0, 1]] * _MAX_LIST],
+    _LINKLIST: [[], [["x" * _MAX_STR, "", *[_MAX_INT] * 8]], [["b", "up", *[0] * 8]] * _MAX_LIST],
     _MSGLIST: [
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
         [[_MAX_INT] * 5 + ["x" * _MAX_STR] * 2 + [{"k": [1]}, "x" * _MAX_STR]],
@@ -117,6 +120,19 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [[0, 1.0]],
         [{"a": 1}],
         [[0, 1]] * (_MAX_LIST + 1),
+    ],
+    _LINKLIST: [
+        None,
+        ["b"],
+        [["b", "up", *[0] * 7]],  # 9 items
+        [["b", "up", *[0] * 9]],  # 11 items
+        [[1, "up", *[0] * 8]],
+        [["b", None, *[0] * 8]],
+        [["b", "up", -1, *[0] * 7]],
+        [["b", "up", True, *[0] * 7]],
+        [["b", "up", 1.0, *[0] * 7]],
+        [["x" * (_MAX_STR + 1), "up", *[0] * 8]],
+        [["b", "up", *[0] * 8]] * (_MAX_LIST + 1),
     ],
     _MSGLIST: [
         [],  # a reply carries at least one message
@@ -335,6 +351,9 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     _STRLIST: st.lists(st.text(max_size=8), max_size=4),
     _INTLIST: st.lists(_UINT, max_size=4),
     _SEGLIST: st.lists(st.lists(_UINT, min_size=2, max_size=2), max_size=4),
+    _LINKLIST: st.lists(
+        st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
+    ),
     _MSGLIST: st.lists(
         st.tuples(
             _UINT,

@@ -33,6 +33,7 @@ from ._pool import parse_size as parse_size
 from ._runtime import run as run
 from ._types import Block as Block
 from ._types import BlockLike as BlockLike
+from ._types import LinkStats as LinkStats
 from ._types import Message as Message
 from ._types import Stats as Stats
 
@@ -53,6 +54,7 @@ __all__ = (
     "Block",
     "BlockLike",
     "Message",
+    "LinkStats",
     "Stats",
     "parse_size",
     # errors

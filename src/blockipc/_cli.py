@@ -151,7 +151,14 @@ async def _stats(args: argparse.Namespace) -> int:
     async with connect(args.socket, name=args.name) as client:
         stats = await client.stats()
     for field in stats.__dataclass_fields__:
-        print(f"{field:16} {getattr(stats, field)}")
+        if field != "links":
+            print(f"{field:16} {getattr(stats, field)}")
+    for link in stats.links:  # one line per node of the link
+        print(
+            f"link {link.node:11} {link.state}: queued {link.queued}, in flight "
+            f"{link.in_flight}, sent {link.sent} ({link.sent_bytes} B), failed {link.failed}, "
+            f"received {link.received} ({link.received_bytes} B), refused {link.refused}"
+        )
     return 0
 
 

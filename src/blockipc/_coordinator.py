@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import socket
@@ -386,6 +387,7 @@ class Coordinator:
             cache_evictions=self._cache_counts[2],
             names=tuple(sorted(self._table.names)),
             channels=len(self._table.channels),
+            links=() if self._link is None else tuple(self._link.stats()),
         )
 
     # -- connections -------------------------------------------------------------
@@ -1127,6 +1129,7 @@ class Coordinator:
         }
         fields["processes"] = list(s.processes)
         fields["names"] = list(s.names)
+        fields["links"] = [list(dataclasses.astuple(link)) for link in s.links]
         session.reply(Reply(req.req_id, Op.STATS, fields))
 
     def _cancel(self, session: _Session, req: Request) -> None:

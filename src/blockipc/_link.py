@@ -99,6 +99,7 @@ from ._linkwire import (
     split_target,
 )
 from ._protocol import ErrorReply, Reply, Request
+from ._types import LinkStats
 
 if TYPE_CHECKING:
     from ._admin import BlockRecord
@@ -122,6 +123,7 @@ TRACKER_GRACE: Final = 2.0
 peer's socket is reset (closing it makes libzmq drop the message)."""
 
 # plain ints: the hot paths skip the enum arithmetic of pyzmq's constants
+_MAX_NODES: Final = 256  # nodes whose received blocks are counted (names off the wire)
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _NOBLOCK_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
@@ -271,6 +273,7 @@ class _Peer:
         self._scheduled = False
         self._retry: asyncio.TimerHandle | None = None
         self._blocked = False  # the last write found the socket full (EAGAIN)
+        self.sent = self.sent_bytes = self.failed = 0  # sends over, for LinkStats
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"blockipc-link-{self.name}")
@@ -530,6 +533,8 @@ class Link:
         self._release_kick = asyncio.Event()
         self._held: list[_Session] | None = None  # sessions whose replies wait for a flush
         self._closing = False
+        # blocks from each node: [received, received bytes, refused], for LinkStats
+        self._inbound: dict[str, list[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------
     def tune(self, sock: zmq.Socket[bytes]) -> None:
@@ -708,6 +713,11 @@ class Link:
         sender's business, logged at info; a failed link is a warning)."""
         out.error = error
         out.finished_at = time.monotonic()
+        if error is None:
+            out.peer.sent += 1
+            out.peer.sent_bytes += out.rec.size
+        else:
+            out.peer.failed += 1
         if error is not None:
             (log.info if acked else log.warning)(
                 "link.send_failed",
@@ -859,16 +869,61 @@ class Link:
             asyncio.get_running_loop().call_soon(self._serve)
 
     def _ack(
-        self, router: zmq.Socket[bytes], ident: bytes, seq: int, exc: BlockIPCError | None
+        self,
+        router: zmq.Socket[bytes],
+        ident: bytes,
+        seq: int,
+        exc: BlockIPCError | None,
+        frame: BlockFrame | None = None,
     ) -> None:
         """Answer block ``seq``: a success with the others of its message (one
-        ``ACKS``, sent when the message is done), a failure at once."""
+        ``ACKS``, sent when the message is done), a failure at once. ``frame``: the
+        block's entry, counted for :meth:`stats` (a malformed message has none)."""
+        if frame is not None:
+            self._count_in(frame, exc)
         if exc is None:
             self._acks.setdefault(ident, []).append(seq)
         else:
             self._flush_acks(router)
             self._send_ack(router, [ident, *encode_ack(seq, exc.code, str(exc))])
         self._serve_soon()
+
+    def _count_in(self, frame: BlockFrame, exc: BlockIPCError | None) -> None:
+        counts = self._inbound.get(frame.node)
+        if counts is None:
+            if len(self._inbound) >= _MAX_NODES:  # names come off the wire: bounded
+                return
+            counts = self._inbound[frame.node] = [0, 0, 0]
+        if exc is None:
+            counts[0] += 1
+            counts[1] += frame.size
+        else:
+            counts[2] += 1
+
+    def stats(self) -> list[LinkStats]:
+        """Each peer and each node that sent blocks here, by name."""
+        links = []
+        for node in sorted(self._peers.keys() | self._inbound.keys()):
+            received, received_bytes, refused = self._inbound.get(node, (0, 0, 0))
+            peer = self._peers.get(node)
+            inbound = {"received": received, "received_bytes": received_bytes, "refused": refused}
+            if peer is None:
+                links.append(LinkStats(node, "inbound", **inbound))
+                continue
+            st = peer.state
+            links.append(
+                LinkStats(
+                    node,
+                    "up" if st.is_up else "refused" if st.refused is not None else "down",
+                    queued=len(st.queue),
+                    in_flight=len(st.in_flight),
+                    sent=peer.sent,
+                    sent_bytes=peer.sent_bytes,
+                    failed=peer.failed,
+                    **inbound,
+                )
+            )
+        return links
 
     def _flush_acks(self, router: zmq.Socket[bytes]) -> None:
         acks, self._acks = self._acks, {}
@@ -917,6 +972,7 @@ class Link:
                     ident,
                     frame.seq,
                     PeerUnreachable(f"no process named {frame.to!r} on node {cfg.node!r}"),
+                    frame,
                 )
                 continue
             queue = self._targets.get(frame.to)
@@ -924,7 +980,7 @@ class Link:
             if queue is None and frame.size < THREAD_COPY:  # the common case: no task needed
                 done = self._deliver_now(frame.to, item)
                 if not isinstance(done, _Later):
-                    self._ack(router, ident, frame.seq, done)
+                    self._ack(router, ident, frame.seq, done, frame)
                     continue
             self._parked += frame.size
             if queue is None:
@@ -944,7 +1000,7 @@ class Link:
                 queue.popleft()
                 self._parked -= item.frame.size
                 if self._router is router:
-                    self._ack(router, item.ident, item.frame.seq, error)
+                    self._ack(router, item.ident, item.frame.seq, error, item.frame)
         finally:
             if self._targets.get(name) is queue:
                 del self._targets[name]

@@ -210,6 +210,7 @@ Event = Request | Reply | ErrorReply
 _SEGLIST: Final = "seglist"  # list of [segment id, size] pairs
 _STRLIST: Final = "strlist"
 _INTLIST: Final = "intlist"
+_LINKLIST: Final = "linklist"  # [[node, state, 8 counters], ...]: Stats.links
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
 MAX_BATCH: Final = 1024
@@ -230,6 +231,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "cache_evictions": int,
     "names": _STRLIST,
     "channels": int,
+    "links": _LINKLIST,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -406,6 +408,18 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             type(value) is list
             and len(value) <= _MAX_LIST
             and all(type(v) is int and 0 <= v <= _MAX_INT for v in value)
+        )
+    elif kind == _LINKLIST:
+        ok = (
+            type(value) is list
+            and len(value) <= _MAX_LIST
+            and all(
+                type(v) is list
+                and len(v) == 10
+                and all(type(x) is str and len(x) <= _MAX_STR for x in v[:2])
+                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v[2:])
+                for v in value
+            )
         )
     elif kind == _MSGLIST:
         ok = (

@@ -49,6 +49,32 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkStats:
+    """One other node this coordinator's link knows (see :attr:`Stats.links`): a peer
+    it sends to (``peers=``), a node that sent blocks to it, or both.
+
+    ``state`` is ``"up"`` (connected to the peer now), ``"down"`` (not connected: sends
+    wait up to ``link_timeout``), ``"refused"`` (the peer refused this node's key) or
+    ``"inbound"`` (not a peer: this node only receives from it). The counters run from
+    the coordinator's start: sends to that node ``queued`` (waiting for the link or its
+    window) and ``in_flight`` now, ``sent`` (accepted by the peer, ``sent_bytes`` in
+    all) and ``failed``; blocks from that node ``received`` (delivered to a local
+    process, ``received_bytes`` in all) and ``refused`` (unknown receiver, no room).
+    """
+
+    node: str
+    state: str
+    queued: int = 0
+    in_flight: int = 0
+    sent: int = 0
+    sent_bytes: int = 0
+    failed: int = 0
+    received: int = 0
+    received_bytes: int = 0
+    refused: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A snapshot of the coordinator's pool and admin space (see :meth:`Client.stats`).
 
@@ -72,3 +98,5 @@ class Stats:
     names: tuple[str, ...] = ()
     channels: int = 0
     """Open channels (:meth:`Client.open_channel`); each holds one block, its ring."""
+    links: tuple[LinkStats, ...] = ()
+    """The link's other nodes, by name (empty without ``node=``): see :class:`LinkStats`."""
