@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import socket
 import stat
@@ -30,6 +31,8 @@ import msgpack
 import pytest
 import structlog
 import zmq
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 import blockipc
 from _procs import Child, spawn, wait_until
@@ -38,6 +41,7 @@ from blockipc._exceptions import ProtocolError
 from blockipc._keys import keygen, load_keys
 from blockipc._linkwire import (
     ACK,
+    ACKS,
     BLOCKS,
     MAX_BLOCKS,
     OutboundState,
@@ -48,6 +52,7 @@ from blockipc._linkwire import (
     encode_blocks,
     make_config,
     parse_endpoint,
+    peek_seqs,
     split_target,
 )
 from blockipc.testing import assert_pool_clean
@@ -230,6 +235,110 @@ def test_link_frames_round_trip_and_are_validated() -> None:
     assert decode_ack(encode_ack(4)).error() is None
     with pytest.raises(ProtocolError):
         decode_ack([ACK, b"\x90"])
+
+
+# What a peer may put in a field: the right type or any other, near the limits.
+_ANY = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4) | st.binary(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_NAME = st.sampled_from(["p", "consumer", "", "a/b", "x" * 256, "tab\there", "é"]) | _ANY
+_INT = st.integers(-2, 2**64 - 1) | _ANY
+_ENTRY = st.one_of(
+    st.tuples(_INT, _NAME, _NAME, _INT, st.dictionaries(st.text(max_size=4), _ANY) | _ANY).map(
+        list
+    ),
+    st.lists(_ANY, max_size=6),
+    _ANY,
+)
+_META = st.one_of(
+    st.fixed_dictionaries({"node": _NAME, "blocks": st.lists(_ENTRY, max_size=4) | _ANY}),
+    st.dictionaries(st.sampled_from(["node", "blocks", "seq", "x"]), _ANY, max_size=3),
+    _ANY,
+).map(lambda meta: msgpack.packb(meta, use_bin_type=True))
+
+
+@st.composite
+def _link_messages(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
+    """A well-formed message of blocks, then perhaps one thing in it broken: a field of
+    one entry, the node, the kind, or the data frames' sizes."""
+    sizes = draw(st.lists(st.integers(0, 2**20), min_size=1, max_size=4))
+    entries: list[Any] = [
+        [
+            draw(st.integers(0, 2**63 - 1)),
+            draw(st.sampled_from(["p", "producer", "é" * 255])),
+            draw(st.sampled_from(["c", "consumer"])),
+            size,
+            draw(st.dictionaries(st.text(max_size=4), _ANY, max_size=2)),
+        ]
+        for size in sizes
+    ]
+    meta: Any = {"node": "a", "blocks": entries}
+    kind = BLOCKS
+    broken = draw(st.sampled_from(["nothing", "field", "entry", "node", "kind", "sizes"]))
+    if broken == "field":
+        entry = draw(st.sampled_from(entries))
+        entry[draw(st.integers(0, 4))] = draw(_NAME | _INT)
+    elif broken == "entry":
+        entries[draw(st.integers(0, len(entries) - 1))] = draw(_ENTRY)
+    elif broken == "node":
+        meta["node"] = draw(_NAME)
+    elif broken == "kind":
+        kind = draw(st.sampled_from([ACK, ACKS, b"", b"BLK"]))
+    elif broken == "sizes":
+        sizes = draw(st.lists(st.integers(0, 2**20), max_size=MAX_BLOCKS + 2))
+    return kind, msgpack.packb(meta, use_bin_type=True), sizes
+
+
+_ARBITRARY = st.tuples(
+    st.sampled_from([BLOCKS, ACK, ACKS, b"", b"junk"]),
+    _META | st.binary(max_size=80),
+    st.lists(st.integers(0, 2**20), max_size=MAX_BLOCKS + 2),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=_link_messages() | _ARBITRARY)
+def test_link_decoders_refuse_anything_malformed_cleanly(
+    message: tuple[bytes, bytes, list[int]],
+) -> None:
+    """Whatever arrives on the TCP port: a ProtocolError or well-formed frames, never
+    another exception; what is accepted holds what the receiving side relies on."""
+    kind, raw, sizes = message
+    try:
+        frames = decode_blocks([kind, raw], sizes)
+    except ProtocolError:
+        event("blocks refused")
+    else:
+        event("blocks accepted")
+        assert kind == BLOCKS and [f.size for f in frames] == sizes and len(sizes) >= 1
+        for f in frames:
+            assert type(f.seq) is int and 0 <= f.seq < 2**63
+            for name in (f.node, f.sender, f.to):
+                assert type(name) is str and 0 < len(name) <= 255 and "/" not in name
+            assert type(f.header) is dict and all(type(k) is str for k in f.header)
+    seqs = peek_seqs(raw)
+    assert len(seqs) <= MAX_BLOCKS and all(type(q) is int and 0 <= q < 2**63 for q in seqs)
+    try:
+        acks = decode_acks([kind, raw])
+    except ProtocolError:
+        event("acks refused")
+    else:
+        event("acks accepted")
+        assert all(type(a.seq) is int and type(a.code) is int for a in acks)
+        for a in acks:
+            with contextlib.suppress(Exception):
+                a.error()  # any code maps to an error (or None), never a crash
+            assert a.code == 0 or isinstance(a.error(), blockipc.BlockIPCError)
 
 
 def test_linkwire_does_no_io() -> None:
@@ -706,6 +815,63 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
             after = b.stats()
             assert after.links == (LinkStats("x", "inbound", refused=1),)
             assert dataclasses.replace(after, links=()) == before
+        await wait_until(lambda: not b.stats().processes)
+        assert_pool_clean(b)
+
+
+async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
+    """300 corrupted link messages (bytes flipped, frames cut short, dropped, repeated
+    or replaced): the node refuses or delivers each one whole, keeps serving, and a
+    well-formed block after them arrives; nothing stays allocated."""
+    rng = random.Random(20261125)
+    async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+        assert b.link_address is not None
+        async with blockipc.connect(b.address, name="consumer") as consumer:
+            ctx = zmq.asyncio.Context()
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            try:
+                dealer.connect(b.link_address)
+                for i in range(300):
+                    head = encode_block(1000 + i, "a", "p", "consumer", 3, {"i": i})
+                    frames = [bytearray(f) for f in (*head, b"abc")]
+                    how = rng.randrange(4)
+                    k = rng.randrange(len(frames))
+                    if how == 0 and frames[k]:  # flip some bytes
+                        for _ in range(rng.randint(1, 3)):
+                            frames[k][rng.randrange(len(frames[k]))] ^= 1 << rng.randrange(8)
+                    elif how == 1:  # cut a frame short
+                        del frames[k][rng.randrange(len(frames[k]) + 1) :]
+                    elif how == 2:  # drop or repeat a frame
+                        if rng.random() < 0.5:
+                            del frames[k]
+                        else:
+                            frames.insert(k, frames[k])
+                    else:  # something else entirely
+                        frames = [bytearray(rng.randbytes(rng.randrange(40))) for _ in range(3)]
+                    if frames:
+                        await dealer.send_multipart([bytes(f) for f in frames])
+                last = encode_block(99_999, "a", "p", "consumer", 4, {"last": True})
+                await dealer.send_multipart([*last, b"last"])
+                with anyio.fail_after(20):
+                    acked: dict[int, int] = {}
+                    while 99_999 not in acked:
+                        acked.update(
+                            (a.seq, a.code) for a in decode_acks(await dealer.recv_multipart())
+                        )
+                assert acked[99_999] == 0
+            finally:
+                dealer.close(linger=0)
+                ctx.destroy(linger=0)
+            delivered = []
+            with anyio.fail_after(10):
+                while not delivered or delivered[-1].header != {"last": True}:
+                    delivered += await consumer.recv_many(1024)
+            delivered_seqs = {m.header.get("i") for m in delivered[:-1]}
+            assert len(delivered) - 1 == sum(1 for q, c in acked.items() if c == 0 and q != 99_999)
+            assert await consumer.read(delivered[-1].block) == b"last"
+            assert delivered_seqs  # some corruptions leave a well-formed block (data bytes)
+            await consumer.free_many(m.block for m in delivered)
         await wait_until(lambda: not b.stats().processes)
         assert_pool_clean(b)
 
