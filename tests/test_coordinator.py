@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,6 +21,7 @@ from _procs import payload, sha256, wait_until
 from blockipc import ConnectionClosed, PoolExhausted
 from blockipc._handshake import close_fds, receive_event
 from blockipc._protocol import (
+    _COMPACT,
     HEADER,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -47,6 +49,10 @@ def frame(kind: int, op: int, req_id: int, meta: bytes, data: bytes = b"") -> by
 
 
 def request(op: Op, req_id: int, args: dict[str, Any]) -> bytes:
+    compact = _COMPACT.get((Kind.REQUEST, op))
+    if compact is not None:  # the hot requests' fixed structs of ints
+        st, names = compact
+        return frame(Kind.REQUEST, op, req_id, st.pack(*(args[name] for name in names)))
     return frame(Kind.REQUEST, op, req_id, msgpack.packb(args))
 
 
@@ -87,19 +93,23 @@ GARBAGE: dict[str, bytes] = {
     "oversized_length": HEADER.pack(MAX_FRAME_SIZE, Kind.REQUEST, Op.ALLOC, 2, 0),
     "huge_length": HEADER.pack(0xFFFFFFFF, Kind.REQUEST, Op.ALLOC, 2, 0) + b"x" * 100,
     "inconsistent_lengths": HEADER.pack(10, Kind.REQUEST, Op.ALLOC, 2, 1000) + b"x" * 6,
-    "bad_msgpack_meta": frame(Kind.REQUEST, Op.ALLOC, 2, b"\xc1\xc1\xc1"),
-    "truncated_msgpack_meta": frame(Kind.REQUEST, Op.ALLOC, 2, b"\x81\xa4size"),
-    "meta_not_a_map": frame(Kind.REQUEST, Op.ALLOC, 2, msgpack.packb([1, 2])),
+    # RECV_MANY's meta is a msgpack map (ALLOC's, READ's, ... are fixed structs)
+    "bad_msgpack_meta": frame(Kind.REQUEST, Op.RECV_MANY, 2, b"\xc1\xc1\xc1"),
+    "truncated_msgpack_meta": frame(Kind.REQUEST, Op.RECV_MANY, 2, b"\x81\xa3max"),
+    "meta_not_a_map": frame(Kind.REQUEST, Op.RECV_MANY, 2, msgpack.packb([1, 2])),
     "unknown_op": frame(Kind.REQUEST, 200, 2, msgpack.packb({})),
-    "unknown_kind": frame(99, Op.ALLOC, 2, msgpack.packb({"size": 1})),
+    "unknown_kind": frame(99, Op.RECV_MANY, 2, msgpack.packb({"max": 1})),
     "a_reply": frame(Kind.REPLY, Op.ALLOC, 2, msgpack.packb({})),
-    "ill_typed_field": request(Op.ALLOC, 2, {"size": "1MiB"}),
-    "negative_field": request(Op.ALLOC, 2, {"size": -1}),
-    "unknown_field": request(Op.ALLOC, 2, {"size": 1, "extra": 1}),
-    "missing_field": request(Op.READ, 2, {"block": 1, "offset": 0}),
+    "ill_typed_field": request(Op.RECV_MANY, 2, {"max": "1MiB"}),
+    "negative_field": request(Op.RECV_MANY, 2, {"max": -1}),
+    "unknown_field": request(Op.RECV_MANY, 2, {"max": 1, "extra": 1}),
+    "missing_field": frame(Kind.REQUEST, Op.READ, 2, struct.pack("<QQ", 1, 0)),
+    "struct_too_short": frame(Kind.REQUEST, Op.ALLOC, 2, struct.pack("<I", 1)),
+    "struct_field_too_large": frame(Kind.REQUEST, Op.ALLOC, 2, struct.pack("<Q", 2**63)),
     "data_where_none_allowed": frame(
-        Kind.REQUEST, Op.ALLOC, 2, msgpack.packb({"size": 1}), b"data"
+        Kind.REQUEST, Op.RECV_MANY, 2, msgpack.packb({"max": 1}), b"data"
     ),
+    "data_on_a_struct_request": frame(Kind.REQUEST, Op.ALLOC, 2, struct.pack("<Q", 1), b"data"),
 }
 AFTER_HANDSHAKE = {
     **GARBAGE,

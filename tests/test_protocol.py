@@ -675,8 +675,10 @@ def test_need_data_on_partial_frame(cut: int) -> None:
 
 # -- 4. malformed frames ----------------------------------------------------------
 
-_ALLOC_META = {"size": 7}
-_ALLOC_META_LEN = len(msgpack.packb(_ALLOC_META))
+# RECV_MANY: a request whose int field travels in a msgpack map (ALLOC, READ, ... are
+# fixed structs, see _COMPACT)
+_MAP_META = {"max": 7}
+_MAP_META_LEN = len(msgpack.packb(_MAP_META))
 _SEND_META = example_fields(_SCHEMAS[(REQ, Op.SEND)][0])
 _ERROR_META = {"code": 4, "message": "denied"}
 _DEEP = b"\x91" * 1000 + b"\x00"  # [[[...[0]...]]]: deeper than repr() can go, msgpack allows it
@@ -691,49 +693,49 @@ def _error_with(**fields: Any) -> bytes:
     return frame(ERR, Op.ALLOC, {**_ERROR_META, **fields})
 
 
-def _alloc_raw(raw_meta: bytes) -> bytes:
-    return frame(REQ, Op.ALLOC, raw_meta=raw_meta)
+def _map_raw(raw_meta: bytes) -> bytes:
+    return frame(REQ, Op.RECV_MANY, raw_meta=raw_meta)
 
 
 # Each frame goes to the side that receives its kind, in a state that accepts its op
 # (see ``receiver_for``); kind and op are read back from the frame's own header.
 MALFORMED: list[Any] = [
-    pytest.param(frame(0, Op.ALLOC, _ALLOC_META), id="kind-0"),
-    pytest.param(frame(4, Op.ALLOC, _ALLOC_META), id="kind-4"),
-    pytest.param(frame(255, Op.ALLOC, _ALLOC_META), id="kind-255"),
+    pytest.param(frame(0, Op.RECV_MANY, _MAP_META), id="kind-0"),
+    pytest.param(frame(4, Op.RECV_MANY, _MAP_META), id="kind-4"),
+    pytest.param(frame(255, Op.RECV_MANY, _MAP_META), id="kind-255"),
     pytest.param(frame(REQ, 0, {}), id="op-0"),
     pytest.param(frame(REQ, len(Op) + 1, {}), id="op-past-last"),
     pytest.param(frame(REQ, 255, {}), id="op-255"),
     pytest.param(frame(ERR, 99, _ERROR_META), id="error-op-99"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"", body_len=0), id="body-len-0"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"", body_len=_BODY_FIXED - 1), id="body-short"),
-    pytest.param(frame(REQ, Op.ALLOC, _ALLOC_META, meta_len=_ALLOC_META_LEN + 1), id="meta-len+1"),
-    pytest.param(frame(REQ, Op.ALLOC, _ALLOC_META, meta_len=0xFFFFFFFF), id="meta-len-huge"),
-    pytest.param(frame(REQ, Op.ALLOC, _ALLOC_META, meta_len=_ALLOC_META_LEN - 1), id="meta-len-1"),
+    pytest.param(frame(REQ, Op.RECV_MANY, _MAP_META, meta_len=_MAP_META_LEN + 1), id="meta-len+1"),
+    pytest.param(frame(REQ, Op.RECV_MANY, _MAP_META, meta_len=0xFFFFFFFF), id="meta-len-huge"),
+    pytest.param(frame(REQ, Op.RECV_MANY, _MAP_META, meta_len=_MAP_META_LEN - 1), id="meta-len-1"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b""), id="meta-empty"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"\xc1"), id="meta-reserved-byte"),
-    pytest.param(_alloc_raw(b"\x81\xa4si"), id="meta-truncated"),
+    pytest.param(_map_raw(b"\x81\xa4si"), id="meta-truncated"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"\x80\x80"), id="meta-trailing-bytes"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"\xdd\xff\xff\xff\xff"), id="meta-huge-array"),
     pytest.param(frame(REQ, Op.STATS, raw_meta=b"\x91" * 5000 + b"\x00"), id="meta-too-deep"),
     pytest.param(frame(REQ, Op.STATS, msgpack.ExtType(1, b"x")), id="meta-ext-type"),
     pytest.param(frame(REQ, Op.STATS, None), id="meta-nil"),
     pytest.param(frame(REQ, Op.STATS, []), id="meta-array"),
-    pytest.param(frame(REQ, Op.ALLOC, [["size", 7]]), id="meta-pairs"),
-    pytest.param(frame(REQ, Op.ALLOC, 7), id="meta-int"),
-    pytest.param(frame(REQ, Op.ALLOC, "size"), id="meta-str"),
-    pytest.param(frame(REQ, Op.ALLOC, b"size"), id="meta-bin"),
-    pytest.param(frame(REQ, Op.ALLOC, {}), id="missing-field"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": 7, "x": 1}), id="unknown-field"),
+    pytest.param(frame(REQ, Op.RECV_MANY, [["max", 7]]), id="meta-pairs"),
+    pytest.param(frame(REQ, Op.RECV_MANY, 7), id="meta-int"),
+    pytest.param(frame(REQ, Op.RECV_MANY, "max"), id="meta-str"),
+    pytest.param(frame(REQ, Op.RECV_MANY, b"max"), id="meta-bin"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {}), id="missing-field"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": 7, "x": 1}), id="unknown-field"),
     pytest.param(frame(REQ, Op.STATS, {"x": 1}), id="unknown-field-empty-schema"),
-    pytest.param(frame(REQ, Op.ALLOC, {b"size": 7}), id="bytes-key"),
-    pytest.param(frame(REQ, Op.ALLOC, {1: 7}), id="int-key"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": "7"}), id="str-for-int"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": True}), id="bool-for-int"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": -1}), id="negative-int"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": 2**63}), id="int-too-large"),
-    pytest.param(frame(REQ, Op.ALLOC, {"size": 7.0}), id="float-for-int"),
-    pytest.param(_alloc_raw(b"\x81\xa4size" + _DEEP), id="deeply-nested-for-int"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {b"max": 7}), id="bytes-key"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {1: 7}), id="int-key"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": "7"}), id="str-for-int"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": True}), id="bool-for-int"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": -1}), id="negative-int"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": 2**63}), id="int-too-large"),
+    pytest.param(frame(REQ, Op.RECV_MANY, {"max": 7.0}), id="float-for-int"),
+    pytest.param(_map_raw(b"\x81\xa3max" + _DEEP), id="deeply-nested-for-int"),
     pytest.param(_send_with(to="x" * (_MAX_STR + 1)), id="string-too-long"),
     pytest.param(_send_with(to=b"x"), id="bin-for-str"),
     pytest.param(_send_with(header={1: "a"}), id="header-int-key"),
@@ -742,7 +744,7 @@ MALFORMED: list[Any] = [
     pytest.param(_send_with(header={"a": {(1, 2): 1}}), id="header-nested-array-key"),
     pytest.param(_send_with(header=[]), id="header-not-map"),
     pytest.param(frame(REQ, Op.SEND, raw_meta=_HEADER_DEEP), id="header-deep-bytes-key"),
-    pytest.param(frame(REQ, Op.ALLOC, _ALLOC_META, b"x"), id="data-on-alloc"),
+    pytest.param(frame(REQ, Op.RECV_MANY, _MAP_META, b"x"), id="data-on-recv-many"),
     pytest.param(
         frame(REQ, Op.READ, {"block": 1, "offset": 0, "size": 1}, b"x"), id="data-on-read"
     ),

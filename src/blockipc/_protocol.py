@@ -369,6 +369,7 @@ _HOT: Final = (
     (Kind.REPLY, Op.READ),
     (Kind.REQUEST, Op.WRITE),
     (Kind.REPLY, Op.WRITE),
+    (Kind.REQUEST, Op.ALLOC),
     (Kind.REPLY, Op.ALLOC),
     (Kind.REQUEST, Op.FREE),
     (Kind.REPLY, Op.FREE),
