@@ -554,7 +554,9 @@ async def test_stats_count_each_nodes_sends_and_receipts() -> None:
         )
         out, _ = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 0
-        assert "up: queued 0, in flight 0, sent 3 (9000 B), failed 1, received 0" in out.decode()
+        text = out.decode()
+        assert "up: queued 0, in flight 0, sent 3 (9000 B), failed 1, received 0" in text
+        assert "process producer (pid " in text and "1 blocks held, 4096 B owned" in text
         for _ in range(3):
             await consumer.free((await consumer.recv()).block)
         await producer.free(block)

@@ -429,6 +429,37 @@ async def test_eviction_invalidates_client_caches() -> None:
             await cached.aclose()
 
 
+# -- who holds the pool ------------------------------------------------------------------
+async def test_usage_says_which_process_holds_what() -> None:
+    holder = unique_name("holder")
+    async with (
+        isolated_coordinator(pool_size="8MiB") as coord,
+        blockipc.connect(coord.address, unique_name("me"), inbox_messages=8) as me,
+        agent(coord.address, holder) as run,
+    ):
+        blocks = [await run("alloc", size=size) for size in (100, 5000, 70 * KiB)]
+        await run("hold", block=blocks[0], codec="raw")  # a read lease, held until killed
+        await run("grant", block=blocks[1], to=me.name)
+        mine = await me.alloc(MiB)
+        usage = {u.name: u for u in (await me.stats()).usage}  # over the wire
+        assert usage[holder] == blockipc.ProcessStats(
+            holder, run.child.pid, blocks=3, owned_bytes=4 * KiB + 8 * KiB + 128 * KiB, leases=1
+        )
+        assert usage[me.name] == blockipc.ProcessStats(
+            me.name, os.getpid(), blocks=2, owned_bytes=MiB
+        )  # its own block and the grant
+        await me.send(mine, to=me.name)  # in its own inbox now
+        (row,) = [u for u in coord.stats().usage if u.name == me.name]
+        assert (row.inbox, row.inbox_bytes) == (1, MiB)
+        run.child.kill()  # kill -9: its row goes, its blocks with it
+        await wait_until(lambda: holder not in {u.name for u in coord.stats().usage})
+        await me.free((await me.recv()).block)
+        # the grant outlives its owner: still held here, owned by nobody
+        assert [(u.name, u.blocks, u.owned_bytes) for u in coord.stats().usage] == [(me.name, 1, 0)]
+        await me.free(blocks[1])
+        assert [(u.name, u.blocks, u.owned_bytes) for u in coord.stats().usage] == [(me.name, 0, 0)]
+
+
 # -- the cache --------------------------------------------------------------------------
 async def test_cache_hit_costs_no_round_trip(
     coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client

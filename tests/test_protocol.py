@@ -34,6 +34,7 @@ from blockipc._protocol import (
     _MAX_STR,
     _MAX_TOKEN,
     _MSGLIST,
+    _PROCLIST,
     _SCHEMAS,
     _SEGLIST,
     _STRLIST,
@@ -80,6 +81,7 @@ EXAMPLES: dict[Any, Any] = {
     _SEGLIST: [[0, 4096], [1, 8192]],
     _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
     _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
+    _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1]],
 }
 
 # Largest and smallest values that must still be accepted.
@@ -93,6 +95,7 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _INTLIST: [[], [0, _MAX_INT], [0] * _MAX_LIST],
     _SEGLIST: [[], [[0, _MAX_INT]], [[0, 1]] * _MAX_LIST],
     _LINKLIST: [[], [["x" * _MAX_STR, "", *[_MAX_INT] * 8]], [["b", "up", *[0] * 8]] * _MAX_LIST],
+    _PROCLIST: [[], [["x" * _MAX_STR, *[_MAX_INT] * 7]], [["p", *[0] * 7]] * _MAX_LIST],
     _MSGLIST: [
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
         [[_MAX_INT] * 5 + ["x" * _MAX_STR] * 2 + [{"k": [1]}, "x" * _MAX_STR]],
@@ -133,6 +136,16 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [["b", "up", 1.0, *[0] * 7]],
         [["x" * (_MAX_STR + 1), "up", *[0] * 8]],
         [["b", "up", *[0] * 8]] * (_MAX_LIST + 1),
+    ],
+    _PROCLIST: [
+        None,
+        [["p", *[0] * 6]],  # 7 items
+        [["p", "x", *[0] * 6]],  # a str where the pid goes
+        [[1, *[0] * 7]],
+        [["p", -1, *[0] * 6]],
+        [["p", *[0] * 6, True]],
+        [["x" * (_MAX_STR + 1), *[0] * 7]],
+        [["p", *[0] * 7]] * (_MAX_LIST + 1),
     ],
     _MSGLIST: [
         [],  # a reply carries at least one message
@@ -354,6 +367,7 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     _LINKLIST: st.lists(
         st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
     ),
+    _PROCLIST: st.lists(st.tuples(st.text(max_size=8), *[_UINT] * 7).map(list), max_size=3),
     _MSGLIST: st.lists(
         st.tuples(
             _UINT,

@@ -35,6 +35,7 @@ from ._types import Block as Block
 from ._types import BlockLike as BlockLike
 from ._types import LinkStats as LinkStats
 from ._types import Message as Message
+from ._types import ProcessStats as ProcessStats
 from ._types import Stats as Stats
 
 __version__ = "0.1.0.dev0"
@@ -55,6 +56,7 @@ __all__ = (
     "BlockLike",
     "Message",
     "LinkStats",
+    "ProcessStats",
     "Stats",
     "parse_size",
     # errors

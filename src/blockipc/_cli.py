@@ -151,8 +151,14 @@ async def _stats(args: argparse.Namespace) -> int:
     async with connect(args.socket, name=args.name) as client:
         stats = await client.stats()
     for field in stats.__dataclass_fields__:
-        if field != "links":
+        if field not in ("links", "usage"):
             print(f"{field:16} {getattr(stats, field)}")
+    for proc in stats.usage:  # one line per process: who holds the pool
+        print(
+            f"process {proc.name} (pid {proc.pid}): {proc.blocks} blocks held, "
+            f"{proc.owned_bytes} B owned, {proc.leases} leases, inbox {proc.inbox} "
+            f"({proc.inbox_bytes} B), {proc.channels} channels"
+        )
     for link in stats.links:  # one line per node of the link
         print(
             f"link {link.node:11} {link.state}: queued {link.queued}, in flight "

@@ -63,7 +63,7 @@ from ._protocol import (
     pack_header,
 )
 from ._ring import RingReader, RingWriter
-from ._types import Block, BlockLike, LinkStats, Message, Stats
+from ._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
 from .cache import CacheStats, LRUCache
 
 __all__ = ["Client", "Lease", "connect"]
@@ -1059,6 +1059,7 @@ class Client:
         r["processes"] = tuple(r["processes"])
         r["names"] = tuple(r["names"])
         r["links"] = tuple(LinkStats(*link) for link in r["links"])
+        r["usage"] = tuple(ProcessStats(*usage) for usage in r["usage"])
         r["cache_hits"] += self._cache_hits
         r["cache_misses"] += self._cache_misses
         r["cache_evictions"] += self._cache.statistics().evictions

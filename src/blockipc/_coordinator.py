@@ -89,7 +89,7 @@ from ._protocol import (
 )
 from ._ring import CTL_SIZE, init_ring, mark_closed
 from ._ring import supported as ring_supported
-from ._types import Stats
+from ._types import ProcessStats, Stats
 
 if TYPE_CHECKING:
     from ._link import Link
@@ -388,6 +388,25 @@ class Coordinator:
             names=tuple(sorted(self._table.names)),
             channels=len(self._table.channels),
             links=() if self._link is None else tuple(self._link.stats()),
+            usage=tuple(self._usage(p) for _, p in sorted(self._table.processes.items())[:4096]),
+        )
+
+    def _usage(self, proc: ProcessRecord) -> ProcessStats:
+        blocks = self._table.blocks
+        owned = 0
+        for bid in proc.blocks:
+            rec = blocks.get(bid)
+            if rec is not None and rec.owner is proc:
+                owned += rec.capacity
+        return ProcessStats(
+            proc.name,
+            proc.pid,
+            blocks=len(proc.blocks),
+            owned_bytes=owned,
+            leases=len(proc.leases),
+            inbox=len(proc.inbox),
+            inbox_bytes=proc.inbox_used,
+            channels=len(proc.channels),
         )
 
     # -- connections -------------------------------------------------------------
@@ -1130,6 +1149,7 @@ class Coordinator:
         fields["processes"] = list(s.processes)
         fields["names"] = list(s.names)
         fields["links"] = [list(dataclasses.astuple(link)) for link in s.links]
+        fields["usage"] = [list(dataclasses.astuple(usage)) for usage in s.usage]
         session.reply(Reply(req.req_id, Op.STATS, fields))
 
     def _cancel(self, session: _Session, req: Request) -> None:

@@ -211,6 +211,9 @@ _SEGLIST: Final = "seglist"  # list of [segment id, size] pairs
 _STRLIST: Final = "strlist"
 _INTLIST: Final = "intlist"
 _LINKLIST: Final = "linklist"  # [[node, state, 8 counters], ...]: Stats.links
+_PROCLIST: Final = "proclist"  # [[name, pid, 6 counters], ...]: Stats.usage
+# rows of a few strings, then ints: (strings, ints) per row
+_ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 7)}
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
 MAX_BATCH: Final = 1024
@@ -232,6 +235,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "names": _STRLIST,
     "channels": int,
     "links": _LINKLIST,
+    "usage": _PROCLIST,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -410,15 +414,16 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and len(value) <= _MAX_LIST
             and all(type(v) is int and 0 <= v <= _MAX_INT for v in value)
         )
-    elif kind == _LINKLIST:
+    elif kind in _ROWS:
+        strings, ints = _ROWS[kind]
         ok = (
             type(value) is list
             and len(value) <= _MAX_LIST
             and all(
                 type(v) is list
-                and len(v) == 10
-                and all(type(x) is str and len(x) <= _MAX_STR for x in v[:2])
-                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v[2:])
+                and len(v) == strings + ints
+                and all(type(x) is str and len(x) <= _MAX_STR for x in v[:strings])
+                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v[strings:])
                 for v in value
             )
         )

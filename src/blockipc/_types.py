@@ -75,6 +75,23 @@ class LinkStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """What one connected process holds (see :attr:`Stats.usage`): the blocks it holds
+    (as owner or grantee), the capacity of those it owns (``owned_bytes``), its leases,
+    the messages waiting in its inbox and their bytes, and its open channel ends. A
+    process whose numbers only grow is the one leaking."""
+
+    name: str
+    pid: int
+    blocks: int = 0
+    owned_bytes: int = 0
+    leases: int = 0
+    inbox: int = 0
+    inbox_bytes: int = 0
+    channels: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A snapshot of the coordinator's pool and admin space (see :meth:`Client.stats`).
 
@@ -100,3 +117,5 @@ class Stats:
     """Open channels (:meth:`Client.open_channel`); each holds one block, its ring."""
     links: tuple[LinkStats, ...] = ()
     """The link's other nodes, by name (empty without ``node=``): see :class:`LinkStats`."""
+    usage: tuple[ProcessStats, ...] = ()
+    """Each connected process (as in ``processes``, at most 4096): see :class:`ProcessStats`."""
