@@ -122,8 +122,9 @@ TRACKER_GRACE: Final = 2.0
 """Seconds a finished send may wait for libzmq to release its memory before the
 peer's socket is reset (closing it makes libzmq drop the message)."""
 
-# plain ints: the hot paths skip the enum arithmetic of pyzmq's constants
 _MAX_NODES: Final = 256  # nodes whose received blocks are counted (names off the wire)
+
+# plain ints: the hot paths skip the enum arithmetic of pyzmq's constants
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _NOBLOCK_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _EVENTS: Final = int(zmq.EVENTS)
@@ -718,7 +719,6 @@ class Link:
             out.peer.sent_bytes += out.rec.size
         else:
             out.peer.failed += 1
-        if error is not None:
             (log.info if acked else log.warning)(
                 "link.send_failed",
                 node=self.config.node,
