@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -57,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pool-size", type=_size, default=None, help="grow up to this size")
     serve.add_argument(
         "--min-block", type=_size, default=4096, help="smallest block (power of two, page aligned)"
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (host default 127.0.0.1; "
+        "needs prometheus-client: pip install 'blockipc[metrics]')",
     )
     link = serve.add_argument_group(
         "remote sends", "link this coordinator to coordinators on other hosts (pyzmq, tcp://)"
@@ -116,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _metrics_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected [HOST:]PORT, not {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def _peer(text: str) -> tuple[str, str]:
     name, sep, address = text.partition("=")
     if not sep or not name or not address:
@@ -140,9 +155,17 @@ async def _serve(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             link_io_nice=args.link_io_nice,
         ) as coord:
-            async for signum in signals:
-                log.info("coordinator.signal", signal=signal.Signals(signum).name)
-                break
+            async with contextlib.AsyncExitStack() as stack:
+                if args.metrics is not None:
+                    try:
+                        from .metrics import MetricsServer
+                    except ImportError as exc:
+                        raise BlockIPCError(str(exc)) from None
+                    host, port = args.metrics
+                    await stack.enter_async_context(MetricsServer(coord, host, port))
+                async for signum in signals:
+                    log.info("coordinator.signal", signal=signal.Signals(signum).name)
+                    break
             await coord.aclose()
     return 0
 
