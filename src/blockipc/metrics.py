@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`MetricsServer` starts prometheus-client's HTTP server (its own threads, so a
-scrape never waits for the event loop to be free, and the loop never serves HTTP).
-On each scrape, the collector asks the event loop for :meth:`Coordinator.stats`
+:class:`MetricsServer` starts prometheus-client's HTTP server in its own threads: the
+event loop never serves HTTP, and a scrape waits for the loop only to take one
+snapshot. On each scrape, the collector asks the event loop for :meth:`Coordinator.stats`
 (``run_coroutine_threadsafe``): the admin space is only ever read on the loop's
 thread, and every scrape sees one consistent snapshot. Nothing is sampled between
 scrapes. Metric names follow Prometheus' conventions (``_bytes``, ``_total``); the
@@ -62,18 +62,10 @@ class _Collector(Collector):
     async def _snapshot(self) -> Stats:
         return self._coord.stats()
 
-    def _stats(self) -> Stats:
-        try:
-            on_loop = asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:  # e.g. generate_latest() called from a coroutine
-            return self._coord.stats()
-        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
-        return future.result(timeout=SCRAPE_TIMEOUT)
-
     def collect(self) -> Iterator[Metric]:
-        s = self._stats()
+        # (an HTTP server thread: the snapshot is taken on the loop's thread)
+        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
+        s = future.result(timeout=SCRAPE_TIMEOUT)
         for name, doc, value in (
             ("pool_size_bytes", "Bytes in the pool's segments now", s.pool_size),
             ("pool_max_size_bytes", "Bytes the pool may grow to", s.max_pool_size),
