@@ -80,6 +80,24 @@ def free_port() -> int:
         return port
 
 
+@contextlib.asynccontextmanager
+async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.asyncio.Socket]:
+    """A DEALER on a node's link port, to write link frames by hand (with ``keys``,
+    a node's CURVE keys, as that node)."""
+    ctx = zmq.asyncio.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    try:
+        if keys is not None:
+            dealer.curve_publickey, dealer.curve_secretkey = keys.public, keys.secret
+            dealer.curve_serverkey = keys.trusted["b"]
+        dealer.connect(endpoint)
+        yield dealer
+    finally:
+        dealer.close(linger=0)
+        ctx.destroy(linger=0)
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A directory for socket paths (AF_UNIX paths are limited to 107 bytes)."""
@@ -612,15 +630,8 @@ async def test_a_block_must_come_from_the_node_its_key_belongs_to(tmp_path: Path
         pair(keys) as (_a, b),
         blockipc.connect(b.address, name="consumer") as consumer,
     ):
-        c = load_keys(keys["c"], "c")
-        ctx = zmq.asyncio.Context()
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.linger = 0
-        dealer.curve_publickey, dealer.curve_secretkey = c.public, c.secret
-        dealer.curve_serverkey = c.trusted["b"]
-        try:
-            assert b.link_address is not None
-            dealer.connect(b.link_address)
+        assert b.link_address is not None
+        async with raw_dealer(b.link_address, load_keys(keys["c"], "c")) as dealer:
             with structlog.testing.capture_logs() as logs:
                 # c is trusted by b, but claims to be a: refused, nothing delivered
                 await dealer.send_multipart([*encode_block(1, "a", "x", "consumer", 2, {}), b"hi"])
@@ -632,9 +643,6 @@ async def test_a_block_must_come_from_the_node_its_key_belongs_to(tmp_path: Path
             msg = await consumer.recv()
             assert (msg.sender, await consumer.read(msg.block)) == ("c/x", b"ok")
             await consumer.free(msg.block)
-        finally:
-            dealer.close(linger=0)
-            ctx.destroy(linger=0)
 
 
 async def test_a_batch_the_socket_refuses_is_queued_again_in_order() -> None:
@@ -791,11 +799,7 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
                 with contextlib.suppress(TimeoutError, ConnectionError):
                     reply = raw.recv(4096)
                     assert not reply.startswith(b"\x00\x00")  # no blockipc frame comes back
-            ctx = zmq.asyncio.Context()
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.linger = 0
-            try:
-                dealer.connect(b.link_address)
+            async with raw_dealer(b.link_address) as dealer:
                 # a client request over the link: dropped (no seq to answer)
                 await dealer.send_multipart([b"ALLOC", msgpack.packb({"size": 4096}), b""])
                 # a link block with a bad size: a ProtocolError ack
@@ -810,9 +814,6 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
                     (1, ProtocolError),
                     (2, PeerUnreachable),
                 ]
-            finally:
-                dealer.close(linger=0)
-                ctx.destroy(linger=0)
             # counted: the well-formed block refused (the malformed one names no node)
             after = b.stats()
             assert after.links == (LinkStats("x", "inbound", refused=1),)
@@ -829,11 +830,7 @@ async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
     async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
         assert b.link_address is not None
         async with blockipc.connect(b.address, name="consumer") as consumer:
-            ctx = zmq.asyncio.Context()
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.linger = 0
-            try:
-                dealer.connect(b.link_address)
+            async with raw_dealer(b.link_address) as dealer:
                 for i in range(300):
                     head = encode_block(1000 + i, "a", "p", "consumer", 3, {"i": i})
                     frames = [bytearray(f) for f in (*head, b"abc")]
@@ -862,9 +859,6 @@ async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
                             (a.seq, a.code) for a in decode_acks(await dealer.recv_multipart())
                         )
                 assert acked[99_999] == 0
-            finally:
-                dealer.close(linger=0)
-                ctx.destroy(linger=0)
             delivered = []
             with anyio.fail_after(10):
                 while not delivered or delivered[-1].header != {"last": True}:
@@ -881,46 +875,41 @@ async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
 async def test_one_message_of_several_blocks_is_delivered_block_by_block() -> None:
     async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
         assert b.link_address is not None
-        async with blockipc.connect(b.address, name="consumer") as consumer:
-            ctx = zmq.asyncio.Context()
-            dealer = ctx.socket(zmq.DEALER)
-            dealer.linger = 0
-            try:
-                dealer.connect(b.link_address)
-                entries = [
-                    [1, "p", "consumer", 3, {"i": 1}],
-                    [2, "p", "nobody", 3, {"i": 2}],
-                    [3, "q", "consumer", 5, {"i": 3}],
-                ]
-                meta = encode_blocks("x", entries)
-                await dealer.send_multipart([BLOCKS, meta, b"one", b"two", b"three"])
-                acks = []
-                with anyio.fail_after(5):
-                    while len(acks) < 3:
-                        acks += decode_acks(await dealer.recv_multipart())
-                assert sorted((x.seq, type(x.error())) for x in acks) == [
-                    (1, type(None)),
-                    (2, PeerUnreachable),
-                    (3, type(None)),
-                ]
-                got = [await consumer.recv() for _ in range(2)]
-                assert [(m.sender, m.header) for m in got] == [("x/p", {"i": 1}), ("x/q", {"i": 3})]
-                assert [await consumer.read(m.block) for m in got] == [b"one", b"three"]
-                await consumer.free_many(m.block for m in got)
-                # one bad entry spoils the whole message: nothing of it is delivered
-                entries[1][3] = 4  # announced 4 bytes, 3 sent
-                await dealer.send_multipart([BLOCKS, encode_blocks("x", entries), b"a", b"b", b"c"])
-                with anyio.fail_after(5):
-                    bad = [decode_ack(await dealer.recv_multipart()) for _ in range(3)]
-                assert sorted((x.seq, type(x.error())) for x in bad) == [
-                    (1, ProtocolError),
-                    (2, ProtocolError),
-                    (3, ProtocolError),
-                ]
-                assert b.stats().blocks == 0
-            finally:
-                dealer.close(linger=0)
-                ctx.destroy(linger=0)
+        async with (
+            blockipc.connect(b.address, name="consumer") as consumer,
+            raw_dealer(b.link_address) as dealer,
+        ):
+            entries = [
+                [1, "p", "consumer", 3, {"i": 1}],
+                [2, "p", "nobody", 3, {"i": 2}],
+                [3, "q", "consumer", 5, {"i": 3}],
+            ]
+            meta = encode_blocks("x", entries)
+            await dealer.send_multipart([BLOCKS, meta, b"one", b"two", b"three"])
+            acks = []
+            with anyio.fail_after(5):
+                while len(acks) < 3:
+                    acks += decode_acks(await dealer.recv_multipart())
+            assert sorted((x.seq, type(x.error())) for x in acks) == [
+                (1, type(None)),
+                (2, PeerUnreachable),
+                (3, type(None)),
+            ]
+            got = [await consumer.recv() for _ in range(2)]
+            assert [(m.sender, m.header) for m in got] == [("x/p", {"i": 1}), ("x/q", {"i": 3})]
+            assert [await consumer.read(m.block) for m in got] == [b"one", b"three"]
+            await consumer.free_many(m.block for m in got)
+            # one bad entry spoils the whole message: nothing of it is delivered
+            entries[1][3] = 4  # announced 4 bytes, 3 sent
+            await dealer.send_multipart([BLOCKS, encode_blocks("x", entries), b"a", b"b", b"c"])
+            with anyio.fail_after(5):
+                bad = [decode_ack(await dealer.recv_multipart()) for _ in range(3)]
+            assert sorted((x.seq, type(x.error())) for x in bad) == [
+                (1, ProtocolError),
+                (2, ProtocolError),
+                (3, ProtocolError),
+            ]
+            assert b.stats().blocks == 0
         await wait_until(lambda: not b.stats().processes)
         assert_pool_clean(b)
 

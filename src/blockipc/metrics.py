@@ -90,52 +90,51 @@ class _Collector(Collector):
         ):
             yield CounterMetricFamily(f"blockipc_{name}", doc, value=value)
 
-        per_process = [
-            ("process_blocks", "Blocks a process holds (owner or grantee)", "blocks"),
-            ("process_owned_bytes", "Capacity of the blocks a process owns", "owned_bytes"),
-            ("process_leases", "Leases a process holds", "leases"),
-            ("process_inbox_messages", "Messages waiting in a process's inbox", "inbox"),
-            ("process_inbox_bytes", "Bytes of the blocks in a process's inbox", "inbox_bytes"),
-            ("process_channels", "Channel ends a process has open", "channels"),
-        ]
-        for name, doc, attr in per_process:
-            family = GaugeMetricFamily(f"blockipc_{name}", doc, labels=["process"])
-            for usage in s.usage:
-                family.add_metric([usage.name], getattr(usage, attr))
-            yield family
+        for name, doc, attr in _PROCESS_GAUGES:
+            rows = [(usage.name, getattr(usage, attr)) for usage in s.usage]
+            yield _labelled(GaugeMetricFamily, name, doc, "process", rows)
+        rows = [(link.node, int(link.state == "up")) for link in s.links]
+        yield _labelled(GaugeMetricFamily, "link_up", _LINK_UP, "node", rows)
+        for family, name, doc, attr in _LINK_SERIES:
+            rows = [(link.node, getattr(link, attr)) for link in s.links]
+            yield _labelled(family, name, doc, "node", rows)
 
-        up = GaugeMetricFamily(
-            "blockipc_link_up", "1 if the link to this peer is connected, else 0", labels=["node"]
-        )
-        for link in s.links:
-            up.add_metric([link.node], int(link.state == "up"))
-        yield up
-        link_gauges = [
-            ("link_queued", "Sends to this node waiting for the link or its window", "queued"),
-            ("link_in_flight", "Blocks sent to this node, not yet acknowledged", "in_flight"),
-        ]
-        for name, doc, attr in link_gauges:
-            family = GaugeMetricFamily(f"blockipc_{name}", doc, labels=["node"])
-            for link in s.links:
-                family.add_metric([link.node], getattr(link, attr))
-            yield family
-        link_counters = [
-            ("link_sent_blocks", "Blocks this node accepted", "sent"),
-            ("link_sent_bytes", "Bytes of the blocks this node accepted", "sent_bytes"),
-            ("link_failed_sends", "Sends to this node that failed", "failed"),
-            ("link_received_blocks", "Blocks from this node delivered here", "received"),
-            (
-                "link_received_bytes",
-                "Bytes of the blocks delivered from this node",
-                "received_bytes",
-            ),
-            ("link_refused_blocks", "Blocks from this node refused here", "refused"),
-        ]
-        for name, doc, attr in link_counters:
-            counter = CounterMetricFamily(f"blockipc_{name}", doc, labels=["node"])
-            for link in s.links:
-                counter.add_metric([link.node], getattr(link, attr))
-            yield counter
+
+_PROCESS_GAUGES: Final = (
+    ("process_blocks", "Blocks a process holds (owner or grantee)", "blocks"),
+    ("process_owned_bytes", "Capacity of the blocks a process owns", "owned_bytes"),
+    ("process_leases", "Leases a process holds", "leases"),
+    ("process_inbox_messages", "Messages waiting in a process's inbox", "inbox"),
+    ("process_inbox_bytes", "Bytes of the blocks in a process's inbox", "inbox_bytes"),
+    ("process_channels", "Channel ends a process has open", "channels"),
+)
+_LINK_UP: Final = "1 if the link to this peer is connected, else 0"
+_Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+_LINK_SERIES: Final[tuple[tuple[_Family, str, str, str], ...]] = (
+    (GaugeMetricFamily, "link_queued", "Sends to this node waiting for the link", "queued"),
+    (
+        GaugeMetricFamily,
+        "link_in_flight",
+        "Blocks sent to this node, not acknowledged",
+        "in_flight",
+    ),
+    (CounterMetricFamily, "link_sent_blocks", "Blocks this node accepted", "sent"),
+    (CounterMetricFamily, "link_sent_bytes", "Bytes of the blocks it accepted", "sent_bytes"),
+    (CounterMetricFamily, "link_failed_sends", "Sends to this node that failed", "failed"),
+    (CounterMetricFamily, "link_received_blocks", "Blocks from it delivered here", "received"),
+    (CounterMetricFamily, "link_received_bytes", "Bytes delivered from it", "received_bytes"),
+    (CounterMetricFamily, "link_refused_blocks", "Blocks from it refused here", "refused"),
+)
+
+
+def _labelled(
+    family: _Family, name: str, doc: str, label: str, rows: list[tuple[str, int]]
+) -> Metric:
+    """A metric family with one sample per ``(label value, value)`` row."""
+    metric = family(f"blockipc_{name}", doc, labels=[label])
+    for key, value in rows:
+        metric.add_metric([key], value)
+    return metric
 
 
 class MetricsServer:
