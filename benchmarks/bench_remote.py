@@ -29,7 +29,9 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
   library's own ring and eventfd wake-ups), which a consumer process forked on the
   same CPU reads and releases; it reports the last message. Nothing of a coordinator
   (no allocation, routing, acknowledgement or window): the least a receiver that hands
-  the bytes to another process in shared memory can do, on a CPU it shares with it.
+  the bytes to another process in shared memory can do, on a CPU it shares with it
+  (at 1 MiB; at 16 MiB its 256 MiB ring is colder memory than the pool blocks a link
+  reuses, so it bounds nothing there).
 * **link sending side alone / receiving side alone** (information): half the link
   against a stand-in for the other half, to see which side caps it. Sending side: A
   and its producer (first CPU) send to a ROUTER (second CPU) that acks each message's
