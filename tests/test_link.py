@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import shutil
@@ -575,6 +576,17 @@ async def test_stats_count_each_nodes_sends_and_receipts() -> None:
         text = out.decode()
         assert "up: queued 0, in flight 0, sent 3 (9000 B), failed 1, received 0" in text
         assert "process producer (pid " in text and "1 blocks held, 4096 B owned" in text
+        cli = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "blockipc", "stats", "--socket", a.address, "--json"),
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, _ = await asyncio.wait_for(cli.communicate(), 60)
+        assert cli.returncode == 0
+        got = json.loads(out)
+        assert got["links"] == [dataclasses.asdict(link)]
+        assert {u["name"]: u["owned_bytes"] for u in got["usage"]}["producer"] == 4096
+        assert got["pool_size"] == a.stats().pool_size
         for _ in range(3):
             await consumer.free((await consumer.recv()).block)
         await producer.free(block)
@@ -919,8 +931,6 @@ async def test_one_message_of_several_blocks_is_delivered_block_by_block() -> No
 async def start_node(
     short_dir: Path, name: str, port: int, peers: dict[str, str], keys: Path | None, pool: str
 ) -> AsyncIterator[Child]:
-    import json
-
     async with spawn(
         "node",
         short_dir / f"{name}.sock",

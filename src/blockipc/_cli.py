@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -115,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="print a running coordinator's pool statistics")
     stats.add_argument("--socket", required=True, help="the coordinator's socket path")
     stats.add_argument("--name", default=f"stats-{os.getpid()}", help="process name to register")
+    stats.add_argument(
+        "--json", action="store_true", help="print one JSON object (Stats, field by field)"
+    )
 
     sub.add_parser(
         "bench",
@@ -173,6 +178,9 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _stats(args: argparse.Namespace) -> int:
     async with connect(args.socket, name=args.name) as client:
         stats = await client.stats()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(stats)))
+        return 0
     for field in stats.__dataclass_fields__:
         if field not in ("links", "usage"):
             print(f"{field:16} {getattr(stats, field)}")
