@@ -36,8 +36,8 @@ What runs, each party a process of its own, everything on loopback (127.0.0.1):
   against a stand-in for the other half, to see which side caps it. Sending side: A
   and its producer (first CPU) send to a ROUTER (second CPU) that acks each message's
   blocks as soon as it has parsed it. Receiving side: a DEALER (first CPU) writes link
-  messages as A does (half the window per message, at most 8 blocks and 64 MiB
-  unacknowledged, from 16 buffers) to B and its consumer (second CPU).
+  messages as A does (A's window and message sizes, from 16 buffers) to B and its
+  consumer (second CPU).
 * **raw asyncio TCP (uvloop)**: ``writer.write`` + ``drain`` of length-prefixed messages
   (from the same ring of 16 buffers) -> ``reader.readexactly``.
 
@@ -316,21 +316,18 @@ def role_link_acker(cpu: str) -> None:
 
 def role_link_feeder(cpu: str, port: str, size: str, count: str) -> None:
     """Stands in for coordinator A: a DEALER that writes link messages of blocks to B
-    as A does (half the window per message, at most 8 blocks unacknowledged, from a
-    ring of 16 buffers), so only the receiving side (B and its consumer) works."""
+    as A does (A's window and message sizes for blocks of this size, from a ring of 16
+    buffers), so only the receiving side (B and its consumer) works."""
     pin(cpu)
     import zmq
 
-    from blockipc._linkwire import (
-        BLOCKS,
-        WINDOW_BLOCKS,
-        WINDOW_BYTES,
-        decode_acks,
-        encode_blocks,
-    )
+    from blockipc._linkwire import BLOCKS, OutboundState, decode_acks, encode_blocks
 
     n, total = int(size), WARMUP + int(count)
-    per_message = max(1, min(WINDOW_BLOCKS // 2, (4 << 20) // n))
+    state = OutboundState("b", 1.0)  # A's window rules, for blocks of this size
+    fly = state.window(n)
+    state.submit(None, n, 0.0)
+    per_message = max(1, min(state.batch_size(), (4 << 20) // n))
     ring = payloads(n)
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
@@ -338,9 +335,7 @@ def role_link_feeder(cpu: str, port: str, size: str, count: str) -> None:
     seq = acked = 0
     t0 = None
     while acked < total:
-        while seq < total and (seq == acked or (seq - acked + per_message) * n <= WINDOW_BYTES):
-            if seq - acked + per_message > WINDOW_BLOCKS:
-                break
+        while seq < total and (seq == acked or seq - acked + per_message <= fly):
             k = min(per_message, total - seq)
             entries = [[seq + i + 1, "producer", "consumer", n, {}] for i in range(k)]
             frames = [ring[(seq + i) % INFLIGHT] for i in range(k)]

@@ -381,7 +381,7 @@ def test_linkwire_does_no_io() -> None:
 
 
 def test_outbound_state_window_and_failures() -> None:
-    s = OutboundState("b", timeout=5.0, max_blocks=2, max_bytes=100)
+    s = OutboundState("b", timeout=5.0, max_blocks=2, max_bytes=100, small_blocks=0)
     p1, p2, p3 = (s.submit(i, 40, now=0.0) for i in range(3))
     assert s.next_to_write() is None  # not up
     s.up(now=1.0)
@@ -405,6 +405,30 @@ def test_outbound_state_window_and_failures() -> None:
     assert p is late and isinstance(exc, AccessDenied)
     s.up(now=10.0)  # a later handshake succeeded (the peer now trusts our key)
     assert s.refused is None and s.submit("ok", 10, now=10.0) is s.next_to_write()
+
+
+@pytest.mark.parametrize(
+    ("size", "in_flight", "batch"),
+    [
+        (4 * KiB, 64, 32),  # small blocks: up to 64 while they add up to 512 KiB
+        (16 * KiB, 32, 16),
+        (64 * KiB, 8, 4),  # from here on: 8 blocks, 64 MiB
+        (MiB, 8, 4),
+        (16 * MiB, 4, 2),
+        (100 * MiB, 1, 1),  # larger than the window: one at a time
+    ],
+)
+def test_window_lets_small_blocks_fly_by_the_dozen(size: int, in_flight: int, batch: int) -> None:
+    s = OutboundState("b", timeout=5.0)
+    s.up(now=0.0)
+    pending = [s.submit(i, size, now=0.0) for i in range(100)]
+    assert s.window(size) == in_flight and s.batch_size() == batch
+    written = []
+    while (p := s.next_to_write()) is not None:
+        written.append(p)
+    assert written == pending[:in_flight]
+    s.ack(written[0].seq)  # one acknowledged: one more goes
+    assert s.next_to_write() is pending[in_flight] and s.next_to_write() is None
 
 
 def test_keygen_writes_pyzmq_certificates(tmp_path: Path) -> None:

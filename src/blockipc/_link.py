@@ -84,7 +84,6 @@ from ._exceptions import (
 from ._keys import NodeKeys, load_keys
 from ._linkwire import (
     BLOCKS,
-    MAX_BLOCKS,
     BlockFrame,
     Failure,
     LinkConfig,
@@ -307,7 +306,7 @@ class _Peer:
         try:
             self.link.tune(sock)
             sock.immediate = True  # queue nothing for a peer that is not connected
-            sock.sndhwm = self.state.max_blocks + 2
+            sock.sndhwm = max(self.state.max_blocks, self.state.small_blocks) + 2
             if keys is not None:
                 sock.curve_publickey = keys.public
                 sock.curve_secretkey = keys.secret
@@ -391,7 +390,7 @@ class _Peer:
         view = link.coord.pool.view
         while True:
             batch: list[Pending] = []
-            nbytes, most = 0, max(1, min(MAX_BLOCKS, state.max_blocks // 2))
+            nbytes, most = 0, state.batch_size()
             while (
                 len(batch) < most
                 and nbytes < BATCH_BYTES

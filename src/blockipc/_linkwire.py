@@ -95,6 +95,11 @@ WINDOW_BLOCKS: Final = 8
 """Blocks written to a peer and not yet acknowledged, at most."""
 WINDOW_BYTES: Final = 64 << 20
 """Bytes written to a peer and not yet acknowledged, at most (one block may exceed it)."""
+SMALL_WINDOW_BLOCKS: Final = 64
+SMALL_WINDOW_BYTES: Final = 512 << 10
+"""Small blocks may have up to :data:`SMALL_WINDOW_BLOCKS` in flight while those add up
+to at most this many bytes: their rate is bound by round trips, not by bytes (a 4 KiB
+block behind a window of 8 waits for a round trip every 32 KiB)."""
 
 _BLOCKS_KEYS: Final = frozenset({"node", "blocks"})
 IO_NICE: Final = 10
@@ -427,6 +432,8 @@ class OutboundState:
     timeout: float
     max_blocks: int = WINDOW_BLOCKS
     max_bytes: int = WINDOW_BYTES
+    small_blocks: int = SMALL_WINDOW_BLOCKS
+    small_bytes: int = SMALL_WINDOW_BYTES
     is_up: bool = False
     down_since: float = 0.0
     refused: str | None = None
@@ -447,16 +454,33 @@ class OutboundState:
         if not self.is_up or not self.queue:
             return None
         p = self.queue[0]
-        if self.in_flight and (
-            len(self.in_flight) >= self.max_blocks or self.in_flight_bytes + p.size > self.max_bytes
-        ):
-            return None
+        if self.in_flight:
+            n, nbytes = len(self.in_flight), self.in_flight_bytes + p.size
+            if not (n < self.max_blocks and nbytes <= self.max_bytes) and not (
+                n < self.small_blocks and nbytes <= self.small_bytes
+            ):
+                return None
         self.queue.popleft()
         p.seq = self._next_seq
         self._next_seq += 1
         self.in_flight[p.seq] = p
         self.in_flight_bytes += p.size
         return p
+
+    def window(self, size: int) -> int:
+        """How many blocks of ``size`` bytes the window lets fly at once (at least 1)."""
+        size = max(1, size)
+        return max(
+            1,
+            min(self.max_blocks, self.max_bytes // size),
+            min(self.small_blocks, self.small_bytes // size),
+        )
+
+    def batch_size(self) -> int:
+        """Blocks the next message may carry: half of what the window lets fly at the
+        size of the next queued block, so one message travels while the next is read."""
+        fly = self.window(self.queue[0].size) if self.queue else 1
+        return max(1, min(MAX_BLOCKS, fly // 2))
 
     def unwrite(self, p: Pending) -> None:
         """The send of ``p`` could not be written after all: queue it first again."""
