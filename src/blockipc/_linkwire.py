@@ -284,14 +284,18 @@ def encode_blocks(node: str, entries: list[list[Any]]) -> bytes:
     return meta
 
 
-def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
-    if len(raw) > MAX_META:
+def _unpack(raw: bytes, limit: int, what: str) -> Any:
+    """The msgpack value of a meta frame of at most ``limit`` bytes, or ProtocolError."""
+    if len(raw) > limit:
         raise ProtocolError(f"{what}: meta of {len(raw)} bytes is too large")
     try:
-        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
         raise ProtocolError(f"{what}: meta is not valid msgpack: {exc}") from None
-    return _validate(meta, schema, lambda: what)
+
+
+def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
+    return _validate(_unpack(raw, MAX_META, what), schema, lambda: what)
 
 
 def _bad_name(name: Any) -> bool:
@@ -317,12 +321,7 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
     if not 1 <= len(sizes) <= MAX_BLOCKS:
         raise ProtocolError(f"link blocks: {len(sizes)} data frames (1 to {MAX_BLOCKS})")
     raw = parts[1]
-    if len(raw) > MAX_META * len(sizes):
-        raise ProtocolError(f"link blocks: meta of {len(raw)} bytes is too large")
-    try:
-        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
-    except Exception as exc:  # noqa: BLE001 -- msgpack raises many unrelated types on garbage
-        raise ProtocolError(f"link blocks: meta is not valid msgpack: {exc}") from None
+    meta = _unpack(raw, MAX_META * len(sizes), "link blocks")
     if type(meta) is not dict or meta.keys() != _BLOCKS_KEYS:
         raise ProtocolError(f"link blocks: meta {reprlib.repr(meta)} is not {{node, blocks}}")
     node, entries = meta["node"], meta["blocks"]
