@@ -418,12 +418,9 @@ ROLES: dict[str, Any] = {
 
 
 def child_main(role: str, args: list[str]) -> None:
-    import structlog
-
     import blockipc
 
     blockipc.configure_logging("error")
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     fn = ROLES[role]
     if asyncio.iscoroutinefunction(fn):
         blockipc.run(lambda: fn(*args))

@@ -334,11 +334,9 @@ ROLES.update(
 
 
 def main() -> None:
-    import structlog
-
     import blockipc
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    blockipc.configure_logging("debug")  # a failing test shows the child's events
     role, *args = sys.argv[1:]
     blockipc.run(lambda: ROLES[role](*args))
 

@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 import msgpack
 import pytest
-import structlog
 from anyio.abc import UNIXSocketStream
 
 import blockipc
@@ -132,7 +131,7 @@ async def test_malformed_frame_after_handshake(
         # the raw connection owns a block first: it must be freed with the connection
         await stream.send(request(Op.ALLOC, 4, {"size": MiB}))
         await wait_until(lambda: coord.stats().blocks == 1)
-        with structlog.testing.capture_logs() as logs:
+        with blockipc.testing.capture_logs() as logs:
             await stream.send(bad)
             await assert_closed_by_peer(stream)
             await wait_until(lambda: name not in coord.stats().processes)
@@ -149,7 +148,7 @@ async def test_malformed_frame_instead_of_handshake(
 ) -> None:
     stream = await anyio.connect_unix(coord.address)
     async with stream:
-        with structlog.testing.capture_logs() as logs:
+        with blockipc.testing.capture_logs() as logs:
             await stream.send(bad)
             await assert_closed_by_peer(stream)
             await wait_until(lambda: any(e["event"] == "protocol.error" for e in logs))
@@ -226,7 +225,7 @@ async def test_abrupt_disconnect_reclaims_everything(
         with pytest.raises(ConnectionClosed):
             await victim.recv()
 
-    with structlog.testing.capture_logs() as logs:
+    with blockipc.testing.capture_logs() as logs:
         async with anyio.create_task_group() as tg:
             tg.start_soon(hold_lease)
             await held.wait()

@@ -30,7 +30,6 @@ from typing import Any
 import anyio
 import msgpack
 import pytest
-import structlog
 import zmq
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -636,7 +635,7 @@ async def test_curve_link_delivers_and_refuses_unknown_keys(tmp_path: Path) -> N
     keys["b"] = impostor["b"]
     shutil.copy(keys["a"] / "a.key_secret", tmp_path / "a-secret")
     shutil.copy(impostor["b"] / "b.key", keys["a"] / "b.key")  # a trusts this b
-    with structlog.testing.capture_logs() as logs:
+    with blockipc.testing.capture_logs() as logs:
         async with (
             pair(keys, timeout=1.0) as (a, b),
             blockipc.connect(a.address, name="producer") as producer,
@@ -668,7 +667,7 @@ async def test_a_block_must_come_from_the_node_its_key_belongs_to(tmp_path: Path
     ):
         assert b.link_address is not None
         async with raw_dealer(b.link_address, load_keys(keys["c"], "c")) as dealer:
-            with structlog.testing.capture_logs() as logs:
+            with blockipc.testing.capture_logs() as logs:
                 # c is trusted by b, but claims to be a: refused, nothing delivered
                 await dealer.send_multipart([*encode_block(1, "a", "x", "consumer", 2, {}), b"hi"])
                 await dealer.send_multipart([*encode_block(2, "c", "x", "consumer", 2, {}), b"ok"])
@@ -730,7 +729,7 @@ async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
         async with blockipc.connect(a.address, name="producer") as producer:
             block = await producer.alloc(4096)
             await producer.write(block, b"kept")
-            with structlog.testing.capture_logs() as logs:
+            with blockipc.testing.capture_logs() as logs:
                 started = time.monotonic()
                 with pytest.raises(PeerUnreachable, match="link_timeout"):
                     await producer.send(block, to="b/consumer")

@@ -13,10 +13,10 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from structlog.testing import capture_logs
 
 from blockipc._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
 from blockipc._pool import Allocation, Pool, Segment, parse_size
+from blockipc.testing import capture_logs
 
 KiB = 1 << 10
 MiB = 1 << 20

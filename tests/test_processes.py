@@ -18,7 +18,6 @@ from typing import Any
 
 import anyio
 import pytest
-import structlog
 
 import blockipc
 from _procs import payload, sha256, spawn, wait_until
@@ -79,7 +78,7 @@ async def test_kill_9_reclaims_blocks_and_write_lease(
     await client.write(mine, b"mine")
     start = coord.stats()
     name = unique_name("holder")
-    with structlog.testing.capture_logs() as logs:
+    with blockipc.testing.capture_logs() as logs:
         async with spawn("holder", coord.address, name) as holder:
             ready = await holder.expect("ready")
             stats = coord.stats()

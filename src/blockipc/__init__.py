@@ -12,7 +12,6 @@ from . import testing as testing
 from ._channel import ChannelMessage as ChannelMessage
 from ._channel import ChannelReceiver as ChannelReceiver
 from ._channel import ChannelSender as ChannelSender
-from ._cli import configure_logging as configure_logging
 from ._client import Client as Client
 from ._client import Lease as Lease
 from ._client import connect as connect
@@ -29,6 +28,7 @@ from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
 from ._exceptions import ProtocolError as ProtocolError
+from ._log import configure_logging as configure_logging
 from ._pool import parse_size as parse_size
 from ._runtime import run as run
 from ._types import Block as Block

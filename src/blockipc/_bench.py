@@ -123,11 +123,10 @@ def _pin(cpu: int | None) -> None:
 
 
 def _quiet_logs() -> None:
-    import logging
+    """A worker prints blockipc's warnings and errors (to stderr), nothing else."""
+    from ._log import configure_logging
 
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    configure_logging("warning")
 
 
 def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -32,16 +32,16 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import msgpack
-import structlog
 
 from ._codecs import get_codec
 from ._exceptions import ChannelClosed, InboxFull, InvalidRequest, PeerUnreachable, ProtocolError
+from ._log import get_logger
 from ._protocol import MAX_HEADER, pack_header
 from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
 
-log = structlog.get_logger("blockipc.channel")
+log = get_logger("blockipc.channel")
 
 RECHECK: Final = 1.0
 """Seconds a sleeping end waits before looking at the ring again without a wake-up."""

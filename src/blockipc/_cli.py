@@ -6,33 +6,24 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 
 import anyio
-import structlog
 
 from ._client import connect
 from ._coordinator import Coordinator
 from ._exceptions import BlockIPCError
 from ._linkwire import IO_NICE
+from ._log import configure_logging, get_logger
 from ._pool import parse_size
 from ._runtime import run
 
 __all__ = ["main"]
 
-log = structlog.get_logger("blockipc.cli")
-
-
-def configure_logging(level: str = "info") -> None:
-    """Print structlog events at ``level`` and above to stderr."""
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+log = get_logger("blockipc.cli")
 
 
 def _size(text: str) -> int:
@@ -50,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="structlog events printed to stderr (default: info)",
+        help="blockipc's events printed to stderr from this level on (default: info)",
+    )
+    parser.add_argument(
+        "--log-json", action="store_true", help="print the events as JSON lines (to stderr)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -207,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, json=args.log_json)
     try:
         if args.command == "serve":
             return run(lambda: _serve(args))

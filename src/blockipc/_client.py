@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, cast
 
 import anyio
-import structlog
 
 from ._channel import ChannelReceiver, ChannelSender, _Bell, _End
 from ._codecs import DEFAULT_CODEC, get_codec
@@ -49,6 +48,7 @@ from ._exceptions import (
 )
 from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
+from ._log import get_logger
 from ._pool import parse_size
 from ._protocol import (
     MAX_BATCH,
@@ -68,7 +68,7 @@ from .cache import CacheStats, LRUCache
 
 __all__ = ["Client", "Lease", "connect"]
 
-log = structlog.get_logger("blockipc.client")
+log = get_logger("blockipc.client")
 
 DEFAULT_INBOX_MESSAGES: Final = 1024
 DEFAULT_CACHE_SIZE: Final = "64MiB"

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 import anyio
 import msgpack
-import structlog
 from anyio.abc import (
     SocketAttribute,
     SocketListener,
@@ -71,6 +70,7 @@ from ._exceptions import (
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
 from ._linkwire import IO_NICE, make_config
+from ._log import get_logger
 from ._pool import Allocation, Pool
 from ._protocol import (
     CANCELLED,
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Coordinator"]
 
-log = structlog.get_logger("blockipc.coordinator")
+log = get_logger("blockipc.coordinator")
 
 MAX_INLINE = 1 << 20
 """Largest routed read or write the coordinator performs inline."""

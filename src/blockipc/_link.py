@@ -64,7 +64,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import structlog
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
@@ -97,6 +96,7 @@ from ._linkwire import (
     peek_seqs,
     split_target,
 )
+from ._log import get_logger
 from ._protocol import ErrorReply, Reply, Request
 from ._types import LinkStats
 
@@ -106,7 +106,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Link"]
 
-log = structlog.get_logger("blockipc.link")
+log = get_logger("blockipc.link")
 
 MAX_PARKED: Final = 512 << 20
 """The receiver stops reading its socket while this many bytes wait for delivery."""

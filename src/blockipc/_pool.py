@@ -41,14 +41,13 @@ from fractions import Fraction
 from types import TracebackType
 from typing import Self
 
-import structlog
-
 from ._buddy import BuddyAllocator
 from ._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
+from ._log import get_logger
 
 __all__ = ["Allocation", "Pool", "Segment", "parse_size"]
 
-log = structlog.get_logger("blockipc.pool")
+log = get_logger("blockipc.pool")
 
 _UNITS: dict[str, int] = {
     "": 1,

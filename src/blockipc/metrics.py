@@ -25,8 +25,6 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
-import structlog
-
 try:
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -37,6 +35,7 @@ except ImportError as exc:  # an optional dependency
     ) from exc
 
 from ._exceptions import BlockIPCError, InvalidRequest
+from ._log import get_logger
 from ._types import Stats
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PORT", "MetricsServer"]
 
-log = structlog.get_logger("blockipc.metrics")
+log = get_logger("blockipc.metrics")
 
 DEFAULT_PORT: Final = 9464
 SCRAPE_TIMEOUT: Final = 5.0

@@ -26,8 +26,9 @@ import os
 from collections.abc import AsyncIterator
 
 from ._coordinator import Coordinator
+from ._log import capture_logs
 
-__all__ = ["assert_pool_clean", "isolated_coordinator", "shm_files", "unique_name"]
+__all__ = ["assert_pool_clean", "capture_logs", "isolated_coordinator", "shm_files", "unique_name"]
 
 _counter = itertools.count(1)
 
