@@ -28,6 +28,8 @@ from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
 from ._exceptions import ProtocolError as ProtocolError
+from ._exceptions import UsedAfterFork as UsedAfterFork
+from ._exceptions import WrongEventLoop as WrongEventLoop
 from ._log import configure_logging as configure_logging
 from ._pool import parse_size as parse_size
 from ._runtime import run as run
@@ -72,4 +74,6 @@ __all__ = (
     "InvalidRequest",
     "CodecError",
     "InboxFull",
+    "UsedAfterFork",
+    "WrongEventLoop",
 )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import os
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -34,7 +35,15 @@ from typing import Any, Final, Self
 import msgpack
 
 from ._codecs import get_codec
-from ._exceptions import ChannelClosed, InboxFull, InvalidRequest, PeerUnreachable, ProtocolError
+from ._exceptions import (
+    ChannelClosed,
+    InboxFull,
+    InvalidRequest,
+    PeerUnreachable,
+    ProtocolError,
+    UsedAfterFork,
+    WrongEventLoop,
+)
 from ._log import get_logger
 from ._protocol import MAX_HEADER, pack_header
 from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
@@ -114,6 +123,11 @@ class _Bell:
 
     async def sleep(self) -> bool:
         """Wait for a ring; ``False`` if :data:`RECHECK` passed without one."""
+        if asyncio.get_running_loop() is not self._loop:
+            raise WrongEventLoop(
+                "a channel end is used from an event loop (or thread) other than the one "
+                "its client connected on: use it on that loop"
+            )
         try:
             async with asyncio.timeout(RECHECK):
                 await self._event.wait()
@@ -155,7 +169,14 @@ class _End:
 
     def _check_open(self) -> None:
         if self._closed is not None:
+            if isinstance(self._closed, UsedAfterFork):
+                raise copy.copy(self._closed)
             raise ChannelClosed(f"channel {self.id} is closed") from self._closed
+
+    def _abandon(self, reason: UsedAfterFork) -> None:
+        """In a forked child: closed here, and nothing else, since the ring, its
+        eventfds and the loop's epoll set are the parent's (see ``_client._after_fork``)."""
+        self._closed = reason
 
     def _shutdown(self, reason: BaseException) -> None:
         """Close this end now, locally (the client tells the coordinator)."""

@@ -28,6 +28,7 @@ import itertools
 import mmap
 import os
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Final, Literal, Self, cast
@@ -44,6 +45,8 @@ from ._exceptions import (
     OutOfBounds,
     PoolExhausted,
     ProtocolError,
+    UsedAfterFork,
+    WrongEventLoop,
     error_from_code,
 )
 from ._generations import GenerationView
@@ -170,8 +173,11 @@ class _Segment:
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
+    # The client is held weakly: the loop keeps the transport and so the protocol
+    # alive, and a client the application dropped without closing must still be
+    # collected (its __del__ warns and closes the transport, like a socket's).
     def __init__(self, client: Client) -> None:
-        self._client = client
+        self._client = weakref.ref(client)
         self._buffer = memoryview(bytearray(256 * 1024))
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -185,7 +191,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._client._on_data(self._buffer[:nbytes])
+        client = self._client()
+        if client is not None:
+            client._on_data(self._buffer[:nbytes])
 
     def eof_received(self) -> bool:
         return False
@@ -193,7 +201,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._can_write.set()
-        self._client._on_lost(exc)
+        client = self._client()
+        if client is not None:
+            client._on_lost(exc)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -205,11 +215,32 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         await self._can_write.wait()
 
 
+_connected: weakref.WeakSet[Client] = weakref.WeakSet()
+"""Every client with a live connection in this process (see :func:`_after_fork`)."""
+
+
+def _after_fork() -> None:
+    """In a forked child: every inherited client is the parent's, and stays so.
+
+    Each is marked closed with :class:`UsedAfterFork`, locally and with no I/O at all:
+    a write would go out on the parent's socket, and even unregistering a reader
+    would change the parent's epoll set, which the child shares.
+    """
+    for client in list(_connected):
+        client._forked()
+    _connected.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class Client:
     """A registered process's connection to a coordinator. Made by :func:`connect`.
 
     Every method that takes a block accepts a :class:`Block` or its id. Calls may be
-    made from many tasks at once; they pipeline on one connection.
+    made from many tasks at once; they pipeline on one connection. A client belongs
+    to the process and the event loop that connected it: used in a forked child it
+    raises :class:`UsedAfterFork`, from another loop :class:`WrongEventLoop`.
     """
 
     def __init__(
@@ -255,9 +286,12 @@ class Client:
         self._leases: set[Lease] = set()
         self._channels: dict[int, ChannelSender | ChannelReceiver] = {}
         self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
+        self._pid = os.getpid()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
 
     # -- connection --------------------------------------------------------------
     async def _open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         try:
             stream = await anyio.connect_unix(self.address)
         except OSError as exc:
@@ -309,6 +343,7 @@ class Client:
             self._unmap()
             raise
         self._proto = proto
+        _connected.add(self)
         log.debug("client.connected", name=self.name, address=self.address)
 
     def _map_segments(self, segments: list[list[int]], fds: list[int]) -> None:
@@ -394,6 +429,7 @@ class Client:
         Idempotent."""
         if self._closed or self._closing:
             return
+        self._check_loop()
         self._closing = True
         proto = self._proto
         try:
@@ -414,9 +450,31 @@ class Client:
         """True once the client is closed or its coordinator went away."""
         return self._closed
 
+    def _forked(self) -> None:
+        """This process is a fork of the one that connected: see :func:`_after_fork`."""
+        self._closed = True
+        self._error = UsedAfterFork(
+            f"client {self.name!r} was connected in process {self._pid}, and this is "
+            f"process {os.getpid()}, forked from it: connect again in the child process"
+        )
+        for end in self._channels.values():
+            end._abandon(self._error)
+
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, if it is the one this client connected on."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop and self._loop is not None and not self._closed:
+            raise WrongEventLoop(
+                f"client {self.name!r} is used from an event loop (or thread) other than "
+                "the one it connected on: connect a client in each event loop, or run the "
+                "call on the client's loop (asyncio.run_coroutine_threadsafe)"
+            )
+        return loop
+
     def _shutdown(self, error: BlockIPCError) -> None:
         if self._closed:
             return
+        _connected.discard(self)
         self._closed = True
         self._error = error
         if self._touch_timer is not None:
@@ -478,10 +536,11 @@ class Client:
     ) -> Reply:
         if self._closed or self._proto is None:
             raise self._closed_error()
+        loop = self._check_loop()
         proto = self._proto
         req_id = next(self._ids)
         frame = self._conn.send(Request(req_id, op, args, data))
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[req_id] = (fut, orphan)
         assert proto.transport is not None
         proto.transport.write(frame)
@@ -991,6 +1050,9 @@ class Client:
             args = {"block": key, "name": ""}
         if codec is not None:
             get_codec(codec)
+        if self._closed:  # a hit must not outlive the connection (nor a fork)
+            raise self._closed_error()
+        self._check_loop()
         ref = self._refs.get(key)
         if ref is not None and self._gens is not None:
             bid, slot, gen, rec_codec = ref
@@ -1079,8 +1141,20 @@ class Client:
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if self._proto is not None and not self._closed:
-            _warn(f"unclosed blockipc client {self.name!r}", ResourceWarning, source=self)
+        proto = self._proto
+        if proto is None or self._closed:
+            return
+        try:
+            _warn(
+                f"unclosed blockipc client {self.name!r}: close it (await client.close(), "
+                "or async with blockipc.connect(...))",
+                ResourceWarning,
+                source=self,
+            )
+        finally:  # (also when warnings are errors) the coordinator frees what it held
+            if proto.transport is not None:
+                with contextlib.suppress(Exception):  # e.g. its loop is closed already
+                    proto.transport.close()
 
 
 class Lease:

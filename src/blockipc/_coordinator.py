@@ -26,6 +26,7 @@ import secrets
 import socket
 import stat
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -219,6 +220,7 @@ class Coordinator:
         self._path: Path | None = None
         self._closed = anyio.Event()
         self._closing = False
+        self._pid = os.getpid()
 
     # -- lifecycle ---------------------------------------------------------------
     @property
@@ -305,6 +307,17 @@ class Coordinator:
             # socket stays open (a leaked fd, a ResourceWarning) after the close.
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # started, never closed, and in the process that started it (a forked child's
+        # copy is not its to close)
+        if self._pool is not None and not self._closing and os.getpid() == self._pid:
+            _warn(
+                f"unclosed blockipc coordinator at {self._path}: close it (await "
+                "coord.aclose(), or async with blockipc.Coordinator(...))",
+                ResourceWarning,
+                source=self,
+            )
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`aclose` is called (from a signal handler, say)."""

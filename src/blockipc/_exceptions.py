@@ -24,6 +24,8 @@ __all__ = [
     "PeerUnreachable",
     "PoolExhausted",
     "ProtocolError",
+    "UsedAfterFork",
+    "WrongEventLoop",
     "error_from_code",
 ]
 
@@ -71,6 +73,20 @@ class ConnectionClosed(BlockIPCError, ConnectionError):
 class ChannelClosed(ConnectionClosed):
     """Raised when a channel's other end closed it (or its process ended), or this end
     did, or its client closed; a receiver sees it only after every message sent."""
+
+
+class UsedAfterFork(ConnectionClosed):
+    """Raised when a client (or one of its channel ends) is used in a process forked
+    from the one that connected it, e.g. a ``ProcessPoolExecutor`` worker started
+    with ``fork``: its connection belongs to the parent, which keeps using it
+    untouched. Connect again in the child process."""
+
+
+class WrongEventLoop(BlockIPCError, RuntimeError):
+    """Raised when a client (or one of its channel ends) is used from an event loop
+    other than the one it connected on, e.g. from another thread's ``asyncio.run``.
+    A client belongs to one loop: connect one per loop, or hand the call to the
+    client's loop with ``asyncio.run_coroutine_threadsafe``."""
 
 
 class ProtocolError(BlockIPCError):
