@@ -1,32 +1,45 @@
 # Quick start: `make demo` and `make test` work on a fresh machine (Python 3.11+ and make).
+# `make demo` installs blockipc alone (the demo needs nothing else); `make test`, `lint`
+# and `bench` install the dev set on top. Each install has its own stamp, redone only
+# when pyproject.toml changes, so `make demo` then `make test` works and a repeated run
+# installs nothing.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+VENV_STAMP := $(VENV)/.created
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP  := $(VENV)/.installed-dev
 
 .PHONY: install demo test bench lint clean
 
-$(STAMP): pyproject.toml
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	touch $@
+
+$(BASE_STAMP): pyproject.toml | $(VENV_STAMP)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(VENV_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
-demo: $(STAMP)
+demo: $(BASE_STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m blockipc bench --suite all
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy

@@ -594,16 +594,16 @@ def test_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
         lambda: NUMPY.decode(bytes(8), GOOD),
         lambda: NUMPY.view(bytes(8), GOOD),
     ):
-        with pytest.raises(CodecError, match="numpy is not installed"):
+        with pytest.raises(CodecError, match=r"needs numpy: pip install 'blockipc\[numpy\]'"):
             call()
     assert MSGPACK.decode(MSGPACK.prepare([1]).tobytes()) == [1]  # the others still work
 
 
 def test_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "orjson", None)
-    with pytest.raises(CodecError, match="orjson is not installed"):
+    with pytest.raises(CodecError, match=r"needs orjson: pip install 'blockipc\[json\]'"):
         JSON.prepare([1])
-    with pytest.raises(CodecError, match="orjson is not installed"):
+    with pytest.raises(CodecError, match=r"needs orjson: pip install 'blockipc\[json\]'"):
         JSON.decode(b"[1]")
 
 

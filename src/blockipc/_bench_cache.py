@@ -306,8 +306,11 @@ def _redis_server(tmp: str, cpu: int | None, notes: list[str]) -> Any:
     to ``cpu``; yields its socket path, or ``None`` (with a note) if it cannot run."""
     exe = shutil.which("redis-server")
     if exe is None or not _has("redis"):
-        missing = "redis-server is not on PATH" if exe is None else "redis-py is not installed"
-        notes.append(f"{missing}: the Redis rows are skipped")
+        if exe is None:  # a system package: nothing in this project installs it
+            missing, fix = "redis-server is not on PATH", "install Redis"
+        else:
+            missing, fix = "redis-py is not installed", "pip install redis hiredis"
+        notes.append(f"{missing}: the Redis rows are skipped ({fix} to measure them)")
         yield None
         return
     path = os.path.join(tmp, "redis.sock")

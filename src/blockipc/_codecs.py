@@ -30,8 +30,9 @@ meta: every failure, whatever the library raised, becomes a
 codec that can run code while decoding is ``"pickle"``: it is used only when named
 (:data:`DEFAULT_CODEC` is ``"msgpack"``) and is marked ``trusted_only``.
 
-numpy and orjson are imported when first used, so blockipc works without them; the
-codec that needs a missing library raises ``CodecError`` saying so.
+numpy and orjson are imported when first used, so blockipc works without them (they
+are the extras ``blockipc[numpy]`` and ``blockipc[json]``); the codec that needs a
+missing library raises ``CodecError`` at the point of use, naming the extra to install.
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def _check_meta(meta: object, codec: str) -> Mapping[str, Any]:
 
 
 def _missing(module: str, codec: str) -> CodecError:
-    return CodecError(f"{module} is not installed: the {codec!r} codec needs it")
+    """The error for a codec whose optional library cannot be imported. Each such codec
+    has an extra of its own name in pyproject.toml that installs the library."""
+    return CodecError(f"codec {codec!r} needs {module}: pip install 'blockipc[{codec}]'")
 
 
 def _require_numpy() -> None:
