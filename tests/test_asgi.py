@@ -4,6 +4,7 @@ puts it on ``app.state`` and closes it (the uvicorn test is tests/test_web_cache
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -41,10 +42,17 @@ async def test_lifespan_reads_the_address_from_the_environment(
     monkeypatch.setenv(blockipc.asgi.ADDRESS_ENV, coord.address)
     async with blockipc.asgi.lifespan()(app):
         assert blockipc.asgi.client(app).name == f"web-{os.getpid()}"
-    monkeypatch.delenv(blockipc.asgi.ADDRESS_ENV)
-    with pytest.raises(blockipc.BlockIPCError, match="BLOCKIPC_ADDRESS"):
-        async with blockipc.asgi.lifespan()(app):
-            pass
+    monkeypatch.setenv(blockipc.asgi.ADDRESS_ENV, "/nowhere")  # an address given wins
+    async with blockipc.asgi.lifespan(coord.address)(app):
+        assert blockipc.asgi.client(app).name == f"web-{os.getpid()}"
+    for unset in (monkeypatch.delenv, lambda name: monkeypatch.setenv(name, "")):
+        unset(blockipc.asgi.ADDRESS_ENV)
+        with pytest.raises(
+            blockipc.InvalidRequest,
+            match=re.escape("blockipc.asgi.lifespan(address) or BLOCKIPC_ADDRESS is required"),
+        ):
+            async with blockipc.asgi.lifespan()(app):
+                pass
 
 
 def test_asgi_imports_no_web_framework() -> None:

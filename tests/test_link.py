@@ -597,8 +597,8 @@ async def test_stats_count_each_nodes_sends_and_receipts() -> None:
         out, _ = await asyncio.wait_for(cli.communicate(), 60)
         assert cli.returncode == 0
         text = out.decode()
-        assert "up: queued 0, in flight 0, sent 3 (9000 B), failed 1, received 0" in text
-        assert "process producer (pid " in text and "1 blocks held, 4096 B owned" in text
+        assert "up: queued 0, in flight 0, sent 3 (8.8 KiB), failed 1, received 0" in text
+        assert "process producer (pid " in text and "1 blocks held, 4.0 KiB owned" in text
         cli = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "blockipc", "stats", "--socket", a.address, "--json"),
             stdout=asyncio.subprocess.PIPE,

@@ -94,6 +94,19 @@ async def test_link_series_per_node() -> None:
         assert_pool_clean(b)
 
 
+def test_without_prometheus_client_the_import_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None\n"  # as if not installed
+        "try:\n    import blockipc.metrics\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert "pip install 'blockipc[metrics]'" in result.stdout
+
+
 def test_metrics_port_is_checked() -> None:
     with pytest.raises(blockipc.InvalidRequest):
         MetricsServer(None, port=70000)  # type: ignore[arg-type]

@@ -39,8 +39,7 @@ from ._types import LinkStats as LinkStats
 from ._types import Message as Message
 from ._types import ProcessStats as ProcessStats
 from ._types import Stats as Stats
-
-__version__ = "0.1.0.dev0"
+from ._version import __version__ as __version__
 
 __all__ = (
     # coordinator and client

@@ -9,17 +9,24 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 
+from ._address import ADDRESS_ENV, coordinator_address
 from ._client import connect
 from ._coordinator import Coordinator
 from ._exceptions import BlockIPCError
 from ._linkwire import IO_NICE
 from ._log import configure_logging, get_logger
-from ._pool import parse_size
+from ._pool import format_size, parse_size
 from ._runtime import run
+from ._types import Stats
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 __all__ = ["main"]
 
@@ -29,6 +36,14 @@ log = get_logger("blockipc.cli")
 def _size(text: str) -> int:
     try:
         return parse_size(text)
+    except BlockIPCError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _socket(text: str) -> str:
+    # argparse passes the default ("") through here too: no --socket means $BLOCKIPC_ADDRESS
+    try:
+        return coordinator_address(text, given_as="--socket")
     except BlockIPCError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -49,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run a standalone coordinator until SIGINT/SIGTERM")
-    serve.add_argument("--socket", required=True, help="Unix socket path clients connect to")
+    serve.add_argument(
+        "--socket",
+        type=_socket,
+        default="",
+        help=f"Unix socket path clients connect to (default: ${ADDRESS_ENV})",
+    )
     serve.add_argument("--pool-size", type=_size, default="256MiB", help="e.g. 256MiB (default)")
     serve.add_argument("--max-pool-size", type=_size, default=None, help="grow up to this size")
     serve.add_argument(
@@ -109,7 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     stats = sub.add_parser("stats", help="print a running coordinator's pool statistics")
-    stats.add_argument("--socket", required=True, help="the coordinator's socket path")
+    stats.add_argument(
+        "--socket",
+        type=_socket,
+        default="",
+        help=f"the coordinator's socket path (default: ${ADDRESS_ENV})",
+    )
     stats.add_argument("--name", default=f"stats-{os.getpid()}", help="process name to register")
     stats.add_argument(
         "--json", action="store_true", help="print one JSON object (Stats, field by field)"
@@ -119,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmark against the alternatives (see benchmarks/README.md)",
         add_help=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.epilog = (
+        f"environment: {ADDRESS_ENV} is the coordinator's socket path for serve and stats "
+        "(and blockipc.asgi.lifespan) when --socket is not given"
     )
     return parser
 
@@ -137,7 +167,17 @@ def _peer(text: str) -> tuple[str, str]:
     return name, address
 
 
+def _metrics_server_class() -> type[MetricsServer]:
+    try:
+        from .metrics import MetricsServer
+    except ImportError as exc:  # the extra is not installed: the message names it
+        raise BlockIPCError(str(exc)) from None
+    return MetricsServer
+
+
 async def _serve(args: argparse.Namespace) -> int:
+    # a missing prometheus-client fails here, before the pool or the socket exists
+    metrics_server = None if args.metrics is None else _metrics_server_class()
     # signals are caught from before the socket exists: a SIGINT or SIGTERM that comes
     # while the coordinator starts still ends it cleanly (socket removed, exit 0)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -155,13 +195,9 @@ async def _serve(args: argparse.Namespace) -> int:
             link_io_nice=args.link_io_nice,
         ) as coord:
             async with contextlib.AsyncExitStack() as stack:
-                if args.metrics is not None:
-                    try:
-                        from .metrics import MetricsServer
-                    except ImportError as exc:
-                        raise BlockIPCError(str(exc)) from None
+                if metrics_server is not None:
                     host, port = args.metrics
-                    await stack.enter_async_context(MetricsServer(coord, host, port))
+                    await stack.enter_async_context(metrics_server(coord, host, port))
                 async for signum in signals:
                     log.info("coordinator.signal", signal=signal.Signals(signum).name)
                     break
@@ -172,25 +208,49 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _stats(args: argparse.Namespace) -> int:
     async with connect(args.socket, name=args.name) as client:
         stats = await client.stats()
+    stats = _without_process(stats, args.name)  # this command's own connection
     if args.json:
         print(json.dumps(dataclasses.asdict(stats)))
         return 0
-    for field in stats.__dataclass_fields__:
-        if field not in ("links", "usage"):
-            print(f"{field:16} {getattr(stats, field)}")
+    for line in _stats_lines(stats):
+        print(line)
+    return 0
+
+
+def _without_process(stats: Stats, name: str) -> Stats:
+    return dataclasses.replace(
+        stats,
+        processes=tuple(p for p in stats.processes if p != name),
+        usage=tuple(u for u in stats.usage if u.name != name),
+    )
+
+
+def _stats_lines(stats: Stats) -> Iterator[str]:
+    """``blockipc stats`` for people: sizes in binary units, names comma-separated."""
+    for field in dataclasses.fields(stats):
+        if field.name in ("links", "usage"):  # a line per item, below
+            continue
+        value = getattr(stats, field.name)
+        if isinstance(value, tuple):
+            text = ", ".join(value) or "(none)"
+        elif field.name.endswith(("_size", "_bytes")):
+            text = format_size(value)
+        else:
+            text = str(value)
+        yield f"{field.name:16} {text}"
     for proc in stats.usage:  # one line per process: who holds the pool
-        print(
+        yield (
             f"process {proc.name} (pid {proc.pid}): {proc.blocks} blocks held, "
-            f"{proc.owned_bytes} B owned, {proc.leases} leases, inbox {proc.inbox} "
-            f"({proc.inbox_bytes} B), {proc.channels} channels"
+            f"{format_size(proc.owned_bytes)} owned, {proc.leases} leases, inbox {proc.inbox} "
+            f"({format_size(proc.inbox_bytes)}), {proc.channels} channels"
         )
     for link in stats.links:  # one line per node of the link
-        print(
+        yield (
             f"link {link.node:11} {link.state}: queued {link.queued}, in flight "
-            f"{link.in_flight}, sent {link.sent} ({link.sent_bytes} B), failed {link.failed}, "
-            f"received {link.received} ({link.received_bytes} B), refused {link.refused}"
+            f"{link.in_flight}, sent {link.sent} ({format_size(link.sent_bytes)}), failed "
+            f"{link.failed}, received {link.received} ({format_size(link.received_bytes)}), "
+            f"refused {link.refused}"
         )
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from ._buddy import BuddyAllocator
 from ._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
 from ._log import get_logger
 
-__all__ = ["Allocation", "Pool", "Segment", "parse_size"]
+__all__ = ["Allocation", "Pool", "Segment", "format_size", "parse_size"]
 
 log = get_logger("blockipc.pool")
 
@@ -113,6 +113,28 @@ def parse_size(value: int | str) -> int:
     if nbytes <= 0:
         raise InvalidRequest(f"invalid size {value!r}: must be greater than zero")
     return int(nbytes)
+
+
+# what format_size shows, largest first: parse_size's binary units
+_BINARY_UNITS = tuple((unit, _UNITS[unit.lower()]) for unit in ("PiB", "TiB", "GiB", "MiB", "KiB"))
+
+
+def format_size(nbytes: int) -> str:
+    """Return a size for people to read: ``"256.0 MiB"``, ``"1.5 KiB"``, ``"512 B"``.
+
+    The largest binary unit that fits, with one decimal; bytes below 1 KiB as they are.
+    :func:`parse_size` reads the result back, exactly when the decimal shows all of it
+    (a multiple of half the unit, such as every power of two)::
+
+        >>> format_size(256 << 20), format_size(1536), format_size(0)
+        ('256.0 MiB', '1.5 KiB', '0 B')
+        >>> parse_size(format_size(3 << 29))
+        1610612736
+    """
+    for unit, scale in _BINARY_UNITS:
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 def _largest_power_of_two_at_most(n: int) -> int:

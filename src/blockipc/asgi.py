@@ -29,13 +29,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from ._address import ADDRESS_ENV, coordinator_address
 from ._client import Client, connect
 from ._exceptions import BlockIPCError
 
 __all__ = ["ADDRESS_ENV", "client", "lifespan"]
-
-ADDRESS_ENV = "BLOCKIPC_ADDRESS"
-"""The environment variable :func:`lifespan` reads when it is given no address."""
 
 _STATE_ATTR = "blockipc"
 
@@ -48,10 +46,12 @@ def lifespan(
     """A lifespan function that connects each worker process to the coordinator.
 
     ``address`` is the coordinator's socket (default: the ``BLOCKIPC_ADDRESS``
-    environment variable); the worker registers as ``f"{name}-{os.getpid()}"``
+    environment variable, read at startup, as ``blockipc serve`` and ``blockipc stats``
+    read it); the worker registers as ``f"{name}-{os.getpid()}"``
     (``name`` defaults to ``"web"``). ``connect_kwargs`` go to :func:`blockipc.connect`
     (``cache_size=``, ``inbox_messages=``, ...). While the app runs, the client is
-    ``app.state.blockipc``; on shutdown it is closed and removed.
+    ``app.state.blockipc``; on shutdown it is closed and removed. With neither an
+    address nor the variable, startup raises :class:`~blockipc.InvalidRequest`.
 
     >>> life = blockipc.asgi.lifespan("/tmp/b.sock", cache_size="256MiB")  # doctest: +SKIP
     >>> app = Starlette(routes=routes, lifespan=life)  # doctest: +SKIP
@@ -60,11 +60,7 @@ def lifespan(
 
     @contextlib.asynccontextmanager
     async def _lifespan(app: Any) -> AsyncIterator[None]:
-        where = os.environ.get(ADDRESS_ENV) if address is None else os.fspath(address)
-        if not where:
-            raise BlockIPCError(
-                f"no coordinator address: pass one to blockipc.asgi.lifespan() or set {ADDRESS_ENV}"
-            )
+        where = coordinator_address(address, given_as="blockipc.asgi.lifespan(address)")
         async with connect(where, f"{prefix}-{os.getpid()}", **connect_kwargs) as c:
             setattr(app.state, _STATE_ATTR, c)
             try:
