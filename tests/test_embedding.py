@@ -4,6 +4,7 @@ thread, or dropped without being closed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import textwrap
@@ -203,3 +204,12 @@ def test_dropped_without_close_emits_a_resource_warning(code: str, tmp_path: Pat
     assert "ResourceWarning: unclosed blockipc" in result.stderr, result.stderr
     if code is UNCLOSED_CLIENT:
         assert result.stdout == "() 0\n", result.stdout + result.stderr
+
+
+async def test_a_constructor_that_raises_leaves_nothing_to_warn_about() -> None:
+    # __del__ runs on the half-made object: it must neither warn nor fail
+    with pytest.raises(blockipc.InvalidRequest):
+        blockipc.connect("/nowhere", name="n", inbox_messages=0)
+    with pytest.raises(blockipc.InvalidRequest):
+        blockipc.Coordinator(node="a/b")
+    gc.collect()

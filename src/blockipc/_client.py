@@ -1141,7 +1141,7 @@ class Client:
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        proto = self._proto
+        proto = getattr(self, "_proto", None)  # None too when __init__ raised
         if proto is None or self._closed:
             return
         try:

@@ -310,14 +310,15 @@ class Coordinator:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # started, never closed, and in the process that started it (a forked child's
-        # copy is not its to close)
-        if self._pool is not None and not self._closing and os.getpid() == self._pid:
-            _warn(
-                f"unclosed blockipc coordinator at {self._path}: close it (await "
-                "coord.aclose(), or async with blockipc.Coordinator(...))",
-                ResourceWarning,
-                source=self,
-            )
+        # copy is not its to close); __init__ may have raised before any attribute
+        if getattr(self, "_pool", None) is None or self._closing or os.getpid() != self._pid:
+            return
+        _warn(
+            f"unclosed blockipc coordinator at {self._path}: close it (await "
+            "coord.aclose(), or async with blockipc.Coordinator(...))",
+            ResourceWarning,
+            source=self,
+        )
 
     async def serve_forever(self) -> None:
         """Wait until :meth:`aclose` is called (from a signal handler, say)."""
