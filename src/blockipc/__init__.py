@@ -25,6 +25,7 @@ from ._exceptions import CodecError as CodecError
 from ._exceptions import ConnectionClosed as ConnectionClosed
 from ._exceptions import InboxFull as InboxFull
 from ._exceptions import InvalidRequest as InvalidRequest
+from ._exceptions import NameTaken as NameTaken
 from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
@@ -72,4 +73,5 @@ __all__ = (
     "InvalidRequest",
     "CodecError",
     "InboxFull",
+    "NameTaken",
 )
