@@ -24,6 +24,7 @@ from ._exceptions import CodecError as CodecError
 from ._exceptions import ConnectionClosed as ConnectionClosed
 from ._exceptions import InboxFull as InboxFull
 from ._exceptions import InvalidRequest as InvalidRequest
+from ._exceptions import NameTaken as NameTaken
 from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
@@ -75,4 +76,5 @@ __all__ = (
     "InboxFull",
     "UsedAfterFork",
     "WrongEventLoop",
+    "NameTaken",
 )

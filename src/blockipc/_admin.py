@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 from ._exceptions import (
     AccessDenied,
-    BlockIPCError,
     BlockNotFound,
     InboxFull,
     InvalidRequest,
+    NameTaken,
     OutOfBounds,
     PeerUnreachable,
 )
@@ -235,7 +235,10 @@ class RoutingTable:
         if inbox_messages < 1 or inbox_bytes < 1:
             raise InvalidRequest("inbox limits must be at least 1 message and 1 byte")
         if name in self.processes:
-            raise BlockIPCError(f"process name {name!r} is already taken by a live connection")
+            raise NameTaken(
+                f"process name {name!r} is already taken by a live connection: "
+                "connect with another name, or close that client first"
+            )
         proc = ProcessRecord(self._next_key, name, pid, uid, inbox_messages, inbox_bytes)
         self._next_key += 1
         self.processes[name] = proc
@@ -329,13 +332,28 @@ class RoutingTable:
             return rec
         grant = rec.grants.get(proc.key)
         if grant is None:
-            raise AccessDenied(f"block {block_id} belongs to another process")
+            raise AccessDenied(self._not_yours(rec))
         if _RANK[grant[1]] < _RANK[need]:
             wanted = {"r": "read", "w": "write", "own": "owner"}[need]
             raise AccessDenied(
                 f"block {block_id}: this process has a {grant[1]!r} grant, not the {wanted} right"
             )
         return rec
+
+    @staticmethod
+    def _not_yours(rec: BlockRecord) -> str:
+        """Why a process that neither owns nor was granted ``rec`` may not use it."""
+        if rec.name:
+            return (
+                f"block {rec.id} is bound to the name {rec.name!r}, not held by a process: "
+                f"get({rec.name!r}) reads it, put(obj, name={rec.name!r}) replaces it, "
+                f"delete({rec.name!r}) frees it"
+            )
+        if rec.channel:
+            return f"block {rec.id} is the ring of channel {rec.channel}: closing its ends frees it"
+        if rec.owner is None:
+            return f"block {rec.id} is held by other processes (its owner let it go)"
+        return f"block {rec.id} belongs to another process ({rec.owner.name!r})"
 
     @staticmethod
     def check_bounds(rec: BlockRecord, offset: int, size: int) -> None:

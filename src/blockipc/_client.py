@@ -27,11 +27,12 @@ import dataclasses
 import itertools
 import mmap
 import os
+import stat
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any, Final, Literal, Self, cast
+from typing import Any, Final, Literal, NoReturn, Self, cast
 
 import anyio
 
@@ -40,6 +41,7 @@ from ._codecs import DEFAULT_CODEC, get_codec
 from ._exceptions import (
     BlockIPCError,
     BlockNotFound,
+    CodecError,
     ConnectionClosed,
     InvalidRequest,
     OutOfBounds,
@@ -48,6 +50,7 @@ from ._exceptions import (
     UsedAfterFork,
     WrongEventLoop,
     error_from_code,
+    use_async_with,
 )
 from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
@@ -423,6 +426,12 @@ class Client:
     ) -> None:
         await self.aclose()
 
+    def __enter__(self) -> NoReturn:
+        raise use_async_with("async with client: ...", "a Client")
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raises
+        pass
+
     async def aclose(self) -> None:
         """Say goodbye and close. The coordinator frees the blocks this process still
         owns and ends its leases. Pending calls raise :class:`ConnectionClosed`.
@@ -644,8 +653,21 @@ class Client:
         _check_offset(offset)
         if size is None:
             known = block.size if isinstance(block, Block) else self._sizes.get(bid)
+            if known is None:  # a lease this process holds on it knows (and must not wait)
+                known = next(
+                    (len(h._view) for h in self._leases if h.block == bid and h._view is not None),
+                    None,
+                )
             if known is None:
-                raise InvalidRequest(f"pass size= to read block {bid}: its size is not known here")
+                # a block id this process never allocated nor received (a grant, a named
+                # object's id): a read lease asks the coordinator, which checks the
+                # right, and its view is the block's size
+                async with self.lease(bid, "r") as src:
+                    if offset > len(src):
+                        raise OutOfBounds(
+                            f"offset {offset} is outside block {bid} of size {len(src)}"
+                        )
+                    return bytes(src[offset:])
             size = known - offset
             if size < 0:
                 raise OutOfBounds(f"offset {offset} is outside block {bid} of size {known}")
@@ -1199,6 +1221,15 @@ class Lease:
             return self._view
         try:
             return _decode_view(self.codec, self._view, r)
+        except CodecError as exc:
+            await self._release()
+            recorded = r.get("codec", "raw")
+            if recorded == self.codec:
+                raise
+            holds = "raw bytes" if recorded == "raw" else f"an object put with codec={recorded!r}"
+            raise CodecError(
+                f"block {self.block} holds {holds}, not codec={self.codec!r}: {exc}"
+            ) from exc
         except BaseException:
             await self._release()
             raise
@@ -1210,6 +1241,12 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         await self._release()
+
+    def __enter__(self) -> NoReturn:
+        raise use_async_with("async with client.lease(block) as view: ...", "a lease")
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raises
+        pass
 
     def _drop_view(self) -> None:
         self._client._leases.discard(self)
@@ -1265,8 +1302,14 @@ class _Connect:
         return self._open().__await__()
 
     async def _open(self) -> Client:
-        await self._client._open()
-        return self._client
+        client = self._client
+        try:
+            await client._open()
+        except ConnectionClosed as exc:
+            if isinstance(exc.__cause__, OSError):  # the socket's connect() failed
+                raise _connect_failed(client.address, exc.__cause__) from exc.__cause__
+            raise
+        return client
 
     async def __aenter__(self) -> Client:
         return await self._open()
@@ -1278,6 +1321,58 @@ class _Connect:
         tb: TracebackType | None,
     ) -> None:
         await self._client.aclose()
+
+    def __enter__(self) -> NoReturn:
+        raise use_async_with("async with blockipc.connect(...) as client: ...", "connect()")
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raises
+        pass
+
+    def __getattr__(self, name: str) -> NoReturn:
+        # Only reached for names _Connect lacks: a Client's method or attribute used on
+        # the un-awaited connect() says what to do. Still an AttributeError, so
+        # hasattr() and other probing (dunders included) work as usual.
+        client = self.__dict__.get("_client")
+        if not name.startswith("_") and client is not None and hasattr(client, name):
+            raise AttributeError(
+                f"connect() returns an awaitable, not a Client (asked for .{name}): use "
+                "`client = await blockipc.connect(...)` or "
+                "`async with blockipc.connect(...) as client`",
+                name=name,
+                obj=self,
+            )
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
+        )
+
+
+def _connect_failed(address: str, exc: OSError) -> ConnectionClosed:
+    """Why connecting to ``address`` failed, in words that say what to do."""
+    start = (
+        f"start one with `blockipc serve --socket {address}` "
+        f"or `blockipc.Coordinator(path={address!r})`"
+    )
+    if os.path.isdir(address):
+        return ConnectionClosed(
+            f"{address} is a directory, not a coordinator's socket: pass the socket's path "
+            "(coord.address, or the --socket of `blockipc serve`)"
+        )
+    if isinstance(exc, FileNotFoundError):
+        return ConnectionClosed(f"no coordinator is listening at {address} (no such file): {start}")
+    if isinstance(exc, ConnectionRefusedError):
+        try:
+            is_socket = stat.S_ISSOCK(os.stat(address).st_mode)
+        except OSError:
+            is_socket = False
+        if not is_socket:
+            return ConnectionClosed(
+                f"{address} is not a socket: pass a coordinator's socket path "
+                "(coord.address, or the --socket of `blockipc serve`)"
+            )
+        return ConnectionClosed(
+            f"no coordinator is listening at {address} (a socket left by one that ended): {start}"
+        )
+    return ConnectionClosed(f"cannot connect to {address}: {exc}")
 
 
 def connect(
@@ -1300,12 +1395,24 @@ def connect(
     >>> client = await blockipc.connect(coord.address, name="consumer")  # doctest: +SKIP
     >>> await client.close()  # doctest: +SKIP
 
-    A name held by a live connection raises :class:`BlockIPCError`.
+    A name held by a live connection raises :class:`NameTaken`; an address that is not
+    a coordinator's socket raises :class:`ConnectionClosed` saying why (a ``tcp://``
+    address raises :class:`InvalidRequest`: those are for links between coordinators).
     """
     _check_name(name, "process name")
+    path = os.fspath(address)
+    if isinstance(path, str) and "://" in path:
+        scheme = path.split("://", 1)[0]
+        raise InvalidRequest(
+            f"connect({path!r}): local clients connect to a coordinator's Unix socket path "
+            f"(coord.address, or the --socket of `blockipc serve`); {scheme}:// addresses are "
+            "for links between coordinators (Coordinator(node=..., listen=..., peers=...)): "
+            "reach a process on another host with send(block, to='node/name') through your "
+            "own coordinator"
+        )
     return _Connect(
         Client(
-            os.fspath(address),
+            path,
             name,
             inbox_messages=inbox_messages,
             inbox_bytes=inbox_bytes,

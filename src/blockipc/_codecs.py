@@ -508,6 +508,12 @@ class NumpyCodec(Codec):
         """Check ``src`` and ``meta`` against each other; return what they describe."""
         meta = _check_meta(meta, self.name)
         data = _source(src, self.name)
+        if "dtype" not in meta and "shape" not in meta:
+            raise CodecError(
+                "numpy codec: no dtype or shape is recorded with these bytes (raw bytes, or "
+                "not encoded with codec='numpy'): put the array with codec='numpy', or take "
+                "the bytes raw (a lease without codec) and use numpy.frombuffer(view, dtype)"
+            )
         dtype = _dtype_from_meta(meta.get("dtype"))
         shape = meta.get("shape")
         if (

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self, cast
 
 import anyio
 import msgpack
@@ -67,6 +67,7 @@ from ._exceptions import (
     PeerUnreachable,
     PoolExhausted,
     ProtocolError,
+    use_async_with,
 )
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
@@ -258,6 +259,12 @@ class Coordinator:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def __enter__(self) -> NoReturn:
+        raise use_async_with("async with blockipc.Coordinator(...) as coord: ...", "Coordinator")
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ raises
+        pass
 
     async def start(self) -> None:
         """Create the pool, bind the socket and start accepting connections."""

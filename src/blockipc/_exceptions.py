@@ -20,6 +20,7 @@ __all__ = [
     "ErrorCode",
     "InboxFull",
     "InvalidRequest",
+    "NameTaken",
     "OutOfBounds",
     "PeerUnreachable",
     "PoolExhausted",
@@ -27,6 +28,7 @@ __all__ = [
     "UsedAfterFork",
     "WrongEventLoop",
     "error_from_code",
+    "use_async_with",
 ]
 
 
@@ -124,6 +126,14 @@ class InboxFull(BlockIPCError):
     code = 11
 
 
+class NameTaken(BlockIPCError):
+    """Raised when ``connect`` asks for a process name that a live connection holds:
+    pick another name, or close the other client first (its name is free again as soon
+    as its connection ends)."""
+
+    code = 12
+
+
 class ErrorCode(enum.IntEnum):
     """Wire codes of the errors a coordinator reports."""
 
@@ -138,6 +148,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_REQUEST = InvalidRequest.code
     CODEC_ERROR = CodecError.code
     INBOX_FULL = InboxFull.code
+    NAME_TAKEN = NameTaken.code
 
 
 _BY_CODE: dict[int, type[BlockIPCError]] = {
@@ -154,6 +165,7 @@ _BY_CODE: dict[int, type[BlockIPCError]] = {
         InvalidRequest,
         CodecError,
         InboxFull,
+        NameTaken,
     )
 }
 
@@ -161,3 +173,9 @@ _BY_CODE: dict[int, type[BlockIPCError]] = {
 def error_from_code(code: int, message: str) -> BlockIPCError:
     """Return the exception for a wire error code; unknown codes become ``BlockIPCError``."""
     return _BY_CODE.get(code, BlockIPCError)(message)
+
+
+def use_async_with(form: str, what: str) -> TypeError:
+    """The error for ``with`` on an object that only supports ``async with``: ``what``
+    names the object, ``form`` shows the right statement."""
+    return TypeError(f"{what} is an asynchronous context manager: use `{form}`, not `with`")
