@@ -47,6 +47,7 @@ def in_child():
         assert client.closed
         await client.close()  # a no-op here: nothing goes out on the parent's socket
         await tx.aclose()
+        await state["coord"].aclose()  # the parent's: not this process's to close
         return results
     return asyncio.run(attempts())
 
@@ -60,7 +61,7 @@ async def main():
             assert await client.get("obj") == b"cached"
             tx = await client.open_channel("peer", capacity="64KiB")
             rx = await peer.accept_channel()
-            state.update(client=client, block=block, tx=tx, rx=rx)
+            state.update(coord=coord, client=client, block=block, tx=tx, rx=rx)
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(1, mp_context=context) as pool:
                 refused = await asyncio.get_running_loop().run_in_executor(pool, in_child)
@@ -73,6 +74,8 @@ async def main():
             with await rx.recv() as msg:
                 assert bytes(msg.data) == b"from the parent", bytes(msg.data)
             assert sorted((await client.stats()).processes) == ["parent", "peer"]
+            async with blockipc.connect(coord.address, name="late"):  # still listening
+                pass
             await tx.aclose()
             await rx.aclose()
             await client.free(block)
@@ -141,6 +144,9 @@ async def test_another_event_loop_gets_a_clear_error_at_once(
             lambda: client.get("obj"),
             lambda: client.close(),
             lambda: rx.recv(),  # nothing sent: it would sleep on the other loop
+            lambda: tx.send(b"room"),  # the ring has room: no sleep needed
+            lambda: tx.reserve(4).__aenter__(),
+            lambda: tx.aclose(),
         ):
             exc = await asyncio.to_thread(_in_thread, call)
             assert isinstance(exc, blockipc.WrongEventLoop), repr(exc)
@@ -150,6 +156,8 @@ async def test_another_event_loop_gets_a_clear_error_at_once(
         await client.write(block, b"fine")
         assert await client.read(block, 0, 4) == b"fine"
         await tx.send(b"still")
+        exc = await asyncio.to_thread(_in_thread, rx.recv)  # a message waits: not for it
+        assert isinstance(exc, blockipc.WrongEventLoop), repr(exc)
         with await rx.recv() as msg:
             assert bytes(msg.data) == b"still"
         await tx.aclose()
@@ -213,3 +221,103 @@ async def test_a_constructor_that_raises_leaves_nothing_to_warn_about() -> None:
     with pytest.raises(blockipc.InvalidRequest):
         blockipc.Coordinator(node="a/b")
     gc.collect()
+
+
+async def test_a_task_nobody_references_keeps_its_client_while_it_waits(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    # fire and forget: only the loop knows the consumer task, only the task its client
+    got: list[bytes] = []
+    name = unique_name("consumer")
+
+    async def consumer() -> None:
+        c = await blockipc.connect(coord.address, name=name)
+        try:
+            async for msg in c.messages():
+                got.append(await c.read(msg.block, 0, 3))
+                await c.free(msg.block)
+                if len(got) == 3:
+                    break
+        finally:
+            await c.close()
+
+    asyncio.get_running_loop().create_task(consumer())
+    while name not in coord.stats().processes:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the consumer waits in recv
+    gc.collect()
+    for i in range(3):
+        block = await client.alloc(3)
+        await client.write(block, b"m%d!" % i)
+        await client.send(block, to=name)
+    while name in coord.stats().processes:
+        await asyncio.sleep(0.01)
+    assert got == [b"m0!", b"m1!", b"m2!"]
+
+
+async def test_a_coordinator_that_failed_to_start_warns_of_nothing_and_can_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.sock"
+    async with blockipc.Coordinator(path, pool_size="4MiB"):
+        second = blockipc.Coordinator(path, pool_size="4MiB")
+        with pytest.raises(blockipc.BlockIPCError, match="already serving"):
+            await second.start()
+        gc.collect()  # filterwarnings=error: a ResourceWarning here fails the test
+    await second.start()  # the first one is gone now
+    await second.aclose()
+    del second
+    gc.collect()
+
+
+async def test_a_cancelled_connect_leaves_nothing_behind(coord: blockipc.Coordinator) -> None:
+    # cancelled at every point of the handshake in turn (after 0, 1, 2, ... loop steps)
+    for steps in range(30):
+        task = asyncio.ensure_future(blockipc.connect(coord.address, name=f"c{steps}"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            client = await task
+        except asyncio.CancelledError:
+            continue
+        await client.close()
+    gc.collect()  # an unclosed socket would be a ResourceWarning, an error here
+    await asyncio.sleep(0.1)
+    assert coord.stats().processes == ()
+
+
+CLOSED_LOOP = """
+import asyncio, sys
+import blockipc
+
+async def connect(address):
+    return await blockipc.connect(address, name="first-loop")
+
+async def main(address):
+    # the loop the client connected on has ended
+    client = await asyncio.to_thread(asyncio.run, connect(address))
+    try:
+        await client.alloc(4096)
+    except blockipc.WrongEventLoop as exc:
+        assert "has ended" in str(exc), exc
+    await client.close()  # no word to the coordinator possible: the socket is shut down
+    assert client.closed
+
+async def run():
+    async with blockipc.Coordinator(pool_size="4MiB") as coord:
+        await main(coord.address)
+        for _ in range(100):
+            if not coord.stats().processes:
+                break
+            await asyncio.sleep(0.02)
+        print(coord.stats().processes)
+
+asyncio.run(run())
+"""
+
+
+def test_a_client_whose_loop_ended_can_still_be_closed() -> None:
+    result = _python(CLOSED_LOOP)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "()\n", result.stdout + result.stderr

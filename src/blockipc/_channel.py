@@ -28,6 +28,7 @@ import collections
 import contextlib
 import copy
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -54,6 +55,7 @@ log = get_logger("blockipc.channel")
 
 RECHECK: Final = 1.0
 """Seconds a sleeping end waits before looking at the ring again without a wake-up."""
+_thread_id = threading.get_ident  # cheaper than a loop check on the hot paths
 CHUNK: Final = 4 << 20
 """Payloads larger than this are copied into the ring in chunks, yielding in between."""
 
@@ -124,10 +126,7 @@ class _Bell:
     async def sleep(self) -> bool:
         """Wait for a ring; ``False`` if :data:`RECHECK` passed without one."""
         if asyncio.get_running_loop() is not self._loop:
-            raise WrongEventLoop(
-                "a channel end is used from an event loop (or thread) other than the one "
-                "its client connected on: use it on that loop"
-            )
+            raise _wrong_loop()
         try:
             async with asyncio.timeout(RECHECK):
                 await self._event.wait()
@@ -150,8 +149,21 @@ class _Bell:
         self._event.set()  # sleepers wake and find the channel closed
 
 
+def _wrong_loop() -> WrongEventLoop:
+    return WrongEventLoop(
+        "a channel end is used from an event loop (or thread) other than the one its "
+        "client connected on: use it on that loop (asyncio.run_coroutine_threadsafe)"
+    )
+
+
 class _End:
-    """What both ends share: the channel id, the peer's name, closing."""
+    """What both ends share: the channel id, the peer's name, closing.
+
+    An end belongs to its client's loop. The hot paths (a send with room, a receive
+    with a message waiting) compare the thread, one integer; every path that waits
+    goes through :meth:`_check_open`, which does too, and :class:`_Bell` checks the loop
+    itself before it sleeps.
+    """
 
     def __init__(
         self, channel: int, peer: str, bell: _Bell, on_close: Callable[[_End], None]
@@ -161,6 +173,7 @@ class _End:
         self._bell = bell
         self._on_close = on_close
         self._closed: BaseException | None = None
+        self._thread = _thread_id()  # made on its client's loop
 
     @property
     def closed(self) -> bool:
@@ -172,6 +185,8 @@ class _End:
             if isinstance(self._closed, UsedAfterFork):
                 raise copy.copy(self._closed)
             raise ChannelClosed(f"channel {self.id} is closed") from self._closed
+        if _thread_id() != self._thread:
+            raise _wrong_loop()
 
     def _abandon(self, reason: UsedAfterFork) -> None:
         """In a forked child: closed here, and nothing else, since the ring, its
@@ -198,6 +213,8 @@ class _End:
     async def aclose(self) -> None:
         """Close this end; the other end sees the channel closed. Idempotent."""
         if self._closed is None:
+            if _thread_id() != self._thread:
+                raise _wrong_loop()
             self._shutdown(ChannelClosed(f"channel {self.id} closed by this end"))
             self._on_close(self)
 
@@ -306,6 +323,7 @@ class ChannelSender(_End):
             n <= CHUNK
             and not self._lock.locked()
             and self._closed is None
+            and _thread_id() == self._thread
             and not ring.ctl[W_CONSUMER_CLOSED]
         ):
             at = ring.reserve(n, hdr)
@@ -476,7 +494,7 @@ class ChannelReceiver(_End):
     async def recv(self) -> ChannelMessage:
         """The next message; waits for one. Raises :class:`ChannelClosed` once the
         sender closed the channel and every message it sent was received."""
-        if self._closed is None:
+        if self._closed is None and _thread_id() == self._thread:
             msg = self._next()
             if msg is not None:
                 return msg

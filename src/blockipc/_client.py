@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import mmap
 import os
+import socket
 import stat
 import warnings
 import weakref
@@ -176,11 +177,14 @@ class _Segment:
 
 
 class _ClientProtocol(asyncio.BufferedProtocol):
-    # The client is held weakly: the loop keeps the transport and so the protocol
-    # alive, and a client the application dropped without closing must still be
-    # collected (its __del__ warns and closes the transport, like a socket's).
+    # The client is held weakly while no call waits: the loop keeps the transport and
+    # so the protocol alive, and a client the application dropped without closing
+    # must still be collected (its __del__ warns and closes the transport, like a
+    # socket's). While a call waits (``busy``), it is held strongly: a task awaiting
+    # recv() that nobody else references must not be collected with its client.
     def __init__(self, client: Client) -> None:
         self._client = weakref.ref(client)
+        self.busy: Client | None = None
         self._buffer = memoryview(bytearray(256 * 1024))
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -298,7 +302,7 @@ class Client:
         try:
             stream = await anyio.connect_unix(self.address)
         except OSError as exc:
-            raise ConnectionClosed(f"cannot connect to {self.address}: {exc}") from exc
+            raise _connect_failed(self.address, exc) from exc
         fds: list[int] = []
         try:
             hello = Request(
@@ -438,6 +442,9 @@ class Client:
         Idempotent."""
         if self._closed or self._closing:
             return
+        if self._loop is not None and self._loop.is_closed():
+            self._drop_connection()
+            return
         self._check_loop()
         self._closing = True
         proto = self._proto
@@ -469,10 +476,27 @@ class Client:
         for end in self._channels.values():
             end._abandon(self._error)
 
+    def _drop_connection(self) -> None:
+        """Close without a word to the coordinator: the loop this client connected on
+        has ended, so its transport cannot run. Shutting the socket down makes the
+        coordinator reclaim at once."""
+        self._shutdown(ConnectionClosed(f"client {self.name!r} is closed"))
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            with contextlib.suppress(Exception):  # any transport, any state
+                proto.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(Exception):  # e.g. RuntimeError: loop is closed
+                proto.transport.close()
+
     def _check_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, if it is the one this client connected on."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop and self._loop is not None and not self._closed:
+            if self._loop.is_closed():
+                raise WrongEventLoop(
+                    f"the event loop client {self.name!r} connected on has ended: close it "
+                    "(await client.close() works on any loop) and connect again"
+                )
             raise WrongEventLoop(
                 f"client {self.name!r} is used from an event loop (or thread) other than "
                 "the one it connected on: connect a client in each event loop, or run the "
@@ -491,6 +515,8 @@ class Client:
             self._touch_timer = None
         self._touched.clear()
         pending, self._pending = self._pending, {}
+        if self._proto is not None:
+            self._proto.busy = None
         for fut, _orphan in pending.values():
             if fut is not None and not fut.done():
                 fut.set_exception(self._closed_error())
@@ -531,6 +557,8 @@ class Client:
 
     def _dispatch(self, event: Reply | ErrorReply) -> None:
         fut, orphan = self._pending.pop(event.req_id, (None, None))
+        if not self._pending and self._proto is not None:
+            self._proto.busy = None  # nothing waits: held weakly again
         if fut is None or fut.done():
             if orphan is not None and isinstance(event, Reply):
                 orphan(event)
@@ -551,6 +579,7 @@ class Client:
         frame = self._conn.send(Request(req_id, op, args, data))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[req_id] = (fut, orphan)
+        proto.busy = self
         assert proto.transport is not None
         proto.transport.write(frame)
         try:
@@ -1174,9 +1203,7 @@ class Client:
                 source=self,
             )
         finally:  # (also when warnings are errors) the coordinator frees what it held
-            if proto.transport is not None:
-                with contextlib.suppress(Exception):  # e.g. its loop is closed already
-                    proto.transport.close()
+            self._drop_connection()
 
 
 class Lease:
@@ -1302,14 +1329,8 @@ class _Connect:
         return self._open().__await__()
 
     async def _open(self) -> Client:
-        client = self._client
-        try:
-            await client._open()
-        except ConnectionClosed as exc:
-            if isinstance(exc.__cause__, OSError):  # the socket's connect() failed
-                raise _connect_failed(client.address, exc.__cause__) from exc.__cause__
-            raise
-        return client
+        await self._client._open()
+        return self._client
 
     async def __aenter__(self) -> Client:
         return await self._open()

@@ -294,6 +294,8 @@ class Coordinator:
             if self._gens is not None:
                 self._gens.close()
             self._remove_path()
+            # as before start(): nothing to close (no ResourceWarning), start() may retry
+            self._pool = self._gens = self._link = None
             raise
         log.info(
             "coordinator.started",
@@ -334,6 +336,11 @@ class Coordinator:
     async def aclose(self) -> None:
         """Close every connection (pending client awaits raise ``ConnectionClosed``),
         free the pool and remove the socket. Idempotent."""
+        if os.getpid() != self._pid:
+            # A forked child unwinding the parent's stack (async with exits after
+            # os.fork()): the socket, the sessions and the loop's epoll set are the
+            # parent's, which goes on serving. Nothing is touched.
+            return
         if self._closing:
             await self._closed.wait()
             return

@@ -79,8 +79,12 @@ async def take_socket(stream: UNIXSocketStream) -> socket.socket:
     """Detach the socket from ``stream`` (a duplicate); the stream is closed."""
     raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
     sock = raw.dup()
-    sock.setblocking(False)
-    await stream.aclose()
+    try:
+        sock.setblocking(False)
+        await stream.aclose()
+    except BaseException:  # e.g. cancelled in aclose: the duplicate is nobody's
+        sock.close()
+        raise
     return sock
 
 
