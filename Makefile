@@ -30,8 +30,9 @@ install: $(DEV_STAMP)
 demo: $(BASE_STAMP)
 	$(BIN)/python examples/demo.py
 
+# two workers (pytest-xdist), one per core of the 2-core machines this runs on
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m blockipc bench --suite all

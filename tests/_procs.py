@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +333,43 @@ ROLES.update(
     slow_consumer=slow_consumer,
     sink=sink,
 )
+
+
+@dataclasses.dataclass
+class Served:
+    """What ``blockipc serve`` printed, once :func:`serving` stopped it."""
+
+    stdout: str = ""
+    stderr: str = ""
+
+
+@contextlib.contextmanager
+def serving(
+    sock: Path, *args: str, env: dict[str, str] | None = None, options: Sequence[str] = ()
+) -> Iterator[Served]:
+    """``blockipc [OPTIONS] serve ARGS`` until the block ends (SIGTERM), up once ``sock``
+    exists; it must then exit 0 and remove ``sock``. Its output fills the yielded
+    :class:`Served` when it has stopped."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "blockipc", *options, "serve", "--pool-size", "32MiB", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    served = Served()
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert server.poll() is None, server.communicate()
+            assert time.monotonic() < deadline, "blockipc serve did not start"
+            time.sleep(0.05)
+        yield served
+    finally:
+        server.send_signal(signal.SIGTERM)
+        served.stdout, served.stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, served.stderr
+    assert not sock.exists()
 
 
 def main() -> None:

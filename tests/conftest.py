@@ -19,7 +19,7 @@ import uvloop
 
 import blockipc
 from _procs import wait_until
-from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files
+from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files, unique_name
 
 LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -92,3 +92,15 @@ async def coord() -> AsyncIterator[blockipc.Coordinator]:
         yield c
         await wait_until(lambda: not c.stats().processes)
         assert_pool_clean(c)
+
+
+@pytest.fixture
+async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
+    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
+        yield c
+
+
+@pytest.fixture
+async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
+    async with blockipc.connect(coord.address, name=unique_name("other")) as c:
+        yield c

@@ -7,18 +7,15 @@ import dataclasses
 import importlib.metadata
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 
 import blockipc
+from _procs import serving
 from blockipc._address import ADDRESS_ENV
 from blockipc._pool import format_size
 
@@ -41,30 +38,6 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [*BLOCKIPC, *args], env=env, capture_output=True, text=True, timeout=30, check=False
     )
-
-
-@contextmanager
-def serving(sock: Path, *args: str, env: dict[str, str]) -> Iterator[None]:
-    """``blockipc serve ARGS`` until the block ends (SIGTERM), up once ``sock`` exists."""
-    server = subprocess.Popen(
-        [*BLOCKIPC, "serve", "--pool-size", "32MiB", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            assert server.poll() is None, server.communicate()
-            assert time.monotonic() < deadline, "blockipc serve did not start"
-            time.sleep(0.05)
-        yield
-    finally:
-        server.send_signal(signal.SIGTERM)
-        _, err = server.communicate(timeout=30)
-    assert server.returncode == 0, err
-    assert not sock.exists()
 
 
 # -- --version and --help -----------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,18 +29,6 @@ from blockipc._protocol import Op
 from blockipc.testing import unique_name
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
-
-
-@pytest.fixture
-async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("other")) as c:
-        yield c
 
 
 async def assert_usable(client: blockipc.Client) -> None:

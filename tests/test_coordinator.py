@@ -7,7 +7,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -34,12 +34,6 @@ from blockipc._protocol import (
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
 
 
 def frame(kind: int, op: int, req_id: int, meta: bytes, data: bytes = b"") -> bytes:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -103,12 +102,6 @@ def test_a_forked_child_gets_a_clear_error_and_the_parent_keeps_working() -> Non
         "refused in the child: alloc read get lease tx.send rx.recv",
         "parent ok",
     ]
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
 
 
 def _in_thread(call: object) -> BaseException | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import socket
 import warnings
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,6 @@ from blockipc import (
 from blockipc.testing import unique_name
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
-
-
-@pytest.fixture
-async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("other")) as c:
-        yield c
 
 
 def _collect_warnings() -> list[warnings.WarningMessage]:

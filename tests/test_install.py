@@ -298,4 +298,4 @@ def test_make_demo_installs_the_base_and_make_test_the_dev_set(tmp_path: Path) -
     for stamp in (".created", ".installed-base", ".installed-dev"):
         (venv / stamp).touch()  # newer than pyproject.toml: installed
     assert plan("demo") == [f"{venv}/bin/python examples/demo.py"]
-    assert plan("test") == [f"{venv}/bin/python -m pytest -q -p no:cacheprovider"]
+    assert plan("test") == [f"{venv}/bin/python -m pytest -q -p no:cacheprovider -n 2"]

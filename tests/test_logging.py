@@ -7,15 +7,13 @@ imports and uses it) and looks at what that process printed.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import blockipc
+from _procs import serving
 from blockipc._log import get_logger
 
 # A default workload: an embedded coordinator, clients, a send, a channel, named
@@ -182,25 +180,9 @@ def test_capture_logs_collects_debug_events_and_restores_the_level() -> None:
 def _serve(tmp_path: Path, *options: str) -> tuple[str, str]:
     """``blockipc [options] serve`` until it is up, then SIGTERM: (stdout, stderr)."""
     sock = tmp_path / "c.sock"
-    cmd = [sys.executable, "-m", "blockipc", *options, "serve", "--socket", str(sock)]
-    server = subprocess.Popen(
-        [*cmd, "--pool-size", "4MiB"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not sock.exists():
-            assert server.poll() is None, server.communicate()
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.05)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=15)
-    assert server.returncode == 0, err
-    return out, err
+    with serving(sock, "--socket", str(sock), options=options) as served:
+        pass
+    return served.stdout, served.stderr
 
 
 def test_cli_prints_its_events_to_stderr(tmp_path: Path) -> None:
@@ -216,7 +198,7 @@ def test_cli_log_json_prints_json_lines(tmp_path: Path) -> None:
     events = [json.loads(line) for line in err.splitlines()]
     names = [e["event"] for e in events]
     assert names[0] == "coordinator.started" and "coordinator.stopped" in names
-    assert events[0]["level"] == "info" and events[0]["pool_size"] == 4 << 20
+    assert events[0]["level"] == "info" and events[0]["pool_size"] == 32 << 20
 
 
 def test_cli_log_level_hides_lower_levels(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -26,12 +26,6 @@ from blockipc import PeerUnreachable
 from blockipc.testing import unique_name
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,6 @@ from blockipc import ConnectionClosed
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
 
 KiB, MiB = 1 << 10, 1 << 20
-
-
-@pytest.fixture
-async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("client")) as c:
-        yield c
 
 
 @pytest.fixture
