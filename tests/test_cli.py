@@ -59,6 +59,15 @@ def test_every_command_has_help(command: list[str]) -> None:
         assert "--version" in result.stdout
 
 
+def test_the_log_options_come_before_any_command_bench_included(tmp_path: Path) -> None:
+    result = run_cli("--log-level", "warning", "--log-json", "bench", "--help", env=cli_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: blockipc bench")
+    unknown = run_cli("stats", "--socket", str(tmp_path / "s"), "--bogus", env=cli_env())
+    assert unknown.returncode == 2
+    assert "unrecognized arguments: --bogus" in unknown.stderr
+
+
 # -- the address: --socket, else BLOCKIPC_ADDRESS -------------------------------------
 @pytest.mark.parametrize("command", ["serve", "stats"])
 def test_no_address_is_a_usage_error(command: str) -> None:

@@ -256,12 +256,16 @@ def _stats_lines(stats: Stats) -> Iterator[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blockipc`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
+    parser = _parser()
+    # bench has a parser of its own: the options before it are ours, the rest its
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "bench" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    configure_logging(args.log_level, json=args.log_json)
+    if args.command == "bench":
         from ._bench import main as bench_main
 
-        return bench_main(argv[1:])
-    args = _parser().parse_args(argv)
-    configure_logging(args.log_level, json=args.log_json)
+        return bench_main(rest)
     try:
         if args.command == "serve":
             return run(lambda: _serve(args))
