@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from blockipc._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
-from blockipc._pool import Allocation, Pool, Segment, parse_size
+from blockipc._pool import Allocation, Pool, Segment
+from blockipc._sizes import parse_size
 from blockipc.testing import capture_logs
 
 KiB = 1 << 10

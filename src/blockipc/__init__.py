@@ -32,8 +32,8 @@ from ._exceptions import ProtocolError as ProtocolError
 from ._exceptions import UsedAfterFork as UsedAfterFork
 from ._exceptions import WrongEventLoop as WrongEventLoop
 from ._log import configure_logging as configure_logging
-from ._pool import parse_size as parse_size
 from ._runtime import run as run
+from ._sizes import parse_size as parse_size
 from ._types import Block as Block
 from ._types import BlockLike as BlockLike
 from ._types import LinkStats as LinkStats

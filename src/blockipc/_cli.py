@@ -20,8 +20,8 @@ from ._coordinator import Coordinator
 from ._exceptions import BlockIPCError
 from ._linkwire import IO_NICE
 from ._log import configure_logging, get_logger
-from ._pool import format_size, parse_size
 from ._runtime import run
+from ._sizes import format_size, parse_size
 from ._types import Stats
 from ._version import __version__
 

@@ -56,7 +56,6 @@ from ._exceptions import (
 from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
 from ._log import get_logger
-from ._pool import parse_size
 from ._protocol import (
     MAX_BATCH,
     PROTOCOL_VERSION,
@@ -70,6 +69,7 @@ from ._protocol import (
     pack_header,
 )
 from ._ring import RingReader, RingWriter
+from ._sizes import parse_size
 from ._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
 from .cache import CacheStats, LRUCache
 

@@ -34,41 +34,21 @@ import errno
 import fcntl
 import mmap
 import os
-import re
 import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from types import TracebackType
 from typing import Self
 
 from ._buddy import BuddyAllocator
 from ._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
 from ._log import get_logger
+from ._sizes import parse_size
 
-__all__ = ["Allocation", "Pool", "Segment", "format_size", "parse_size"]
+__all__ = ["Allocation", "Pool", "Segment"]
+
 
 log = get_logger("blockipc.pool")
 
-_UNITS: dict[str, int] = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "m": 1 << 20,
-    "g": 1 << 30,
-    "t": 1 << 40,
-    "p": 1 << 50,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-    "pib": 1 << 50,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "pb": 10**15,
-}
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*")
 
 # What a closed segment's ``buffer`` is: any use raises ValueError.
 _RELEASED = memoryview(b"")
@@ -79,62 +59,6 @@ _MMAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 1
 
 # errno values that mean "the machine cannot give this much memory".
 _NO_MEMORY = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EFBIG})
-
-
-def parse_size(value: int | str) -> int:
-    """Return a size in bytes from an int or a string such as ``"256MiB"``.
-
-    Units are case-insensitive and may follow a space: ``K``/``KiB``, ``M``/``MiB``,
-    ``G``/``GiB``, ``T``/``TiB`` are binary (1024-based); ``KB``, ``MB``, ``GB``, ``TB``
-    are decimal (1000-based); ``B`` or nothing means bytes. A fraction is allowed when
-    the result is a whole number of bytes::
-
-        >>> parse_size("64KiB"), parse_size("1MB"), parse_size("1.5 GiB")
-        (65536, 1000000, 1610612736)
-
-    :raises InvalidRequest: for a size that is zero, negative, not whole, or not a size.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(f"invalid size {value!r}: expected an int or a string like '256MiB'")
-    if isinstance(value, int):
-        if value <= 0:
-            raise InvalidRequest(f"invalid size {value!r}: must be greater than zero")
-        return value
-    match = _SIZE_RE.fullmatch(value)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise InvalidRequest(
-            f"invalid size {value!r}: expected a number with an optional unit "
-            "(B, K/KiB, M/MiB, G/GiB, T/TiB, or decimal KB/MB/GB/TB)"
-        )
-    nbytes = Fraction(match.group(1)) * _UNITS[unit]
-    if nbytes.denominator != 1:
-        raise InvalidRequest(f"invalid size {value!r}: not a whole number of bytes")
-    if nbytes <= 0:
-        raise InvalidRequest(f"invalid size {value!r}: must be greater than zero")
-    return int(nbytes)
-
-
-# what format_size shows, largest first: parse_size's binary units
-_BINARY_UNITS = tuple((unit, _UNITS[unit.lower()]) for unit in ("PiB", "TiB", "GiB", "MiB", "KiB"))
-
-
-def format_size(nbytes: int) -> str:
-    """Return a size for people to read: ``"256.0 MiB"``, ``"1.5 KiB"``, ``"512 B"``.
-
-    The largest binary unit that fits, with one decimal; bytes below 1 KiB as they are.
-    :func:`parse_size` reads the result back, exactly when the decimal shows all of it
-    (a multiple of half the unit, such as every power of two)::
-
-        >>> format_size(256 << 20), format_size(1536), format_size(0)
-        ('256.0 MiB', '1.5 KiB', '0 B')
-        >>> parse_size(format_size(3 << 29))
-        1610612736
-    """
-    for unit, scale in _BINARY_UNITS:
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
 
 
 def _largest_power_of_two_at_most(n: int) -> int:

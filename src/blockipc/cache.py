@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar, overload
 
 from ._exceptions import InvalidRequest
-from ._pool import parse_size
+from ._sizes import parse_size
 
 __all__ = ("CacheStats", "LRUCache")
 

@@ -1,0 +1,73 @@
+"""The pure modules decide and never do I/O: each imports with every I/O module blocked.
+
+One list says which modules are pure; a module added to it is checked at once. The
+modules are imported into a stub ``blockipc`` package, so that ``blockipc/__init__.py``
+(which imports the client, the coordinator and the link) never runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "blockipc"
+
+PURE = (
+    "_buddy",  # the allocator
+    "_admin",  # the routing table and process records
+    "_protocol",  # the sans-IO wire protocol
+    "_ring",  # a channel's ring, on a buffer it is given
+    "_codecs",
+    "cache",  # the LRU cache
+    "_linkwire",  # the link's configuration, frames and send state machine
+    "_exceptions",
+    "_types",
+    "_sizes",
+    "_address",
+)
+BLOCKED = ("asyncio", "socket", "selectors", "anyio", "trio", "uvloop", "zmq", "mmap")
+
+SCRIPT = """
+import importlib, sys, types
+
+blocked, modules = sys.argv[2].split(","), sys.argv[3].split(",")
+for name in blocked:
+    sys.modules[name] = None  # import raises ImportError
+package = types.ModuleType("blockipc")
+package.__path__ = [sys.argv[1]]
+sys.modules["blockipc"] = package
+for name in modules:
+    module = importlib.import_module(f"blockipc.{name}")
+    assert module.__file__.startswith(sys.argv[1]), module.__file__
+leaked = sorted(name for name in blocked if sys.modules.get(name) is not None)
+assert not leaked, leaked
+print("pure:", len(modules))
+"""
+
+
+def _import(modules: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    lists = [",".join(BLOCKED), ",".join(modules)]
+    return subprocess.run(
+        [sys.executable, "-I", "-W", "error", "-c", SCRIPT, str(SRC), *lists],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_every_pure_module_imports_without_io() -> None:
+    result = _import(PURE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pure: {len(PURE)}\n"
+
+
+@pytest.mark.parametrize("module", ["_pool", "_client", "_coordinator"])
+def test_the_check_sees_an_io_module(module: str) -> None:
+    # the blocking works: a module that does I/O fails to import
+    result = _import((module,))
+    assert result.returncode != 0
+    assert "halted; None in sys.modules" in result.stderr
