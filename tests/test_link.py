@@ -557,7 +557,7 @@ async def test_remote_send_moves_block_and_keeps_order() -> None:
             msg = await consumer.recv()
             assert msg.header == {"n": n} and await consumer.read(msg.block) == b"0123456789"
             await consumer.free(msg.block)
-        assert a.stats().blocks == 1 and a._link is not None and not a._link._pins
+        assert a.stats().blocks == 1 and a._link is not None and not a._link.pin.blocks
 
         # unknown remote process, unknown node, own node: errors, block intact
         for to, exc in (
@@ -1149,3 +1149,56 @@ def test_remote_example_runs_end_to_end(flags: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" ok") == 6, result.stdout
     assert "0 bad" in result.stdout
+
+
+# -- issue 13 ----------------------------------------------------------------------------
+async def test_a_named_object_survives_a_grantees_remote_send_and_free() -> None:
+    """A grantee of a named object sends it to another node with ``move=False`` and
+    frees its grant while the send is in flight: the name still holds the block, so
+    the end of the transfer must not free it (issue 13, defect 1: the link freed it,
+    the next alloc reused its memory and ``get(name)`` returned that block's bytes)."""
+    data = os.urandom(5000)
+    async with (
+        pair() as (a, b),
+        blockipc.connect(a.address, name="owner") as owner,
+        blockipc.connect(a.address, name="grantee") as grantee,
+        blockipc.connect(a.address, name="reader") as reader,
+        blockipc.connect(b.address, name="filler") as filler,
+        blockipc.connect(b.address, name="consumer", inbox_messages=1) as consumer,
+    ):
+        # a grantee of a named object: the grant is made while PUT's block is still the
+        # owner's (requests on one connection are handled in order, PUT before GRANT
+        # before COMMIT); the grant survives the binding
+        probe = await owner.alloc(1)
+        await owner.free(probe)
+        put = asyncio.create_task(owner.put(data, codec="raw", name="obj"))
+        await asyncio.sleep(0)  # PUT is written
+        await owner.grant(probe.id + 1, "grantee", "r")
+        named = await put
+        assert named.id == probe.id + 1
+        assert await grantee.read(named.id) == data
+
+        # the consumer's inbox is full: the remote send waits at b for room, unacked
+        first = await filler.alloc(10)
+        await filler.send(first, to="consumer")
+        send = asyncio.create_task(grantee.send(named.id, to="b/consumer", move=False))
+        await wait_until(lambda: a.stats().links[0].in_flight == 1)
+        await grantee.free(named.id)  # the grantee lets go mid-send; the name holds it
+        assert not send.done()
+
+        await consumer.free((await consumer.recv()).block)  # room: delivered, acked
+        await send
+        copy = (await consumer.recv()).block
+        assert await consumer.read(copy) == data
+        await consumer.free(copy)
+
+        # an allocation of the same size must not get the named object's memory
+        other = await owner.alloc(len(data))
+        await owner.write(other, b"\xff" * len(data))
+        assert await reader.get("obj") == data
+        stats = await reader.stats()  # (after the get's RELEASE, sent without a reply)
+        assert (stats.blocks, stats.names, stats.leases) == (2, ("obj",), 0)
+        assert stats.used_bytes == 2 * 8192
+        await owner.free(other)
+        await owner.delete("obj")
+        assert a.stats().blocks == 0
