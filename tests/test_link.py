@@ -1202,3 +1202,49 @@ async def test_a_named_object_survives_a_grantees_remote_send_and_free() -> None
         await owner.free(other)
         await owner.delete("obj")
         assert a.stats().blocks == 0
+
+
+async def test_a_255_character_name_is_reachable_from_another_node() -> None:
+    """A remote target is a node name and a process name, each up to 255 characters:
+    ``"node/name"`` may be 511 long (issue 13, defect 5: the client applied the limit to
+    the whole target). One character more in either part is refused by the client,
+    before any request."""
+    node_a, node_b, sender, name = "a" * 255, "b" * 255, "p" * 255, "c" * 255
+    assert split_target(f"{node_b}/{name}") == (node_b, name)
+    for bad in (f"{node_b}b/{name}", f"{node_b}/{name}c"):
+        with pytest.raises(InvalidRequest):
+            split_target(bad)
+    async with blockipc.Coordinator(pool_size="8MiB", node=node_b, listen="tcp://127.0.0.1:0") as b:
+        async with blockipc.Coordinator(
+            pool_size="8MiB", node=node_a, peers={node_b: str(b.link_address)}
+        ) as a:
+            async with (
+                blockipc.connect(a.address, name=sender) as producer,
+                blockipc.connect(b.address, name=name) as consumer,
+            ):
+                block = await producer.alloc(100)
+                await producer.write(block, b"far")
+                await producer.send(block, to=f"{node_b}/{name}", header={"k": 1})
+                msg = await consumer.recv()
+                assert (msg.sender, msg.header) == (f"{node_a}/{sender}", {"k": 1})
+                assert await consumer.read(msg.block, 0, 3) == b"far"
+                await consumer.free(msg.block)
+
+                block = await producer.alloc(10)
+                before = (a.stats().links, b.stats().links)
+                for to, part in (
+                    (f"{node_b}/{name}c", "process name"),
+                    (f"{node_b}b/{name}", "node name"),
+                ):
+                    with pytest.raises(InvalidRequest, match=part):
+                        await producer.send(block, to=to)
+                    with pytest.raises(InvalidRequest, match=part):
+                        await producer.send(block, to=to, move=False)
+                assert (a.stats().links, b.stats().links) == before  # nothing was sent
+                await producer.free(block)
+            await wait_until(lambda: not a.stats().processes and not b.stats().processes)
+            assert_pool_clean(a)
+            assert_pool_clean(b)
+        # refused before any request: a client that is closed says so all the same
+        with pytest.raises(InvalidRequest, match="process name"):
+            await producer.send(1, to=f"{node_b}/{name}c")

@@ -42,6 +42,7 @@ from ._exceptions import (
     OutOfBounds,
     PeerUnreachable,
 )
+from ._limits import MAX_NAME, is_process_name
 
 __all__ = [
     "BlockRecord",
@@ -59,7 +60,6 @@ __all__ = [
 
 Mode = Literal["r", "w"]
 Need = Literal["r", "w", "own"]
-MAX_NAME = 255
 _RANK = {"r": 1, "w": 2, "own": 3}
 
 
@@ -229,7 +229,7 @@ class RoutingTable:
         inbox_messages: int = 1024,
         inbox_bytes: int = 1 << 62,
     ) -> ProcessRecord:
-        if not name or len(name) > MAX_NAME or "/" in name or not name.isprintable():
+        if not is_process_name(name):
             raise InvalidRequest(
                 f"process name {name!r} is invalid: 1-{MAX_NAME} printable characters, no '/'"
             )
