@@ -557,7 +557,7 @@ async def test_remote_send_moves_block_and_keeps_order() -> None:
             msg = await consumer.recv()
             assert msg.header == {"n": n} and await consumer.read(msg.block) == b"0123456789"
             await consumer.free(msg.block)
-        assert a.stats().blocks == 1 and a._link is not None and not a._link._pins
+        assert a.stats().blocks == 1 and a._link is not None and not a._link.pin.blocks
 
         # unknown remote process, unknown node, own node: errors, block intact
         for to, exc in (
@@ -1149,3 +1149,102 @@ def test_remote_example_runs_end_to_end(flags: list[str]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" ok") == 6, result.stdout
     assert "0 bad" in result.stdout
+
+
+# -- issue 13 ----------------------------------------------------------------------------
+async def test_a_named_object_survives_a_grantees_remote_send_and_free() -> None:
+    """A grantee of a named object sends it to another node with ``move=False`` and
+    frees its grant while the send is in flight: the name still holds the block, so
+    the end of the transfer must not free it (issue 13, defect 1: the link freed it,
+    the next alloc reused its memory and ``get(name)`` returned that block's bytes)."""
+    data = os.urandom(5000)
+    async with (
+        pair() as (a, b),
+        blockipc.connect(a.address, name="owner") as owner,
+        blockipc.connect(a.address, name="grantee") as grantee,
+        blockipc.connect(a.address, name="reader") as reader,
+        blockipc.connect(b.address, name="filler") as filler,
+        blockipc.connect(b.address, name="consumer", inbox_messages=1) as consumer,
+    ):
+        # a grantee of a named object: the grant is made while PUT's block is still the
+        # owner's (requests on one connection are handled in order, PUT before GRANT
+        # before COMMIT); the grant survives the binding
+        probe = await owner.alloc(1)
+        await owner.free(probe)
+        put = asyncio.create_task(owner.put(data, codec="raw", name="obj"))
+        await asyncio.sleep(0)  # PUT is written
+        await owner.grant(probe.id + 1, "grantee", "r")
+        named = await put
+        assert named.id == probe.id + 1
+        assert await grantee.read(named.id) == data
+
+        # the consumer's inbox is full: the remote send waits at b for room, unacked
+        first = await filler.alloc(10)
+        await filler.send(first, to="consumer")
+        send = asyncio.create_task(grantee.send(named.id, to="b/consumer", move=False))
+        await wait_until(lambda: a.stats().links[0].in_flight == 1)
+        await grantee.free(named.id)  # the grantee lets go mid-send; the name holds it
+        assert not send.done()
+
+        await consumer.free((await consumer.recv()).block)  # room: delivered, acked
+        await send
+        copy = (await consumer.recv()).block
+        assert await consumer.read(copy) == data
+        await consumer.free(copy)
+
+        # an allocation of the same size must not get the named object's memory
+        other = await owner.alloc(len(data))
+        await owner.write(other, b"\xff" * len(data))
+        assert await reader.get("obj") == data
+        stats = await reader.stats()  # (after the get's RELEASE, sent without a reply)
+        assert (stats.blocks, stats.names, stats.leases) == (2, ("obj",), 0)
+        assert stats.used_bytes == 2 * 8192
+        await owner.free(other)
+        await owner.delete("obj")
+        assert a.stats().blocks == 0
+
+
+async def test_a_255_character_name_is_reachable_from_another_node() -> None:
+    """A remote target is a node name and a process name, each up to 255 characters:
+    ``"node/name"`` may be 511 long (issue 13, defect 5: the client applied the limit to
+    the whole target). One character more in either part is refused by the client,
+    before any request."""
+    node_a, node_b, sender, name = "a" * 255, "b" * 255, "p" * 255, "c" * 255
+    assert split_target(f"{node_b}/{name}") == (node_b, name)
+    for bad in (f"{node_b}b/{name}", f"{node_b}/{name}c"):
+        with pytest.raises(InvalidRequest):
+            split_target(bad)
+    async with blockipc.Coordinator(pool_size="8MiB", node=node_b, listen="tcp://127.0.0.1:0") as b:
+        async with blockipc.Coordinator(
+            pool_size="8MiB", node=node_a, peers={node_b: str(b.link_address)}
+        ) as a:
+            async with (
+                blockipc.connect(a.address, name=sender) as producer,
+                blockipc.connect(b.address, name=name) as consumer,
+            ):
+                block = await producer.alloc(100)
+                await producer.write(block, b"far")
+                await producer.send(block, to=f"{node_b}/{name}", header={"k": 1})
+                msg = await consumer.recv()
+                assert (msg.sender, msg.header) == (f"{node_a}/{sender}", {"k": 1})
+                assert await consumer.read(msg.block, 0, 3) == b"far"
+                await consumer.free(msg.block)
+
+                block = await producer.alloc(10)
+                before = (a.stats().links, b.stats().links)
+                for to, part in (
+                    (f"{node_b}/{name}c", "process name"),
+                    (f"{node_b}b/{name}", "node name"),
+                ):
+                    with pytest.raises(InvalidRequest, match=part):
+                        await producer.send(block, to=to)
+                    with pytest.raises(InvalidRequest, match=part):
+                        await producer.send(block, to=to, move=False)
+                assert (a.stats().links, b.stats().links) == before  # nothing was sent
+                await producer.free(block)
+            await wait_until(lambda: not a.stats().processes and not b.stats().processes)
+            assert_pool_clean(a)
+            assert_pool_clean(b)
+        # refused before any request: a client that is closed says so all the same
+        with pytest.raises(InvalidRequest, match="process name"):
+            await producer.send(1, to=f"{node_b}/{name}c")

@@ -42,6 +42,7 @@ from ._exceptions import (
     OutOfBounds,
     PeerUnreachable,
 )
+from ._limits import MAX_NAME, is_process_name
 
 __all__ = [
     "BlockRecord",
@@ -59,7 +60,6 @@ __all__ = [
 
 Mode = Literal["r", "w"]
 Need = Literal["r", "w", "own"]
-MAX_NAME = 255
 _RANK = {"r": 1, "w": 2, "own": 3}
 
 
@@ -117,7 +117,8 @@ class BlockRecord:
     grants: dict[int, tuple[ProcessRecord, Mode]] = field(default_factory=dict)
     leases: dict[int, Lease] = field(default_factory=dict)
     waiters: deque[Waiter] = field(default_factory=deque)
-    in_transit: int = 0  # deliveries of this block queued for a full inbox
+    in_transit: int = 0  # deliveries of this block queued for a full inbox, or transfers
+    transfers: int = 0  # transfers to other nodes in progress (see start_transfer)
     codec: str = "raw"  # how put() encoded it; get() decodes with it
     meta: dict[str, Any] = field(default_factory=dict)  # the codec's meta (dtype, shape, ...)
     name: str = ""  # bound to this name: the name holds it, any process may read it
@@ -228,7 +229,7 @@ class RoutingTable:
         inbox_messages: int = 1024,
         inbox_bytes: int = 1 << 62,
     ) -> ProcessRecord:
-        if not name or len(name) > MAX_NAME or "/" in name or not name.isprintable():
+        if not is_process_name(name):
             raise InvalidRequest(
                 f"process name {name!r} is invalid: 1-{MAX_NAME} printable characters, no '/'"
             )
@@ -583,6 +584,53 @@ class RoutingTable:
             to.blocks.add(rec.id)
         to.inbox.append(InboxEntry(rec, d.sender.name, d.header, d.topic))
         to.inbox_used += rec.size
+
+    # -- transfers to other nodes ------------------------------------------------
+    def start_transfer(
+        self, proc: ProcessRecord, rec: BlockRecord, pin: ProcessRecord, *, move: bool
+    ) -> None:
+        """``proc`` sends ``rec`` to another node: ``pin`` (the link's record) holds the
+        block until :meth:`end_transfer`, as its owner for a move (``proc`` gives it up)
+        or as a read holder with ``move=False`` (such transfers of one block may
+        overlap). The block is in transit meanwhile: nobody may move it, and its owner
+        may not free it. Refused, before anything changes, under a write lease, and for
+        a move as :meth:`check_movable` says."""
+        if move:
+            self.check_movable(proc, rec)
+        if any(lease.mode == "w" for lease in rec.leases.values()):
+            raise AccessDenied(f"block {rec.id} is under a write lease; end it before sending")
+        if move:
+            proc.blocks.discard(rec.id)
+            rec.owner = pin
+        else:
+            rec.grants[pin.key] = (pin, "r")
+        pin.blocks.add(rec.id)
+        rec.in_transit += 1
+        rec.transfers += 1
+
+    def end_transfer(
+        self, rec: BlockRecord, pin: ProcessRecord, sender: ProcessRecord, *, failed: bool
+    ) -> tuple[bool, list[Waiter]]:
+        """A transfer begun by :meth:`start_transfer` is over. A move that ``failed``
+        gives the block back to its sender if that process is still registered; else
+        ``pin`` lets go once the block's last transfer is over, and the block goes the
+        way of any block whose hold ended (a bound name, a grant, a reader's lease still
+        keep it). Returns whether it is gone (the caller frees its memory) and the waits
+        it dropped (answer them with an error), as :meth:`release_hold` does."""
+        if self.blocks.get(rec.id) is not rec:
+            return False, []
+        rec.in_transit -= 1
+        rec.transfers -= 1
+        if failed and rec.owner is pin and self.processes.get(sender.name) is sender:
+            rec.owner = sender
+            sender.blocks.add(rec.id)
+            pin.blocks.discard(rec.id)
+            return False, []
+        if rec.transfers:
+            return False, []
+        self._drop_hold(rec, pin)
+        pin.blocks.discard(rec.id)
+        return self._let_go(rec)
 
     # -- topics ------------------------------------------------------------------
     def subscribe(self, proc: ProcessRecord, topic: str) -> None:

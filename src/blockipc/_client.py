@@ -55,6 +55,8 @@ from ._exceptions import (
 )
 from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
+from ._limits import check_name as _check_name
+from ._linkwire import split_target
 from ._log import get_logger
 from ._protocol import (
     MAX_BATCH,
@@ -89,7 +91,6 @@ INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
 _MAX_INT: Final = (1 << 63) - 1
-_MAX_NAME: Final = 255
 _WAITING_OPS: Final = frozenset(
     {
         Op.LEASE,
@@ -149,13 +150,6 @@ def _wait_ms(wait_for_peer: float | None) -> int:
     if not 0 <= wait_for_peer < 1e9:
         raise InvalidRequest(f"wait_for_peer must be >= 0 seconds, not {wait_for_peer}")
     return max(1, int(wait_for_peer * 1000))
-
-
-def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
-    if not name or len(name) > _MAX_NAME:
-        raise InvalidRequest(f"{what} {name!r:.80} must be 1 to {_MAX_NAME} characters long")
 
 
 class _Segment:
@@ -770,9 +764,12 @@ class Client:
         ``wait_for_peer`` apply to local sends only.
         """
         bid = _block_id(block)
-        _check_name(to, "receiver name")
+        if isinstance(to, str) and "/" in to:  # node/name: a remote send (see _link.py)
+            split_target(to)  # the node's name and the process's, each to its own limit
+        else:
+            _check_name(to, "receiver name")
         hdr = self._check_header(header)
-        if "/" in to:  # node/name: a remote send (see _link.py)
+        if "/" in to:
             if nowait or wait_for_peer is not None:
                 raise InvalidRequest("nowait and wait_for_peer apply to local sends only")
             remote = {"block": bid, "to": to, "header": hdr, "move": bool(move)}

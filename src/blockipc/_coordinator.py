@@ -71,6 +71,7 @@ from ._exceptions import (
 )
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from ._limits import MAX_NAME
 from ._linkwire import IO_NICE, make_config
 from ._log import get_logger
 from ._pool import Allocation, Pool
@@ -114,7 +115,7 @@ MIN_CHANNEL = CTL_SIZE + 4096
 
 _EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 
-MAX_TOPIC = 255
+MAX_TOPIC = MAX_NAME  # (topics and object names: the one name limit, _limits.py)
 
 
 @dataclass(eq=False, slots=True)

@@ -529,7 +529,6 @@ class Link:
         self._copies: set[asyncio.Future[None]] = set()
         self._releasing: list[_Outgoing] = []
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
-        self._pins: dict[int, int] = {}  # block id -> transfers of it in progress
         self._release_kick = asyncio.Event()
         self._held: list[_Session] | None = None  # sessions whose replies wait for a flush
         self._closing = False
@@ -686,20 +685,9 @@ class Link:
             raise PeerUnreachable(
                 f"no link to node {node!r} (this node {self.config.node!r} has peers: {known})"
             )
-        if move:
-            table.check_movable(proc, rec)
-        if any(lease.mode == "w" for lease in rec.leases.values()):
-            raise AccessDenied(f"block {rec.id} is under a write lease; end it before sending")
         if self._closing:
             raise ConnectionClosed("the coordinator is closing")
-        if move:  # pin: the block leaves its owner until the transfer is over
-            proc.blocks.discard(rec.id)
-            rec.owner = self.pin
-        else:
-            rec.grants[self.pin.key] = (self.pin, "r")
-        self.pin.blocks.add(rec.id)
-        rec.in_transit += 1
-        self._pins[rec.id] = self._pins.get(rec.id, 0) + 1  # move=False may overlap
+        table.start_transfer(proc, rec, self.pin, move=move)  # pinned until _release
         out = _Outgoing(session, req, rec, proc, name, args["header"], move, peer)
         peer.submit(out)
 
@@ -773,24 +761,14 @@ class Link:
                 out.view.release()
             out.view = None
         out.tracker = None
-        table, rec, sender, pin = self.coord._table, out.rec, out.sender, self.pin
-        pins = self._pins.pop(rec.id, 1) - 1
-        if pins:
-            self._pins[rec.id] = pins
-        if table.blocks.get(rec.id) is rec and not self.coord.pool.closed:
-            rec.in_transit -= 1
-            alive = table.processes.get(sender.name) is sender
-            if out.move and out.error is not None and alive and rec.owner is pin:
-                rec.owner = sender  # a failed move: the block is the sender's again
-                sender.blocks.add(rec.id)
-                pin.blocks.discard(rec.id)
-            elif not pins:  # the link's last transfer of this block is over
-                table._drop_hold(rec, pin)
-                pin.blocks.discard(rec.id)
-                if not rec.holders():
-                    dropped = table._remove(rec)
-                    self.coord.pool.free(rec.segment, rec.offset)
-                    self.coord._answer_dropped(dropped)
+        pool, rec = self.coord.pool, out.rec
+        if not pool.closed:  # the table decides: back to the sender, kept, or gone
+            gone, dropped = self.coord._table.end_transfer(
+                rec, self.pin, out.sender, failed=out.error is not None
+            )
+            if gone:
+                pool.free(rec.segment, rec.offset)
+            self.coord._answer_dropped(dropped)
         self._reply(out)
 
     def _reply(self, out: _Outgoing) -> None:
@@ -1089,11 +1067,9 @@ class Link:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.02)
         except BaseException as exc:
-            if table.blocks.get(rec.id) is rec:
-                table._drop_hold(rec, self.pin)
-                self.pin.blocks.discard(rec.id)
-                table._remove(rec)
-                if not pool.closed:
+            if table.blocks.get(rec.id) is rec:  # never delivered: only the pin holds it
+                freed, _ = table.release_hold(self.pin, rec)  # (nobody could wait on it)
+                if freed and not pool.closed:
                     pool.free(rec.segment, rec.offset)
             if isinstance(exc, BlockIPCError):
                 return exc

@@ -57,6 +57,7 @@ from ._exceptions import (
     ProtocolError,
     error_from_code,
 )
+from ._limits import MAX_NAME, is_process_name
 from ._protocol import MAX_HEADER, _validate
 
 __all__ = [
@@ -109,21 +110,12 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 # -- configuration -----------------------------------------------------------------
-MAX_NODE: Final = 255
-
-
 def check_node_name(name: str, what: str = "node name") -> str:
-    """Return ``name`` if it can name a node (1-255 printable characters, no ``/``)."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name) > MAX_NODE
-        or "/" in name
-        or not name.isprintable()
-        or name != name.strip()
-    ):
+    """Return ``name`` if it can name a node: as a process name (1 to ``MAX_NAME``
+    printable characters, no ``/``), without leading or trailing spaces."""
+    if not is_process_name(name) or name != name.strip():
         raise InvalidRequest(
-            f"{what} {name!r:.80} is invalid: 1-{MAX_NODE} printable characters, no '/', "
+            f"{what} {name!r:.80} is invalid: 1-{MAX_NAME} printable characters, no '/', "
             "no leading or trailing spaces"
         )
     return name
@@ -245,10 +237,23 @@ def make_config(
 
 
 def split_target(to: str) -> tuple[str, str]:
-    """``"b/consumer"`` -> ``("b", "consumer")``."""
+    """``"b/consumer"`` -> ``("b", "consumer")``: a node name and a process name, each
+    checked against its own limit (so ``to`` may be up to ``2 * MAX_NAME + 1`` long).
+
+    >>> split_target("b/consumer")
+    ('b', 'consumer')
+    """
+    if not isinstance(to, str):
+        raise TypeError(f"remote receiver must be a str, not {type(to).__name__}")
     node, sep, name = to.partition("/")
     if not sep or not node or not name or "/" in name:
         raise InvalidRequest(f"remote receiver {to!r:.80} is not of the form NODE/NAME")
+    check_node_name(node, f"the node name of remote receiver {to!r:.80}:")
+    if not is_process_name(name):
+        raise InvalidRequest(
+            f"the process name of remote receiver {to!r:.80}: {name!r:.80} is invalid: "
+            f"1-{MAX_NAME} printable characters, no '/'"
+        )
     return node, name
 
 
@@ -298,16 +303,6 @@ def _meta(raw: bytes, schema: dict[str, Any], what: str) -> dict[str, Any]:
     return _validate(_unpack(raw, MAX_META, what), schema, lambda: what)
 
 
-def _bad_name(name: Any) -> bool:
-    return (
-        type(name) is not str
-        or not name
-        or len(name) > 255
-        or "/" in name
-        or not name.isprintable()
-    )
-
-
 def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
     """Parse ``[kind, meta]`` of a message of blocks whose data frames are ``sizes``
     long; ``parts`` are the frames after the routing identity, without the data frames.
@@ -325,7 +320,7 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
     if type(meta) is not dict or meta.keys() != _BLOCKS_KEYS:
         raise ProtocolError(f"link blocks: meta {reprlib.repr(meta)} is not {{node, blocks}}")
     node, entries = meta["node"], meta["blocks"]
-    if _bad_name(node):
+    if not is_process_name(node):
         raise ProtocolError(f"link blocks: invalid node name {node!r:.80}")
     if type(entries) is not list or len(entries) != len(sizes):
         count = len(entries) if type(entries) is list else reprlib.repr(entries)
@@ -343,7 +338,7 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
         if type(n) is not int or n != size:
             raise ProtocolError(f"link block {seq}: size {n!r:.20} but {size} data bytes")
         for what, name in (("from", sender), ("to", to)):
-            if _bad_name(name):
+            if not is_process_name(name):
                 raise ProtocolError(f"link block {seq}: invalid {what} name {name!r:.80}")
         if type(header) is not dict or not all(type(k) is str for k in header):
             raise ProtocolError(f"link block {seq}: header {reprlib.repr(header)} is not a map")
