@@ -26,6 +26,7 @@ PURE = (
     "_exceptions",
     "_types",
     "_sizes",
+    "_limits",  # names
     "_address",
 )
 BLOCKED = ("asyncio", "socket", "selectors", "anyio", "trio", "uvloop", "zmq", "mmap")
