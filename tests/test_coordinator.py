@@ -25,6 +25,7 @@ from blockipc._protocol import (
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     Connection,
+    ErrorReply,
     Kind,
     Op,
     Reply,
@@ -189,6 +190,55 @@ async def check_still_serving(coord: blockipc.Coordinator, client: blockipc.Clie
     await client.free(block)
     async with blockipc.connect(coord.address, name=unique_name("new")) as fresh:
         assert (await fresh.stats()).blocks == 0
+
+
+# -- CANCEL ---------------------------------------------------------------------------
+async def test_cancel_of_a_request_that_is_not_parked_is_harmless(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    """The client sends CANCEL for any call it abandons: a CANCEL whose target was
+    answered already, never existed, or is a CANCEL changes nothing but its own reply;
+    one whose target is parked answers the target as cancelled, once."""
+    stream, conn = await raw_hello(coord.address, unique_name("raw"))
+    try:
+
+        async def events(n: int) -> list[tuple[int, Op, bool]]:
+            got = []
+            with anyio.fail_after(5):
+                for _ in range(n):
+                    event, _fds = await receive_event(stream, conn)
+                    assert isinstance(event, Reply | ErrorReply), event
+                    got.append((event.req_id, event.op, isinstance(event, ErrorReply)))
+            return got
+
+        def req(req_id: int, op: Op, args: dict[str, Any]) -> bytes:
+            return conn.send(Request(req_id, op, args))
+
+        await stream.send(
+            req(2, Op.ALLOC, {"size": 100})
+            + req(3, Op.CANCEL, {"target": 2})  # answered already
+            + req(4, Op.CANCEL, {"target": 99})  # never sent
+            + req(5, Op.CANCEL, {"target": 5})  # itself
+            + req(6, Op.RECV, {})  # parks
+            + req(7, Op.CANCEL, {"target": 6})
+            + req(8, Op.CANCEL, {"target": 6})  # withdrawn already
+            + req(9, Op.STATS, {})
+        )
+        assert await events(8) == [
+            (2, Op.ALLOC, False),
+            (3, Op.CANCEL, False),
+            (4, Op.CANCEL, False),
+            (5, Op.CANCEL, False),
+            (6, Op.RECV, True),  # CANCELLED
+            (7, Op.CANCEL, False),
+            (8, Op.CANCEL, False),
+            (9, Op.STATS, False),
+        ]
+        assert coord.stats().blocks == 1  # the ALLOC stands
+    finally:
+        await stream.aclose()
+    await wait_until(lambda: coord.stats().blocks == 0)
+    await check_still_serving(coord, client)
 
 
 # -- accounting when a client ends ----------------------------------------------------

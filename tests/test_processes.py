@@ -8,6 +8,7 @@ on uvloop (in the test process; the children use uvloop).
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import tempfile
@@ -20,6 +21,7 @@ import anyio
 import pytest
 
 import blockipc
+from _peer_wait_procs import spawn as peer_wait_spawn
 from _procs import payload, sha256, spawn, wait_until
 from blockipc import ConnectionClosed
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
@@ -206,3 +208,63 @@ async def test_child_maps_new_segments_over_the_side_channel() -> None:
         await wait_until(lambda: not coord.stats().processes)
         assert_pool_clean(coord)
         assert coord.stats().pool_size == 16 * MiB
+
+
+# -- clients that die while a request of theirs is parked --------------------------------
+def _rss(pid: int) -> int:
+    """Resident set size of process ``pid`` in bytes (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def _kill_parked_senders(address: str, to: str, batches: int) -> None:
+    """``batches`` times 40 clients (10 processes of 4) each park a send waiting for
+    ``to`` (``wait_for_peer=1e6``), then die by SIGKILL with their process."""
+    for _ in range(batches):
+        async with peer_wait_spawn(
+            "dying_senders", address, unique_name("doomed"), 10, 4, to
+        ) as forker:
+            ready = await forker.expect("ready")
+            for pid in ready["pids"]:
+                os.kill(pid, signal.SIGKILL)
+            assert (await forker.expect("reaped"))["killed"] == len(ready["pids"])
+
+
+async def test_killed_senders_waiting_for_a_peer_leave_no_wait_behind(
+    coord: blockipc.Coordinator,
+) -> None:
+    """A session's parked ``wait_for_peer`` send ends with the session: nothing stays
+    in the coordinator's registry of waits for a peer."""
+    nobody = unique_name("nobody")
+    await _kill_parked_senders(coord.address, nobody, 1)
+    await wait_until(lambda: not coord.stats().processes)
+    assert coord._peer_waits == {}
+    # the name still works as a receiver, and nothing is delivered to it
+    async with blockipc.connect(coord.address, name=nobody) as late:
+        with anyio.move_on_after(0.1):
+            msg = await late.recv()
+            pytest.fail(f"a dead sender's parked send was delivered: {msg}")
+
+
+async def test_200_killed_senders_waiting_for_a_peer_do_not_grow_the_coordinator(
+    short_dir: Path,
+) -> None:
+    """Before the fix each dead sender's wait pinned its session (and that session's
+    256 KiB receive buffer) until the wait ran out: 200 deaths grew the coordinator by
+    about 53 MB. A bound of 10 MB leaves room for allocator noise (freed memory that
+    Python's allocator keeps) and stays far below one leaked buffer per death."""
+    path = short_dir / "c.sock"
+    async with spawn("coordinator", path, "16MiB") as coordinator:
+        await coordinator.expect("ready")
+        await _kill_parked_senders(str(path), "nobody", 1)  # warm-up: caches, arenas
+        async with blockipc.connect(path, name="watcher") as watcher:
+            while (await watcher.stats()).processes != ("watcher",):
+                await anyio.sleep(0.01)
+            before = _rss(coordinator.pid)
+            await _kill_parked_senders(str(path), "nobody", 5)  # 200 clients
+            while (await watcher.stats()).processes != ("watcher",):
+                await anyio.sleep(0.01)
+            grown = _rss(coordinator.pid) - before
+        assert grown < 10 * MiB, f"the coordinator grew by {grown / MiB:.1f} MiB"

@@ -157,6 +157,74 @@ async def test_copy_waits_for_another_process_write_lease_on_dst(
         await owner.free(block)
 
 
+async def test_a_cancelled_copy_never_happens_and_leaves_no_lease(
+    owner: blockipc.Client, other: blockipc.Client
+) -> None:
+    """A copy cancelled while it waits for its write lease on dst is withdrawn: its
+    queued writer no longer holds up later readers of dst, and when the contending
+    lease ends nothing is copied."""
+    src = await owner.alloc(100)
+    dst = await owner.alloc(100)
+    await owner.write(src, b"x" * 100)
+    await owner.write(dst, b"d" * 100)
+    await owner.grant(dst, other.name, "r")
+    start = (await owner.stats()).leases
+    async with other.lease(dst, "r"):
+        task = asyncio.ensure_future(owner.copy(src, dst))
+        # parked once it holds its read lease on src and queues for dst
+        while (await owner.stats()).leases != start + 2:
+            await anyio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await owner.stats()  # the owner's CANCEL, if any, is handled before this reply
+        assert (await owner.stats()).leases == start + 1  # only the reader's is left
+        with anyio.fail_after(5):  # no queued writer before it: granted beside the first
+            async with other.lease(dst, "r") as view:
+                assert bytes(view) == b"d" * 100
+    assert await owner.read(dst) == b"d" * 100  # the copy did not run after the lease
+    with anyio.fail_after(5):
+        async with owner.lease(dst, "w"):
+            assert (await owner.stats()).leases == start + 1
+    assert (await owner.stats()).leases == start
+    await other.free(dst)
+    for block in (src, dst):
+        await owner.free(block)
+
+
+async def test_a_cancelled_writer_lets_the_readers_queued_behind_it_in(
+    owner: blockipc.Client, other: blockipc.Client, third: blockipc.Client
+) -> None:
+    """Readers queue behind a waiting writer (FIFO); when that writer is cancelled, the
+    ones that fit beside the current read lease are granted at once."""
+    block = await owner.alloc(100)
+    await owner.grant(block, other.name, "w")
+    await owner.grant(block, third.name, "r")
+    async with owner.lease(block, "r"):
+        writer = asyncio.ensure_future(enter_lease(other, block, "w"))
+        await asyncio.sleep(0)  # the task sends its LEASE...
+        await other.stats()  # ...which is queued once this is answered
+        granted = asyncio.Event()
+
+        async def read() -> None:
+            async with third.lease(block, "r"):
+                granted.set()
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0)
+        await third.stats()  # queued behind the writer
+        assert not granted.is_set()
+        writer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writer
+        with anyio.fail_after(5):  # while the owner still holds its read lease
+            await reader
+    assert (await owner.stats()).leases == 0
+    await other.free(block)
+    await third.free(block)
+    await owner.free(block)
+
+
 # -- permissions -----------------------------------------------------------------------
 async def test_read_and_write_without_grant(owner: blockipc.Client, other: blockipc.Client) -> None:
     block = await owner.alloc(100)

@@ -745,6 +745,13 @@ class RoutingTable:
                 return True
         return False
 
+    def withdraw_wait(self, rec: BlockRecord, token: Hashable) -> list[Grant]:
+        """Remove a queued lease request (its requester cancelled); returns the leases
+        this made possible (a writer queued ahead of readers no longer holds them up)."""
+        if not self.cancel_wait(rec, token) or rec.id not in self.blocks:
+            return []
+        return self._grant_waiters(rec)
+
     def find_lease(self, proc: ProcessRecord, lease_id: int) -> Lease:
         try:
             return proc.leases[lease_id]

@@ -11,10 +11,11 @@ the reply with the same id resolves, so calls from many tasks pipeline freely.
 Small reads and writes travel inline in the frames; larger ones take a lease and copy
 straight to or from the mapped segment, so the bytes never cross the socket.
 
-Cancellation never loses anything: a cancelled call that may be waiting in the
-coordinator sends ``CANCEL``; if the reply was already on its way, an *orphan* handler
-undoes it (frees a block it allocated, releases a lease it was granted) or keeps it (a
-received message goes to a local queue that the next ``recv`` returns first).
+Cancellation never loses anything: a cancelled call whose reply has not come sends
+``CANCEL``, which the coordinator ignores unless the request is parked there (then it is
+withdrawn); if the reply was already on its way, an *orphan* handler undoes it (frees a
+block it allocated, releases a lease it was granted) or keeps it (a received message
+goes to a local queue that the next ``recv`` returns first).
 """
 
 from __future__ import annotations
@@ -91,20 +92,6 @@ INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
 
 _MAX_INT: Final = (1 << 63) - 1
-_WAITING_OPS: Final = frozenset(
-    {
-        Op.LEASE,
-        Op.READ,
-        Op.WRITE,
-        Op.RECV,
-        Op.RECV_MANY,
-        Op.SEND,
-        Op.PUBLISH,
-        Op.GET,
-        Op.CHANNEL_OPEN,
-        Op.CHANNEL_ACCEPT,
-    }
-)
 _Orphan = Callable[[Reply], None]
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
@@ -589,11 +576,8 @@ class Client:
                     orphan(fut.result())
             else:
                 fut.cancel()  # a reply that comes later goes to the orphan handler
-                if (
-                    req_id in self._pending
-                    and op in _WAITING_OPS
-                    and not (self._closed or self._closing)
-                ):
+                if req_id in self._pending:  # whatever it is: a request that is not
+                    # parked (answered, or never waits) makes the CANCEL a no-op
                     self._send_nowait(Op.CANCEL, {"target": req_id})
             raise
 

@@ -11,9 +11,10 @@ shielded from cancellation.
 Requests are handled in the protocol's ``buffer_updated`` callback as they are parsed,
 so a pipelined burst is answered in one write. Most requests complete at once: the
 routing table decides, the pool is touched, the reply is queued. A request that must
-wait (a contended lease, a ``recv`` on an empty inbox) leaves a :class:`_Wait` token in
-the admin space and is answered when a release or a send makes it possible. Nothing on
-this path awaits, so one slow client never holds up another.
+wait (a contended lease, a ``recv`` on an empty inbox) parks in its session's registry
+as a :class:`_Parked` entry, which the admin space holds as its token, and is answered
+when a release or a send makes it possible; ``CANCEL`` and disconnect end it through
+that registry. Nothing on this path awaits, so one slow client never holds up another.
 """
 
 from __future__ import annotations
@@ -118,40 +119,192 @@ _EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 MAX_TOPIC = MAX_NAME  # (topics and object names: the one name limit, _limits.py)
 
 
+# -- parked requests -------------------------------------------------------------
+# A request that cannot be answered at once parks in its session's registry
+# (``_Session.parked``, by request id) as one of the entries below, until it is answered,
+# cancelled or abandoned. ``CANCEL`` and disconnect reach every kind of wait only
+# through that registry and the entry's own ``cancel``/``abandon``, so neither can miss
+# one. An entry may also be indexed where its wake-up finds it (a session's waiting
+# receives, a name's waiting senders, a block's lease queue, a process's pending
+# deliveries), and leaves those indexes when it leaves the registry.
 @dataclass(eq=False, slots=True)
-class _PeerWait:
-    """A send parked until its receiver registers (``wait_for_peer``)."""
+class _Parked:
+    """A request parked in ``session.parked`` (see above)."""
 
     session: _Session
     request: Request
-    timer: asyncio.TimerHandle | None
+
+    def park(self) -> None:
+        self.session.parked[self.request.req_id] = self
+
+    def unpark(self) -> None:
+        self.session.parked.pop(self.request.req_id, None)
+
+    def cancelled(self) -> ErrorReply:
+        return ErrorReply(self.request.req_id, self.request.op, CANCELLED, "cancelled")
+
+    def cancel(self, coord: Coordinator) -> None:
+        """``CANCEL``: withdraw the request and answer it as cancelled (it has left the
+        registry before it returns)."""
+        raise NotImplementedError
+
+    def abandon(self, coord: Coordinator) -> None:
+        """The session ended: drop what only this entry knows of (a timer, an index),
+        answering nothing. What the process queued in the routing table (lease waits,
+        deliveries) goes with its ``unregister``."""
 
 
 @dataclass(eq=False, slots=True)
-class _Fanout:
-    """A publish in progress: answered when every subscriber's inbox took the block."""
+class _LeaseWait(_Parked):
+    """A LEASE, GET or routed READ/WRITE queued for a lease on ``block``; also the
+    routing table's token for that queued lease."""
 
-    session: _Session
-    request: Request
+    block: BlockRecord
+
+    def granted(self, coord: Coordinator, lease: Lease) -> list[Grant]:
+        self.unpark()
+        return coord._complete(self, lease)
+
+    def dropped(self, coord: Coordinator) -> None:
+        self.unpark()
+        exc = BlockNotFound(f"block {self.block.id} was freed")
+        self.session.reply(_error_reply(self.request, exc))
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.unpark()
+        grants = coord._table.withdraw_wait(self.block, self)
+        self.session.reply(self.cancelled())
+        coord._run_grants(grants)
+
+
+@dataclass(eq=False, slots=True)
+class _CopyJob(_Parked):
+    """A COPY that runs in a task (large, or contended): parked from the request until
+    its reply, whether it waits for a lease (``waiting``, ``future``) or copies. Also
+    the routing table's token for its lease waits."""
+
+    src: BlockRecord
+    dst: BlockRecord
+    size: int
+    waiting: BlockRecord | None = None
+    future: asyncio.Future[Lease | None] | None = None
+    stopped: bool = False  # cancelled or abandoned: the task stops where it is
+
+    def granted(self, coord: Coordinator, lease: Lease) -> list[Grant]:
+        if self.future is None or self.future.done():  # it gave up: the lease goes back
+            return coord._end_lease(lease)
+        self.future.set_result(lease)
+        return []
+
+    def dropped(self, coord: Coordinator) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(BlockNotFound("the block was freed during the copy"))
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.unpark()
+        self.stopped = True  # the task answers CANCELLED (and ends the leases it holds)
+        grants: list[Grant] = []
+        if self.waiting is not None:
+            grants = coord._table.withdraw_wait(self.waiting, self)
+        self._wake()
+        coord._run_grants(grants)
+
+    def abandon(self, coord: Coordinator) -> None:
+        self.stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class _QueuedSend(_Parked):
+    """A SEND whose delivery waits for room in ``to``'s inbox; also the delivery's token."""
+
+    to: ProcessRecord
+
+    def done(self, coord: Coordinator, error: BlockIPCError | None) -> None:
+        """The delivery reached the inbox (``error`` None) or never will."""
+        self.unpark()
+        if error is None:
+            self.session.reply(Reply(self.request.req_id, Op.SEND))
+        else:
+            self.session.reply(_error_reply(self.request, error))
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.unpark()
+        if coord._table.withdraw(self.to, self) is not None:
+            self.session.reply(self.cancelled())
+
+
+@dataclass(eq=False, slots=True)
+class _Fanout(_Parked):
+    """A publish in progress: answered when every subscriber's inbox took the block;
+    parked while parts of it wait for room."""
+
     block: BlockRecord
     remaining: int
     delivered: int = 0
     waiting: list[tuple[ProcessRecord, _FanoutPart]] = field(default_factory=list)
-    cancelled: bool = False
+    withdrawn: bool = False
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.unpark()
+        self.withdrawn = True  # answered CANCELLED once its last part is done
+        for to, part in self.waiting:
+            if coord._table.withdraw(to, part) is not None:
+                coord._fanout_part_done(self, delivered=False)
 
 
 @dataclass(eq=False, slots=True)
 class _FanoutPart:
+    """One subscriber's delivery of a publish (the delivery's token)."""
+
     fanout: _Fanout
+
+    def done(self, coord: Coordinator, error: BlockIPCError | None) -> None:
+        coord._fanout_part_done(self.fanout, delivered=error is None)
 
 
 @dataclass(eq=False, slots=True)
-class _Wait:
-    """A request parked in the admin space until a lease or a message is available."""
+class _Queued(_Parked):
+    """A RECV, RECV_MANY or CHANNEL_ACCEPT waiting, in order, in ``queue`` (the
+    session's ``recv_waits`` or ``accept_waits``) for a message or a channel."""
 
-    session: _Session
-    request: Request
-    block: BlockRecord | None = None
+    queue: deque[_Queued]
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.unpark()
+        self.queue.remove(self)
+        self.session.reply(self.cancelled())
+
+
+@dataclass(eq=False, slots=True)
+class _PeerWait(_Parked):
+    """A SEND or CHANNEL_OPEN waiting for its receiver to register (``wait_for_peer``);
+    indexed by that name in ``Coordinator._peer_waits`` for the wake-up."""
+
+    name: str
+    timer: asyncio.TimerHandle | None = None
+
+    def cancel(self, coord: Coordinator) -> None:
+        self.abandon(coord)
+        self.session.reply(self.cancelled())
+
+    def abandon(self, coord: Coordinator) -> None:
+        self.unpark()
+        coord._unindex_peer_wait(self)
+
+    def expire(self, coord: Coordinator) -> None:
+        self.abandon(coord)
+        ms = self.request.args["wait_ms"]
+        exc = PeerUnreachable(f"no process named {self.name!r} registered within {ms} ms")
+        self.session.reply(_error_reply(self.request, exc))
+
+
+_LeaseToken = _LeaseWait | _CopyJob  # what the routing table queues for a lease here
+_DeliveryToken = _QueuedSend | _FanoutPart  # ... and for a delivery waiting for room
 
 
 class Coordinator:
@@ -215,7 +368,7 @@ class Coordinator:
         self._sessions: dict[int, _Session] = {}  # process record key -> session
         self._runner: asyncio.Task[None] | None = None
         self._tg: TaskGroup | None = None  # the running task group: copies run in it
-        self._peer_waits: dict[str, list[_PeerWait]] = {}
+        self._peer_waits: dict[str, dict[_PeerWait, None]] = {}  # by awaited name, in order
         self._bells: dict[int, tuple[int, int]] = {}  # channel -> (data, space) eventfds
         self._stop = anyio.Event()
         self._private_dir: Path | None = None
@@ -552,9 +705,9 @@ class Coordinator:
         if session is not None:
             self._sessions.pop(proc.key, None)
             session.abort()
-            for fut in session.futures:
-                if not fut.done():
-                    fut.set_exception(ConnectionClosed(f"{proc.name!r} disconnected"))
+            for entry in list(session.parked.values()):
+                entry.abandon(self)
+            session.parked.clear()
         for chan in list(proc.channels.values()):
             self._end_channel(chan, proc)
         done = self._table.unregister(proc)
@@ -704,14 +857,14 @@ class Coordinator:
     def _lease_or_wait(
         self, session: _Session, req: Request, rec: BlockRecord, mode: str, *, transient: bool
     ) -> None:
-        wait = _Wait(session, req, rec)
+        wait = _LeaseWait(session, req, rec)
         lease = self._table.request_lease(session.proc, rec, mode, wait, transient=transient)
         if lease is None:
-            session.waits[req.req_id] = wait
+            wait.park()
         else:
             self._run_grants(self._complete(wait, lease))
 
-    def _complete(self, wait: _Wait, lease: Lease) -> list[Grant]:
+    def _complete(self, wait: _LeaseWait, lease: Lease) -> list[Grant]:
         """Finish a request that holds its lease now; returns leases this released."""
         req, rec, session = wait.request, lease.block, wait.session
         if req.op is Op.LEASE:
@@ -750,28 +903,11 @@ class Coordinator:
         work = deque(grants)
         while work:
             grant = work.popleft()
-            token = grant.token
-            if isinstance(token, asyncio.Future):  # a copy task waiting for its lease
-                if token.done():  # the copy gave up: hand the lease straight back
-                    work.extend(self._end_lease(grant.lease))
-                else:
-                    token.set_result(grant.lease)
-                continue
-            assert isinstance(token, _Wait)
-            token.session.waits.pop(token.request.req_id, None)
-            work.extend(self._complete(token, grant.lease))
+            work.extend(cast(_LeaseToken, grant.token).granted(self, grant.lease))
 
     def _answer_dropped(self, dropped: list[Waiter]) -> None:
         for waiter in dropped:
-            token = waiter.token
-            if isinstance(token, asyncio.Future):
-                if not token.done():
-                    token.set_exception(BlockNotFound("the block was freed during the copy"))
-                continue
-            assert isinstance(token, _Wait)
-            token.session.waits.pop(token.request.req_id, None)
-            exc = BlockNotFound(f"block {token.block.id if token.block else '?'} was freed")
-            token.session.reply(_error_reply(token.request, exc))
+            cast(_LeaseToken, waiter.token).dropped(self)
 
     def _release(self, session: _Session, req: Request) -> None:
         lease = self._table.find_lease(session.proc, req.args["lease"])
@@ -805,7 +941,9 @@ class Coordinator:
             return
         if self._tg is None:
             raise ConnectionClosed("the coordinator is closing")
-        self._tg.start_soon(self._copy_task, session, req, src, dst, size)
+        job = _CopyJob(session, req, src, dst, size)
+        job.park()  # now: a CANCEL right behind it must find it before the task starts
+        self._tg.start_soon(self._copy_task, job)
 
     def _copy_bytes(
         self, src: BlockRecord, src_offset: int, dst: BlockRecord, dst_offset: int, size: int
@@ -818,31 +956,34 @@ class Coordinator:
             d[:] = s  # memoryview assignment is a memmove: overlap within a block is fine
         self._table.bump(dst)
 
-    async def _copy_task(
-        self, session: _Session, req: Request, src: BlockRecord, dst: BlockRecord, size: int
-    ) -> None:
+    async def _copy_task(self, job: _CopyJob) -> None:
         """A large copy, in chunks, yielding to the loop between them so that other
         requests keep being answered; under a read lease on src and a write lease on dst
-        (one write lease when they are the same block)."""
+        (one write lease when they are the same block). A cancelled or abandoned job
+        stops where it is: before its first lease, in a lease wait, or between chunks."""
+        session, req, src, dst, size = job.session, job.request, job.src, job.dst, job.size
         a = req.args
         leases: list[Lease] = []
         reply: Event
         try:
             wanted = [(dst, "w")] if src is dst else [(src, "r"), (dst, "w")]
             for rec, mode in wanted:
-                fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-                lease = self._table.request_lease(session.proc, rec, mode, fut, transient=True)
+                if job.stopped:
+                    break
+                lease = self._table.request_lease(session.proc, rec, mode, job, transient=True)
                 if lease is None:
-                    session.futures.add(fut)  # failed with ConnectionClosed on disconnect
+                    job.waiting, job.future = rec, asyncio.get_running_loop().create_future()
                     try:
-                        lease = await fut
+                        lease = await job.future  # None: the job was stopped
                     finally:
-                        session.futures.discard(fut)
+                        job.waiting = None
+                    if lease is None:
+                        break
                 leases.append(lease)
             done = 0
             # copy backwards when dst overlaps src from above, as memmove does
             backwards = src is dst and a["src_offset"] < a["dst_offset"]
-            while done < size:
+            while done < size and not job.stopped:
                 if any(lease.id not in lease.block.leases for lease in leases):
                     raise BlockNotFound("a block of the copy was freed while it ran")
                 n = min(COPY_CHUNK, size - done)
@@ -850,13 +991,15 @@ class Coordinator:
                 self._copy_bytes(src, a["src_offset"] + at, dst, a["dst_offset"] + at, n)
                 done += n
                 await asyncio.sleep(0)
-            reply = Reply(req.req_id, Op.COPY, {"copied": size})
+            reply = job.cancelled() if job.stopped else Reply(req.req_id, Op.COPY, {"copied": size})
         except BlockIPCError as exc:
             reply = _error_reply(req, exc)
         except Exception as exc:  # a bug must cost one request, not the coordinator
             log.exception("coordinator.internal_error", op="COPY", error=repr(exc))
             reply = ErrorReply(req.req_id, Op.COPY, ErrorCode.INTERNAL, f"internal error: {exc!r}")
         finally:
+            job.unpark()
+            job.stopped = True  # a grant that still comes goes straight back
             for lease in leases:
                 if lease.id in lease.block.leases:
                     self._run_grants(self._end_lease(lease))
@@ -877,13 +1020,13 @@ class Coordinator:
             return
         if move:
             self._table.check_movable(session.proc, rec)
-        token = _Wait(session, req, rec)
+        token = _QueuedSend(session, req, to)
         delivery = Delivery(rec, session.proc, to, a["header"], move, token)
         if self._table.offer(delivery, nowait=a["nowait"]):
             session.reply(Reply(req.req_id, Op.SEND))
             self._wake_receiver(to)
         else:
-            session.sends[req.req_id] = (to, token)
+            token.park()
 
     def _receiver(self, session: _Session, req: Request) -> ProcessRecord | None:
         """The process named ``req.args["to"]``, or None once the request is parked to
@@ -897,27 +1040,26 @@ class Coordinator:
         return to
 
     def _park_for_peer(self, session: _Session, req: Request) -> None:
-        name = req.args["to"]
-        waits = self._peer_waits.setdefault(name, [])
+        wait = _PeerWait(session, req, req.args["to"])
+        wait.park()
+        self._peer_waits.setdefault(wait.name, {})[wait] = None
         loop = asyncio.get_running_loop()
-        wait = _PeerWait(session, req, None)
+        wait.timer = loop.call_later(req.args["wait_ms"] / 1000, wait.expire, self)
 
-        def expire() -> None:
-            if wait in waits:
-                waits.remove(wait)
-                exc = PeerUnreachable(
-                    f"no process named {name!r} registered within {req.args['wait_ms']} ms"
-                )
-                session.reply(_error_reply(req, exc))
-
-        wait.timer = loop.call_later(req.args["wait_ms"] / 1000, expire)
-        waits.append(wait)
+    def _unindex_peer_wait(self, wait: _PeerWait) -> None:
+        if wait.timer is not None:
+            wait.timer.cancel()
+            wait.timer = None
+        waits = self._peer_waits.get(wait.name)
+        if waits is not None and waits.pop(wait, 0) is None and not waits:
+            del self._peer_waits[wait.name]
 
     def _retry_peer_waits(self, name: str) -> None:
-        for wait in self._peer_waits.pop(name, []):
+        for wait in self._peer_waits.pop(name, {}):
             if wait.timer is not None:
                 wait.timer.cancel()
-            if not wait.session.closed.is_set():
+            wait.unpark()
+            if not wait.session.closed.is_set():  # (its reclaim may be still to run)
                 self.handle(wait.session, wait.request)
 
     def _recv(self, session: _Session, req: Request) -> None:
@@ -927,7 +1069,9 @@ class Coordinator:
         if session.proc.inbox and not session.recv_waits:
             self._deliver(session, req)
         else:
-            session.recv_waits.append(req)
+            wait = _Queued(session, req, session.recv_waits)
+            wait.park()
+            session.recv_waits.append(wait)
 
     def _deliver(self, session: _Session, req: Request) -> None:
         proc = session.proc
@@ -996,7 +1140,9 @@ class Coordinator:
         held = session.hold()  # one write for all the replies
         try:
             while session.recv_waits and proc.inbox:
-                self._deliver(session, session.recv_waits.popleft())
+                wait = session.recv_waits.popleft()
+                wait.unpark()
+                self._deliver(session, wait.request)
         finally:
             if held:
                 session.release()
@@ -1010,16 +1156,7 @@ class Coordinator:
 
     def _delivery_done(self, d: Delivery, error: BlockIPCError | None) -> None:
         """A queued delivery reached its inbox (``error`` None) or never will."""
-        token = d.token
-        if isinstance(token, _FanoutPart):
-            self._fanout_part_done(token.fanout, delivered=error is None)
-            return
-        assert isinstance(token, _Wait)
-        token.session.sends.pop(token.request.req_id, None)
-        if error is None:
-            token.session.reply(Reply(token.request.req_id, Op.SEND))
-        else:
-            token.session.reply(_error_reply(token.request, error))
+        cast(_DeliveryToken, d.token).done(self, error)
 
     # -- publish/subscribe -------------------------------------------------------
     @staticmethod
@@ -1062,7 +1199,7 @@ class Coordinator:
             else:
                 fanout.waiting.append((sub, part))
         if fanout.waiting:  # CANCEL can find it while it waits for room
-            session.publishes[req.req_id] = fanout
+            fanout.park()
         self._fanout_part_done(fanout, delivered=False)  # the publisher's own part
 
     def _fanout_part_done(self, fanout: _Fanout, *, delivered: bool) -> None:
@@ -1071,9 +1208,9 @@ class Coordinator:
         if fanout.remaining:
             return
         session, rec = fanout.session, fanout.block
-        session.publishes.pop(fanout.request.req_id, None)
-        if fanout.cancelled:  # what was delivered stays delivered; the block stays too
-            session.reply(ErrorReply(fanout.request.req_id, Op.PUBLISH, CANCELLED, "cancelled"))
+        fanout.unpark()
+        if fanout.withdrawn:  # what was delivered stays delivered; the block stays too
+            session.reply(fanout.cancelled())
             return
         if rec.id in self._table.blocks and rec.id in session.proc.blocks:
             gone, dropped = self._table.release_hold(session.proc, rec)
@@ -1182,42 +1319,12 @@ class Coordinator:
         session.reply(Reply(req.req_id, Op.STATS, fields))
 
     def _cancel(self, session: _Session, req: Request) -> None:
-        target = req.args["target"]
-        wait = session.waits.pop(target, None)
-        if wait is not None and wait.block is not None:
-            self._table.cancel_wait(wait.block, wait)
-            session.reply(ErrorReply(target, wait.request.op, CANCELLED, "cancelled"))
-        elif target in session.sends:
-            to, token = session.sends.pop(target)
-            if self._table.withdraw(to, token) is not None:
-                session.reply(ErrorReply(target, Op.SEND, CANCELLED, "cancelled"))
-        elif target in session.publishes:
-            fanout = session.publishes.pop(target)
-            fanout.cancelled = True
-            for to, part in fanout.waiting:
-                if self._table.withdraw(to, part) is not None:
-                    self._fanout_part_done(fanout, delivered=False)
-        else:
-            for pending in session.recv_waits:
-                if pending.req_id == target:
-                    session.recv_waits.remove(pending)
-                    session.reply(ErrorReply(target, pending.op, CANCELLED, "cancelled"))
-                    break
-            else:
-                for waits in self._peer_waits.values():
-                    for pw in waits:
-                        if pw.session is session and pw.request.req_id == target:
-                            waits.remove(pw)
-                            if pw.timer is not None:
-                                pw.timer.cancel()
-                            op = pw.request.op
-                            session.reply(ErrorReply(target, op, CANCELLED, "cancelled"))
-                            break
-                for pending in session.accept_waits:
-                    if pending.req_id == target:
-                        session.accept_waits.remove(pending)
-                        session.reply(ErrorReply(target, pending.op, CANCELLED, "cancelled"))
-                        break
+        """CANCEL a parked request: it answers itself as cancelled (or, a send already
+        in an inbox, stays done). A target that is not parked (answered already, or
+        never waited) is left alone: the client sends CANCEL for any call it abandons."""
+        entry = session.parked.get(req.args["target"])
+        if entry is not None:
+            entry.cancel(self)
         session.reply(Reply(req.req_id, Op.CANCEL))
 
     def _bye(self, session: _Session, req: Request) -> None:
@@ -1285,7 +1392,9 @@ class Coordinator:
         self._answer_accepts(self._sessions.get(to.key))
 
     def _channel_accept(self, session: _Session, req: Request) -> None:
-        session.accept_waits.append(req)
+        wait = _Queued(session, req, session.accept_waits)
+        wait.park()
+        session.accept_waits.append(wait)
         self._answer_accepts(session)
 
     def _answer_accepts(self, session: _Session | None) -> None:
@@ -1293,7 +1402,9 @@ class Coordinator:
             chan = self._table.accept_channel(session.proc)
             if chan is None:
                 return
-            req = session.accept_waits.popleft()
+            wait = session.accept_waits.popleft()
+            wait.unpark()
+            req = wait.request
             fields = {"channel": chan.id, "sender": chan.sender_name, **_block_fields(chan.block)}
             session.reply(Reply(req.req_id, Op.CHANNEL_ACCEPT, fields))
 
@@ -1376,12 +1487,9 @@ class _Session(asyncio.BufferedProtocol):
         self.coord = coord
         self.conn = conn
         self.proc = proc
-        self.waits: dict[int, _Wait] = {}
-        self.sends: dict[int, tuple[ProcessRecord, _Wait]] = {}  # sends queued for room
-        self.publishes: dict[int, _Fanout] = {}  # publishes waiting for room somewhere
-        self.futures: set[asyncio.Future[Lease]] = set()  # copy tasks' lease waits
-        self.recv_waits: deque[Request] = deque()
-        self.accept_waits: deque[Request] = deque()
+        self.parked: dict[int, _Parked] = {}  # request id -> its wait (see _Parked)
+        self.recv_waits: deque[_Queued] = deque()  # in order, for the next message
+        self.accept_waits: deque[_Queued] = deque()  # in order, for the next channel
         self.closed = anyio.Event()
         self._transport: asyncio.Transport | None = None
         self._buffer = memoryview(bytearray(256 * 1024))
