@@ -253,12 +253,14 @@ async def test_200_killed_senders_waiting_for_a_peer_do_not_grow_the_coordinator
 ) -> None:
     """Before the fix each dead sender's wait pinned its session (and that session's
     256 KiB receive buffer) until the wait ran out: 200 deaths grew the coordinator by
-    about 53 MB. A bound of 10 MB leaves room for allocator noise (freed memory that
-    Python's allocator keeps) and stays far below one leaked buffer per death."""
+    about 53 MB. A warm-up round of the same size first: the sessions alive at once
+    (more of them on a busy machine) leave freed memory that the allocator keeps, and
+    the second round reuses it, where a leak would grow by a buffer per death. A bound
+    of 10 MB leaves room for allocator noise and stays far below that."""
     path = short_dir / "c.sock"
     async with spawn("coordinator", path, "16MiB") as coordinator:
         await coordinator.expect("ready")
-        await _kill_parked_senders(str(path), "nobody", 1)  # warm-up: caches, arenas
+        await _kill_parked_senders(str(path), "nobody", 5)  # warm-up: caches, arenas
         async with blockipc.connect(path, name="watcher") as watcher:
             while (await watcher.stats()).processes != ("watcher",):
                 await anyio.sleep(0.01)
