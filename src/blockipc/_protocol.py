@@ -257,6 +257,8 @@ _STATS_FIELDS: Final[_Schema] = {
     "channels": int,
     "links": _LINKLIST,
     "usage": _PROCLIST,
+    "names_total": int,  # names and processes (and usage) hold MAX_LIST of these at most
+    "processes_total": int,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
