@@ -811,7 +811,9 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
             with socket.create_connection((host, int(port)), timeout=2) as raw:
                 from blockipc._protocol import PROTOCOL_VERSION, Connection, Op, Request, Role
 
-                hello = Request(1, Op.HELLO, {"version": PROTOCOL_VERSION, "name": "x", "pid": 1})
+                args = {"version": PROTOCOL_VERSION, "name": "x", "pid": 1}
+                args |= {"inbox_messages": 8, "inbox_bytes": 1 << 20}  # a HELLO send() accepts
+                hello = Request(1, Op.HELLO, args)
                 raw.sendall(Connection(Role.CLIENT).send(hello))
                 raw.settimeout(0.3)
                 with contextlib.suppress(TimeoutError, ConnectionError):

@@ -1,4 +1,5 @@
-"""The pure modules decide and never do I/O: each imports with every I/O module blocked.
+"""The pure modules decide and never do I/O: they import, and the protocol and the
+link's configuration run, with every I/O module blocked.
 
 One list says which modules are pure; a module added to it is checked at once. The
 modules are imported into a stub ``blockipc`` package, so that ``blockipc/__init__.py``
@@ -43,6 +44,15 @@ sys.modules["blockipc"] = package
 for name in modules:
     module = importlib.import_module(f"blockipc.{name}")
     assert module.__file__.startswith(sys.argv[1]), module.__file__
+# and they run so: a handshake through the protocol, a link configuration checked
+protocol = sys.modules["blockipc._protocol"]
+client = protocol.Connection(protocol.Role.CLIENT)
+server = protocol.Connection(protocol.Role.SERVER)
+args = {"version": 1, "name": "a", "pid": 1, "inbox_messages": 8, "inbox_bytes": 8}
+hello = protocol.Request(1, protocol.Op.HELLO, args)
+server.receive_data(client.send(hello))
+assert server.next_event() == hello
+assert sys.modules["blockipc._linkwire"].make_config("a", "tcp://127.0.0.1:0", {}, None, 1.0, False)
 leaked = sorted(name for name in blocked if sys.modules.get(name) is not None)
 assert not leaked, leaked
 print("pure:", len(modules))
@@ -69,6 +79,6 @@ def test_every_pure_module_imports_without_io() -> None:
 @pytest.mark.parametrize("module", ["_pool", "_client", "_coordinator"])
 def test_the_check_sees_an_io_module(module: str) -> None:
     # the blocking works: a module that does I/O fails to import
-    result = _import((module,))
+    result = _import((*PURE, module))
     assert result.returncode != 0
     assert "halted; None in sys.modules" in result.stderr

@@ -14,11 +14,13 @@ that names no block), so a block added later needs its line here:
   listed prefix, which cannot run here for that reason.
 * ``synopsis()``: a usage summary: every ``--option`` it shows must be in the
   ``--help`` of its ``blockipc`` subcommand.
+* ``stats_sample()``: sample output of ``blockipc stats``; its lines name Stats' fields.
 * ``not_runnable(REASON)``: the whole block cannot run here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -192,6 +194,24 @@ def synopsis() -> Check:
     return check
 
 
+def stats_sample() -> Check:
+    """A sample of ``blockipc stats``: its field lines are Stats' fields, in order (the
+    format itself is checked against a live coordinator in tests/test_cli.py)."""
+
+    def check(block: Block, tmp: Path) -> None:
+        from blockipc import Stats
+
+        shown = [
+            line.split()[0]
+            for line in block.text.splitlines()
+            if line and not line.startswith(("process ", "link "))
+        ]
+        fields = [f.name for f in dataclasses.fields(Stats) if f.name not in ("links", "usage")]
+        assert shown == fields, (shown, fields)
+
+    return check
+
+
 def not_runnable(reason: str) -> Check:
     assert reason.strip(), "a block that cannot run needs a reason"
 
@@ -221,9 +241,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("Channels: streams without the coordinator", "open_channel"): fragment("channel"),
     ("Objects, codecs and the cache", 'codec="numpy", name="weights"'): fragment("objects"),
     ("Command line", "blockipc serve"): synopsis(),
-    ("Command line", "pool_size        256.0 MiB"): not_runnable(
-        "sample output of blockipc stats; tests/test_cli.py checks that format"
-    ),
+    ("Command line", "pool_size        256.0 MiB"): stats_sample(),
     ("Remote send", 'to="b/consumer"'): fragment("remote"),
     ("Remote send", "blockipc keygen a --dir keys/"): shell(
         not_here={

@@ -222,6 +222,7 @@ def _without_process(stats: Stats, name: str) -> Stats:
         stats,
         processes=tuple(p for p in stats.processes if p != name),
         usage=tuple(u for u in stats.usage if u.name != name),
+        processes_total=stats.processes_total - 1,  # counted, listed or not (past 4096)
     )
 
 

@@ -1002,7 +1002,8 @@ class Client:
         return delivered
 
     async def peers(self) -> list[str]:
-        """Names of the processes registered with the coordinator now."""
+        """Names of the processes registered with the coordinator now, sorted: the
+        first 4096 (what a frame carries; ``stats().processes_total`` counts them all)."""
         names: list[str] = (await self._call(Op.PEERS, {})).result["names"]
         return names
 
@@ -1148,7 +1149,8 @@ class Client:
 
     # -- introspection -----------------------------------------------------------
     async def stats(self) -> Stats:
-        """The coordinator's pool and admin space, now."""
+        """The coordinator's pool and admin space, now: the first 4096 processes and
+        names (sorted), and how many there are (``processes_total``, ``names_total``)."""
         r = dict((await self._call(Op.STATS, {})).result)
         r["processes"] = tuple(r["processes"])
         r["names"] = tuple(r["names"])

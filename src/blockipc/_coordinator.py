@@ -81,6 +81,7 @@ from ._protocol import (
     MAX_BATCH,
     MAX_FRAME_SIZE,
     MAX_HEADER,
+    MAX_STR,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -90,6 +91,7 @@ from ._protocol import (
     Reply,
     Request,
     Role,
+    fit_lists,
 )
 from ._ring import CTL_SIZE, init_ring, mark_closed
 from ._ring import supported as ring_supported
@@ -553,7 +555,8 @@ class Coordinator:
                 self._private_dir.rmdir()
 
     def stats(self) -> Stats:
-        """The pool and admin space now, without a round trip (embedded use)."""
+        """The pool and admin space now, without a round trip (embedded use): every
+        process and name, where :meth:`Client.stats` lists the first 4096 of each."""
         pool = self.pool
         return Stats(
             pool_size=pool.size,
@@ -570,7 +573,9 @@ class Coordinator:
             names=tuple(sorted(self._table.names)),
             channels=len(self._table.channels),
             links=() if self._link is None else tuple(self._link.stats()),
-            usage=tuple(self._usage(p) for _, p in sorted(self._table.processes.items())[:4096]),
+            usage=tuple(self._usage(p) for _, p in sorted(self._table.processes.items())),
+            names_total=len(self._table.names),
+            processes_total=len(self._table.processes),
         )
 
     def _usage(self, proc: ProcessRecord) -> ProcessStats:
@@ -1220,7 +1225,8 @@ class Coordinator:
         session.reply(Reply(fanout.request.req_id, Op.PUBLISH, {"delivered": fanout.delivered}))
 
     def _peers(self, session: _Session, req: Request) -> None:
-        session.reply(Reply(req.req_id, Op.PEERS, {"names": sorted(self._table.processes)}))
+        names = sorted(self._table.processes)
+        session.reply(Reply(req.req_id, Op.PEERS, fit_lists(Op.PEERS, {"names": names})))
 
     # -- codecs and named objects ------------------------------------------------
     def _put(self, session: _Session, req: Request) -> None:
@@ -1310,13 +1316,16 @@ class Coordinator:
                 "cache_misses",
                 "cache_evictions",
                 "channels",
+                "names_total",
+                "processes_total",
             )
         }
         fields["processes"] = list(s.processes)
         fields["names"] = list(s.names)
         fields["links"] = [list(dataclasses.astuple(link)) for link in s.links]
         fields["usage"] = [list(dataclasses.astuple(usage)) for usage in s.usage]
-        session.reply(Reply(req.req_id, Op.STATS, fields))
+        # sorted lists, of which a frame carries the first 4096: the *_total fields count all
+        session.reply(Reply(req.req_id, Op.STATS, fit_lists(Op.STATS, fields)))
 
     def _cancel(self, session: _Session, req: Request) -> None:
         """CANCEL a parked request: it answers itself as cancelled (or, a send already
@@ -1536,13 +1545,32 @@ class _Session(asyncio.BufferedProtocol):
         self.closed.set()
 
     def reply(self, event: Event) -> None:
+        """Send the answer to a request: every reply goes through here."""
         if self._transport is None or self._transport.is_closing() or self.conn.error:
             return
         try:
-            self._out.append(self.conn.send(event))
-        except ProtocolError as exc:  # a reply we cannot encode: a bug, contained to this client
-            self._protocol_error(exc)
-            return
+            frame = self.conn.send(event)
+        except ProtocolError as exc:
+            if self.conn.error is not None:  # out of order (a bug): this connection is done
+                self._protocol_error(exc)
+                return
+            # A reply that breaks its own schema (a bug) is refused before a byte is sent:
+            # this request gets an internal error instead, and the connection goes on.
+            log.error(
+                "coordinator.reply_refused",
+                name=self.proc.name,
+                op=event.op.name,
+                req_id=event.req_id,
+                error=str(exc),
+            )
+            message = f"internal error: the coordinator's reply does not fit the protocol: {exc}"
+            error = ErrorReply(event.req_id, event.op, ErrorCode.INTERNAL, message[:MAX_STR])
+            try:
+                frame = self.conn.send(error)
+            except ProtocolError as again:  # cannot happen: the error reply fits
+                self._protocol_error(again)
+                return
+        self._out.append(frame)
         if not self._batching:
             self._flush()
 

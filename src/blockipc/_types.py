@@ -99,6 +99,11 @@ class Stats:
     client's own cache of ``get`` results (from :meth:`Client.stats`) and the pool's
     named objects (gets by name found or not, cacheable objects evicted under memory
     pressure). ``names`` lists the named objects.
+
+    The lists are sorted. A frame carries at most 4096 items per list, so from
+    :meth:`Client.stats` ``processes``, ``names`` and ``usage`` hold the first 4096 of
+    each (``names_total`` and ``processes_total`` count them all); an embedded
+    :meth:`Coordinator.stats` lists everything.
     """
 
     pool_size: int
@@ -118,4 +123,8 @@ class Stats:
     links: tuple[LinkStats, ...] = ()
     """The link's other nodes, by name (empty without ``node=``): see :class:`LinkStats`."""
     usage: tuple[ProcessStats, ...] = ()
-    """Each connected process (as in ``processes``, at most 4096): see :class:`ProcessStats`."""
+    """Each connected process, as in ``processes``: see :class:`ProcessStats`."""
+    names_total: int = 0
+    """How many named objects there are: ``len(names)``, unless more than 4096."""
+    processes_total: int = 0
+    """How many processes are connected: ``len(processes)``, unless more than 4096."""
