@@ -15,6 +15,14 @@ import blockipc
 
 PACKAGE = Path(blockipc.__file__).parent
 
+# Imports left out of the check, each with its way out. When one goes, remove it here
+# (the test says so).
+NOT_YET: dict[tuple[str, str], str] = {
+    # `blockipc bench cache` (imported in a function) uses _bench's helpers: the bench
+    # harness leaves the runtime package (issue 13, deliver 4)
+    ("blockipc._bench", "blockipc._bench_cache"): "the bench harness moves out",
+}
+
 
 def module_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root.parent).with_suffix("").parts
@@ -84,6 +92,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycle_in_the_package() -> None:
     graph = import_graph()
     assert "blockipc._coordinator" in graph and graph["blockipc._coordinator"]
+    for (mod, dep), why in NOT_YET.items():
+        assert dep in graph[mod], f"{mod} no longer imports {dep} ({why}): remove it from NOT_YET"
+        graph[mod].discard(dep)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
