@@ -274,6 +274,15 @@ class Pool:
         the first segment, or the largest power of two that fits in the room left to grow."""
         return self._max_request
 
+    def capacity_for(self, nbytes: int) -> int:
+        """The capacity a block of ``nbytes`` bytes gets (the buddy allocator's rounding:
+        the next power of two, at least ``min_block``); a request whose capacity is over
+        :meth:`max_request` can never be met.
+
+        :raises ValueError: if ``nbytes <= 0``.
+        """
+        return self.segments[0].allocator.capacity_for(nbytes)
+
     # -- alloc / free -------------------------------------------------------
 
     def alloc(self, nbytes: int) -> Allocation:
@@ -287,7 +296,7 @@ class Pool:
         self._check_open()
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
             raise InvalidRequest(f"invalid allocation size {nbytes!r}: must be greater than zero")
-        capacity = self.segments[0].allocator.capacity_for(nbytes)
+        capacity = self.capacity_for(nbytes)
         if capacity > self._max_request:
             log.warning(
                 "pool.exhausted",
