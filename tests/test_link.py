@@ -540,7 +540,7 @@ async def test_remote_send_moves_block_and_keeps_order() -> None:
             msg = await consumer.recv()
             assert msg.header == {"n": n} and await consumer.read(msg.block) == b"0123456789"
             await consumer.free(msg.block)
-        assert a.stats().blocks == 1 and a._link is not None and not a._link.pin.blocks
+        assert a.stats().blocks == 1 and a._link is not None and not a._link.host.holder.blocks
 
         # unknown remote process, unknown node, own node: errors, block intact
         for to, exc in (

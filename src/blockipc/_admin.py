@@ -525,7 +525,7 @@ class RoutingTable:
         """Deliver now if ``delivery.to`` has room (True), else queue it (False), or with
         ``nowait`` raise :class:`InboxFull`."""
         to = delivery.to
-        if not to.pending and self._fits(to, delivery.block):
+        if not to.pending and self._fits(to, delivery.block.size):
             self._apply(delivery)
             return True
         if nowait:
@@ -537,8 +537,10 @@ class RoutingTable:
         delivery.block.in_transit += 1
         return False
 
-    def has_room(self, to: ProcessRecord, rec: BlockRecord) -> bool:
-        return not to.pending and self._fits(to, rec)
+    def has_room(self, to: ProcessRecord, size: int) -> bool:
+        """Whether a block of ``size`` bytes would get into ``to``'s inbox now (nothing
+        waits for room before it, and it fits: the rule :meth:`offer` applies)."""
+        return not to.pending and self._fits(to, size)
 
     def withdraw(self, to: ProcessRecord, token: Hashable) -> Delivery | None:
         """Remove a queued delivery (its sender cancelled)."""
@@ -556,15 +558,15 @@ class RoutingTable:
         return entry, self._admit(proc)
 
     @staticmethod
-    def _fits(to: ProcessRecord, rec: BlockRecord) -> bool:
+    def _fits(to: ProcessRecord, size: int) -> bool:
         if len(to.inbox) >= to.inbox_messages:
             return False
         # a block larger than the byte limit still gets in when the inbox is empty
-        return not to.inbox or to.inbox_used + rec.size <= to.inbox_bytes
+        return not to.inbox or to.inbox_used + size <= to.inbox_bytes
 
     def _admit(self, to: ProcessRecord) -> list[Delivery]:
         admitted = []
-        while to.pending and self._fits(to, to.pending[0].block):
+        while to.pending and self._fits(to, to.pending[0].block.size):
             delivery = to.pending.popleft()
             delivery.block.in_transit -= 1
             self._apply(delivery)

@@ -434,7 +434,7 @@ class Coordinator:
             if self._link_config is not None:
                 from ._link import Link  # pyzmq is imported only by nodes that link
 
-                link = Link(self, self._link_config)
+                link = Link(_LinkPort(self, self._link_config.node), self._link_config)
                 await link.start()
                 self._link = link
             listener = await anyio.create_unix_listener(self._path, mode=0o600)
@@ -1191,7 +1191,7 @@ class Coordinator:
         self._table.check_movable(proc, rec)
         subs = [p for p in self._table.subscribers(topic) if p is not proc]
         if a["nowait"]:
-            full = [p.name for p in subs if not self._table.has_room(p, rec)]
+            full = [p.name for p in subs if not self._table.has_room(p, rec.size)]
             if full:
                 raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
         fanout = _Fanout(session, req, rec, remaining=len(subs) + 1)
@@ -1473,6 +1473,65 @@ class Coordinator:
         Op.CHANNEL_ACCEPT: _channel_accept,
         Op.CHANNEL_CLOSE: _channel_close,
     }
+
+
+class _LinkPort:
+    """The coordinator as the link's host (:class:`~blockipc._linkhost.LinkHost`): the
+    link's only door into the routing table, the pool and the sessions. A class of its
+    own, so that ``Coordinator``'s public API does not grow by the link's needs.
+
+    ``holder`` is the link's record: it holds the blocks of sends in transit and of
+    received blocks not yet delivered (key 0 is no connection's, so nothing a process
+    does or suffers can free them meanwhile).
+    """
+
+    def __init__(self, coord: Coordinator, node: str) -> None:
+        self._coord = coord
+        self._table = coord._table
+        self.pool = coord.pool
+        self.holder = ProcessRecord(0, f"(link {node})", os.getpid(), os.getuid())
+
+    def sendable(self, proc: ProcessRecord, block_id: int, *, move: bool) -> BlockRecord:
+        return self._table.lookup(proc, block_id, "own" if move else "r")
+
+    def pin(self, proc: ProcessRecord, rec: BlockRecord, *, move: bool) -> None:
+        self._table.start_transfer(proc, rec, self.holder, move=move)
+
+    def unpin(self, rec: BlockRecord, sender: ProcessRecord, *, failed: bool) -> None:
+        if self.pool.closed:  # (the coordinator is gone: nothing left to give back)
+            return
+        gone, dropped = self._table.end_transfer(rec, self.holder, sender, failed=failed)
+        if gone:
+            self.pool.free(rec.segment, rec.offset)
+        self._coord._answer_dropped(dropped)
+
+    def receiver(self, name: str) -> ProcessRecord | None:
+        return self._table.processes.get(name)
+
+    def has_room(self, proc: ProcessRecord, size: int) -> bool:
+        return self._table.has_room(proc, size)
+
+    def new_block(self, size: int) -> BlockRecord | None:
+        try:  # (evicts cacheable objects before it gives up; the link retries)
+            return self._coord._new_block(self.holder, size, quiet=True)
+        except PoolExhausted:
+            return None
+
+    def discard(self, rec: BlockRecord) -> None:
+        if self._table.blocks.get(rec.id) is not rec:
+            return
+        gone, _ = self._table.release_hold(self.holder, rec)  # (nobody could wait on it)
+        if gone and not self.pool.closed:
+            self.pool.free(rec.segment, rec.offset)
+
+    def deliver(
+        self, rec: BlockRecord, sender: ProcessRecord, to: ProcessRecord, header: dict[str, Any]
+    ) -> None:
+        delivered = self._table.offer(Delivery(rec, sender, to, header, True, None))
+        assert delivered, "the link asked has_room, and nothing ran since"
+
+    def wake(self, proc: ProcessRecord) -> None:
+        self._coord._wake_receiver(proc)
 
 
 def _block_fields(rec: BlockRecord) -> dict[str, int]:

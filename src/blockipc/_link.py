@@ -62,7 +62,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 
 import zmq
 import zmq.asyncio
@@ -70,7 +70,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from ._admin import Delivery, ProcessRecord
+from ._admin import BlockRecord, ProcessRecord
 from ._exceptions import (
     AccessDenied,
     BlockIPCError,
@@ -81,6 +81,7 @@ from ._exceptions import (
     ProtocolError,
 )
 from ._keys import NodeKeys, load_keys
+from ._linkhost import LinkHost, ReplyTo, Requester
 from ._linkwire import (
     BLOCKS,
     BlockFrame,
@@ -99,10 +100,6 @@ from ._linkwire import (
 from ._log import get_logger
 from ._protocol import ErrorReply, Reply, Request
 from ._types import LinkStats
-
-if TYPE_CHECKING:
-    from ._admin import BlockRecord
-    from ._coordinator import Coordinator, _Session
 
 __all__ = ["Link"]
 
@@ -195,15 +192,11 @@ def _memmove(dst: memoryview, src: memoryview) -> None:
         del d, s  # end the buffer exports now, not at the next collection
 
 
-def _capacity(size: int, min_block: int) -> int:
-    return max(min_block, 1 << (size - 1).bit_length())
-
-
 @dataclass(eq=False)
 class _Outgoing:
     """A remote send in the sending coordinator, from request to reply."""
 
-    session: _Session
+    reply_to: ReplyTo
     req: Request
     rec: BlockRecord
     sender: ProcessRecord
@@ -387,7 +380,7 @@ class _Peer:
         the window's blocks, or :data:`BATCH_BYTES` bytes)."""
         state, link = self.state, self.link
         self._blocked = False
-        view = link.coord.pool.view
+        view = link.host.pool.view
         while True:
             batch: list[Pending] = []
             nbytes, most = 0, state.batch_size()
@@ -491,10 +484,11 @@ class _Peer:
 
 
 class Link:
-    """A coordinator's link to its peers (made and driven by :class:`Coordinator`)."""
+    """A coordinator's link to its peers (made and driven by :class:`Coordinator`,
+    reached through ``host``)."""
 
-    def __init__(self, coord: Coordinator, config: LinkConfig) -> None:
-        self.coord = coord
+    def __init__(self, host: LinkHost, config: LinkConfig) -> None:
+        self.host = host
         self.config = config
         self.keys: NodeKeys | None = None
         if config.keys is not None:
@@ -520,9 +514,6 @@ class Link:
         self._to_wake: dict[int, ProcessRecord] = {}
         self._senders: dict[str, ProcessRecord] = {}
         self._peers: dict[str, _Peer] = {}
-        # The pinned blocks of sends in transit belong to this record (key 0 is no
-        # connection's), so nothing a process does or suffers can free them meanwhile.
-        self.pin = ProcessRecord(0, f"(link {config.node})", os.getpid(), os.getuid())
         self._tasks: set[asyncio.Task[None]] = set()
         self._targets: dict[str, deque[_Incoming]] = {}
         self._parked = 0
@@ -530,7 +521,7 @@ class Link:
         self._releasing: list[_Outgoing] = []
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
         self._release_kick = asyncio.Event()
-        self._held: list[_Session] | None = None  # sessions whose replies wait for a flush
+        self._held: list[ReplyTo] | None = None  # senders whose replies wait for a flush
         self._closing = False
         # blocks from each node: [received, received bytes, refused], for LinkStats
         self._inbound: dict[str, list[int]] = {}
@@ -664,16 +655,16 @@ class Link:
         log.info("link.stopped", node=self.config.node)
 
     # -- sending -----------------------------------------------------------------
-    def send(self, session: _Session, req: Request) -> None:
+    def send(self, session: Requester, req: Request) -> None:
         """Handle a REMOTE_SEND request: pin the block and queue it for its peer.
 
-        A move hands the block's ownership to the link's record (the sender can no
-        longer use it); ``move=False`` adds the link as a read holder. Either way the
-        block is marked in transit, so nobody frees it while libzmq may read it.
+        A move hands the block's ownership to the link (the sender can no longer use
+        it); ``move=False`` makes the link a read holder. Either way the block is in
+        transit, so nobody frees it while libzmq may read it.
         """
         args = req.args
-        table, proc, move = self.coord._table, session.proc, args["move"]
-        rec = table.lookup(proc, args["block"], "own" if move else "r")
+        host, proc, move = self.host, session.proc, args["move"]
+        rec = host.sendable(proc, args["block"], move=move)
         node, name = split_target(args["to"])
         if node == self.config.node:
             raise InvalidRequest(
@@ -687,7 +678,7 @@ class Link:
             )
         if self._closing:
             raise ConnectionClosed("the coordinator is closing")
-        table.start_transfer(proc, rec, self.pin, move=move)  # pinned until _release
+        host.pin(proc, rec, move=move)  # until _release
         out = _Outgoing(session, req, rec, proc, name, args["header"], move, peer)
         peer.submit(out)
 
@@ -761,27 +752,21 @@ class Link:
                 out.view.release()
             out.view = None
         out.tracker = None
-        pool, rec = self.coord.pool, out.rec
-        if not pool.closed:  # the table decides: back to the sender, kept, or gone
-            gone, dropped = self.coord._table.end_transfer(
-                rec, self.pin, out.sender, failed=out.error is not None
-            )
-            if gone:
-                pool.free(rec.segment, rec.offset)
-            self.coord._answer_dropped(dropped)
+        # the routing table decides: back to the sender, kept, or gone
+        self.host.unpin(out.rec, out.sender, failed=out.error is not None)
         self._reply(out)
 
     def _reply(self, out: _Outgoing) -> None:
         if out.replied:
             return
         out.replied = True
-        req, session = out.req, out.session
-        if self._held is not None and session.hold():
-            self._held.append(session)  # its replies go out in one write, at flush_replies
+        req, reply_to = out.req, out.reply_to
+        if self._held is not None and reply_to.hold():
+            self._held.append(reply_to)  # its replies go out in one write, at flush_replies
         if out.error is None:
-            session.reply(Reply(req.req_id, req.op))
+            reply_to.reply(Reply(req.req_id, req.op))
         else:
-            session.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
+            reply_to.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
 
     def hold_replies(self) -> bool:
         """Collect the replies of the sends that finish from now on until
@@ -793,8 +778,8 @@ class Link:
 
     def flush_replies(self) -> None:
         held, self._held = self._held or [], None
-        for session in held:
-            session.release()
+        for reply_to in held:
+            reply_to.release()
 
     # -- receiving ---------------------------------------------------------------
     def _serve(self) -> None:
@@ -833,7 +818,7 @@ class Link:
             self._pumping = False
             to_wake, self._to_wake = self._to_wake, {}
             for proc in to_wake.values():
-                self.coord._wake_receiver(proc)
+                self.host.wake(proc)
         if not self._reading:
             loop.add_reader(self._router_fd, self._serve)
             self._reading = True
@@ -941,9 +926,9 @@ class Link:
                 for frame in blocks:
                     self._ack(router, ident, frame.seq, exc2)
                 return
-        processes = self.coord._table.processes
+        receiver = self.host.receiver
         for frame, buf in zip(blocks, data, strict=True):
-            if frame.to not in processes:
+            if receiver(frame.to) is None:
                 self._ack(
                     router,
                     ident,
@@ -985,22 +970,20 @@ class Link:
     def _deliver_now(self, name: str, item: _Incoming) -> BlockIPCError | _Later | None:
         """Deliver a small block at once if the receiver's inbox and the pool have room
         (``_LATER`` if not: it waits in the receiver's queue then)."""
-        table, pool, frame = self.coord._table, self.coord.pool, item.frame
-        proc = table.processes.get(name)
+        host, pool, frame = self.host, self.host.pool, item.frame
+        proc = host.receiver(name)
         if proc is None:
             return PeerUnreachable(f"process {name!r} left node {self.config.node!r}")
-        need = _capacity(frame.size, pool.min_block)
-        if need > pool.max_request() or not _inbox_room(proc, frame.size):
+        if pool.capacity_for(frame.size) > pool.max_request() or not host.has_room(
+            proc, frame.size
+        ):
             return _LATER  # (too large: _deliver says so)
-        try:  # through the coordinator: the block's generation slot, and eviction
-            rec = self.coord._new_block(self.pin, frame.size, quiet=True)
-        except PoolExhausted:
+        rec = host.new_block(frame.size)  # (the block's generation slot, eviction)
+        if rec is None:
             return _LATER
         with pool.view(rec.segment, rec.offset, frame.size) as view:
             view[:] = item.data.buffer
-        sender = self._sender_record(item.sender)
-        delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
-        assert delivered, "the inbox had room, and nothing ran since"
+        host.deliver(rec, self._sender_record(item.sender), proc, frame.header)
         self._to_wake[proc.key] = proc  # (woken when this read of the router ends)
         return None
 
@@ -1021,9 +1004,8 @@ class Link:
     async def _deliver(self, name: str, item: _Incoming) -> BlockIPCError | None:
         """Put one received block into ``name``'s inbox, waiting for room there and
         in the pool; on any failure nothing is delivered and nothing stays allocated."""
-        table, pool, frame = self.coord._table, self.coord.pool, item.frame
-        need = _capacity(frame.size, pool.min_block)
-        if need > pool.max_request():
+        host, pool, frame = self.host, self.host.pool, item.frame
+        if pool.capacity_for(frame.size) > pool.max_request():
             return PoolExhausted(
                 f"a block of {frame.size} bytes is larger than any block node "
                 f"{self.config.node!r} can hold ({pool.max_request()})"
@@ -1031,15 +1013,13 @@ class Link:
         gone = PeerUnreachable(f"process {name!r} left node {self.config.node!r}")
         delay = 0.0005
         while True:  # backpressure: while we wait, the sender's window stops it
-            proc = table.processes.get(name)
+            proc = host.receiver(name)
             if proc is None:
                 return gone
-            if _inbox_room(proc, frame.size):
-                try:  # evicts cacheable objects before it gives up
-                    rec = self.coord._new_block(self.pin, frame.size, quiet=True)
+            if host.has_room(proc, frame.size):
+                rec = host.new_block(frame.size)  # (evicts cacheable objects first)
+                if rec is not None:
                     break
-                except PoolExhausted:
-                    pass
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
         try:
@@ -1059,25 +1039,20 @@ class Link:
                     view.release()
             delay = 0.0005
             while True:  # the copy took a while: the inbox may have filled meanwhile
-                proc = table.processes.get(name)
+                proc = host.receiver(name)
                 if proc is None:
                     raise gone
-                if table.has_room(proc, rec):
+                if host.has_room(proc, frame.size):
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.02)
         except BaseException as exc:
-            if table.blocks.get(rec.id) is rec:  # never delivered: only the pin holds it
-                freed, _ = table.release_hold(self.pin, rec)  # (nobody could wait on it)
-                if freed and not pool.closed:
-                    pool.free(rec.segment, rec.offset)
+            host.discard(rec)  # never delivered: only the link holds it
             if isinstance(exc, BlockIPCError):
                 return exc
             raise
-        sender = self._sender_record(item.sender)
-        delivered = table.offer(Delivery(rec, sender, proc, frame.header, True, None))
-        assert delivered, "has_room was checked just before"
-        self.coord._wake_receiver(proc)
+        host.deliver(rec, self._sender_record(item.sender), proc, frame.header)
+        host.wake(proc)
         return None
 
 
@@ -1086,11 +1061,3 @@ class _Later:
 
 
 _LATER: Final = _Later()
-
-
-def _inbox_room(proc: ProcessRecord, size: int) -> bool:
-    """Whether a block of ``size`` bytes would get into ``proc``'s inbox now (the rule of
-    ``RoutingTable.has_room``, asked before the block exists)."""
-    if proc.pending or len(proc.inbox) >= proc.inbox_messages:
-        return False
-    return not proc.inbox or proc.inbox_used + size <= proc.inbox_bytes
