@@ -24,6 +24,7 @@ PURE = (
     "_codecs",
     "cache",  # the LRU cache
     "_linkwire",  # the link's configuration, frames and send state machine
+    "_linkhost",  # what the link needs from the coordinator (Protocols)
     "_exceptions",
     "_types",
     "_sizes",
