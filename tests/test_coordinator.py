@@ -18,7 +18,9 @@ from anyio.abc import UNIXSocketStream
 import blockipc
 from _procs import payload, sha256, wait_until
 from blockipc import ConnectionClosed, PoolExhausted
+from blockipc._exceptions import ErrorCode
 from blockipc._handshake import close_fds, receive_event
+from blockipc._limits import MAX_BATCH, MAX_HEADER, MAX_NAME
 from blockipc._protocol import (
     _COMPACT,
     HEADER,
@@ -411,3 +413,68 @@ async def test_pool_grows_by_segments_up_to_the_limit() -> None:
             assert (stats.free_bytes, stats.segments, stats.pool_size) == (16 * MiB, 3, 16 * MiB)
         await wait_until(lambda: not c.stats().processes)
         assert_pool_clean(c)
+
+
+async def test_the_coordinator_applies_the_shared_limits(coord: blockipc.Coordinator) -> None:
+    # Requests a Client never sends (it checks them first, with the same _limits
+    # functions), each refused by the coordinator with InvalidRequest; the
+    # connection goes on after every one.
+    name = unique_name("raw")
+    stream, conn = await raw_hello(coord.address, name)
+    req_id = iter(range(2, 1000))
+
+    async def call(op: Op, args: dict[str, Any]) -> Reply | ErrorReply:
+        await stream.send(conn.send(Request(next(req_id), op, args)))
+        with anyio.fail_after(5):
+            event, _ = await receive_event(stream, conn)
+        assert isinstance(event, Reply | ErrorReply), event
+        return event
+
+    async with stream:
+        alloc = await call(Op.ALLOC, {"size": 100})
+        assert isinstance(alloc, Reply), alloc
+        block = alloc.result["block"]
+        put = await call(Op.PUT, {"size": 10})
+        assert isinstance(put, Reply), put
+        long_name = "n" * (MAX_NAME + 1)
+        send = {"block": block, "to": name, "move": False, "nowait": True, "wait_ms": 0}
+        refused = [
+            (Op.LEASE, {"block": block, "mode": "x"}, "lease mode must be 'r' or 'w'"),
+            (Op.GRANT, {"block": block, "to": name, "mode": "rw"}, "grant mode must be"),
+            (Op.SUBSCRIBE, {"topic": ""}, f"topic '' must be 1 to {MAX_NAME}"),
+            (Op.UNSUBSCRIBE, {"topic": long_name}, f"must be 1 to {MAX_NAME}"),
+            (Op.RECV_MANY, {"max": 0}, f"must be 1 to {MAX_BATCH}"),
+            (Op.RECV_MANY, {"max": MAX_BATCH + 1}, f"must be 1 to {MAX_BATCH}"),
+            (Op.FREE_MANY, {"blocks": []}, f"must be 1 to {MAX_BATCH}"),
+            (Op.FREE_MANY, {"blocks": [block] * (MAX_BATCH + 1)}, f"must be 1 to {MAX_BATCH}"),
+            (Op.FREE_MANY, {"blocks": [block, block]}, "distinct"),
+            (Op.SEND, {**send, "header": {"k": "x" * MAX_HEADER}}, f"limit is {MAX_HEADER}"),
+            (
+                Op.PUBLISH,
+                {"block": block, "topic": "t", "header": {"k": "x" * MAX_HEADER}, "nowait": True},
+                f"limit is {MAX_HEADER}",
+            ),
+            (
+                Op.COMMIT,
+                {
+                    "lease": put.result["lease"],
+                    "codec": "raw",
+                    "meta": {},
+                    "name": long_name,
+                    "cacheable": False,
+                },
+                f"object name '{long_name[:10]}",
+            ),
+        ]
+        for op, args, match in refused:
+            error = await call(op, args)
+            assert isinstance(error, ErrorReply), (op, error)
+            assert error.code == ErrorCode.INVALID_REQUEST, (op, error)
+            assert match in error.message, (op, error.message)
+        # and what fits the same limits is done
+        ok = await call(Op.SEND, {**send, "header": {"k": "x" * (MAX_HEADER - 100)}})
+        assert isinstance(ok, Reply), ok
+        ok = await call(Op.SUBSCRIBE, {"topic": "t" * MAX_NAME})
+        assert isinstance(ok, Reply), ok
+    await wait_until(lambda: name not in coord.stats().processes)
+    assert coord.stats().blocks == 0

@@ -39,6 +39,7 @@ from _procs import Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._exceptions import ProtocolError
 from blockipc._keys import keygen, load_keys
+from blockipc._limits import split_target
 from blockipc._linkwire import (
     ACK,
     ACKS,
@@ -53,7 +54,6 @@ from blockipc._linkwire import (
     make_config,
     parse_endpoint,
     peek_seqs,
-    split_target,
 )
 from blockipc.testing import assert_pool_clean
 

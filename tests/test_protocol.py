@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockipc._exceptions import ErrorCode, ProtocolError
+from blockipc._limits import MAX_INT
 from blockipc._protocol import (
     _BODY_FIXED,
     _COMPACT,
@@ -26,7 +27,6 @@ from blockipc._protocol import (
     _INTLIST,
     _LINKLIST,
     _LIST_LIMITS,
-    _MAX_INT,
     _MAX_TOKEN,
     _MSGLIST,
     _PROCLIST,
@@ -84,32 +84,32 @@ EXAMPLES: dict[Any, Any] = {
 
 # Largest and smallest values that must still be accepted.
 BOUNDARY_VALUES: dict[Any, list[Any]] = {
-    int: [0, _MAX_INT],
+    int: [0, MAX_INT],
     bool: [False, True],
     str: ["", "x" * MAX_STR, "é" * MAX_STR],
     bytes: [b"", b"x" * _MAX_TOKEN],
     dict: [{}, {"k": {"nested": [b"", -1, 2**64 - 1]}}],
     _STRLIST: [[], ["x" * MAX_STR], ["a"] * MAX_LIST],
-    _INTLIST: [[], [0, _MAX_INT], [0] * MAX_LIST],
-    _SEGLIST: [[], [[0, _MAX_INT]], [[0, 1]] * MAX_LIST],
-    _LINKLIST: [[], [["x" * MAX_STR, "", *[_MAX_INT] * 8]], [["b", "up", *[0] * 8]] * MAX_LIST],
-    _PROCLIST: [[], [["x" * MAX_STR, *[_MAX_INT] * 7]], [["p", *[0] * 7]] * MAX_LIST],
+    _INTLIST: [[], [0, MAX_INT], [0] * MAX_LIST],
+    _SEGLIST: [[], [[0, MAX_INT]], [[0, 1]] * MAX_LIST],
+    _LINKLIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["b", "up", *[0] * 8]] * MAX_LIST],
+    _PROCLIST: [[], [["x" * MAX_STR, *[MAX_INT] * 7]], [["p", *[0] * 7]] * MAX_LIST],
     _MSGLIST: [
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
-        [[_MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR]],
-        [[_MAX_INT] * 5 + ["o", "s", {}, "t"]] * MAX_BATCH,
+        [[MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR]],
+        [[MAX_INT] * 5 + ["o", "s", {}, "t"]] * MAX_BATCH,
     ],
 }
 
 # Values that must be rejected for a field of each type.
 BAD_VALUES: dict[Any, list[Any]] = {
-    int: ["7", True, False, -1, _MAX_INT + 1, 2**64 - 1, 1.5, 7.0, None, b"7", [7]],
+    int: ["7", True, False, -1, MAX_INT + 1, 2**64 - 1, 1.5, 7.0, None, b"7", [7]],
     bool: [0, 1, None, "true", 1.0, [True]],
     str: [1, b"x", None, "x" * (MAX_STR + 1), ["x"]],
     bytes: ["tok", 1, None, b"x" * (_MAX_TOKEN + 1), [1]],
     dict: [[], "x", None, 1, {b"k": 1}, {"a": 1, b"k": 1}],
     _STRLIST: ["a", None, [1], [b"a"], [None], ["x" * (MAX_STR + 1)], ["a"] * (MAX_LIST + 1)],
-    _INTLIST: [1, None, [-1], [True], ["1"], [1.0], [_MAX_INT + 1], [0] * (MAX_LIST + 1)],
+    _INTLIST: [1, None, [-1], [True], ["1"], [1.0], [MAX_INT + 1], [0] * (MAX_LIST + 1)],
     _SEGLIST: [
         [1, 2],
         None,
@@ -352,7 +352,7 @@ _MSGPACK_VALUE = st.recursive(
     ),
     max_leaves=8,
 )
-_UINT = st.integers(0, _MAX_INT)
+_UINT = st.integers(0, MAX_INT)
 VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     int: _UINT,
     bool: st.booleans(),

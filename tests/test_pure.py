@@ -28,7 +28,7 @@ PURE = (
     "_exceptions",
     "_types",
     "_sizes",
-    "_limits",  # names
+    "_limits",  # every limit and its check
     "_address",
 )
 BLOCKED = ("asyncio", "socket", "selectors", "anyio", "trio", "uvloop", "zmq", "mmap")

@@ -39,10 +39,9 @@ from ._exceptions import (
     InboxFull,
     InvalidRequest,
     NameTaken,
-    OutOfBounds,
     PeerUnreachable,
 )
-from ._limits import MAX_NAME, is_process_name
+from ._limits import Mode, check_mode, check_process_name, check_range
 
 __all__ = [
     "BlockRecord",
@@ -58,7 +57,6 @@ __all__ = [
     "Waiter",
 ]
 
-Mode = Literal["r", "w"]
 Need = Literal["r", "w", "own"]
 _RANK = {"r": 1, "w": 2, "own": 3}
 
@@ -229,10 +227,7 @@ class RoutingTable:
         inbox_messages: int = 1024,
         inbox_bytes: int = 1 << 62,
     ) -> ProcessRecord:
-        if not is_process_name(name):
-            raise InvalidRequest(
-                f"process name {name!r} is invalid: 1-{MAX_NAME} printable characters, no '/'"
-            )
+        check_process_name(name)
         if inbox_messages < 1 or inbox_bytes < 1:
             raise InvalidRequest("inbox limits must be at least 1 message and 1 byte")
         if name in self.processes:
@@ -358,10 +353,7 @@ class RoutingTable:
 
     @staticmethod
     def check_bounds(rec: BlockRecord, offset: int, size: int) -> None:
-        if offset + size > rec.size:
-            raise OutOfBounds(
-                f"offset {offset} + size {size} is outside block {rec.id} of size {rec.size}"
-            )
+        check_range(rec.id, offset, size, rec.size)
 
     def release_hold(self, proc: ProcessRecord, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
         """``free`` by a holder: drop its hold. Returns whether the block is gone (the
@@ -431,11 +423,10 @@ class RoutingTable:
         return dropped
 
     def grant(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord, mode: str) -> None:
-        if mode not in ("r", "w"):
-            raise InvalidRequest(f"grant mode must be 'r' or 'w', not {mode!r}")
+        checked = check_mode("grant", mode)
         if to is owner:
             return
-        rec.grants[to.key] = (to, "r" if mode == "r" else "w")
+        rec.grants[to.key] = (to, checked)
         to.blocks.add(rec.id)
 
     def revoke(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord) -> None:
@@ -723,9 +714,7 @@ class RoutingTable:
         transient: bool = False,
     ) -> Lease | None:
         """Grant a lease now, or queue ``token`` and return ``None``."""
-        if mode not in ("r", "w"):
-            raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
-        waiter = Waiter(proc, "r" if mode == "r" else "w", token, transient)
+        waiter = Waiter(proc, check_mode("lease", mode), token, transient)
         if not rec.waiters and self._compatible(rec, waiter):
             return self._grant(rec, waiter)
         rec.waiters.append(waiter)

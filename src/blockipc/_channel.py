@@ -45,8 +45,8 @@ from ._exceptions import (
     UsedAfterFork,
     WrongEventLoop,
 )
+from ._limits import check_header_size, pack_header
 from ._log import get_logger
-from ._protocol import MAX_HEADER, pack_header
 from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
@@ -69,8 +69,7 @@ def _encode_header(
     if codec is None:
         return packed if header else b""
     encoded: bytes = msgpack.packb([header or {}, codec, meta or {}], use_bin_type=True)
-    if len(encoded) > MAX_HEADER:
-        raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
+    check_header_size(len(encoded))
     return encoded
 
 

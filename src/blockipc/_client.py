@@ -56,11 +56,18 @@ from ._exceptions import (
 )
 from ._generations import GenerationView
 from ._handshake import close_fds, receive_event, send_frame, take_socket
+from ._limits import (
+    MAX_INT,
+    MAX_LIST,
+    check_batch,
+    check_mode,
+    check_range,
+    pack_header,
+    split_target,
+)
 from ._limits import check_name as _check_name
-from ._linkwire import split_target
 from ._log import get_logger
 from ._protocol import (
-    MAX_BATCH,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -69,7 +76,6 @@ from ._protocol import (
     Reply,
     Request,
     Role,
-    pack_header,
 )
 from ._ring import RingReader, RingWriter
 from ._sizes import parse_size
@@ -87,11 +93,8 @@ _MAX_REFS: Final = 65536
 TOUCH_DELAY: Final = 0.05
 """Seconds a client gathers the blocks its own cache served before it tells the
 coordinator in one ``TOUCH`` (whose LRU order decides what is evicted)."""
-_MAX_TOUCH: Final = 4096  # blocks per TOUCH: the protocol's longest list
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
-
-_MAX_INT: Final = (1 << 63) - 1
 _Orphan = Callable[[Reply], None]
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
@@ -100,7 +103,7 @@ def _block_id(block: BlockLike) -> int:
     bid = block.id if isinstance(block, Block) else block
     if type(bid) is not int:
         raise TypeError(f"expected a Block or a block id (int), not {type(block).__name__}")
-    if not 0 < bid <= _MAX_INT:
+    if not 0 < bid <= MAX_INT:
         raise BlockNotFound(f"block {bid} does not exist")
     return bid
 
@@ -108,7 +111,7 @@ def _block_id(block: BlockLike) -> int:
 def _check_offset(offset: int, what: str = "offset") -> None:
     if type(offset) is not int:
         raise TypeError(f"{what} must be an int, not {type(offset).__name__}")
-    if not 0 <= offset <= _MAX_INT:
+    if not 0 <= offset <= MAX_INT:
         raise OutOfBounds(f"{what} {offset} is outside every block")
 
 
@@ -256,7 +259,7 @@ class Client:
             raise InvalidRequest(f"inbox_messages must be an int >= 1, not {inbox_messages!r}")
         self._inbox_limits = (
             inbox_messages,
-            _MAX_INT if inbox_bytes is None else parse_size(inbox_bytes),
+            MAX_INT if inbox_bytes is None else parse_size(inbox_bytes),
         )
         self._conn = Connection(Role.CLIENT)
         self._proto: _ClientProtocol | None = None
@@ -607,7 +610,7 @@ class Client:
             raise TypeError(f"size must be an int or a size string, not {type(size).__name__}")
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
-        if size > _MAX_INT:
+        if size > MAX_INT:
             raise PoolExhausted(f"a block of {size} bytes is larger than any pool can hold")
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator allocated
@@ -628,8 +631,7 @@ class Client:
         """Free several blocks in one request: all of them or, if one cannot be freed
         (unknown, leased, being sent), none, and that block's error is raised."""
         ids = [_block_id(b) for b in blocks]
-        if not 1 <= len(ids) <= MAX_BATCH:
-            raise InvalidRequest(f"free_many takes 1 to {MAX_BATCH} blocks, not {len(ids)}")
+        check_batch(len(ids), "blocks per free_many")
         await self._call(Op.FREE_MANY, {"blocks": ids})
         for bid in ids:
             self._sizes.pop(bid, None)
@@ -647,10 +649,7 @@ class Client:
             written: int = reply.result["written"]
             return written
         async with self.lease(bid, "w") as dst:
-            if offset + n > len(dst):
-                raise OutOfBounds(
-                    f"offset {offset} + size {n} is outside block {bid} of size {len(dst)}"
-                )
+            check_range(bid, offset, n, len(dst))
             dst[offset : offset + n] = view
         return n
 
@@ -683,10 +682,7 @@ class Client:
             reply = await self._call(Op.READ, {"block": bid, "offset": offset, "size": size})
             return reply.data
         async with self.lease(bid, "r") as src:
-            if offset + size > len(src):
-                raise OutOfBounds(
-                    f"offset {offset} + size {size} is outside block {bid} of size {len(src)}"
-                )
+            check_range(bid, offset, size, len(src))
             return bytes(src[offset : offset + size])
 
     def lease(
@@ -702,8 +698,7 @@ class Client:
                 view[:5] = b"HELLO"
         """
         bid = _block_id(block)
-        if mode not in ("r", "w"):
-            raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
+        mode = check_mode("lease", mode)
         if codec is not None:
             if mode != "r":
                 raise InvalidRequest("a lease with a codec is read-only: use mode 'r'")
@@ -788,8 +783,9 @@ class Client:
         """Wait for at least one message, then return every message the inbox holds,
         up to ``max_messages`` (at most :data:`MAX_BATCH`), in order: one request for
         a burst instead of one per message."""
-        if type(max_messages) is not int or not 1 <= max_messages <= MAX_BATCH:
-            raise InvalidRequest(f"max_messages must be an int from 1 to {MAX_BATCH}")
+        if type(max_messages) is not int:
+            raise InvalidRequest(f"max_messages must be an int, not {type(max_messages).__name__}")
+        check_batch(max_messages, "max_messages")
         if self._inbox:
             return [self._inbox.popleft() for _ in range(min(max_messages, len(self._inbox)))]
 
@@ -958,8 +954,7 @@ class Client:
         """Let process ``to`` read (``"r"``) or read and write (``"w"``) ``block``; it
         then holds the block too, until it frees it. Only the owner may grant."""
         _check_name(to, "process name")
-        if mode not in ("r", "w"):
-            raise InvalidRequest(f"grant mode must be 'r' or 'w', not {mode!r}")
+        check_mode("grant", mode)
         await self._call(Op.GRANT, {"block": _block_id(block), "to": to, "mode": mode})
 
     async def revoke(self, block: BlockLike, to: str) -> None:
@@ -1134,7 +1129,7 @@ class Client:
     def _send_touches(self) -> None:
         self._touch_timer = None
         touched = self._touched
-        blocks = list(itertools.islice(touched, _MAX_TOUCH))
+        blocks = list(itertools.islice(touched, MAX_LIST))  # blocks per TOUCH: a frame's list
         for block in blocks:
             del touched[block]
         self._send_nowait(Op.TOUCH, {"blocks": blocks})

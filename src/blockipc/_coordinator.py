@@ -36,7 +36,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self, cast
 
 import anyio
-import msgpack
 from anyio.abc import (
     SocketAttribute,
     SocketListener,
@@ -72,16 +71,13 @@ from ._exceptions import (
 )
 from ._generations import GenerationTable
 from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
-from ._limits import MAX_NAME
+from ._limits import MAX_HEADER, MAX_STR, check_batch, check_mode, check_name, pack_header
 from ._linkwire import IO_NICE, make_config
 from ._log import get_logger
 from ._pool import Allocation, Pool
 from ._protocol import (
     CANCELLED,
-    MAX_BATCH,
     MAX_FRAME_SIZE,
-    MAX_HEADER,
-    MAX_STR,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -117,8 +113,6 @@ MIN_CHANNEL = CTL_SIZE + 4096
 """Smallest ring a channel may ask for: its control page and one page of data."""
 
 _EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
-
-MAX_TOPIC = MAX_NAME  # (topics and object names: the one name limit, _limits.py)
 
 
 # -- parked requests -------------------------------------------------------------
@@ -842,9 +836,7 @@ class Coordinator:
             session.reply(self._perform(req, rec))
 
     def _lease(self, session: _Session, req: Request) -> None:
-        mode = req.args["mode"]
-        if mode not in ("r", "w"):
-            raise InvalidRequest(f"lease mode must be 'r' or 'w', not {mode!r}")
+        mode = check_mode("lease", req.args["mode"])
         if mode == "r":
             rec = self._readable(session.proc, req.args["block"])
         else:
@@ -1011,15 +1003,11 @@ class Coordinator:
         session.reply(reply)
 
     # -- messages ----------------------------------------------------------------
-    def _check_header(self, header: dict[str, Any]) -> None:
-        if len(msgpack.packb(header, use_bin_type=True)) > MAX_HEADER:
-            raise InvalidRequest(f"message header is larger than {MAX_HEADER} bytes encoded")
-
     def _send(self, session: _Session, req: Request) -> None:
         a = req.args
         move = a["move"]
         rec = self._table.lookup(session.proc, a["block"], "own" if move else "r")
-        self._check_header(a["header"])
+        pack_header(a["header"])
         to = self._receiver(session, req)
         if to is None:  # parked until it registers
             return
@@ -1069,8 +1057,8 @@ class Coordinator:
 
     def _recv(self, session: _Session, req: Request) -> None:
         """RECV (one message) and RECV_MANY (what the inbox holds, up to ``max``)."""
-        if req.op is Op.RECV_MANY and not 1 <= req.args["max"] <= MAX_BATCH:
-            raise InvalidRequest(f"max must be 1 to {MAX_BATCH}, not {req.args['max']}")
+        if req.op is Op.RECV_MANY:
+            check_batch(req.args["max"], "RECV_MANY max")
         if session.proc.inbox and not session.recv_waits:
             self._deliver(session, req)
         else:
@@ -1123,8 +1111,9 @@ class Coordinator:
     def _free_many(self, session: _Session, req: Request) -> None:
         """FREE_MANY: all the blocks or, if one may not be freed, none of them."""
         ids = req.args["blocks"]
-        if not 1 <= len(ids) <= MAX_BATCH or len(set(ids)) != len(ids):
-            raise InvalidRequest(f"blocks must be 1 to {MAX_BATCH} distinct block ids")
+        check_batch(len(ids), "blocks per FREE_MANY")
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("blocks of a FREE_MANY must be distinct block ids")
         recs = [self._table.lookup(session.proc, bid, "r") for bid in ids]
         for rec in recs:
             self._table.check_release(session.proc, rec)
@@ -1166,10 +1155,7 @@ class Coordinator:
     # -- publish/subscribe -------------------------------------------------------
     @staticmethod
     def _topic(req: Request) -> str:
-        topic: str = req.args["topic"]
-        if not topic or len(topic) > MAX_TOPIC:
-            raise InvalidRequest(f"topic {topic!r:.80} must be 1 to {MAX_TOPIC} characters")
-        return topic
+        return check_name(req.args["topic"], "topic")
 
     def _subscribe(self, session: _Session, req: Request) -> None:
         self._table.subscribe(session.proc, self._topic(req))
@@ -1187,7 +1173,7 @@ class Coordinator:
         topic = self._topic(req)
         proc = session.proc
         rec = self._table.lookup(proc, a["block"], "own")
-        self._check_header(a["header"])
+        pack_header(a["header"])
         self._table.check_movable(proc, rec)
         subs = [p for p in self._table.subscribers(topic) if p is not proc]
         if a["nowait"]:
@@ -1247,8 +1233,8 @@ class Coordinator:
         if a["codec"] not in CODEC_NAMES:
             raise InvalidRequest(f"unknown codec {a['codec']!r}; known: {', '.join(CODEC_NAMES)}")
         name = a["name"]
-        if len(name) > MAX_TOPIC:
-            raise InvalidRequest(f"object name {name!r:.80} is longer than {MAX_TOPIC}")
+        if name:  # "" commits an object with no name
+            check_name(name, "object name")
         rec.codec, rec.meta = a["codec"], a["meta"]
         grants = self._end_lease(lease)  # bumps the generation before we answer
         if name:
@@ -1346,7 +1332,7 @@ class Coordinator:
                 f"cannot send to {req.args['to']!r}: this coordinator has no link "
                 "(start it with node=..., peers=...)"
             )
-        self._check_header(req.args["header"])
+        pack_header(req.args["header"])
         self._link.send(session, req)  # answered when the peer acknowledges (or fails)
 
     # -- channels ------------------------------------------------------------------

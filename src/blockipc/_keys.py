@@ -20,7 +20,7 @@ import zmq
 import zmq.auth
 
 from ._exceptions import BlockIPCError
-from ._linkwire import check_node_name
+from ._limits import check_node_name
 
 __all__ = ["NodeKeys", "keygen", "load_keys"]
 

@@ -1,20 +1,60 @@
-"""The limits on names, in one place: client, coordinator, routing table and link check
-names with these (pure: no I/O).
+"""Every limit shared by client, coordinator, routing table, channels, link and wire
+protocol, and its check, in one place (pure: no I/O).
 
-A process, a node, a topic and a named object each have a name of 1 to
-:data:`MAX_NAME` characters. A process on another node is reached as ``"node/name"``,
-so a remote target is up to ``2 * MAX_NAME + 1`` characters long: its two parts are
-checked each against its own limit (``_linkwire.split_target``), never the whole.
+Each rule below has this one home; the other modules import it rather than restate it
+(``tests/test_limits_rules.py`` fails when a literal limit creeps back in):
+
+* **names**: a process, a node, a topic and a named object each have a name of 1 to
+  :data:`MAX_NAME` characters (:func:`check_name`); a process or node name is also
+  printable and has no ``/`` (:func:`is_process_name`, :func:`check_process_name`,
+  :func:`check_node_name`). A
+  process on another node is reached as ``"node/name"``, so a remote target is up to
+  ``2 * MAX_NAME + 1`` characters long: :func:`split_target` checks its two parts each
+  against its own limit, never the whole.
+* **modes**: a lease or a grant is ``"r"`` or ``"w"`` (:data:`MODES`, :func:`check_mode`).
+* **ints**: block ids, offsets, sizes and every int field of a frame are ``0`` to
+  :data:`MAX_INT`; a range inside a block is checked by :func:`check_range`.
+* **message headers**: a dict with str keys, at most :data:`MAX_HEADER` bytes encoded
+  (:func:`pack_header`, :func:`check_header_size`).
+* **frames**: a string field holds at most :data:`MAX_STR` characters, a list field at
+  most :data:`MAX_LIST` items; the protocol's schema applies them to every frame sent
+  and received. A batch (RECV_MANY, FREE_MANY) has 1 to :data:`MAX_BATCH` items
+  (:func:`check_batch`).
+
+A limit only one module knows (the protocol's token length, the link's blocks per
+message) stays in that module.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from ._exceptions import InvalidRequest
+import msgpack
 
-__all__ = ["MAX_NAME", "check_name", "is_process_name"]
+from ._exceptions import InvalidRequest, OutOfBounds
 
+__all__ = [
+    "MAX_BATCH",
+    "MAX_HEADER",
+    "MAX_INT",
+    "MAX_LIST",
+    "MAX_NAME",
+    "MAX_STR",
+    "MODES",
+    "Mode",
+    "check_batch",
+    "check_header_size",
+    "check_mode",
+    "check_name",
+    "check_node_name",
+    "check_process_name",
+    "check_range",
+    "is_process_name",
+    "pack_header",
+    "split_target",
+]
+
+# -- names -------------------------------------------------------------------------
 MAX_NAME: Final = 255
 """Characters in a process, node, topic or object name, at most."""
 
@@ -39,3 +79,127 @@ def is_process_name(name: Any) -> bool:
     return (
         type(name) is str and 0 < len(name) <= MAX_NAME and "/" not in name and name.isprintable()
     )
+
+
+def check_process_name(name: str, what: str = "process name") -> str:
+    """Return ``name`` if :func:`is_process_name`; else raise :class:`InvalidRequest`."""
+    if not is_process_name(name):
+        raise InvalidRequest(
+            f"{what} {name!r:.80} is invalid: 1-{MAX_NAME} printable characters, no '/'"
+        )
+    return name
+
+
+def check_node_name(name: str, what: str = "node name") -> str:
+    """Return ``name`` if it can name a node: as a process name (1 to :data:`MAX_NAME`
+    printable characters, no ``/``), without leading or trailing spaces."""
+    if not is_process_name(name) or name != name.strip():
+        raise InvalidRequest(
+            f"{what} {name!r:.80} is invalid: 1-{MAX_NAME} printable characters, no '/', "
+            "no leading or trailing spaces"
+        )
+    return name
+
+
+def split_target(to: str) -> tuple[str, str]:
+    """``"b/consumer"`` -> ``("b", "consumer")``: a node name and a process name, each
+    checked against its own limit (so ``to`` may be up to ``2 * MAX_NAME + 1`` long).
+
+    >>> split_target("b/consumer")
+    ('b', 'consumer')
+    """
+    if not isinstance(to, str):
+        raise TypeError(f"remote receiver must be a str, not {type(to).__name__}")
+    node, sep, name = to.partition("/")
+    if not sep or not node or not name or "/" in name:
+        raise InvalidRequest(f"remote receiver {to!r:.80} is not of the form NODE/NAME")
+    check_node_name(node, f"the node name of remote receiver {to!r:.80}:")
+    check_process_name(name, f"the process name of remote receiver {to!r:.80}:")
+    return node, name
+
+
+# -- lease and grant modes ---------------------------------------------------------
+Mode = Literal["r", "w"]
+MODES: Final[tuple[Mode, ...]] = ("r", "w")
+"""A lease or grant mode: ``"r"`` (shared reads) or ``"w"`` (exclusive, reads and writes)."""
+
+
+def check_mode(kind: str, mode: object) -> Mode:
+    """Return ``mode`` if it is one of :data:`MODES`; else raise :class:`InvalidRequest`
+    naming the ``kind`` of mode (``"lease"``, ``"grant"``).
+
+    >>> check_mode("lease", "w")
+    'w'
+    """
+    if mode not in MODES:
+        raise InvalidRequest(f"{kind} mode must be 'r' or 'w', not {mode!r}")
+    return "r" if mode == "r" else "w"
+
+
+# -- ints and ranges ---------------------------------------------------------------
+MAX_INT: Final = (1 << 63) - 1
+"""Largest block id, offset, size or int field of a frame (msgpack's signed 64 bits)."""
+
+
+def check_range(block: int, offset: int, size: int, block_size: int) -> None:
+    """Raise :class:`OutOfBounds` unless ``size`` bytes from ``offset`` lie inside
+    ``block`` of ``block_size`` bytes (``offset`` and ``size`` are ints >= 0)."""
+    if offset + size > block_size:
+        raise OutOfBounds(
+            f"offset {offset} + size {size} is outside block {block} of size {block_size}"
+        )
+
+
+# -- message headers ---------------------------------------------------------------
+MAX_HEADER: Final = 16 * 1024
+"""Largest message header (msgpack-encoded) a send, a publish, a channel record or a
+link block may carry."""
+
+
+def check_header_size(nbytes: int) -> None:
+    """Raise :class:`InvalidRequest` if an encoded header of ``nbytes`` is over
+    :data:`MAX_HEADER`."""
+    if nbytes > MAX_HEADER:
+        raise InvalidRequest(f"header is {nbytes} bytes encoded; the limit is {MAX_HEADER}")
+
+
+def pack_header(header: dict[str, Any] | None) -> bytes:
+    """A message header, checked and encoded: a dict with str keys that msgpack encodes
+    and decodes back with strict map keys (what every receiver does), at most
+    :data:`MAX_HEADER` bytes. ``None`` is the empty header.
+
+    >>> pack_header({"k": 1})
+    b'\\x81\\xa1k\\x01'
+
+    :raises InvalidRequest: for anything else.
+    """
+    hdr = {} if header is None else header
+    if not isinstance(hdr, dict):
+        raise InvalidRequest("header must be a dict")
+    if not all(type(key) is str for key in hdr):  # the wire protocol requires it
+        raise InvalidRequest("header keys must be str")
+    try:
+        packed: bytes = msgpack.packb(hdr, use_bin_type=True)
+        msgpack.unpackb(packed, raw=False, strict_map_key=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"header cannot be sent: {exc}") from exc
+    check_header_size(len(packed))
+    return packed
+
+
+# -- frames ------------------------------------------------------------------------
+MAX_STR: Final = 1024
+"""Longest string (in characters) any field of a frame may hold."""
+MAX_LIST: Final = 4096
+"""Most items any list field of a frame may hold (but a batch: :data:`MAX_BATCH`);
+a reply that may list more (STATS, PEERS) is cut to it with ``_protocol.fit_lists``."""
+MAX_BATCH: Final = 1024
+"""Most messages one RECV_MANY reply carries, and blocks one FREE_MANY frees."""
+
+
+def check_batch(count: int, what: str) -> int:
+    """Return ``count`` if it is 1 to :data:`MAX_BATCH`; else raise :class:`InvalidRequest`
+    saying ``what`` it counts."""
+    if not 1 <= count <= MAX_BATCH:
+        raise InvalidRequest(f"{what} must be 1 to {MAX_BATCH}, not {count}")
+    return count

@@ -81,6 +81,7 @@ from ._exceptions import (
     ProtocolError,
 )
 from ._keys import NodeKeys, load_keys
+from ._limits import split_target
 from ._linkhost import LinkHost, ReplyTo, Requester
 from ._linkwire import (
     BLOCKS,
@@ -95,7 +96,6 @@ from ._linkwire import (
     encode_acks,
     encode_blocks,
     peek_seqs,
-    split_target,
 )
 from ._log import get_logger
 from ._protocol import ErrorReply, Reply, Request

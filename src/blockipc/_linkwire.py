@@ -57,8 +57,14 @@ from ._exceptions import (
     ProtocolError,
     error_from_code,
 )
-from ._limits import MAX_NAME, is_process_name
-from ._protocol import MAX_HEADER, _validate
+from ._limits import (
+    MAX_HEADER,
+    MAX_INT,
+    check_header_size,
+    check_node_name,
+    is_process_name,
+)
+from ._protocol import _validate
 
 __all__ = [
     "ACK",
@@ -77,10 +83,8 @@ __all__ = [
     "encode_ack",
     "encode_acks",
     "encode_blocks",
-    "check_node_name",
     "make_config",
     "parse_endpoint",
-    "split_target",
 ]
 
 BLOCKS: Final = b"BLKS"
@@ -90,7 +94,6 @@ through at once: one message, one meta to parse, one ack for all of them)."""
 ACK: Final = b"ACK1"
 ACKS: Final = b"ACKS"
 MAX_META: Final = MAX_HEADER + 4096
-_MAX_INT: Final = (1 << 63) - 1
 
 WINDOW_BLOCKS: Final = 8
 """Blocks written to a peer and not yet acknowledged, at most."""
@@ -110,17 +113,6 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 # -- configuration -----------------------------------------------------------------
-def check_node_name(name: str, what: str = "node name") -> str:
-    """Return ``name`` if it can name a node: as a process name (1 to ``MAX_NAME``
-    printable characters, no ``/``), without leading or trailing spaces."""
-    if not is_process_name(name) or name != name.strip():
-        raise InvalidRequest(
-            f"{what} {name!r:.80} is invalid: 1-{MAX_NAME} printable characters, no '/', "
-            "no leading or trailing spaces"
-        )
-    return name
-
-
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A parsed ``tcp://HOST:PORT``; ``port`` 0 means "pick a free port"."""
@@ -236,27 +228,6 @@ def make_config(
     )
 
 
-def split_target(to: str) -> tuple[str, str]:
-    """``"b/consumer"`` -> ``("b", "consumer")``: a node name and a process name, each
-    checked against its own limit (so ``to`` may be up to ``2 * MAX_NAME + 1`` long).
-
-    >>> split_target("b/consumer")
-    ('b', 'consumer')
-    """
-    if not isinstance(to, str):
-        raise TypeError(f"remote receiver must be a str, not {type(to).__name__}")
-    node, sep, name = to.partition("/")
-    if not sep or not node or not name or "/" in name:
-        raise InvalidRequest(f"remote receiver {to!r:.80} is not of the form NODE/NAME")
-    check_node_name(node, f"the node name of remote receiver {to!r:.80}:")
-    if not is_process_name(name):
-        raise InvalidRequest(
-            f"the process name of remote receiver {to!r:.80}: {name!r:.80} is invalid: "
-            f"1-{MAX_NAME} printable characters, no '/'"
-        )
-    return node, name
-
-
 # -- frames ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class BlockFrame:
@@ -333,7 +304,7 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
         if type(entry) is not list or len(entry) != 5:
             raise ProtocolError(f"link blocks: entry {reprlib.repr(entry)} is not 5 fields")
         seq, sender, to, n, header = entry
-        if type(seq) is not int or not 0 <= seq <= _MAX_INT:
+        if type(seq) is not int or not 0 <= seq <= MAX_INT:
             raise ProtocolError(f"link blocks: invalid seq {reprlib.repr(seq)}")
         if type(n) is not int or n != size:
             raise ProtocolError(f"link block {seq}: size {n!r:.20} but {size} data bytes")
@@ -342,8 +313,11 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
                 raise ProtocolError(f"link block {seq}: invalid {what} name {name!r:.80}")
         if type(header) is not dict or not all(type(k) is str for k in header):
             raise ProtocolError(f"link block {seq}: header {reprlib.repr(header)} is not a map")
-        if big and len(_packer.pack(header)) > MAX_HEADER:
-            raise ProtocolError(f"link block {seq}: header larger than {MAX_HEADER} bytes")
+        if big:
+            try:
+                check_header_size(len(_packer.pack(header)))
+            except InvalidRequest as exc:
+                raise ProtocolError(f"link block {seq}: {exc}") from None
         frames.append(BlockFrame(seq, node, sender, to, size, header))
     return frames
 
@@ -359,7 +333,7 @@ def peek_seqs(meta: bytes) -> list[int]:
     if type(entries) is not list:
         return []
     seqs = [e[0] for e in entries[:MAX_BLOCKS] if type(e) is list and e]
-    return [s for s in seqs if type(s) is int and 0 <= s <= _MAX_INT]
+    return [s for s in seqs if type(s) is int and 0 <= s <= MAX_INT]
 
 
 def encode_ack(seq: int, code: int = 0, message: str = "") -> list[bytes]:

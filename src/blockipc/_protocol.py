@@ -49,17 +49,16 @@ from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
-from ._exceptions import InvalidRequest, ProtocolError
+from ._exceptions import ProtocolError
+from ._limits import MAX_BATCH, MAX_INT, MAX_LIST, MAX_STR
 
 __all__ = [
     "CANCELLED",
     "HEADER",
-    "MAX_BATCH",
-    "MAX_HEADER",
+    "MAX_BATCH",  # (MAX_*: the limits' home is _limits.py; the schema applies them)
     "MAX_LIST",
     "MAX_STR",
     "fit_lists",
-    "pack_header",
     "MAX_FRAME_SIZE",
     "NEED_DATA",
     "NeedData",
@@ -79,40 +78,7 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("<IBBII")
 _BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
 MAX_FRAME_SIZE: Final = (1 << 20) + 65536
-MAX_HEADER: Final = 16 * 1024
-"""Largest message header (msgpack-encoded) a send may carry; checked by the coordinator."""
-
-
-def pack_header(header: dict[str, Any] | None) -> bytes:
-    """A message header, checked and encoded: a dict with str keys that msgpack encodes
-    and decodes back with strict map keys (what every receiver does), at most
-    :data:`MAX_HEADER` bytes. ``None`` is the empty header.
-
-    :raises InvalidRequest: for anything else.
-    """
-    hdr = {} if header is None else header
-    if not isinstance(hdr, dict):
-        raise InvalidRequest("header must be a dict")
-    if not all(type(key) is str for key in hdr):  # the wire protocol requires it
-        raise InvalidRequest("header keys must be str")
-    try:
-        packed: bytes = msgpack.packb(hdr, use_bin_type=True)
-        msgpack.unpackb(packed, raw=False, strict_map_key=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"header cannot be sent: {exc}") from exc
-    if len(packed) > MAX_HEADER:
-        raise InvalidRequest(f"header is {len(packed)} bytes encoded; the limit is {MAX_HEADER}")
-    return packed
-
-
-_MAX_INT: Final = (1 << 63) - 1
-MAX_STR: Final = 1024
-"""Longest string (in characters) any field of a frame may hold."""
-_MAX_TOKEN: Final = 64
-MAX_LIST: Final = 4096
-"""Most items any list field of a frame may hold (but a RECV_MANY batch: :data:`MAX_BATCH`);
-a reply that may list more (STATS, PEERS) is cut to it with :func:`fit_lists`."""
-
+_MAX_TOKEN: Final = 64  # bytes of a HELLO token
 CANCELLED: Final = 0
 """Error code of a request dropped by a ``CANCEL``; never raised to users as such."""
 
@@ -228,8 +194,6 @@ _PROCLIST: Final = "proclist"  # [[name, pid, 6 counters], ...]: Stats.usage
 _ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 7)}
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
-MAX_BATCH: Final = 1024
-"""Most messages one RECV_MANY reply carries, and blocks one FREE_MANY frees."""
 # the most items a list field of each type holds: checked by _check_value, applied by fit_lists
 _LIST_LIMITS: Final[dict[str, int]] = {
     _SEGLIST: MAX_LIST,
@@ -423,7 +387,7 @@ _OPS: Final = {o.value: o for o in Op}
 def _check_value(name: str, value: Any, kind: Any) -> None:
     ok: bool
     if kind is int:  # an IntEnum (ErrorCode) is sent as the int it is; a bool is not an int
-        ok = isinstance(value, int) and type(value) is not bool and 0 <= value <= _MAX_INT
+        ok = isinstance(value, int) and type(value) is not bool and 0 <= value <= MAX_INT
     elif kind is bool:
         ok = type(value) is bool
     elif kind is str:
@@ -442,7 +406,7 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
         ok = (
             type(value) is list
             and len(value) <= _LIST_LIMITS[kind]
-            and all(type(v) is int and 0 <= v <= _MAX_INT for v in value)
+            and all(type(v) is int and 0 <= v <= MAX_INT for v in value)
         )
     elif kind in _ROWS:
         strings, ints = _ROWS[kind]
@@ -453,7 +417,7 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
                 type(v) is list
                 and len(v) == strings + ints
                 and all(type(x) is str and len(x) <= MAX_STR for x in v[:strings])
-                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v[strings:])
+                and all(type(x) is int and 0 <= x <= MAX_INT for x in v[strings:])
                 for v in value
             )
         )
@@ -464,7 +428,7 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and all(
                 type(m) is list
                 and len(m) == 9
-                and all(type(x) is int and 0 <= x <= _MAX_INT for x in m[:5])
+                and all(type(x) is int and 0 <= x <= MAX_INT for x in m[:5])
                 and all(type(x) is str and len(x) <= MAX_STR for x in (m[5], m[6], m[8]))
                 and type(m[7]) is dict
                 and all(type(k) is str for k in m[7])
@@ -478,7 +442,7 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and all(
                 type(v) is list
                 and len(v) == 2
-                and all(type(x) is int and 0 <= x <= _MAX_INT for x in v)
+                and all(type(x) is int and 0 <= x <= MAX_INT for x in v)
                 for v in value
             )
         )
@@ -499,7 +463,7 @@ def _validate(meta: Any, schema: _Schema, where: Callable[[], str]) -> dict[str,
             value = meta[name]
             # ints, strs and dicts are most fields: checked inline, the rest by _check_value
             if kind is int:
-                if type(value) is int and 0 <= value <= _MAX_INT:
+                if type(value) is int and 0 <= value <= MAX_INT:
                     continue
             elif kind is str:
                 if type(value) is str and len(value) <= MAX_STR:
@@ -618,7 +582,7 @@ class Connection:
                     f"{kind.name} {op.name} #{req_id}: meta of {meta_len} bytes, expected {st.size}"
                 )
             values = st.unpack_from(buf, HEADER.size)
-            if values and max(values) > _MAX_INT:
+            if values and max(values) > MAX_INT:
                 self._fail(f"{kind.name} {op.name} #{req_id}: field out of range")
             if frame_len > meta_end:
                 if not data_ok:
