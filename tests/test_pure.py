@@ -8,6 +8,8 @@ modules are imported into a stub ``blockipc`` package, so that ``blockipc/__init
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,9 @@ def test_the_check_sees_an_io_module(module: str) -> None:
     result = _import((*PURE, module))
     assert result.returncode != 0
     assert "halted; None in sys.modules" in result.stderr
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_examples_in_its_docstrings_hold(module: str) -> None:
+    results = doctest.testmod(importlib.import_module(f"blockipc.{module}"))
+    assert results.failed == 0, results
