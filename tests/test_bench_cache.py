@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from blockipc import _bench_cache
-from blockipc._bench import _has, _table
-from blockipc._bench_cache import _analyse, _redis_server
+from blockipc.bench import cache as bench_cache
+from blockipc.bench.cache import _analyse, _redis_server
+from blockipc.bench.core import _has, _table
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_REDIS_SERVER = (
@@ -78,7 +78,7 @@ def test_redis_server_missing_gives_a_note(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_redis_py_missing_gives_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/redis-server")
-    monkeypatch.setattr(_bench_cache, "_has", lambda module: module != "redis")
+    monkeypatch.setattr(bench_cache, "_has", lambda module: module != "redis")
     notes: list[str] = []
     with _redis_server(str(tmp_path), None, notes) as path:
         assert path is None
@@ -97,7 +97,7 @@ def test_one_quick_round_runs(tmp_path: Path) -> None:
         skip_note = None if _has("redis") else NO_REDIS_PY
     with_redis = skip_note is None
     out = tmp_path / "cache.json"
-    cmd = [sys.executable, "-m", "blockipc._bench_cache", "--quick", "--rounds", "1"]
+    cmd = [sys.executable, "-m", "blockipc.bench.cache", "--quick", "--rounds", "1"]
     result = subprocess.run(
         [*cmd, "--json", str(out)],
         capture_output=True,

@@ -46,7 +46,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from ._bench import (
+from .core import (
     _cpu_snapshot,
     _cpus,
     _fmt_us,
@@ -125,7 +125,7 @@ def _values() -> tuple[Any, bytes]:
 
 
 async def _coordinator_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._coordinator import Coordinator
+    from .. import Coordinator
 
     async with Coordinator(pool_size=arg["pool_size"]) as coord:
         conn.send(("ready", {"address": coord.address}))
@@ -139,7 +139,7 @@ async def _writer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
     import numpy as np
 
-    from ._client import connect
+    from .. import connect
 
     arr, data = _values()
     big = np.random.default_rng(7).standard_normal(BIG_SIZE // 8)
@@ -195,7 +195,7 @@ async def _reader_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
     import numpy as np
 
-    from ._client import connect
+    from .. import connect
 
     arr, data = _values()
     shared = arg["shared_dict"]

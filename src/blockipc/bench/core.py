@@ -124,7 +124,7 @@ def _pin(cpu: int | None) -> None:
 
 def _quiet_logs() -> None:
     """A worker prints blockipc's warnings and errors (to stderr), nothing else."""
-    from ._log import configure_logging
+    from .. import configure_logging
 
     configure_logging("warning")
 
@@ -212,7 +212,7 @@ def _timed_loop(samples: list[int], warmup: int) -> Callable[[int], None]:
 
 
 async def _coordinator_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._coordinator import Coordinator
+    from .. import Coordinator
 
     async with Coordinator(pool_size=arg["pool_size"]) as coord:
         conn.send(("ready", {"address": coord.address}))
@@ -312,7 +312,7 @@ async def _bulk_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
 
 async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     async with connect(arg["address"], name="bench-a") as client:
         ping = await client.alloc(PING_SIZE)
@@ -371,7 +371,7 @@ async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
 
 async def _blockipc_peer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     async with connect(arg["address"], name="bench-b") as client:
 
@@ -562,7 +562,7 @@ async def _serve_consumer(conn: _Pipe, arm: _Arm) -> None:
 
 
 async def _tp_blockipc_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     src = _source()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -593,7 +593,7 @@ async def _tp_blockipc_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
 
 async def _tp_blockipc_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     read_once = _reader()
     async with connect(
@@ -630,7 +630,7 @@ def _ring_capacity(size: int) -> int:
 
 
 async def _tp_channel_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     src = _source()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -650,7 +650,7 @@ async def _tp_channel_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
 
 async def _tp_channel_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+    from .. import connect
 
     read_once = _reader()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -1601,7 +1601,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     args, rest = parser.parse_known_args(argv)
     if args.suite == "cache":
-        from ._bench_cache import main as cache_main
+        from .cache import main as cache_main
 
         forwarded = [*rest, *(["--quick"] if args.quick else [])]
         forwarded += ["--json", args.json] if args.json else []
