@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from blockipc._bench import (
+from blockipc.bench.core import (
     _TP_COLUMNS,
     FANOUT,
     TP_MAX,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from blockipc import _bench_cache
-from blockipc._bench import _has, _table
-from blockipc._bench_cache import _analyse, _redis_server
+from blockipc.bench import cache as bench_cache
+from blockipc.bench.cache import _analyse, _redis_server
+from blockipc.bench.harness import has, table
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_REDIS_SERVER = (
@@ -48,8 +48,8 @@ def test_every_target_passes() -> None:
     assert metrics["bytes_miss"]["median_us"] == 180.0
     assert "200x faster" in rows[0][3]  # numpy: 200 / 1
     assert "2.2x faster" in rows[4][3]  # Redis 400 / miss 180
-    table = _table(rows)
-    assert len({line.count("|") for line in table.splitlines()}) == 1
+    text = table(rows)
+    assert len({line.count("|") for line in text.splitlines()}) == 1
 
 
 def test_targets_fail_and_say_so() -> None:
@@ -78,7 +78,7 @@ def test_redis_server_missing_gives_a_note(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_redis_py_missing_gives_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/redis-server")
-    monkeypatch.setattr(_bench_cache, "_has", lambda module: module != "redis")
+    monkeypatch.setattr(bench_cache, "has", lambda module: module != "redis")
     notes: list[str] = []
     with _redis_server(str(tmp_path), None, notes) as path:
         assert path is None
@@ -94,10 +94,10 @@ def test_one_quick_round_runs(tmp_path: Path) -> None:
     if shutil.which("redis-server", path=path) is None:
         skip_note: str | None = NO_REDIS_SERVER
     else:
-        skip_note = None if _has("redis") else NO_REDIS_PY
+        skip_note = None if has("redis") else NO_REDIS_PY
     with_redis = skip_note is None
     out = tmp_path / "cache.json"
-    cmd = [sys.executable, "-m", "blockipc._bench_cache", "--quick", "--rounds", "1"]
+    cmd = [sys.executable, "-m", "blockipc.bench.cache", "--quick", "--rounds", "1"]
     result = subprocess.run(
         [*cmd, "--json", str(out)],
         capture_output=True,

@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     configure_logging(args.log_level, json=args.log_json)
     if args.command == "bench":
-        from ._bench import main as bench_main
+        from .bench.core import main as bench_main
 
         return bench_main(rest)
     try:

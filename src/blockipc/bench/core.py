@@ -26,29 +26,42 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import gc
-import importlib.util
 import json
-import math
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import struct
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final
+
+from .harness import (
+    COMMAND_TIMEOUT,
+    START_TIMEOUT,
+    Party,
+    coordinator_role,
+    cpu_snapshot,
+    fmt_us,
+    has,
+    load_notes,
+    machine_info,
+    pick_cpus,
+    readable,
+    run_worker,
+    serve_commands,
+    summary,
+    table,
+    timed_loop,
+    until_stop,
+    verdict,
+)
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-    from multiprocessing.process import BaseProcess
-
-    _Pipe: TypeAlias = Connection[Any, Any]
+    from .harness import Pipe, Role
 
 __all__ = ["main"]
 
@@ -57,8 +70,6 @@ BULK_SIZE: Final = 64 << 20
 SMALL_BLOCK: Final = 4096
 POOL_SIZE: Final = "160MiB"
 _STAMP: Final = struct.Struct("<q")
-_COMMAND_TIMEOUT: Final = 180.0
-_START_TIMEOUT: Final = 60.0
 
 # targets (see the "Measured facts" of the design brief)
 TARGET_READ_VS_RAW: Final = 1.3
@@ -117,109 +128,15 @@ QUICK: Final = Plan(
 # =====================================================================================
 
 
-def _pin(cpu: int | None) -> None:
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def _quiet_logs() -> None:
-    """A worker prints blockipc's warnings and errors (to stderr), nothing else."""
-    from ._log import configure_logging
-
-    configure_logging("warning")
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
-
-
-def _worker(role: str, cpu: int | None, conn: _Pipe, arg: dict[str, Any]) -> None:
-    """Entry point of every child process."""
-    _pin(cpu)  # first: threads started later (libzmq's I/O thread) inherit the mask
-    _quiet_logs()
-    try:
-        _run(lambda: _ROLES[role](conn, arg))
-    except BaseException:
-        # the full traceback goes to stderr (multiprocessing prints it); the parent
-        # reports the last line
-        last = traceback.format_exc().strip().splitlines()[-1]
-        conn.send(("error", f"{role} (pid {os.getpid()}) failed: {last}"))
-        raise
-    finally:
-        conn.close()
-
-
-async def _readable(conn: _Pipe) -> None:
-    """Wait, without blocking the loop, until the parent has written to ``conn``."""
-    loop = asyncio.get_running_loop()
-    fd = conn.fileno()
-    while not conn.poll():
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake(ready: asyncio.Future[None] = ready) -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
-
-
-async def _until_stop(conn: _Pipe) -> None:
-    while True:
-        await _readable(conn)
-        cmd, _args = conn.recv()
-        if cmd == "stop":
-            return
-
-
-_Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-async def _serve_commands(conn: _Pipe, handlers: dict[str, _Handler]) -> None:
-    """Client-side loop: run each measurement slice the parent asks for."""
-    conn.send(("ready", {}))
-    while True:
-        await _readable(conn)
-        cmd, args = conn.recv()
-        if cmd == "stop":
-            return
-        gc.collect()
-        result = await handlers[cmd](args)
-        conn.send(("ok", result))
-
-
-def _timed_loop(samples: list[int], warmup: int) -> Callable[[int], None]:
-    def record(t0: int) -> None:
-        nonlocal warmup
-        t1 = time.perf_counter_ns()
-        if warmup > 0:
-            warmup -= 1
-        else:
-            samples.append(t1 - t0)
-
-    return record
+def _worker(role: str, cpu: int | None, conn: Pipe, arg: dict[str, Any]) -> None:
+    """Entry point of every child process (the spawn context imports it by name)."""
+    run_worker(_ROLES, role, cpu, conn, arg)
 
 
 # -- servers (first CPU) --------------------------------------------------------------
 
 
-async def _coordinator_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._coordinator import Coordinator
-
-    async with Coordinator(pool_size=arg["pool_size"]) as coord:
-        conn.send(("ready", {"address": coord.address}))
-        await _until_stop(conn)
-
-
-async def _echo_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _echo_server_role(conn: Pipe, arg: dict[str, Any]) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -232,10 +149,10 @@ async def _echo_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
     server = await asyncio.start_unix_server(handle, arg["path"])
     async with server:
         conn.send(("ready", {}))
-        await _until_stop(conn)
+        await until_stop(conn)
 
 
-async def _zmq_router_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _zmq_router_role(conn: Pipe, arg: dict[str, Any]) -> None:
     import zmq
     import zmq.asyncio
 
@@ -250,7 +167,7 @@ async def _zmq_router_role(conn: _Pipe, arg: dict[str, Any]) -> None:
     task = asyncio.create_task(echo())
     conn.send(("ready", {}))
     try:
-        await _until_stop(conn)
+        await until_stop(conn)
     finally:
         task.cancel()
         sock.close(linger=0)
@@ -282,7 +199,7 @@ class _BulkReceiver(asyncio.BufferedProtocol):
             self._transport.write(_STAMP.pack(elapsed))
 
 
-async def _bulk_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _bulk_server_role(conn: Pipe, arg: dict[str, Any]) -> None:
     size: int = arg["size"]
     loop = asyncio.get_running_loop()
     server: asyncio.AbstractServer
@@ -305,14 +222,14 @@ async def _bulk_server_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         server = await asyncio.start_unix_server(handle, arg["path"])
     async with server:
         conn.send(("ready", {}))
-        await _until_stop(conn)
+        await until_stop(conn)
 
 
 # -- clients (second CPU) -------------------------------------------------------------
 
 
-async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _blockipc_client_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     async with connect(arg["address"], name="bench-a") as client:
         ping = await client.alloc(PING_SIZE)
@@ -324,7 +241,7 @@ async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
         async def read(args: dict[str, Any]) -> dict[str, Any]:
             samples: list[int] = []
-            record = _timed_loop(samples, args["warmup"])
+            record = timed_loop(samples, args["warmup"])
             for _ in range(args["warmup"] + args["n"]):
                 t0 = time.perf_counter_ns()
                 await client.read(ping, 0, PING_SIZE)
@@ -333,7 +250,7 @@ async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
         async def alloc_seq(args: dict[str, Any]) -> dict[str, Any]:
             samples: list[int] = []
-            record = _timed_loop(samples, args["warmup"])
+            record = timed_loop(samples, args["warmup"])
             for _ in range(args["warmup"] + args["n"]):
                 t0 = time.perf_counter_ns()
                 await client.free(await client.alloc(SMALL_BLOCK))
@@ -365,13 +282,13 @@ async def _blockipc_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             blocks[args["which"]] = block
             return {"samples": samples}
 
-        await _serve_commands(
+        await serve_commands(
             conn, {"read": read, "alloc_seq": alloc_seq, "alloc_pipe": alloc_pipe, "send": send}
         )
 
 
-async def _blockipc_peer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _blockipc_peer_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     async with connect(arg["address"], name="bench-b") as client:
 
@@ -391,20 +308,20 @@ async def _blockipc_peer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         task = asyncio.create_task(echo())
         conn.send(("ready", {}))
         try:
-            await _until_stop(conn)
+            await until_stop(conn)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # its CANCEL goes out before the client says goodbye
 
 
-async def _echo_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _echo_client_role(conn: Pipe, arg: dict[str, Any]) -> None:
     reader, writer = await asyncio.open_unix_connection(arg["path"])
     payload = b"p" * PING_SIZE
 
     async def ping(args: dict[str, Any]) -> dict[str, Any]:
         samples: list[int] = []
-        record = _timed_loop(samples, args["warmup"])
+        record = timed_loop(samples, args["warmup"])
         for _ in range(args["warmup"] + args["n"]):
             t0 = time.perf_counter_ns()
             writer.write(payload)
@@ -413,12 +330,12 @@ async def _echo_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         return {"samples": samples}
 
     try:
-        await _serve_commands(conn, {"ping": ping})
+        await serve_commands(conn, {"ping": ping})
     finally:
         writer.close()
 
 
-async def _zmq_dealer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _zmq_dealer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     import zmq
     import zmq.asyncio
 
@@ -429,7 +346,7 @@ async def _zmq_dealer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
     async def ping(args: dict[str, Any]) -> dict[str, Any]:
         samples: list[int] = []
-        record = _timed_loop(samples, args["warmup"])
+        record = timed_loop(samples, args["warmup"])
         for _ in range(args["warmup"] + args["n"]):
             t0 = time.perf_counter_ns()
             await sock.send(payload)
@@ -438,13 +355,13 @@ async def _zmq_dealer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         return {"samples": samples}
 
     try:
-        await _serve_commands(conn, {"ping": ping})
+        await serve_commands(conn, {"ping": ping})
     finally:
         sock.close(linger=0)
         ctx.term()
 
 
-async def _bulk_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _bulk_client_role(conn: Pipe, arg: dict[str, Any]) -> None:
     size: int = arg["size"]
     reader, writer = await asyncio.open_unix_connection(arg["path"])
     payload = b"\x5a" * size  # filled beforehand, not timed
@@ -461,12 +378,12 @@ async def _bulk_client_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         return {"samples": samples}
 
     try:
-        await _serve_commands(conn, {"bulk": bulk})
+        await serve_commands(conn, {"bulk": bulk})
     finally:
         writer.close()
 
 
-async def _memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _memcpy_role(conn: Pipe, arg: dict[str, Any]) -> None:
     size: int = arg["size"]
     copy: Callable[[], None]
     if arg["numpy"]:
@@ -488,14 +405,14 @@ async def _memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
     async def memcpy(args: dict[str, Any]) -> dict[str, Any]:
         samples: list[int] = []
-        record = _timed_loop(samples, args["warmup"])
+        record = timed_loop(samples, args["warmup"])
         for _ in range(args["warmup"] + args["n"]):
             t0 = time.perf_counter_ns()
             copy()
             record(t0)
         return {"samples": samples}
 
-    await _serve_commands(conn, {"memcpy": memcpy})
+    await serve_commands(conn, {"memcpy": memcpy})
 
 
 # -- throughput: producer -> consumer streams (issue 3) -------------------------------
@@ -547,11 +464,11 @@ def _reader() -> Callable[[Any], int]:
 _Arm = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-async def _serve_consumer(conn: _Pipe, arm: _Arm) -> None:
+async def _serve_consumer(conn: Pipe, arm: _Arm) -> None:
     """Consumer-side loop: ``consume`` answers once armed, then again when done."""
     conn.send(("ready", {}))
     while True:
-        await _readable(conn)
+        await readable(conn)
         cmd, args = conn.recv()
         if cmd == "stop":
             return
@@ -561,8 +478,8 @@ async def _serve_consumer(conn: _Pipe, arm: _Arm) -> None:
         conn.send(("ok", result))
 
 
-async def _tp_blockipc_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _tp_blockipc_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     src = _source()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -589,11 +506,11 @@ async def _tp_blockipc_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             await asyncio.gather(*(worker() for _ in range(min(depth, n))))
             return {"t0": t0}
 
-        await _serve_commands(conn, {"produce": produce})
+        await serve_commands(conn, {"produce": produce})
 
 
-async def _tp_blockipc_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _tp_blockipc_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     read_once = _reader()
     async with connect(
@@ -629,8 +546,8 @@ def _ring_capacity(size: int) -> int:
     return max(1 << 20, 4 * size)
 
 
-async def _tp_channel_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _tp_channel_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     src = _source()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -646,11 +563,11 @@ async def _tp_channel_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
                 await tx.send(payload)
             return {"t0": t0}
 
-        await _serve_commands(conn, {"produce": produce})
+        await serve_commands(conn, {"produce": produce})
 
 
-async def _tp_channel_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._client import connect
+async def _tp_channel_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
+    from .. import connect
 
     read_once = _reader()
     async with connect(arg["address"], name=arg["name"]) as client:
@@ -669,7 +586,7 @@ async def _tp_channel_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         await _serve_consumer(conn, consume)
 
 
-async def _tp_queue_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_queue_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     src, queue = _source(), arg["queue"]
 
     async def produce(args: dict[str, Any]) -> dict[str, Any]:
@@ -679,10 +596,10 @@ async def _tp_queue_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             queue.put(bytes(src[:size]))
         return {"t0": t0}
 
-    await _serve_commands(conn, {"produce": produce})
+    await serve_commands(conn, {"produce": produce})
 
 
-async def _tp_queue_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_queue_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     read_once, queue = _reader(), arg["queue"]
 
     async def consume(args: dict[str, Any]) -> dict[str, Any]:
@@ -693,7 +610,7 @@ async def _tp_queue_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
     await _serve_consumer(conn, consume)
 
 
-async def _tp_pipe_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_pipe_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     src, pipe = _source(), arg["pipe"]
 
     async def produce(args: dict[str, Any]) -> dict[str, Any]:
@@ -703,10 +620,10 @@ async def _tp_pipe_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             pipe.send_bytes(bytes(src[:size]))
         return {"t0": t0}
 
-    await _serve_commands(conn, {"produce": produce})
+    await serve_commands(conn, {"produce": produce})
 
 
-async def _tp_pipe_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_pipe_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     read_once, pipe = _reader(), arg["pipe"]
     buffer = bytearray(b"\0" * TP_MAX)  # touched: no lazy pages
     view = memoryview(buffer)
@@ -754,7 +671,7 @@ class _StreamReceiver(asyncio.BufferedProtocol):
             self._have = rest
 
 
-async def _tp_socket_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_socket_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     receivers: list[_StreamReceiver] = []
     connected = asyncio.Event()
@@ -775,7 +692,7 @@ async def _tp_socket_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         await _serve_consumer(conn, consume)
 
 
-async def _tp_socket_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_socket_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     src = _source()
     _, writer = await asyncio.open_unix_connection(arg["path"])
 
@@ -788,12 +705,12 @@ async def _tp_socket_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         return {"t0": t0}
 
     try:
-        await _serve_commands(conn, {"produce": produce})
+        await serve_commands(conn, {"produce": produce})
     finally:
         writer.close()
 
 
-async def _tp_zmq_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_zmq_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     import zmq
     import zmq.asyncio
 
@@ -810,13 +727,13 @@ async def _tp_zmq_producer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         return {"t0": t0}
 
     try:
-        await _serve_commands(conn, {"produce": produce})
+        await serve_commands(conn, {"produce": produce})
     finally:
         sock.close(linger=1000)
         ctx.term()
 
 
-async def _tp_zmq_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_zmq_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     import zmq
     import zmq.asyncio
 
@@ -838,7 +755,7 @@ async def _tp_zmq_consumer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         ctx.term()
 
 
-async def _tp_memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _tp_memcpy_role(conn: Pipe, arg: dict[str, Any]) -> None:
     """memcpy of each payload size in one process: the floor for one copy in."""
     import numpy as np
 
@@ -853,14 +770,14 @@ async def _tp_memcpy_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             np.copyto(d, s)
         return {"t0": t0, "end": time.perf_counter_ns()}
 
-    await _serve_commands(conn, {"produce": produce})
+    await serve_commands(conn, {"produce": produce})
 
 
 _SERVER_ROLES: Final = frozenset(
     {"coordinator", "echo_server", "zmq_router", "bulk_server", "tp_socket_consumer"}
 )
-_ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, None]]]] = {
-    "coordinator": _coordinator_role,
+_ROLES: Final[dict[str, Role]] = {
+    "coordinator": coordinator_role,
     "echo_server": _echo_server_role,
     "zmq_router": _zmq_router_role,
     "bulk_server": _bulk_server_role,
@@ -891,60 +808,6 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
 # =====================================================================================
 
 
-class _Party:
-    """One child process and the pipe to it."""
-
-    def __init__(
-        self,
-        ctx: Any,
-        role: str,
-        cpu: int | None,
-        arg: dict[str, Any],
-        worker: Callable[..., None] | None = None,
-    ) -> None:
-        """Start ``role`` in a process of its own; ``worker`` is the module-level entry
-        point that knows the role (this module's ``_worker`` by default)."""
-        self.role = role
-        parent_end, child_end = ctx.Pipe()
-        self.conn: _Pipe = parent_end
-        self.process: BaseProcess = ctx.Process(
-            target=worker or _worker,
-            args=(role, cpu, child_end, arg),
-            name=f"bench-{role}",
-            daemon=True,
-        )
-        self.process.start()
-        child_end.close()
-
-    def receive(self, timeout: float) -> dict[str, Any]:
-        if not self.conn.poll(timeout):
-            raise RuntimeError(f"{self.role}: no answer within {timeout:.0f} s")
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"{self.role}: process ended ({self.process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(payload)
-        result: dict[str, Any] = payload
-        return result
-
-    def ask(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        self.conn.send((cmd, args))
-        return self.receive(_COMMAND_TIMEOUT)
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            with contextlib.suppress(OSError):
-                self.conn.send(("stop", {}))
-
-    def join(self) -> None:
-        self.process.join(10)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5)
-        self.conn.close()
-
-
 @dataclass(frozen=True, slots=True)
 class _Slice:
     """One contender's measurement in a round."""
@@ -955,80 +818,22 @@ class _Slice:
     args: dict[str, Any]
 
 
-def _cpus() -> tuple[int | None, int | None, str | None]:
-    if not hasattr(os, "sched_getaffinity"):
-        return None, None, "CPU pinning unavailable on this platform: processes not pinned"
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return cpus[0], cpus[0], f"only CPU {cpus[0]} available: every party pinned to it"
-    return cpus[0], cpus[1], None
-
-
-def _load_notes(
-    before: tuple[int, int, int] | None,
-    after: tuple[int, int, int] | None,
-    started: float,
-    prefix: str = "",
-) -> list[str]:
-    """Notes for the report when other processes (or the hypervisor) took CPU time while
-    the measurement that began at ``started`` ran, from two :func:`_cpu_snapshot`."""
-    if before is None or after is None:
-        return []
-    ncpu = os.cpu_count() or 1
-    capacity = (time.perf_counter() - started) * os.sysconf("SC_CLK_TCK") * ncpu
-    foreign = (after[0] - before[0] - (after[1] - before[1])) / capacity
-    steal = (after[2] - before[2]) / capacity
-    notes = []
-    if foreign > 0.05:
-        notes.append(
-            f"{prefix}other processes used {foreign:.0%} of the {ncpu} CPUs while this ran: "
-            "the machine was not quiet, expect noisy numbers (rerun on an idle machine)"
-        )
-    if steal > 0.02:
-        notes.append(f"{prefix}the hypervisor stole {steal:.0%} of the {ncpu} CPUs while this ran")
-    return notes
-
-
-def _cpu_snapshot(pids: list[int]) -> tuple[int, int, int] | None:
-    """Clock ticks: (busy on the whole machine, used by ``pids``, stolen); Linux only."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        ours = 0
-        for pid in pids:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-                stat = f.read().rsplit(")", 1)[1].split()
-            ours += int(stat[11]) + int(stat[12])  # utime, stime
-    except (OSError, ValueError, IndexError):
-        return None
-    user, nice, system = fields[0:3]
-    steal = fields[7] if len(fields) > 7 else 0
-    return user + nice + system, ours, steal
-
-
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    server_cpu, client_cpu, pin_note = _cpus()
+    server_cpu, client_cpu, pin_note = pick_cpus()
     if pin_note:
         notes.append(pin_note)
-    have_zmq, have_numpy = _has("zmq"), _has("numpy")
+    have_zmq, have_numpy = has("zmq"), has("numpy")
     if not have_zmq:
         notes.append("pyzmq is not installed: the ZeroMQ DEALER/ROUTER rows are skipped")
     if not have_numpy:
         notes.append("numpy is not installed: memcpy measured with a bytearray slice copy")
     ctx = mp.get_context("spawn")
     tmp = tempfile.TemporaryDirectory(prefix="blockipc-bench-")
-    parties: dict[str, _Party] = {}
+    parties: dict[str, Party] = {}
     try:
 
         def start(name: str, role: str, cpu: int | None, **arg: Any) -> None:
-            parties[name] = _Party(ctx, role, cpu, arg)
+            parties[name] = Party(ctx, role, cpu, arg, _worker)
 
         path = os.path.join
         echo_sock = path(tmp.name, "echo.sock")
@@ -1049,12 +854,12 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
                 size=BULK_SIZE,
             )
         servers = list(parties)
-        address = parties["coordinator"].receive(_START_TIMEOUT)["address"]
+        address = parties["coordinator"].receive(START_TIMEOUT)["address"]
         for name in servers[1:]:
-            parties[name].receive(_START_TIMEOUT)
+            parties[name].receive(START_TIMEOUT)
         # client side, second CPU
         start("blockipc_peer", "blockipc_peer", client_cpu, address=address)
-        parties["blockipc_peer"].receive(_START_TIMEOUT)  # registered before anyone sends
+        parties["blockipc_peer"].receive(START_TIMEOUT)  # registered before anyone sends
         start("blockipc", "blockipc_client", client_cpu, address=address)
         start("echo_client", "echo_client", client_cpu, path=echo_sock)
         if have_zmq:
@@ -1064,7 +869,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         start("memcpy", "memcpy", client_cpu, size=BULK_SIZE, numpy=have_numpy)
         for name, party in parties.items():
             if name not in servers and name != "blockipc_peer":
-                party.receive(_START_TIMEOUT)
+                party.receive(START_TIMEOUT)
 
         w, n = plan.warmup, plan.pings
         slices = [
@@ -1093,7 +898,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         results: dict[str, list[dict[str, Any]]] = {s.key: [] for s in slices}
         order = collections.deque(slices)
         pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
-        before, started = _cpu_snapshot(pids), time.perf_counter()
+        before, started = cpu_snapshot(pids), time.perf_counter()
         for r in range(plan.rounds):
             t0 = time.perf_counter()
             for s in order:
@@ -1104,7 +909,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
                 file=sys.stderr,
                 flush=True,
             )
-        notes += _load_notes(before, _cpu_snapshot(pids), started)
+        notes += load_notes(before, cpu_snapshot(pids), started)
         return results, notes
     finally:
         # clients first (they say goodbye to their servers), then the servers
@@ -1120,38 +925,9 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
 # -- statistics and the report --------------------------------------------------------
 
 
-def _pct(sorted_samples: list[int], q: float) -> float:
-    """Nearest-rank percentile."""
-    i = max(0, math.ceil(q / 100 * len(sorted_samples)) - 1)
-    return float(sorted_samples[i])
-
-
-def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pooled latency statistics (µs) plus the spread of the per-round medians."""
-    pooled = sorted(s for r in rounds for s in r["samples"])
-    per_round = [statistics.median(r["samples"]) / 1e3 for r in rounds]
-    return {
-        "n": len(pooled),
-        "median_us": statistics.median(pooled) / 1e3,
-        "p99_us": _pct(pooled, 99) / 1e3,
-        "min_us": pooled[0] / 1e3,
-        "round_medians_us": per_round,
-    }
-
-
 def _rate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     per_round = [r["ops"] / (r["elapsed"] / 1e9) for r in rounds]
     return {"ops_per_s": statistics.median(per_round), "round_ops_per_s": per_round}
-
-
-def _fmt_us(us: float) -> str:
-    if us >= 1000:
-        return f"{us / 1000:.2f} ms"
-    return f"{us:.1f} µs"
-
-
-def _verdict(ok: bool) -> str:
-    return "pass" if ok else "**FAIL**"
 
 
 def _analyse(
@@ -1160,11 +936,11 @@ def _analyse(
     m: dict[str, Any] = {}
     for key in ("read_blockipc", "ping_raw", "ping_zmq", "send_big", "send_small"):
         if key in results:
-            m[key] = _summary(results[key])
+            m[key] = summary(results[key])
     for key in ("bulk_protocol", "bulk_streams", "memcpy"):
-        m[key] = _summary(results[key])
+        m[key] = summary(results[key])
         m[key]["gb_per_s"] = BULK_SIZE / (m[key]["median_us"] * 1e3)
-    m["alloc_seq"] = {**_summary(results["alloc_seq"]), **_rate(results["alloc_seq"])}
+    m["alloc_seq"] = {**summary(results["alloc_seq"]), **_rate(results["alloc_seq"])}
     m["alloc_pipe"] = _rate(results["alloc_pipe"])
 
     rows: list[list[str]] = []
@@ -1173,16 +949,16 @@ def _analyse(
     # alloc + free
     two_rtt = 2 * raw["median_us"]
     seq = m["alloc_seq"]
-    seq_cell = f"{seq['ops_per_s']:,.0f} pairs/s ({_fmt_us(seq['median_us'])} per pair)"
+    seq_cell = f"{seq['ops_per_s']:,.0f} pairs/s ({fmt_us(seq['median_us'])} per pair)"
     ratio = m["alloc_seq"]["median_us"] / two_rtt
     rows.append(
         [
             "alloc+free, sequential (one pair at a time)",
             seq_cell,
-            f"2 raw socket RTTs: {_fmt_us(two_rtt)}",
+            f"2 raw socket RTTs: {fmt_us(two_rtt)}",
             f"{ratio:.2f}x",
             f"≤ {TARGET_ALLOC_VS_RTT}x",
-            _verdict(ratio <= TARGET_ALLOC_VS_RTT),
+            verdict(ratio <= TARGET_ALLOC_VS_RTT),
         ]
     )
     speedup = m["alloc_pipe"]["ops_per_s"] / m["alloc_seq"]["ops_per_s"]
@@ -1202,11 +978,11 @@ def _analyse(
     rows.append(
         [
             "64 B routed read RTT, median",
-            _fmt_us(rd["median_us"]),
-            f"raw uvloop socket: {_fmt_us(raw['median_us'])}",
+            fmt_us(rd["median_us"]),
+            f"raw uvloop socket: {fmt_us(raw['median_us'])}",
             f"{ratio_raw:.2f}x",
             f"≤ {TARGET_READ_VS_RAW}x",
-            _verdict(ratio_raw <= TARGET_READ_VS_RAW),
+            verdict(ratio_raw <= TARGET_READ_VS_RAW),
         ]
     )
     if zq is not None:
@@ -1214,20 +990,20 @@ def _analyse(
         rows.append(
             [
                 "64 B routed read RTT, median",
-                _fmt_us(rd["median_us"]),
-                f"pyzmq DEALER/ROUTER ipc: {_fmt_us(zq['median_us'])}",
+                fmt_us(rd["median_us"]),
+                f"pyzmq DEALER/ROUTER ipc: {fmt_us(zq['median_us'])}",
                 f"{ratio_zmq:.2f}x",
                 f"< {TARGET_READ_VS_ZMQ}x",
-                _verdict(ratio_zmq < TARGET_READ_VS_ZMQ),
+                verdict(ratio_zmq < TARGET_READ_VS_ZMQ),
             ]
         )
-    p99_base = f"raw: {_fmt_us(raw['p99_us'])}"
+    p99_base = f"raw: {fmt_us(raw['p99_us'])}"
     p99_ratio = f"{rd['p99_us'] / raw['p99_us']:.2f}x raw"
     if zq is not None:
-        p99_base += f"; zmq: {_fmt_us(zq['p99_us'])}"
+        p99_base += f"; zmq: {fmt_us(zq['p99_us'])}"
         p99_ratio += f"; {rd['p99_us'] / zq['p99_us']:.2f}x zmq"
     rows.append(
-        ["64 B routed read RTT, p99", _fmt_us(rd["p99_us"]), p99_base, p99_ratio, "—", "info"]
+        ["64 B routed read RTT, p99", fmt_us(rd["p99_us"]), p99_base, p99_ratio, "—", "info"]
     )
 
     # 64 MiB hand-over
@@ -1241,19 +1017,19 @@ def _analyse(
         rows.append(
             [
                 "64 MiB to another process, median",
-                f"send: {_fmt_us(big['median_us'])} (p99 {_fmt_us(big['p99_us'])})",
-                f"{label}: {_fmt_us(base['median_us'])} ({base['gb_per_s']:.2f} GB/s)",
+                f"send: {fmt_us(big['median_us'])} (p99 {fmt_us(big['p99_us'])})",
+                f"{label}: {fmt_us(base['median_us'])} ({base['gb_per_s']:.2f} GB/s)",
                 f"{sp:,.0f}x faster",
                 f"≥ {TARGET_HANDOFF_SPEEDUP:.0f}x",
-                _verdict(sp >= TARGET_HANDOFF_SPEEDUP),
+                verdict(sp >= TARGET_HANDOFF_SPEEDUP),
             ]
         )
     small = m["send_small"]
     rows.append(
         [
             "send 4 KiB vs 64 MiB block (size independence)",
-            f"4 KiB: {_fmt_us(small['median_us'])}",
-            f"64 MiB: {_fmt_us(big['median_us'])}",
+            f"4 KiB: {fmt_us(small['median_us'])}",
+            f"64 MiB: {fmt_us(big['median_us'])}",
             f"{big['median_us'] / small['median_us']:.2f}x",
             "≈ 1x",
             "info",
@@ -1264,7 +1040,7 @@ def _analyse(
         [
             "memcpy 64 MiB in one process (context)",
             "—",
-            f"{_fmt_us(mc['median_us'])} ({mc['gb_per_s']:.2f} GB/s)",
+            f"{fmt_us(mc['median_us'])} ({mc['gb_per_s']:.2f} GB/s)",
             f"send = {mc['median_us'] / big['median_us']:,.0f}x faster than one copy",
             "—",
             "info",
@@ -1295,25 +1071,25 @@ def _tp_key(contender: str, size: int) -> str:
 
 def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Start every stream's producer and consumer, then run interleaved rounds."""
-    server_cpu, client_cpu, pin_note = _cpus()
+    server_cpu, client_cpu, pin_note = pick_cpus()
     if pin_note and pin_note not in notes:
         notes.append(pin_note)
-    have_zmq, have_numpy = _has("zmq"), _has("numpy")
+    have_zmq, have_numpy = has("zmq"), has("numpy")
     if not have_zmq:
         notes.append("pyzmq is not installed: the PUSH/PULL throughput column is skipped")
     if not have_numpy:
         notes.append("numpy is not installed: the memcpy throughput column is skipped")
     ctx = mp.get_context("spawn")
     tmp = tempfile.TemporaryDirectory(prefix="blockipc-tp-")
-    parties: dict[str, _Party] = {}
+    parties: dict[str, Party] = {}
 
-    def start(key: str, role: str, cpu: int | None, **arg: Any) -> _Party:
-        parties[key] = _Party(ctx, role, cpu, arg)
+    def start(key: str, role: str, cpu: int | None, **arg: Any) -> Party:
+        parties[key] = Party(ctx, role, cpu, arg, _worker)
         return parties[key]
 
     try:
         address = start("tp_coordinator", "coordinator", server_cpu, pool_size=TP_POOL).receive(
-            _START_TIMEOUT
+            START_TIMEOUT
         )["address"]
         cpus = (server_cpu, client_cpu)
         consumers = {"blockipc": "tp_channel_consumer", "blocks": "tp_blockipc_consumer"}
@@ -1354,7 +1130,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
             start("tp_zmq_consumer", "tp_zmq_consumer", server_cpu, endpoint=endpoint)
             consumers["zmq"] = "tp_zmq_consumer"
         for name in list(parties)[1:]:
-            parties[name].receive(_START_TIMEOUT)  # bound, registered, subscribed
+            parties[name].receive(START_TIMEOUT)  # bound, registered, subscribed
         producers = {
             "blockipc": start(
                 "tp_channel_producer",
@@ -1384,7 +1160,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
         if have_numpy:
             producers["memcpy"] = start("tp_memcpy", "tp_memcpy", client_cpu)
         for party in producers.values():
-            party.receive(_START_TIMEOUT)
+            party.receive(START_TIMEOUT)
         pipe_producer_end.close()
         pipe_consumer_end.close()
 
@@ -1404,7 +1180,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
                 parties[c].ask("consume", cons_args)  # answers once armed
             party = producers["blocks" if contender == "fanout" else contender]
             result = party.ask("produce", prod_args)
-            ends = [parties[c].receive(_COMMAND_TIMEOUT)["end"] for c in cons]
+            ends = [parties[c].receive(COMMAND_TIMEOUT)["end"] for c in cons]
             end = max(ends) if ends else result["end"]
             return {"elapsed": end - result["t0"], "n": n, "size": size}
 
@@ -1419,7 +1195,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
         results: dict[str, list[dict[str, Any]]] = {_tp_key(c, s): [] for c, s, _ in slices}
         order = collections.deque(slices)
         pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
-        before, started = _cpu_snapshot(pids), time.perf_counter()
+        before, started = cpu_snapshot(pids), time.perf_counter()
         for r in range(plan.tp_rounds):
             t0 = time.perf_counter()
             for contender, size, n in order:
@@ -1431,7 +1207,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
                 file=sys.stderr,
                 flush=True,
             )
-        notes += _load_notes(before, _cpu_snapshot(pids), started, "throughput: ")
+        notes += load_notes(before, cpu_snapshot(pids), started, "throughput: ")
         return results
     finally:
         for party in reversed(parties.values()):
@@ -1497,11 +1273,11 @@ def _analyse_throughput(
             }
             cells[-2] = "; ".join(f"{ratios[c]:.2f}x {_TP_LABELS[c]}" for c in ratios)
             cells.append(", ".join(f"≥ {goals[c]}x {_TP_LABELS[c]}" for c in ratios))
-            cells.append(_verdict(all(ratios[c] >= goals[c] for c in ratios)))
+            cells.append(verdict(all(ratios[c] >= goals[c] for c in ratios)))
         elif size >= 1 << 20:
             ok = vs_best >= TARGET_TP_VS_BEST and (vs_mc is None or vs_mc >= TARGET_TP_VS_MEMCPY)
             cells.append(f"≥ {TARGET_TP_VS_BEST:.0f}x best, ≥ {TARGET_TP_VS_MEMCPY}x memcpy")
-            cells.append(_verdict(ok))
+            cells.append(verdict(ok))
         else:
             cells += ["—", "info"]
         rows.append(cells)
@@ -1511,9 +1287,9 @@ def _analyse_throughput(
         one = TP_MAX / m[_tp_key(best_c, TP_MAX)]["bytes_per_s"]  # s per 64 MiB message
         ours_s = TP_MAX / fan["bytes_per_s"]  # s per block delivered to all FANOUT readers
         m["fanout_vs_best"] = {"blockipc_s": ours_s, "best": best_c, "best_s": FANOUT * one}
-        cells = [f"1-to-{FANOUT} fan-out, 64 MiB", f"{_fmt_us(ours_s * 1e6)} per block"]
+        cells = [f"1-to-{FANOUT} fan-out, 64 MiB", f"{fmt_us(ours_s * 1e6)} per block"]
         cells += ["—"] * (1 + len(_TP_ALTERNATIVES))
-        cells[1 + _TP_COLUMNS.index(best_c)] = f"{FANOUT} sends: {_fmt_us(FANOUT * one * 1e6)}"
+        cells[1 + _TP_COLUMNS.index(best_c)] = f"{FANOUT} sends: {fmt_us(FANOUT * one * 1e6)}"
         cells += [
             "—",
             f"{FANOUT * one / ours_s:.1f}x faster ({_TP_LABELS[best_c]})",
@@ -1534,39 +1310,6 @@ def _tp_table(rows: list[list[str]], contenders: list[str]) -> str:
         "target",
         "result",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions: dict[str, str] = {"python": platform.python_version()}
-    for mod in ("uvloop", "zmq", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = "missing"
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": model,
-        "cpus": cpus,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "versions": versions,
-    }
-
-
-def _table(rows: list[list[str]]) -> str:
-    head = ["metric", "blockipc", "baseline(s)", "ratio", "target", "result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -1601,7 +1344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
     args, rest = parser.parse_known_args(argv)
     if args.suite == "cache":
-        from ._bench_cache import main as cache_main
+        from .cache import main as cache_main
 
         forwarded = [*rest, *(["--quick"] if args.quick else [])]
         forwarded += ["--json", args.json] if args.json else []
@@ -1615,7 +1358,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--rounds must be at least 1")
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
 
-    machine = _machine()
+    machine = machine_info()
     notes: list[str] = []
     started = time.perf_counter()
     metrics: dict[str, Any] = {}
@@ -1644,7 +1387,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers/coordinator on one CPU, clients/peers on the other\n"
     )
     if rows:
-        print(_table(rows))
+        print(table(rows))
     if tp_rows:
         print(
             "\nProducer -> consumer throughput (the producer writes each payload, the "

@@ -3,7 +3,7 @@ dict, Redis and ``multiprocessing.shared_memory``, in one run.
 
 Theory of operation
 -------------------
-Same method as :mod:`blockipc._bench`: every party is its own process (``spawn``),
+Same method as :mod:`blockipc.bench.core`: every party is its own process (``spawn``),
 pinned to one CPU with :func:`os.sched_setaffinity` and running uvloop; the *server
 side* (the blockipc coordinator, the ``Manager()`` server process, ``redis-server``)
 sits on the first CPU, the *client side* (the writer and the reader) on the second.
@@ -41,41 +41,36 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from ._bench import (
-    _cpu_snapshot,
-    _cpus,
-    _fmt_us,
-    _has,
-    _load_notes,
-    _machine,
-    _Party,
-    _pin,
-    _quiet_logs,
-    _run,
-    _serve_commands,
-    _summary,
-    _table,
-    _timed_loop,
-    _until_stop,
-    _verdict,
+from .harness import (
+    START_TIMEOUT,
+    Party,
+    coordinator_role,
+    cpu_snapshot,
+    fmt_us,
+    has,
+    load_notes,
+    machine_info,
+    pick_cpus,
+    run_worker,
+    serve_commands,
+    summary,
+    table,
+    timed_loop,
+    verdict,
 )
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-
-    _Pipe = Connection[Any, Any]
+    from .harness import Pipe, Role
 
 __all__ = ["main"]
 
 VALUE_SIZE: Final = 1 << 20
 BIG_SIZE: Final = 64 << 20
 POOL_SIZE: Final = "256MiB"
-_START_TIMEOUT: Final = 60.0
 
 # targets (issue 6)
 TARGET_HIT_VS_MISS: Final = 10.0
@@ -103,17 +98,9 @@ QUICK: Final = Plan(rounds=3, gets=150, big=2, warmup=20)
 # =====================================================================================
 
 
-def _worker(role: str, cpu: int | None, conn: _Pipe, arg: dict[str, Any]) -> None:
-    _pin(cpu)
-    _quiet_logs()
-    try:
-        _run(lambda: _ROLES[role](conn, arg))
-    except BaseException:
-        last = traceback.format_exc().strip().splitlines()[-1]
-        conn.send(("error", f"{role} (pid {os.getpid()}) failed: {last}"))
-        raise
-    finally:
-        conn.close()
+def _worker(role: str, cpu: int | None, conn: Pipe, arg: dict[str, Any]) -> None:
+    """Entry point of every child process (the spawn context imports it by name)."""
+    run_worker(_ROLES, role, cpu, conn, arg)
 
 
 def _values() -> tuple[Any, bytes]:
@@ -124,22 +111,14 @@ def _values() -> tuple[Any, bytes]:
     return arr, arr.tobytes()[::-1]
 
 
-async def _coordinator_role(conn: _Pipe, arg: dict[str, Any]) -> None:
-    from ._coordinator import Coordinator
-
-    async with Coordinator(pool_size=arg["pool_size"]) as coord:
-        conn.send(("ready", {"address": coord.address}))
-        await _until_stop(conn)
-
-
-async def _writer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _writer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     """Stores the 1 MiB values everywhere once, then does the writer's half of each
     64 MiB hand-over."""
     from multiprocessing import shared_memory
 
     import numpy as np
 
-    from ._client import connect
+    from .. import connect
 
     arr, data = _values()
     big = np.random.default_rng(7).standard_normal(BIG_SIZE // 8)
@@ -177,7 +156,7 @@ async def _writer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             shm.unlink()
             return {}
 
-        await _serve_commands(
+        await serve_commands(
             conn,
             {
                 "put_big": put_big,
@@ -188,14 +167,14 @@ async def _writer_role(conn: _Pipe, arg: dict[str, Any]) -> None:
         )
 
 
-async def _reader_role(conn: _Pipe, arg: dict[str, Any]) -> None:
+async def _reader_role(conn: Pipe, arg: dict[str, Any]) -> None:
     """Every timed get: blockipc hit and miss, the shared dict, Redis, and the reader's
     half of the 64 MiB hand-overs."""
     from multiprocessing import shared_memory
 
     import numpy as np
 
-    from ._client import connect
+    from .. import connect
 
     arr, data = _values()
     shared = arg["shared_dict"]
@@ -223,7 +202,7 @@ async def _reader_role(conn: _Pipe, arg: dict[str, Any]) -> None:
 
         async def timed(get: Callable[[], Any], args: dict[str, Any]) -> dict[str, Any]:
             samples: list[int] = []
-            record = _timed_loop(samples, args["warmup"])
+            record = timed_loop(samples, args["warmup"])
             for _ in range(args["warmup"] + args["n"]):
                 t0 = time.perf_counter_ns()
                 await get()
@@ -268,7 +247,7 @@ async def _reader_role(conn: _Pipe, arg: dict[str, Any]) -> None:
             return {"elapsed": elapsed}
 
         try:
-            await _serve_commands(
+            await serve_commands(
                 conn,
                 {
                     "blockipc_get": blockipc_get,
@@ -283,8 +262,8 @@ async def _reader_role(conn: _Pipe, arg: dict[str, Any]) -> None:
                 await redis_client.aclose()
 
 
-_ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, None]]]] = {
-    "coordinator": _coordinator_role,
+_ROLES: Final[dict[str, Role]] = {
+    "coordinator": coordinator_role,
     "writer": _writer_role,
     "reader": _reader_role,
 }
@@ -295,9 +274,9 @@ _ROLES: Final[dict[str, Callable[[_Pipe, dict[str, Any]], Coroutine[Any, Any, No
 # =====================================================================================
 
 
-def _party(ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> _Party:
-    """A party of this suite: _bench's process-and-pipe, running this module's roles."""
-    return _Party(ctx, role, cpu, arg, worker=_worker)
+def _party(ctx: Any, role: str, cpu: int | None, arg: dict[str, Any]) -> Party:
+    """A party of this suite: the harness's process-and-pipe, running this module's roles."""
+    return Party(ctx, role, cpu, arg, worker=_worker)
 
 
 @contextlib.contextmanager
@@ -305,7 +284,7 @@ def _redis_server(tmp: str, cpu: int | None, notes: list[str]) -> Any:
     """``redis-server`` on a Unix socket in ``tmp`` (no TCP, no persistence), pinned
     to ``cpu``; yields its socket path, or ``None`` (with a note) if it cannot run."""
     exe = shutil.which("redis-server")
-    if exe is None or not _has("redis"):
+    if exe is None or not has("redis"):
         if exe is None:  # a system package: nothing in this project installs it
             missing, fix = "redis-server is not on PATH", "install Redis"
         else:
@@ -339,11 +318,11 @@ def _redis_server(tmp: str, cpu: int | None, notes: list[str]) -> Any:
 
 
 def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
-    server_cpu, client_cpu, pin_note = _cpus()
+    server_cpu, client_cpu, pin_note = pick_cpus()
     if pin_note:
         notes.append(pin_note)
     ctx = mp.get_context("spawn")
-    parties: dict[str, _Party] = {}
+    parties: dict[str, Party] = {}
     with (
         tempfile.TemporaryDirectory(prefix="blockipc-bench-cache-") as tmp,
         _redis_server(tmp, server_cpu, notes) as redis_path,
@@ -357,12 +336,12 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
             parties["coordinator"] = _party(
                 ctx, "coordinator", server_cpu, {"pool_size": POOL_SIZE}
             )
-            address = parties["coordinator"].receive(_START_TIMEOUT)["address"]
+            address = parties["coordinator"].receive(START_TIMEOUT)["address"]
             common = {"address": address, "shared_dict": shared, "redis": redis_path}
             parties["writer"] = _party(ctx, "writer", client_cpu, common)
-            parties["writer"].receive(_START_TIMEOUT)  # the values are stored now
+            parties["writer"].receive(START_TIMEOUT)  # the values are stored now
             parties["reader"] = _party(ctx, "reader", client_cpu, common)
-            parties["reader"].receive(_START_TIMEOUT)
+            parties["reader"].receive(START_TIMEOUT)
             reader, writer = parties["reader"], parties["writer"]
 
             def gets(cmd: str, **args: Any) -> Callable[[], dict[str, Any]]:
@@ -403,7 +382,7 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
             results: dict[str, list[dict[str, Any]]] = {key: [] for key in slices}
             order = collections.deque(slices)
             pids = [os.getpid(), manager_pid or 0] + [p.process.pid or 0 for p in parties.values()]
-            before, started = _cpu_snapshot(pids), time.perf_counter()
+            before, started = cpu_snapshot(pids), time.perf_counter()
             for r in range(plan.rounds):
                 t0 = time.perf_counter()
                 for key in order:
@@ -414,7 +393,7 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
                     file=sys.stderr,
                     flush=True,
                 )
-            notes += _load_notes(before, _cpu_snapshot(pids), started)
+            notes += load_notes(before, cpu_snapshot(pids), started)
             return results
         finally:
             for name in ("reader", "writer", "coordinator"):  # clients first
@@ -424,7 +403,7 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _analyse(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], list[list[str]]]:
-    m = {key: _summary(rounds) for key, rounds in results.items()}
+    m = {key: summary(rounds) for key, rounds in results.items()}
     rows: list[list[str]] = []
     for kind, label in (("numpy", "1 MiB numpy array"), ("bytes", "1 MiB bytes")):
         hit, miss = m[f"{kind}_hit"], m[f"{kind}_miss"]
@@ -432,11 +411,11 @@ def _analyse(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], 
         rows.append(
             [
                 f"get {label}: hit vs miss, median",
-                f"hit: {_fmt_us(hit['median_us'])} (p99 {_fmt_us(hit['p99_us'])})",
-                f"miss: {_fmt_us(miss['median_us'])} (p99 {_fmt_us(miss['p99_us'])})",
+                f"hit: {fmt_us(hit['median_us'])} (p99 {fmt_us(hit['p99_us'])})",
+                f"miss: {fmt_us(miss['median_us'])} (p99 {fmt_us(miss['p99_us'])})",
                 f"{sp:,.0f}x faster",
                 f"≥ {TARGET_HIT_VS_MISS:.0f}x",
-                _verdict(sp >= TARGET_HIT_VS_MISS),
+                verdict(sp >= TARGET_HIT_VS_MISS),
             ]
         )
     hit, miss = m["bytes_hit"], m["bytes_miss"]
@@ -458,11 +437,11 @@ def _analyse(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], 
             rows.append(
                 [
                     f"get 1 MiB bytes from another process: {which} vs {label.split(',')[0]}",
-                    f"{which}: {_fmt_us(side['median_us'])}",
-                    f"{label}: {_fmt_us(base['median_us'])} (p99 {_fmt_us(base['p99_us'])})",
+                    f"{which}: {fmt_us(side['median_us'])}",
+                    f"{label}: {fmt_us(base['median_us'])} (p99 {fmt_us(base['p99_us'])})",
                     f"{sp:,.1f}x faster",
                     f"≥ {target:.0f}x",
-                    _verdict(sp >= target),
+                    verdict(sp >= target),
                 ]
             )
     big, shm = m["big_blockipc"], m["big_shm"]
@@ -470,14 +449,14 @@ def _analyse(results: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, Any], 
     rows.append(
         [
             "put+get 64 MiB numpy array to another process, median",
-            f"{_fmt_us(big['median_us'])} ({BIG_SIZE / (big['median_us'] * 1e3):.2f} GB/s)",
+            f"{fmt_us(big['median_us'])} ({BIG_SIZE / (big['median_us'] * 1e3):.2f} GB/s)",
             (
-                f"shared_memory by hand: {_fmt_us(shm['median_us'])} "
+                f"shared_memory by hand: {fmt_us(shm['median_us'])} "
                 f"({BIG_SIZE / (shm['median_us'] * 1e3):.2f} GB/s)"
             ),
             f"{ratio:.2f}x",
             f"≤ {TARGET_BIG_VS_SHM}x",
-            _verdict(ratio <= TARGET_BIG_VS_SHM),
+            verdict(ratio <= TARGET_BIG_VS_SHM),
         ]
     )
     return m, rows
@@ -511,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds < 1:
             parser.error("--rounds must be at least 1")
         plan = Plan(**{**asdict(plan), "rounds": args.rounds})
-    if not _has("numpy"):
+    if not has("numpy"):
         print("blockipc bench --suite cache: needs numpy", file=sys.stderr)
         return 1
 
-    machine = _machine()
+    machine = machine_info()
     notes: list[str] = []
     started = time.perf_counter()
     try:
@@ -541,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.rounds} interleaved rounds, {duration:.0f} s; coordinator, Manager server "
         "and redis-server on one CPU, writer and reader on the other\n"
     )
-    print(_table(rows))
+    print(table(rows))
     for note in notes:
         print(f"\nNote: {note}")
     if args.json:
