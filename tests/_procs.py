@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -333,6 +334,21 @@ ROLES.update(
     slow_consumer=slow_consumer,
     sink=sink,
 )
+
+
+def run_python(
+    code: str, *args: str, options: Sequence[str] = (), timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter, as a user's program would run,
+    and capture what it prints: ``python [OPTIONS] -c CODE ARGS`` from ``/``."""
+    return subprocess.run(
+        [sys.executable, *options, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",
+    )
 
 
 @dataclasses.dataclass

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 
 import pytest
 
 import blockipc
+from _procs import run_python
 from blockipc.testing import unique_name
 
 # The parent connects, uses a get cache and a channel, then a ProcessPoolExecutor
@@ -85,18 +83,8 @@ asyncio.run(main())
 """
 
 
-def _python(code: str, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *options, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_a_forked_child_gets_a_clear_error_and_the_parent_keeps_working() -> None:
-    result = _python(FORK)
+    result = run_python(FORK)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         "refused in the child: alloc read get lease tx.send rx.recv",
@@ -193,14 +181,7 @@ gc.collect()
 
 @pytest.mark.parametrize("code", [UNCLOSED_CLIENT, UNCLOSED_COORDINATOR], ids=["client", "coord"])
 def test_dropped_without_close_emits_a_resource_warning(code: str, tmp_path: Path) -> None:
-    warn = ["-W", "error::ResourceWarning"]
-    result = subprocess.run(
-        [sys.executable, *warn, "-c", textwrap.dedent(code), str(tmp_path / "c.sock")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(code, str(tmp_path / "c.sock"), options=["-W", "error::ResourceWarning"])
     # an exception in __del__ cannot propagate: Python prints it as unraisable
     assert "ResourceWarning: unclosed blockipc" in result.stderr, result.stderr
     if code is UNCLOSED_CLIENT:
@@ -311,6 +292,6 @@ asyncio.run(run())
 
 
 def test_a_client_whose_loop_ended_can_still_be_closed() -> None:
-    result = _python(CLOSED_LOOP)
+    result = run_python(CLOSED_LOOP)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "()\n", result.stdout + result.stderr

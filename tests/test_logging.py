@@ -7,13 +7,10 @@ imports and uses it) and looks at what that process printed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import blockipc
-from _procs import serving
+from _procs import run_python, serving
 from blockipc._log import get_logger
 
 # A default workload: an embedded coordinator, clients, a send, a channel, named
@@ -52,19 +49,8 @@ asyncio.run(main())
 """
 
 
-def _python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-    )
-
-
 def test_a_program_using_blockipc_prints_nothing() -> None:
-    result = _python(WORKLOAD)
+    result = run_python(WORKLOAD)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == ""
@@ -72,7 +58,7 @@ def test_a_program_using_blockipc_prints_nothing() -> None:
 
 def test_an_application_that_configures_logging_sees_the_events() -> None:
     setup = "import logging, sys\nlogging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
-    result = _python(setup + WORKLOAD)
+    result = run_python(setup + WORKLOAD)
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     err = result.stderr
@@ -106,7 +92,7 @@ def test_records_carry_the_event_and_its_fields() -> None:
     log.debug("hidden")
     assert len(records) == 1
     """
-    result = _python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout == result.stderr == ""
 
@@ -126,7 +112,7 @@ def test_import_configures_nothing() -> None:
     assert [type(h) for h in lib.handlers] == [logging.NullHandler], lib.handlers
     assert lib.level == logging.NOTSET and lib.propagate
     """
-    result = _python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout == result.stderr == ""
 
@@ -151,7 +137,7 @@ def test_configure_logging_leaves_the_applications_structlog_alone() -> None:
     structlog.get_logger().info("mine")
     blockipc._log.get_logger("blockipc.client").debug("client.connected", name="x")
     """
-    result = _python(code)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "APP mine\n"
     (line,) = result.stderr.splitlines()
