@@ -215,6 +215,8 @@ def test_link_frames_round_trip_and_are_validated() -> None:
         decode_blocks(head, [4])  # the data frame must be exactly as long as announced
     with pytest.raises(ProtocolError, match="entries"):
         decode_blocks(head, [5, 5])  # one entry per data frame
+    with pytest.raises(ProtocolError, match="empty"):  # no block is empty: none to deliver
+        decode_blocks(encode_block(8, "a", "producer", "consumer", 0, {}), [0])
     entries = [[i, "p", "c", i + 1, {"i": i}] for i in range(MAX_BLOCKS)]
     sizes = [i + 1 for i in range(MAX_BLOCKS)]
     frames = decode_blocks([BLOCKS, encode_blocks("a", entries)], sizes)

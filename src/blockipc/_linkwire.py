@@ -308,6 +308,8 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
             raise ProtocolError(f"link blocks: invalid seq {reprlib.repr(seq)}")
         if type(n) is not int or n != size:
             raise ProtocolError(f"link block {seq}: size {n!r:.20} but {size} data bytes")
+        if n < 1:  # no block is empty (alloc refuses size 0): nothing to deliver
+            raise ProtocolError(f"link block {seq}: empty")
         for what, name in (("from", sender), ("to", to)):
             if not is_process_name(name):
                 raise ProtocolError(f"link block {seq}: invalid {what} name {name!r:.80}")
