@@ -33,7 +33,7 @@ from blockipc import (
     InvalidRequest,
     PeerUnreachable,
 )
-from blockipc.testing import unique_name
+from blockipc.testing import isolated_coordinator, unique_name
 
 KiB, MiB = 1 << 10, 1 << 20
 CTL = 4096  # the ring's control page: a channel of capacity C carries C - CTL bytes
@@ -730,7 +730,7 @@ async def test_cancelled_accept_leaves_nothing_behind(
     assert eventfds() == fds
 
 
-DELAYS = [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20]
+DELAYS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 18, 20, 24]
 """Loop iterations before a cancel: to land it at each await of the call's way."""
 
 
@@ -740,8 +740,8 @@ async def test_accept_cancelled_around_the_offer_loses_no_channel(
 ) -> None:
     """An accept cancelled as the channel arrives (at several points of its way: the
     reply on its way, the ring being mapped, the eventfds being fetched): a later
-    accept gets that channel, or the receiving end was closed properly (the sender sees
-    PeerUnreachable); either way no fd is left open and the pool is as before."""
+    accept gets that channel, with what was sent; no fd is left open and the pool is as
+    before. (A cancel while the ring was mapped used to close the channel instead.)"""
     start = usage(coord)
     fds = eventfds()
     accept = asyncio.create_task(b.accept_channel())
@@ -755,26 +755,50 @@ async def test_accept_cancelled_around_the_offer_loses_no_channel(
         rx = await accept
     except asyncio.CancelledError:
         rx = None
-    chan = coord._table.channels[tx.id]
-    if rx is None:
-        # wait until the channel is either back on offer (or its reply kept by the
-        # client for the next accept), or closed by the receiving side
-        await wait_until(lambda: chan.receiver is None or not chan.accepted or bool(b._accepted))
-        if chan.receiver is not None:
-            async with asyncio.timeout(10):
-                rx = await b.accept_channel()
-    if rx is not None:
-        assert rx.id == tx.id
+    if rx is None:  # the channel is still on offer, or kept by the client: not lost
         async with asyncio.timeout(10):
-            with await rx.recv() as msg:
-                assert bytes(msg.data) == b"hello"
-        await rx.aclose()
-    else:
-        with pytest.raises(PeerUnreachable):
-            await tx.send(b"x")
+            rx = await b.accept_channel()
+    assert rx.id == tx.id
+    async with asyncio.timeout(10):
+        with await rx.recv() as msg:
+            assert bytes(msg.data) == b"hello"
+    await rx.aclose()
     await tx.aclose()
     await ring_freed(coord, start)
     assert eventfds() == fds
+
+
+@pytest.mark.parametrize("steps", range(0, 30, 2))
+async def test_accept_cancelled_while_it_maps_the_ring_keeps_the_channel(steps: int) -> None:
+    """The accept waits first, the channel is opened meanwhile, and the accept is
+    cancelled ``steps`` loop iterations later: also while it maps a ring in a segment
+    it had not mapped yet (fetched on a side connection). The next accept gets the
+    channel."""
+    async with (
+        isolated_coordinator(pool_size="1MiB", max_pool_size="8MiB") as coord,
+        blockipc.connect(coord.address, name=unique_name("a")) as a,
+        blockipc.connect(coord.address, name=unique_name("b")) as b,
+    ):
+        filler = await a.alloc("1MiB")  # the ring lands in a new segment b has not mapped
+        opening = asyncio.ensure_future(a.open_channel(b.name, capacity="1MiB"))
+        accept = asyncio.ensure_future(b.accept_channel())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        accept.cancel()
+        try:
+            rx = await accept
+        except asyncio.CancelledError:
+            async with asyncio.timeout(10):
+                rx = await b.accept_channel()
+        tx = await opening
+        assert rx.id == tx.id
+        await tx.send(b"kept")
+        async with asyncio.timeout(10):
+            with await rx.recv() as msg:
+                assert bytes(msg.data) == b"kept"
+        await tx.aclose()
+        await rx.aclose()
+        await a.free(filler)
 
 
 async def test_cancelled_open_waiting_for_peer_leaves_nothing_behind(

@@ -876,7 +876,14 @@ class Client:
         else:
             reply = await self._call(Op.CHANNEL_ACCEPT, {}, orphan=self._accepted.append)
         r = reply.result
-        end = await self._channel_end(r, r["sender"], sender=False)
+        try:
+            end = await self._channel_end(r, r["sender"], sender=False)
+        except asyncio.CancelledError:
+            # cancelled while it mapped the ring: the channel is still this process's
+            # to take, like a message a cancelled recv() already had
+            if not self._closed:
+                self._accepted.appendleft(reply)
+            raise
         assert isinstance(end, ChannelReceiver)
         return end
 
@@ -906,6 +913,11 @@ class Client:
                 end = ChannelSender(chan, peer, ring, bell, self._channel_closed)
             else:
                 end = ChannelReceiver(chan, peer, ring, bell, self._channel_closed)
+        except asyncio.CancelledError:
+            close_fds(fds)
+            if sender:  # a receiver's accept keeps the channel for the next accept
+                self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan})
+            raise
         except BaseException:
             close_fds(fds)
             self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan})
