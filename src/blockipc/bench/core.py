@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -35,7 +34,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,7 +49,6 @@ from .harness import (
     load_notes,
     machine_info,
     pick_cpus,
-    readable,
     run_worker,
     serve_commands,
     summary,
@@ -461,23 +459,6 @@ def _reader() -> Callable[[Any], int]:
     return read
 
 
-_Arm = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-async def _serve_consumer(conn: Pipe, arm: _Arm) -> None:
-    """Consumer-side loop: ``consume`` answers once armed, then again when done."""
-    conn.send(("ready", {}))
-    while True:
-        await readable(conn)
-        cmd, args = conn.recv()
-        if cmd == "stop":
-            return
-        gc.collect()
-        conn.send(("ok", {}))  # armed: the parent starts the producer now
-        result = await arm(args)
-        conn.send(("ok", result))
-
-
 async def _tp_blockipc_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
     from .. import connect
 
@@ -538,7 +519,7 @@ async def _tp_blockipc_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
             await asyncio.gather(*(worker() for _ in range(min(args["depth"], args["n"]))))
             return {"end": end}
 
-        await _serve_consumer(conn, consume)
+        await serve_commands(conn, {"consume": consume}, armed=True)
 
 
 def _ring_capacity(size: int) -> int:
@@ -583,7 +564,7 @@ async def _tp_channel_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
                 msg.release()
             return {"end": time.perf_counter_ns()}
 
-        await _serve_consumer(conn, consume)
+        await serve_commands(conn, {"consume": consume}, armed=True)
 
 
 async def _tp_queue_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
@@ -607,7 +588,7 @@ async def _tp_queue_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
             read_once(queue.get())
         return {"end": time.perf_counter_ns()}
 
-    await _serve_consumer(conn, consume)
+    await serve_commands(conn, {"consume": consume}, armed=True)
 
 
 async def _tp_pipe_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
@@ -633,7 +614,7 @@ async def _tp_pipe_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
             read_once(view[: pipe.recv_bytes_into(buffer)])
         return {"end": time.perf_counter_ns()}
 
-    await _serve_consumer(conn, consume)
+    await serve_commands(conn, {"consume": consume}, armed=True)
 
 
 class _StreamReceiver(asyncio.BufferedProtocol):
@@ -689,7 +670,7 @@ async def _tp_socket_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
         return {"end": await receivers[-1].arm(args["n"], args["size"])}
 
     async with server:
-        await _serve_consumer(conn, consume)
+        await serve_commands(conn, {"consume": consume}, armed=True)
 
 
 async def _tp_socket_producer_role(conn: Pipe, arg: dict[str, Any]) -> None:
@@ -749,7 +730,7 @@ async def _tp_zmq_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
         return {"end": time.perf_counter_ns()}
 
     try:
-        await _serve_consumer(conn, consume)
+        await serve_commands(conn, {"consume": consume}, armed=True)
     finally:
         sock.close(linger=0)
         ctx.term()

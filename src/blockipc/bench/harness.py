@@ -158,8 +158,10 @@ Handler: TypeAlias = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 """One command of :func:`serve_commands`: its arguments in, its result out."""
 
 
-async def serve_commands(conn: Pipe, handlers: dict[str, Handler]) -> None:
-    """Client-side loop: run each measurement slice the parent asks for."""
+async def serve_commands(conn: Pipe, handlers: dict[str, Handler], *, armed: bool = False) -> None:
+    """Client-side loop: run each measurement slice the parent asks for. With
+    ``armed``, each command is first answered once it is about to run (a consumer is
+    armed: the parent starts the producer then), and again with its result."""
     conn.send(("ready", {}))
     while True:
         await readable(conn)
@@ -167,6 +169,8 @@ async def serve_commands(conn: Pipe, handlers: dict[str, Handler]) -> None:
         if cmd == "stop":
             return
         gc.collect()
+        if armed:
+            conn.send(("ok", {}))
         result = await handlers[cmd](args)
         conn.send(("ok", result))
 
