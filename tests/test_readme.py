@@ -15,7 +15,6 @@ that names no block), so a block added later needs its line here:
 * ``synopsis()``: a usage summary: every ``--option`` it shows must be in the
   ``--help`` of its ``blockipc`` subcommand.
 * ``stats_sample()``: sample output of ``blockipc stats``; its lines name Stats' fields.
-* ``not_runnable(REASON)``: the whole block cannot run here.
 """
 
 from __future__ import annotations
@@ -208,15 +207,6 @@ def stats_sample() -> Check:
         ]
         fields = [f.name for f in dataclasses.fields(Stats) if f.name not in ("links", "usage")]
         assert shown == fields, (shown, fields)
-
-    return check
-
-
-def not_runnable(reason: str) -> Check:
-    assert reason.strip(), "a block that cannot run needs a reason"
-
-    def check(block: Block, tmp: Path) -> None:
-        pytest.skip(reason)
 
     return check
 
