@@ -236,10 +236,10 @@ def role_zmq_pull(cpu: str, size: str, count: str, keys: str, copy: str = "") ->
 
 def _pull_into_ring(block: memoryview, n: int, total: int, keys: str) -> None:
     """The ``ring`` mode of :func:`role_zmq_pull`: a forked consumer (same CPU) reads
-    the ring with :class:`blockipc._channel.ChannelReceiver` and reports ``done``."""
+    the ring with :class:`blockipc._client.channel.ChannelReceiver` and reports ``done``."""
     import zmq
 
-    from blockipc._ring import W_WANT_DATA, RingWriter, fence, init_ring
+    from blockipc._core.ring import W_WANT_DATA, RingWriter, fence, init_ring
 
     init_ring(block)
     data_fd, space_fd = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
@@ -276,8 +276,8 @@ def _pull_into_ring(block: memoryview, n: int, total: int, keys: str) -> None:
 async def _ring_consumer(
     block: memoryview, total: int, data_fd: int, space_fd: int, parent: int
 ) -> None:
-    from blockipc._channel import ChannelReceiver, _Bell
-    from blockipc._ring import RingReader
+    from blockipc._client.channel import ChannelReceiver, _Bell
+    from blockipc._core.ring import RingReader
 
     async def orphaned() -> None:  # the PULL was killed: do not outlive it
         while os.getppid() == parent:
@@ -301,7 +301,7 @@ def role_link_acker(cpu: str) -> None:
     pin(cpu)
     import zmq
 
-    from blockipc._linkwire import decode_blocks, encode_acks
+    from blockipc._core.linkwire import decode_blocks, encode_acks
 
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -321,7 +321,7 @@ def role_link_feeder(cpu: str, port: str, size: str, count: str) -> None:
     pin(cpu)
     import zmq
 
-    from blockipc._linkwire import BLOCKS, OutboundState, decode_acks, encode_blocks
+    from blockipc._core.linkwire import BLOCKS, OutboundState, decode_acks, encode_blocks
 
     n, total = int(size), WARMUP + int(count)
     state = OutboundState("b", 1.0)  # A's window rules, for blocks of this size

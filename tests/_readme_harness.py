@@ -110,7 +110,7 @@ async def remote(block: Fragment) -> None:
     """Remote send: node b is made as the block's comment says, listening on loopback
     (where ``host-b`` would be), with CURVE keys in ``keys/`` (the current directory is a
     scratch one); the first part makes node a, the second sends to ``b/consumer``."""
-    from blockipc._keys import keygen
+    from blockipc._link.keys import keygen
 
     make_a, send = block.split("")  # the blank line between the two
     comment = "# on host b: "

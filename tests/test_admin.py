@@ -13,7 +13,7 @@ from blockipc import (
     OutOfBounds,
     PeerUnreachable,
 )
-from blockipc._admin import Delivery, RoutingTable
+from blockipc._core.routing import Delivery, RoutingTable
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import blockipc._buddy as buddy_module
-from blockipc._buddy import BuddyAllocator
+import blockipc._core.buddy as buddy_module
+from blockipc._core.buddy import BuddyAllocator
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -1179,7 +1179,7 @@ async def test_a_scribbled_codec_header_is_a_protocol_error(
     the receiver (the sender wrote it with reserve's header path bypassed)."""
     import msgpack
 
-    from blockipc._ring import RingWriter
+    from blockipc._core.ring import RingWriter
 
     tx, rx = await pair(a, b)
     ring: RingWriter = tx._ring  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ import pytest
 import blockipc
 from _procs import serving
 from blockipc._address import ADDRESS_ENV
-from blockipc._sizes import format_size
+from blockipc._core.sizes import format_size
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKIPC = [sys.executable, "-m", "blockipc"]

@@ -24,8 +24,8 @@ from blockipc import (
     PeerUnreachable,
     PoolExhausted,
 )
-from blockipc._client import INLINE_THRESHOLD
-from blockipc._protocol import Op
+from blockipc._client.client import INLINE_THRESHOLD
+from blockipc._core.protocol import Op
 from blockipc.testing import unique_name
 
 MiB = 1 << 20

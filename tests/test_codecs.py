@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import blockipc._codecs as codecs_module
+import blockipc._core.codecs as codecs_module
 from blockipc import CodecError, InvalidRequest
-from blockipc._codecs import CODEC_NAMES, DEFAULT_CODEC, Codec, Encoded, get_codec
+from blockipc._core.codecs import CODEC_NAMES, DEFAULT_CODEC, Codec, Encoded, get_codec
 
 T = TypeVar("T")
 RAW = get_codec("raw")

@@ -18,10 +18,8 @@ from anyio.abc import UNIXSocketStream
 import blockipc
 from _procs import payload, sha256, wait_until
 from blockipc import ConnectionClosed, PoolExhausted
-from blockipc._exceptions import ErrorCode
-from blockipc._handshake import close_fds, receive_event
-from blockipc._limits import MAX_BATCH, MAX_HEADER, MAX_NAME
-from blockipc._protocol import (
+from blockipc._core.limits import MAX_BATCH, MAX_HEADER, MAX_NAME
+from blockipc._core.protocol import (
     _COMPACT,
     HEADER,
     MAX_FRAME_SIZE,
@@ -34,6 +32,8 @@ from blockipc._protocol import (
     Request,
     Role,
 )
+from blockipc._exceptions import ErrorCode
+from blockipc._handshake import close_fds, receive_event
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
 
 MiB = 1 << 20

@@ -3,8 +3,8 @@ ops (which arrive before a session exists) have none there."""
 
 from __future__ import annotations
 
-from blockipc._coordinator import Coordinator
-from blockipc._protocol import _SCHEMAS, Kind, Op
+from blockipc._core.protocol import _SCHEMAS, Kind, Op
+from blockipc._server.coordinator import Coordinator
 
 HANDSHAKE = {Op.HELLO, Op.ATTACH}  # answered by the listener, before the session
 

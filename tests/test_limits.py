@@ -13,9 +13,7 @@ import anyio
 from anyio.abc import UNIXSocketStream
 
 import blockipc
-from blockipc._exceptions import ErrorCode
-from blockipc._handshake import close_fds, receive_event
-from blockipc._protocol import (
+from blockipc._core.protocol import (
     MAX_LIST,
     MAX_STR,
     PROTOCOL_VERSION,
@@ -26,6 +24,8 @@ from blockipc._protocol import (
     Request,
     Role,
 )
+from blockipc._exceptions import ErrorCode
+from blockipc._handshake import close_fds, receive_event
 from blockipc.testing import capture_logs, unique_name
 
 

@@ -1,4 +1,4 @@
-"""The limits' one home, ``_limits.py``: its checks, table-driven and synchronous, and a
+"""The limits' one home, ``_core/limits.py``: its checks, table-driven and synchronous, and a
 scan of ``src/`` that fails when a limit it holds is restated somewhere else."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from blockipc import InvalidRequest, OutOfBounds
-from blockipc._limits import (
+from blockipc._core.limits import (
     MAX_BATCH,
     MAX_HEADER,
     MAX_INT,
@@ -182,35 +182,38 @@ def test_max_int_is_what_msgpack_carries_signed() -> None:
     assert msgpack.unpackb(msgpack.packb(MAX_INT)) == MAX_INT == 2**63 - 1
 
 
-# -- one home: no literal limit outside _limits.py --------------------------------------
+# -- one home: no literal limit outside _core/limits.py --------------------------------------
 # Each rule: what it finds, as a regex over a line of code with its comments and
 # docstrings blanked, and the one file allowed to hold it. Precise on purpose: a page
 # size (min_block=4096, CTL_SIZE), a byte range, a cap on something else is not a limit
-# of _limits.py and is not found.
+# of _core/limits.py and is not found.
 RULES: dict[str, tuple[str, str]] = {
-    "int max (MAX_INT)": (r"\b1\s*<<\s*63\b|\b2\s*\*\*\s*63\b", "_limits.py"),
+    "int max (MAX_INT)": (r"\b1\s*<<\s*63\b|\b2\s*\*\*\s*63\b", "_core/limits.py"),
     "name length (MAX_NAME)": (
         (
             r"[<>]=?\s*255\b|\b255\s*[<>]|\b1\s*(?:to|-)\s*255\b"
             r"|(?i:\w*(?:name|topic)\w*)\s*(?::[^=]*)?=\s*255\b"
         ),
-        "_limits.py",
+        "_core/limits.py",
     ),
-    "header size (MAX_HEADER)": (r"\b16\s*\*\s*1024\b|\b16384\b|\b1\s*<<\s*14\b", "_limits.py"),
+    "header size (MAX_HEADER)": (
+        r"\b16\s*\*\s*1024\b|\b16384\b|\b1\s*<<\s*14\b",
+        "_core/limits.py",
+    ),
     "list limit (MAX_LIST)": (
         (
             r"(?i:\w*(?:list|touch)\w*)\s*(?::[^=]*)?=\s*4096\b|islice\([^)]*\b4096\s*\)"
             r"|\[\s*:\s*4096\s*\]|len\([^)]*\)\s*[<>]=?\s*4096\b"
         ),
-        "_limits.py",
+        "_core/limits.py",
     ),
     "lease/grant modes (MODES, check_mode)": (
         r"""(?<!Literal\[)["']r["']\s*,\s*["']w["']""",
-        "_limits.py",
+        "_core/limits.py",
     ),
     "a limit's constant (MAX_*)": (
         r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH)\s*(?::[^=]*)?=(?!=)",
-        "_limits.py",
+        "_core/limits.py",
     ),
 }
 
@@ -248,14 +251,16 @@ def find_restated(src: Path) -> dict[str, list[str]]:
     for path in sorted(src.rglob("*.py")):
         for number, line in enumerate(_code_lines(path.read_text()), 1):
             for rule, (pattern, home) in RULES.items():
-                if path.name != home and re.search(pattern, line):
-                    found[rule].append(f"{path.name}:{number}: {line.strip()}")
+                if path.relative_to(src).as_posix() != home and re.search(pattern, line):
+                    found[rule].append(f"{path.relative_to(src)}:{number}: {line.strip()}")
     return found
 
 
 def test_every_limit_has_one_home() -> None:
     restated = {rule: places for rule, places in find_restated(SRC).items() if places}
-    assert not restated, f"limits restated outside _limits.py (import them from there): {restated}"
+    assert not restated, (
+        f"limits restated outside _core/limits.py (import them from there): {restated}"
+    )
 
 
 @pytest.mark.parametrize("rule", RULES)

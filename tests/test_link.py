@@ -37,10 +37,8 @@ from hypothesis import strategies as st
 import blockipc
 from _procs import Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
-from blockipc._exceptions import ProtocolError
-from blockipc._keys import keygen, load_keys
-from blockipc._limits import split_target
-from blockipc._linkwire import (
+from blockipc._core.limits import split_target
+from blockipc._core.linkwire import (
     ACK,
     ACKS,
     BLOCKS,
@@ -55,6 +53,8 @@ from blockipc._linkwire import (
     parse_endpoint,
     peek_seqs,
 )
+from blockipc._exceptions import ProtocolError
+from blockipc._link.keys import keygen, load_keys
 from blockipc.testing import assert_pool_clean
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -811,7 +811,7 @@ async def test_tcp_listener_serves_link_frames_only() -> None:
             before = b.stats()
             # a local client's HELLO on the TCP port: no ZMTP greeting, nothing happens
             with socket.create_connection((host, int(port)), timeout=2) as raw:
-                from blockipc._protocol import PROTOCOL_VERSION, Connection, Op, Request, Role
+                from blockipc._core.protocol import PROTOCOL_VERSION, Connection, Op, Request, Role
 
                 args = {"version": PROTOCOL_VERSION, "name": "x", "pid": 1}
                 args |= {"inbox_messages": 8, "inbox_bytes": 1 << 20}  # a HELLO send() accepts

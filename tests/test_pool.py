@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from blockipc._core.sizes import parse_size
 from blockipc._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
-from blockipc._pool import Allocation, Pool, Segment
-from blockipc._sizes import parse_size
+from blockipc._shm.pool import Allocation, Pool, Segment
 from blockipc.testing import capture_logs
 
 KiB = 1 << 10

@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blockipc._exceptions import ErrorCode, ProtocolError
-from blockipc._limits import MAX_INT
-from blockipc._protocol import (
+from blockipc._core.limits import MAX_INT
+from blockipc._core.protocol import (
     _BODY_FIXED,
     _COMPACT,
     _ERROR_SCHEMA,
@@ -52,6 +51,7 @@ from blockipc._protocol import (
     State,
     fit_lists,
 )
+from blockipc._exceptions import ErrorCode, ProtocolError
 
 FUZZ = settings(
     max_examples=150,

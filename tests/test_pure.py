@@ -1,7 +1,8 @@
 """The pure modules decide and never do I/O: they import, and the protocol and the
 link's configuration run, with every I/O module blocked.
 
-One list says which modules are pure; a module added to it is checked at once. The
+Every module of ``blockipc._core`` is pure and is found by walking the folder, so a module
+added there is checked at once; a few pure modules outside it are listed. The
 modules are imported into a stub ``blockipc`` package, so that ``blockipc/__init__.py``
 (which imports the client, the coordinator and the link) never runs.
 """
@@ -18,19 +19,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "blockipc"
 
+CORE = tuple(
+    sorted(f"_core.{path.stem}" for path in (SRC / "_core").glob("*.py") if path.stem != "__init__")
+)
+# pure modules outside the core: public values, the LRU cache, the link's host Protocols
 PURE = (
-    "_buddy",  # the allocator
-    "_admin",  # the routing table and process records
-    "_protocol",  # the sans-IO wire protocol
-    "_ring",  # a channel's ring, on a buffer it is given
-    "_codecs",
+    "_core",
+    *CORE,
     "cache",  # the LRU cache
-    "_linkwire",  # the link's configuration, frames and send state machine
-    "_linkhost",  # what the link needs from the coordinator (Protocols)
+    "_link.host",  # what the link needs from the coordinator (Protocols)
     "_exceptions",
     "_types",
-    "_sizes",
-    "_limits",  # every limit and its check
     "_address",
 )
 BLOCKED = ("asyncio", "socket", "selectors", "anyio", "trio", "uvloop", "zmq", "mmap")
@@ -48,14 +47,15 @@ for name in modules:
     module = importlib.import_module(f"blockipc.{name}")
     assert module.__file__.startswith(sys.argv[1]), module.__file__
 # and they run so: a handshake through the protocol, a link configuration checked
-protocol = sys.modules["blockipc._protocol"]
+protocol = sys.modules["blockipc._core.protocol"]
 client = protocol.Connection(protocol.Role.CLIENT)
 server = protocol.Connection(protocol.Role.SERVER)
 args = {"version": 1, "name": "a", "pid": 1, "inbox_messages": 8, "inbox_bytes": 8}
 hello = protocol.Request(1, protocol.Op.HELLO, args)
 server.receive_data(client.send(hello))
 assert server.next_event() == hello
-assert sys.modules["blockipc._linkwire"].make_config("a", "tcp://127.0.0.1:0", {}, None, 1.0, False)
+linkwire = sys.modules["blockipc._core.linkwire"]
+assert linkwire.make_config("a", "tcp://127.0.0.1:0", {}, None, 1.0, False)
 leaked = sorted(name for name in blocked if sys.modules.get(name) is not None)
 assert not leaked, leaked
 print("pure:", len(modules))
@@ -73,13 +73,17 @@ def _import(modules: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_core_is_found() -> None:
+    assert len(CORE) >= 8, CORE
+
+
 def test_every_pure_module_imports_without_io() -> None:
     result = _import(PURE)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"pure: {len(PURE)}\n"
 
 
-@pytest.mark.parametrize("module", ["_pool", "_client", "_coordinator"])
+@pytest.mark.parametrize("module", ["_shm.pool", "_client.client", "_server.coordinator"])
 def test_the_check_sees_an_io_module(module: str) -> None:
     # the blocking works: a module that does I/O fails to import
     result = _import((*PURE, module))

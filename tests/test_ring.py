@@ -1,4 +1,4 @@
-"""The sans-IO ring of a channel (``blockipc._ring``) on a plain bytearray: random
+"""The sans-IO ring of a channel (``blockipc._core.ring``) on a plain bytearray: random
 sequences of reserve/commit/next/release deliver every payload intact and in order,
 across many wrap-arounds, without a write ever landing on unreleased data; and a ring
 whose control words or records were scribbled over gives ``ProtocolError``, never an
@@ -22,8 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from blockipc._exceptions import ProtocolError
-from blockipc._ring import (
+from blockipc._core.ring import (
     CTL_SIZE,
     W_HEAD,
     W_TAIL,
@@ -34,6 +33,7 @@ from blockipc._ring import (
     mark_closed,
     record_size,
 )
+from blockipc._exceptions import ProtocolError
 
 
 def make_ring(data_size: int) -> tuple[bytearray, RingWriter, RingReader]:

@@ -23,7 +23,7 @@ from blockipc import (
     OutOfBounds,
     PeerUnreachable,
 )
-from blockipc._limits import MAX_HEADER
+from blockipc._core.limits import MAX_HEADER
 from blockipc.testing import unique_name
 
 KiB, MiB = 1 << 10, 1 << 20

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 from . import testing as testing
-from ._channel import ChannelMessage as ChannelMessage
-from ._channel import ChannelReceiver as ChannelReceiver
-from ._channel import ChannelSender as ChannelSender
-from ._client import Client as Client
-from ._client import Lease as Lease
-from ._client import connect as connect
-from ._coordinator import Coordinator as Coordinator
+from ._client.channel import ChannelMessage as ChannelMessage
+from ._client.channel import ChannelReceiver as ChannelReceiver
+from ._client.channel import ChannelSender as ChannelSender
+from ._client.client import Client as Client
+from ._client.client import Lease as Lease
+from ._client.client import connect as connect
+from ._core.sizes import parse_size as parse_size
 from ._exceptions import AccessDenied as AccessDenied
 from ._exceptions import BlockIPCError as BlockIPCError
 from ._exceptions import BlockNotFound as BlockNotFound
@@ -33,7 +33,7 @@ from ._exceptions import UsedAfterFork as UsedAfterFork
 from ._exceptions import WrongEventLoop as WrongEventLoop
 from ._log import configure_logging as configure_logging
 from ._runtime import run as run
-from ._sizes import parse_size as parse_size
+from ._server.coordinator import Coordinator as Coordinator
 from ._types import Block as Block
 from ._types import BlockLike as BlockLike
 from ._types import LinkStats as LinkStats

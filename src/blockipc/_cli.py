@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._address import ADDRESS_ENV, coordinator_address
-from ._client import connect
-from ._coordinator import Coordinator
+from ._client.client import connect
+from ._core.linkwire import IO_NICE
+from ._core.sizes import format_size, parse_size
 from ._exceptions import BlockIPCError
-from ._linkwire import IO_NICE
 from ._log import configure_logging, get_logger
 from ._runtime import run
-from ._sizes import format_size, parse_size
+from ._server.coordinator import Coordinator
 from ._types import Stats
 from ._version import __version__
 
@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return run(lambda: _serve(args))
         if args.command == "keygen":
-            from ._keys import keygen
+            from ._link.keys import keygen
 
             public, secret = keygen(args.name, args.dir, force=args.force)
             print(f"public key: {public}\nsecret key: {secret} (mode 0600, keep it on this host)")

@@ -4,7 +4,7 @@ Segment file descriptors travel as ``SCM_RIGHTS`` ancillary data. A transport th
 reads with ``recv_into`` drops ancillary data, so fds can only be passed while the
 socket is still a plain anyio ``UNIXSocketStream``: the handshake runs there, then the
 socket is duplicated and handed to an asyncio/uvloop transport for the hot path.
-Frames are encoded and checked by the sans-IO :class:`~blockipc._protocol.Connection`,
+Frames are encoded and checked by the sans-IO :class:`~blockipc._core.protocol.Connection`,
 which carries over to the transport with any bytes it already buffered.
 """
 
@@ -18,8 +18,8 @@ import struct
 import anyio
 from anyio.abc import SocketAttribute, UNIXSocketStream
 
+from ._core.protocol import Connection, Event, NeedData
 from ._exceptions import ConnectionClosed, ProtocolError
-from ._protocol import Connection, Event, NeedData
 
 __all__ = ["MAX_FDS", "peer_credentials", "receive_event", "send_frame", "take_socket"]
 

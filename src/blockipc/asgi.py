@@ -30,7 +30,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ._address import ADDRESS_ENV, coordinator_address
-from ._client import Client, connect
+from ._client.client import Client, connect
 from ._exceptions import BlockIPCError
 
 __all__ = ["ADDRESS_ENV", "client", "lifespan"]

@@ -44,8 +44,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar, overload
 
+from ._core.sizes import parse_size
 from ._exceptions import InvalidRequest
-from ._sizes import parse_size
 
 __all__ = ("CacheStats", "LRUCache")
 

@@ -39,7 +39,7 @@ from ._log import get_logger
 from ._types import Stats
 
 if TYPE_CHECKING:
-    from ._coordinator import Coordinator
+    from ._server.coordinator import Coordinator
 
 __all__ = ["DEFAULT_PORT", "MetricsServer"]
 

@@ -25,8 +25,8 @@ import itertools
 import os
 from collections.abc import AsyncIterator
 
-from ._coordinator import Coordinator
 from ._log import capture_logs
+from ._server.coordinator import Coordinator
 
 __all__ = ["assert_pool_clean", "capture_logs", "isolated_coordinator", "shm_files", "unique_name"]
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A channel (see :mod:`blockipc._channel`) moves messages from one process to another
+A channel (see :mod:`blockipc._client.channel`) moves messages from one process to another
 without the coordinator: the coordinator only hands out the ring's block and two
 eventfds, and both ends then read and write the ring directly. This module is the ring
 itself, on a ``memoryview`` of the block; it never sleeps, signals or touches a file
@@ -31,7 +31,7 @@ Ordering: the producer writes a record, then stores ``head``; the consumer reads
 ``head``, then the record; it releases by storing ``tail``. x86-64 keeps stores in
 order and loads in order (TSO), which is all this needs; the one reordering it allows
 (a store, then a load of another word) is what :func:`fence` closes, in the sleep/wake
-handshake of :mod:`blockipc._channel`. A peer that scribbles over the control page or
+handshake of :mod:`blockipc._client.channel`. A peer that scribbles over the control page or
 a record gets a :class:`~blockipc._exceptions.ProtocolError` at this end, never a read
 outside the block.
 """
@@ -43,7 +43,7 @@ import struct
 import threading
 from typing import Final
 
-from ._exceptions import ProtocolError
+from .._exceptions import ProtocolError
 
 __all__ = [
     "CTL_SIZE",

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``client.open_channel(to)`` asks the coordinator for a ring (:mod:`blockipc._ring`) in
+``client.open_channel(to)`` asks the coordinator for a ring (:mod:`blockipc._core.ring`) in
 a pool block and two eventfds; ``client.accept_channel()`` on the receiving side gets
 the same. From then on a message costs no coordinator request: the sender copies the
 payload into the ring and publishes it, the receiver reads it where it lies (a
@@ -15,7 +15,7 @@ Wake-ups: each end sleeps on its own eventfd (``data`` for the receiver, ``space
 the sender) only after announcing it in the ring (``want_data``/``want_space``), and
 the other end writes the eventfd only when it sees that announcement, so a busy stream
 makes no system calls at all. The announcement and the re-check that follows are
-separated by :func:`~blockipc._ring.fence`, as are the other end's publish and its look
+separated by :func:`~blockipc._core.ring.fence`, as are the other end's publish and its look
 at the announcement: one of the two always sees the other, so no wake-up is lost. A
 sleeping end still looks again every :data:`RECHECK` seconds, a bound on the damage a
 misbehaving peer can do, never the way a healthy channel makes progress.
@@ -35,8 +35,10 @@ from typing import Any, Final, Self
 
 import msgpack
 
-from ._codecs import get_codec
-from ._exceptions import (
+from .._core.codecs import get_codec
+from .._core.limits import check_header_size, pack_header
+from .._core.ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
+from .._exceptions import (
     ChannelClosed,
     InboxFull,
     InvalidRequest,
@@ -45,9 +47,7 @@ from ._exceptions import (
     UsedAfterFork,
     WrongEventLoop,
 )
-from ._limits import check_header_size, pack_header
-from ._log import get_logger
-from ._ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
+from .._log import get_logger
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Self, final
 
 import msgpack
 
-from ._exceptions import CodecError, InvalidRequest
+from .._exceptions import CodecError, InvalidRequest
 
 if TYPE_CHECKING:
     from types import TracebackType

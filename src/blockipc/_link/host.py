@@ -1,6 +1,6 @@
 """What the link needs from the coordinator it runs in, and nothing more.
 
-The link (``_link.py``) moves blocks between nodes; the coordinator owns the routing
+The link (``link.py``) moves blocks between nodes; the coordinator owns the routing
 table, the pool and the sessions. The link reaches them only through :class:`LinkHost`
 (which the coordinator implements) and answers a sender through :class:`ReplyTo` (a
 session), so it never imports the coordinator and never touches a record the routing
@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._admin import BlockRecord, ProcessRecord
-    from ._pool import Pool
-    from ._protocol import Event
+    from .._core.protocol import Event
+    from .._core.routing import BlockRecord, ProcessRecord
+    from .._shm.pool import Pool
 
 __all__ = ["LinkHost", "ReplyTo", "Requester"]
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._exceptions import (
+from .._exceptions import (
     AccessDenied,
     BlockNotFound,
     InboxFull,
@@ -41,7 +41,7 @@ from ._exceptions import (
     NameTaken,
     PeerUnreachable,
 )
-from ._limits import Mode, check_mode, check_process_name, check_range
+from .limits import Mode, check_mode, check_process_name, check_range
 
 __all__ = [
     "BlockRecord",

@@ -44,38 +44,10 @@ from anyio.abc import (
     UNIXSocketStream,
 )
 
-from ._admin import (
-    BlockRecord,
-    ChannelRecord,
-    Delivery,
-    Grant,
-    Lease,
-    ProcessRecord,
-    RoutingTable,
-    Waiter,
-)
-from ._codecs import CODEC_NAMES
-from ._exceptions import (
-    AccessDenied,
-    BlockIPCError,
-    BlockNotFound,
-    ConnectionClosed,
-    ErrorCode,
-    InboxFull,
-    InvalidRequest,
-    OutOfBounds,
-    PeerUnreachable,
-    PoolExhausted,
-    ProtocolError,
-    use_async_with,
-)
-from ._generations import GenerationTable
-from ._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
-from ._limits import MAX_HEADER, MAX_STR, check_batch, check_mode, check_name, pack_header
-from ._linkwire import IO_NICE, make_config
-from ._log import get_logger
-from ._pool import Allocation, Pool
-from ._protocol import (
+from .._core.codecs import CODEC_NAMES
+from .._core.limits import MAX_HEADER, MAX_STR, check_batch, check_mode, check_name, pack_header
+from .._core.linkwire import IO_NICE, make_config
+from .._core.protocol import (
     CANCELLED,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -89,12 +61,40 @@ from ._protocol import (
     Role,
     fit_lists,
 )
-from ._ring import CTL_SIZE, init_ring, mark_closed
-from ._ring import supported as ring_supported
-from ._types import ProcessStats, Stats
+from .._core.ring import CTL_SIZE, init_ring, mark_closed
+from .._core.ring import supported as ring_supported
+from .._core.routing import (
+    BlockRecord,
+    ChannelRecord,
+    Delivery,
+    Grant,
+    Lease,
+    ProcessRecord,
+    RoutingTable,
+    Waiter,
+)
+from .._exceptions import (
+    AccessDenied,
+    BlockIPCError,
+    BlockNotFound,
+    ConnectionClosed,
+    ErrorCode,
+    InboxFull,
+    InvalidRequest,
+    OutOfBounds,
+    PeerUnreachable,
+    PoolExhausted,
+    ProtocolError,
+    use_async_with,
+)
+from .._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from .._log import get_logger
+from .._shm.generations import GenerationTable
+from .._shm.pool import Allocation, Pool
+from .._types import ProcessStats, Stats
 
 if TYPE_CHECKING:
-    from ._link import Link
+    from .._link.link import Link
 
 __all__ = ["Coordinator"]
 
@@ -314,7 +314,7 @@ class Coordinator:
 
     or standalone with ``blockipc serve --socket PATH --pool-size SIZE``.
 
-    With a ``node`` name it is also a node of a link for remote sends (see ``_link.py``):
+    With a ``node`` name it is also a node of a link for remote sends (see ``_link/link.py``):
     ``listen="tcp://HOST:PORT"`` accepts peers (port 0 picks one: ``coord.link_address``),
     ``peers={"b": "tcp://HOST:PORT"}`` are the nodes it sends to (``to="b/name"``),
     ``keys=DIR`` turns on CURVE (``blockipc keygen``), ``link_timeout`` bounds how long a
@@ -426,7 +426,7 @@ class Coordinator:
             self._gens = GenerationTable(self._pool.max_pool_size // self._pool.min_block + 1)
             self._path = self._prepare_path()
             if self._link_config is not None:
-                from ._link import Link  # pyzmq is imported only by nodes that link
+                from .._link.link import Link  # pyzmq is imported only by nodes that link
 
                 link = Link(_LinkPort(self, self._link_config.node), self._link_config)
                 await link.start()
@@ -1462,7 +1462,7 @@ class Coordinator:
 
 
 class _LinkPort:
-    """The coordinator as the link's host (:class:`~blockipc._linkhost.LinkHost`): the
+    """The coordinator as the link's host (:class:`~blockipc._link.host.LinkHost`): the
     link's only door into the routing table, the pool and the sessions. A class of its
     own, so that ``Coordinator``'s public API does not grow by the link's needs.
 

@@ -5,7 +5,7 @@ Theory of operation
 :func:`connect` runs the handshake on a raw anyio socket stream (register a name,
 receive and map the pool's segment fds), then hands the socket to an asyncio/uvloop
 ``BufferedProtocol`` for the hot path. Every call encodes one request with the
-sans-IO :class:`~blockipc._protocol.Connection`, writes it, and awaits the future that
+sans-IO :class:`~blockipc._core.protocol.Connection`, writes it, and awaits the future that
 the reply with the same id resolves, so calls from many tasks pipeline freely.
 
 Small reads and writes travel inline in the frames; larger ones take a lease and copy
@@ -38,9 +38,30 @@ from typing import Any, Final, Literal, NoReturn, Self, cast
 
 import anyio
 
-from ._channel import ChannelReceiver, ChannelSender, _Bell, _End
-from ._codecs import DEFAULT_CODEC, get_codec
-from ._exceptions import (
+from .._core.codecs import DEFAULT_CODEC, get_codec
+from .._core.limits import (
+    MAX_INT,
+    MAX_LIST,
+    check_batch,
+    check_mode,
+    check_range,
+    pack_header,
+    split_target,
+)
+from .._core.limits import check_name as _check_name
+from .._core.protocol import (
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorReply,
+    NeedData,
+    Op,
+    Reply,
+    Request,
+    Role,
+)
+from .._core.ring import RingReader, RingWriter
+from .._core.sizes import parse_size
+from .._exceptions import (
     BlockIPCError,
     BlockNotFound,
     CodecError,
@@ -54,33 +75,12 @@ from ._exceptions import (
     error_from_code,
     use_async_with,
 )
-from ._generations import GenerationView
-from ._handshake import close_fds, receive_event, send_frame, take_socket
-from ._limits import (
-    MAX_INT,
-    MAX_LIST,
-    check_batch,
-    check_mode,
-    check_range,
-    pack_header,
-    split_target,
-)
-from ._limits import check_name as _check_name
-from ._log import get_logger
-from ._protocol import (
-    PROTOCOL_VERSION,
-    Connection,
-    ErrorReply,
-    NeedData,
-    Op,
-    Reply,
-    Request,
-    Role,
-)
-from ._ring import RingReader, RingWriter
-from ._sizes import parse_size
-from ._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
-from .cache import CacheStats, LRUCache
+from .._handshake import close_fds, receive_event, send_frame, take_socket
+from .._log import get_logger
+from .._shm.generations import GenerationView
+from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
+from ..cache import CacheStats, LRUCache
+from .channel import ChannelReceiver, ChannelSender, _Bell, _End
 
 __all__ = ["Client", "Lease", "connect"]
 
@@ -743,7 +743,7 @@ class Client:
         ``wait_for_peer`` apply to local sends only.
         """
         bid = _block_id(block)
-        if isinstance(to, str) and "/" in to:  # node/name: a remote send (see _link.py)
+        if isinstance(to, str) and "/" in to:  # node/name: a remote send (see _link/link.py)
             split_target(to)  # the node's name and the process's, each to its own limit
         else:
             _check_name(to, "receiver name")

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 No socket, loop or zmq import here (a test enforces it): this module decides, the
-link in ``_link.py`` does the I/O.
+link in ``_link/link.py`` does the I/O.
 
 **Frames.** Remote sends travel as ZeroMQ multipart messages from the sending
 node's DEALER to the receiving node's ROUTER, each carrying 1 to :data:`MAX_BLOCKS`
@@ -49,7 +49,7 @@ from typing import Any, Final
 
 import msgpack
 
-from ._exceptions import (
+from .._exceptions import (
     AccessDenied,
     BlockIPCError,
     InvalidRequest,
@@ -57,14 +57,14 @@ from ._exceptions import (
     ProtocolError,
     error_from_code,
 )
-from ._limits import (
+from .limits import (
     MAX_HEADER,
     MAX_INT,
     check_header_size,
     check_node_name,
     is_process_name,
 )
-from ._protocol import _validate
+from .protocol import _validate
 
 __all__ = [
     "ACK",
@@ -184,7 +184,7 @@ def make_config(
     """Check the link arguments of a coordinator; ``None`` when it has no link.
 
     ``io_nice`` (0 to 19) is added to the nice value of the receiving node's libzmq I/O
-    thread (see ``_link.py``); 0 leaves it alone.
+    thread (see ``_link/link.py``); 0 leaves it alone.
 
     Without ``keys``, a plain link may only listen on and connect to loopback
     addresses unless ``insecure`` is true: traffic would otherwise cross a network

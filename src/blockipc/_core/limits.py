@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-from ._exceptions import InvalidRequest, OutOfBounds
+from .._exceptions import InvalidRequest, OutOfBounds
 
 __all__ = [
     "MAX_BATCH",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from ._exceptions import InvalidRequest
+from .._exceptions import InvalidRequest
 
 __all__ = ["format_size", "parse_size"]
 

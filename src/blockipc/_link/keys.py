@@ -19,8 +19,8 @@ from pathlib import Path
 import zmq
 import zmq.auth
 
-from ._exceptions import BlockIPCError
-from ._limits import check_node_name
+from .._core.limits import check_node_name
+from .._exceptions import BlockIPCError
 
 __all__ = ["NodeKeys", "keygen", "load_keys"]
 

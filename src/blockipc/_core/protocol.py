@@ -49,13 +49,13 @@ from typing import Any, Final, NamedTuple, NoReturn
 
 import msgpack
 
-from ._exceptions import ProtocolError
-from ._limits import MAX_BATCH, MAX_INT, MAX_LIST, MAX_STR
+from .._exceptions import ProtocolError
+from .limits import MAX_BATCH, MAX_INT, MAX_LIST, MAX_STR
 
 __all__ = [
     "CANCELLED",
     "HEADER",
-    "MAX_BATCH",  # (MAX_*: the limits' home is _limits.py; the schema applies them)
+    "MAX_BATCH",  # (MAX_*: the limits' home is _core/limits.py; the schema applies them)
     "MAX_LIST",
     "MAX_STR",
     "fit_lists",

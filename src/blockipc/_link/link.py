@@ -70,20 +70,8 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from ._admin import BlockRecord, ProcessRecord
-from ._exceptions import (
-    AccessDenied,
-    BlockIPCError,
-    ConnectionClosed,
-    InvalidRequest,
-    PeerUnreachable,
-    PoolExhausted,
-    ProtocolError,
-)
-from ._keys import NodeKeys, load_keys
-from ._limits import split_target
-from ._linkhost import LinkHost, ReplyTo, Requester
-from ._linkwire import (
+from .._core.limits import split_target
+from .._core.linkwire import (
     BLOCKS,
     BlockFrame,
     Failure,
@@ -97,9 +85,21 @@ from ._linkwire import (
     encode_blocks,
     peek_seqs,
 )
-from ._log import get_logger
-from ._protocol import ErrorReply, Reply, Request
-from ._types import LinkStats
+from .._core.protocol import ErrorReply, Reply, Request
+from .._core.routing import BlockRecord, ProcessRecord
+from .._exceptions import (
+    AccessDenied,
+    BlockIPCError,
+    ConnectionClosed,
+    InvalidRequest,
+    PeerUnreachable,
+    PoolExhausted,
+    ProtocolError,
+)
+from .._log import get_logger
+from .._types import LinkStats
+from .host import LinkHost, ReplyTo, Requester
+from .keys import NodeKeys, load_keys
 
 __all__ = ["Link"]
 

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from ._buddy import BuddyAllocator
-from ._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
-from ._log import get_logger
-from ._sizes import parse_size
+from .._core.buddy import BuddyAllocator
+from .._core.sizes import parse_size
+from .._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
+from .._log import get_logger
 
 __all__ = ["Allocation", "Pool", "Segment"]
 

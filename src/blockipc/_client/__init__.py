@@ -1,0 +1,1 @@
+"""The client side: ``connect``, ``Client`` and ``Lease``, and the ends of a channel."""

@@ -1,0 +1,1 @@
+"""Shared memory: the pool's memfd segments and the generation table clients map."""
