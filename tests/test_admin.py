@@ -13,7 +13,7 @@ from blockipc import (
     OutOfBounds,
     PeerUnreachable,
 )
-from blockipc._core.routing import Delivery, RoutingTable
+from blockipc._core.routing import NOTHING, Delivery, Outcome, RoutingTable
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_free_refuses_while_leased(table: RoutingTable) -> None:
         table.release_hold(a, rec)
     assert rec.id in table.blocks
     table.release(lease)
-    assert table.release_hold(a, rec) == (True, [])
+    assert table.release_hold(a, rec).freed == (rec,)
     assert rec.id not in table.blocks and rec.id not in a.blocks
 
 
@@ -159,7 +159,7 @@ def test_unregister_reclaims_everything(table: RoutingTable) -> None:
     assert held is not None
     assert table.offer(Delivery(rec_b, b, a, {}, True, "t"))
     done = table.unregister(a)
-    assert sorted(r.id for r in done.blocks) == sorted([rec_a.id, rec_b.id])
+    assert sorted(r.id for r in done.freed) == sorted([rec_a.id, rec_b.id])
     assert done.leases == 1
     assert table.blocks == {} and table.lease_count == 0
     assert "a" not in table.processes and "b" in table.processes
@@ -174,7 +174,7 @@ def test_unregister_grants_waiters_behind_its_leases(table: RoutingTable) -> Non
     assert table.request_lease(b, rec, "r", "b-read", transient=True) is None
     done = table.unregister(a)
     assert [g.token for g in done.grants] == ["b-read"]
-    assert done.dropped == [] and done.blocks == []
+    assert done.dropped == [] and done.freed == []
 
 
 def test_freeing_a_block_drops_other_processes_waits(table: RoutingTable) -> None:
@@ -198,9 +198,9 @@ def test_grants_rights_and_holders(table: RoutingTable) -> None:
     with pytest.raises(AccessDenied):
         table.lookup(b, rec.id, "own")
     # the owner lets go: the grantee still holds the block, so it stays
-    assert table.release_hold(a, rec) == (False, [])
+    assert table.release_hold(a, rec) == NOTHING
     assert rec.id in table.blocks and rec.owner is None
-    assert table.release_hold(b, rec) == (True, [])
+    assert table.release_hold(b, rec).freed == (rec,)
     assert rec.id not in table.blocks
 
 
@@ -259,7 +259,7 @@ def test_receiver_leaving_fails_queued_deliveries(table: RoutingTable) -> None:
     assert not table.offer(Delivery(r2, a, b, {}, True, 2))
     done = table.unregister(b)
     assert [d.token for d in done.failed] == [2]
-    assert [r.id for r in done.blocks] == [r1.id]  # delivered: b's, freed with b
+    assert [r.id for r in done.freed] == [r1.id]  # delivered: b's, freed with b
     assert r2.owner is a and r2.in_transit == 0  # never delivered: still a's
 
 
@@ -289,4 +289,4 @@ def test_touch_moves_only_named_cacheable_objects(table: RoutingTable) -> None:
     assert list(table.evictable) == ["first", "second"]
     assert table.touch([first.id, first.id]) == 2
     assert list(table.evictable) == ["second", "first"]
-    assert table.evict_one() == ("second", second)
+    assert table.evict_one() == ("second", Outcome(freed=(second,), dropped=[]))

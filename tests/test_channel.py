@@ -81,7 +81,7 @@ def eventfds() -> int:
 
 def ring_block(coord: blockipc.Coordinator, channel: int) -> int:
     """The id of the block holding a channel's ring (in the coordinator's table)."""
-    block_id: int = coord._table.channels[channel].block.id
+    block_id: int = coord._state.table.channels[channel].block.id
     return block_id
 
 
@@ -92,8 +92,8 @@ def usage(coord: blockipc.Coordinator) -> tuple[int, int, int]:
 
 async def ring_freed(coord: blockipc.Coordinator, start: tuple[int, int, int]) -> None:
     await wait_until(lambda: usage(coord) == start)
-    assert not coord._table.channels and coord.stats().channels == 0
-    assert not coord._bells
+    assert not coord._state.table.channels and coord.stats().channels == 0
+    assert not coord._state.bells
 
 
 # -- basics ------------------------------------------------------------------------------
@@ -585,7 +585,7 @@ async def test_ring_block_is_out_of_reach_of_both_ends(
             assert bytes(msg.data) == b"precious"
     await tx.aclose()
     await rx.aclose()
-    await wait_until(lambda: rid not in coord._table.blocks)
+    await wait_until(lambda: rid not in coord._state.table.blocks)
     for call in (lambda: a.free(rid), lambda: b.write(rid, b"x"), lambda: a.read(rid, 0, 1)):
         with pytest.raises(BlockNotFound):
             await call()
@@ -812,11 +812,11 @@ async def test_cancelled_open_waiting_for_peer_leaves_nothing_behind(
     opener.cancel()
     with pytest.raises(asyncio.CancelledError):
         await opener
-    await wait_until(lambda: not any(coord._peer_waits.values()))
+    await wait_until(lambda: not any(coord._state.peer_waits.by_name.values()))
     async with connected_as(coord, name) as late:
         await asyncio.sleep(0.1)  # had the cancelled open been retried, it would be now
         assert usage(coord) == start
-        assert not coord._table.processes[name].channel_offers
+        assert not coord._state.table.processes[name].channel_offers
         tx = await a.open_channel(name, capacity=SMALL)
         await tx.send(b"the real one")
         async with asyncio.timeout(10):
@@ -851,8 +851,8 @@ async def test_open_cancelled_midway_leaves_nothing_behind(
     if tx is not None:
         await tx.aclose()
     # every channel opened is closed by the sender's side now (or soon)
-    await wait_until(lambda: all(c.sender is None for c in coord._table.channels.values()))
-    for _ in coord._table.processes[b.name].channel_offers.copy():
+    await wait_until(lambda: all(c.sender is None for c in coord._state.table.channels.values()))
+    for _ in coord._state.table.processes[b.name].channel_offers.copy():
         async with asyncio.timeout(10):
             rx = await b.accept_channel()
             with pytest.raises(ChannelClosed):

@@ -3,15 +3,36 @@ ops (which arrive before a session exists) have none there."""
 
 from __future__ import annotations
 
+import types
+from collections import Counter
+
+import pytest
+
 from blockipc._core.protocol import _SCHEMAS, Kind, Op
-from blockipc._server.coordinator import Coordinator
+from blockipc._server import ops
 
 HANDSHAKE = {Op.HELLO, Op.ATTACH}  # answered by the listener, before the session
 
 
 def test_every_request_op_has_one_handler() -> None:
-    handled = set(Coordinator._handlers)
+    handled = set(ops.HANDLERS)
     assert handled == set(Op) - HANDSHAKE, sorted(set(Op) ^ handled ^ HANDSHAKE)
     # and every op a client may send has a request schema the handler can rely on
     requests = {op for kind, op in _SCHEMAS if kind is Kind.REQUEST}
     assert handled <= requests, sorted(handled - requests)
+
+
+def test_no_op_is_claimed_by_two_groups() -> None:
+    claims = Counter(op for group in ops.GROUPS for op in group.HANDLERS)
+    assert [op for op, n in claims.items() if n > 1] == []
+    # and each handler is its group's own function
+    for group in ops.GROUPS:
+        for handler in group.HANDLERS.values():
+            assert handler.__module__ == group.__name__, (group.__name__, handler)
+
+
+def test_the_merge_refuses_an_op_handled_twice() -> None:
+    twice = types.ModuleType("twice")
+    twice.HANDLERS = {Op.ALLOC: ops.blocks.alloc}  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="ALLOC has two handlers"):
+        ops.merge((ops.blocks, twice))

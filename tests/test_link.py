@@ -791,10 +791,10 @@ async def test_received_blocks_get_their_generation_slot_and_evict_cacheables() 
             await producer.send(block, to="b/consumer")
         msg = await consumer.recv()
         assert await consumer.read(msg.block, 0, 6) == b"remote"
-        rec = b._table.blocks[msg.block.id]
+        rec = b._state.table.blocks[msg.block.id]
         base = sum(s.size for i, s in b.pool.segments.items() if i < rec.segment)
         assert rec.slot == (base + rec.offset) // b.pool.min_block != 0
-        assert b.gens.get(rec.slot) == rec.generation
+        assert b._state.gens.get(rec.slot) == rec.generation
         stats = await consumer.stats()
         assert "cached" not in stats.names and stats.cache_evictions >= 1
         with pytest.raises(blockipc.BlockNotFound):

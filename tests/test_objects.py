@@ -321,11 +321,11 @@ async def test_hits_a_client_cache_serves_count_as_uses_for_eviction() -> None:
         assert await run("get", name="a", digest=True) == a  # a miss: now cached there
         for key in "bcd":
             await c.get(key)  # c has no cache: these reach the coordinator
-        assert list(coord._table.evictable) == ["a", "b", "c", "d"]
+        assert list(coord._state.table.evictable) == ["a", "b", "c", "d"]
         answered = coord.stats().cache_hits
         assert await run("get", name="a", digest=True) == a  # a hit
         assert coord.stats().cache_hits == answered  # the get itself never came here
-        await wait_until(lambda: list(coord._table.evictable)[-1] == "a")
+        await wait_until(lambda: list(coord._state.table.evictable)[-1] == "a")
         block = await c.alloc(200 * KiB)
         assert coord.stats().names == ("a", "c", "d")
         await c.free(block)
@@ -469,7 +469,7 @@ async def test_cache_hit_costs_no_round_trip(
     first = await other.get("w")
     mine = await other.stats()
     coord_before = coord.stats()
-    requests = coord._table.lease_count, coord.stats().cache_hits
+    requests = coord._state.table.lease_count, coord.stats().cache_hits
     for _ in range(100):
         assert await other.get("w") is first  # read-only arrays are shared, not copied
     coord_after = coord.stats()
@@ -477,7 +477,7 @@ async def test_cache_hit_costs_no_round_trip(
         coord_before.cache_hits,
         coord_before.cache_misses,
     )
-    assert requests == (coord._table.lease_count, coord.stats().cache_hits)
+    assert requests == (coord._state.table.lease_count, coord.stats().cache_hits)
     after = await other.stats()
     # stats() itself is a round trip but not a get: the coordinator's counters stand still
     assert after.cache_hits - mine.cache_hits == 100

@@ -240,7 +240,7 @@ async def test_killed_senders_waiting_for_a_peer_leave_no_wait_behind(
     nobody = unique_name("nobody")
     await _kill_parked_senders(coord.address, nobody, 1)
     await wait_until(lambda: not coord.stats().processes)
-    assert coord._peer_waits == {}
+    assert not coord._state.peer_waits
     # the name still works as a receiver, and nothing is delivered to it
     async with blockipc.connect(coord.address, name=nobody) as late:
         with anyio.move_on_after(0.1):

@@ -9,6 +9,12 @@ in that inbox?), applies the answer, and only then does I/O. Nothing here awaits
 waiting is expressed as opaque *tokens* queued here, which the caller turns into
 replies when this module hands them back.
 
+Outcomes. A decision that ends holds, leases or waits returns an :class:`Outcome`: the
+blocks now gone (free their memory), the waits it dropped (answer them with an error),
+the leases it granted and the deliveries it admitted (answer them). The coordinator
+applies every outcome in one place (``ServerState.settle``). This module is the only
+code that changes holds, pins (a block in transit), grants and removals.
+
 Rights. A block has at most one *owner* (full rights: read, write, send, grant,
 revoke) and any number of *grantees* holding ``"r"`` or ``"w"``. Owner and grantees
 are the block's *holders*; ``free`` drops the caller's own hold, and the block's memory
@@ -31,7 +37,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from .._exceptions import (
     AccessDenied,
@@ -50,9 +56,10 @@ __all__ = [
     "Grant",
     "InboxEntry",
     "Lease",
+    "NOTHING",
     "Mode",
+    "Outcome",
     "ProcessRecord",
-    "Reclaimed",
     "RoutingTable",
     "Waiter",
 ]
@@ -174,23 +181,26 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
-class Reclaimed:
-    """What ending a process left for the caller to act on."""
-
-    blocks: list[BlockRecord]  # removed: free their memory
-    grants: list[Grant]  # leases others were granted: answer them
-    dropped: list[Waiter]  # others' waits on removed blocks: answer with an error
-    failed: list[Delivery]  # deliveries that can no longer happen: answer with an error
-    admitted: list[Delivery]  # deliveries that now fit an inbox: answer with success
-    leases: int
-
-
-@dataclass(frozen=True, slots=True)
 class Grant:
     """A lease handed to a waiter whose ``token`` the caller queued."""
 
     token: Hashable
     lease: Lease
+
+
+class Outcome(NamedTuple):
+    """What a decision left for the caller to act on (see the module's docstring)."""
+
+    freed: tuple[BlockRecord, ...] | list[BlockRecord] = ()  # removed: free their memory
+    dropped: tuple[Waiter, ...] | list[Waiter] = ()  # waits on removed blocks: an error
+    grants: tuple[Grant, ...] | list[Grant] = ()  # leases granted to waiters: answer them
+    admitted: tuple[Delivery, ...] | list[Delivery] = ()  # now in an inbox: answer success
+    failed: tuple[Delivery, ...] | list[Delivery] = ()  # can no longer happen: an error
+    leases: int = 0  # (unregister) leases the process still held
+
+
+NOTHING = Outcome()
+"""The outcome of a decision that left nothing to do."""
 
 
 class RoutingTable:
@@ -240,12 +250,10 @@ class RoutingTable:
         self.processes[name] = proc
         return proc
 
-    def unregister(self, proc: ProcessRecord) -> Reclaimed:
+    def unregister(self, proc: ProcessRecord) -> Outcome:
         """Remove ``proc``: end its leases, drop its waits, holds, subscriptions and
-        queued deliveries (to it and from it).
-
-        Returns what the caller must act on (see :class:`Reclaimed`).
-        """
+        queued deliveries (to it and from it). Deliveries to it that were still
+        queued are the outcome's ``failed``."""
         if self.processes.get(proc.name) is proc:
             del self.processes[proc.name]
         for topic in list(proc.topics):
@@ -278,22 +286,20 @@ class RoutingTable:
         for bid in sorted(proc.blocks):
             rec = self.blocks[bid]
             self._drop_hold(rec, proc)
-            gone, waits = self._let_go(rec)
-            dropped.extend(waits)
-            if gone:
-                removed.append(rec)
+            out = self._let_go(rec)
+            dropped.extend(out.dropped)
+            removed.extend(out.freed)
         proc.blocks.clear()
         for rec in touched:
-            gone, waits = self.reap(rec)
-            dropped.extend(waits)
-            if gone:
-                removed.append(rec)
-            elif rec.id in self.blocks:
+            out = self.reap(rec)
+            dropped.extend(out.dropped)
+            removed.extend(out.freed)
+            if not out.freed and rec.id in self.blocks:
                 grants.extend(self._grant_waiters(rec))
         admitted: list[Delivery] = []
         for other in self.processes.values():
             admitted.extend(self._admit(other))
-        return Reclaimed(removed, grants, dropped, failed, admitted, reclaimed)
+        return Outcome(removed, dropped, grants, admitted, failed, reclaimed)
 
     def find_process(self, name: str) -> ProcessRecord:
         try:
@@ -336,6 +342,14 @@ class RoutingTable:
             )
         return rec
 
+    def readable(self, proc: ProcessRecord, block_id: int) -> BlockRecord:
+        """A block ``proc`` may read: one it holds with the read right, or a named
+        object (any local process may read those, by name or by id)."""
+        rec = self.blocks.get(block_id)
+        if rec is not None and rec.name:
+            return rec
+        return self.lookup(proc, block_id, "r")
+
     @staticmethod
     def _not_yours(rec: BlockRecord) -> str:
         """Why a process that neither owns nor was granted ``rec`` may not use it."""
@@ -355,9 +369,8 @@ class RoutingTable:
     def check_bounds(rec: BlockRecord, offset: int, size: int) -> None:
         check_range(rec.id, offset, size, rec.size)
 
-    def release_hold(self, proc: ProcessRecord, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
-        """``free`` by a holder: drop its hold. Returns whether the block is gone (the
-        caller frees its memory) and the waits it dropped (answer them with an error).
+    def release_hold(self, proc: ProcessRecord, rec: BlockRecord) -> Outcome:
+        """``free`` by a holder: drop its hold (the block is freed if that was its last).
         Refused while ``proc`` holds a lease on it, and while the block waits for room
         in an inbox if ``proc`` owns it (it is the sender, or the publisher) or is its
         last holder; a subscriber or grantee may let go meanwhile: the owner's hold keeps
@@ -379,25 +392,24 @@ class RoutingTable:
         if rec.in_transit and (rec.owner is proc or len(rec.holders()) <= 1):
             raise AccessDenied(f"block {rec.id} is being sent; it cannot be freed until delivered")
 
-    def _let_go(self, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
+    def _let_go(self, rec: BlockRecord) -> Outcome:
         """After a hold ended: remove the block if nothing holds it. Readers that lease
         it without holding it (a ``get`` of a named object) finish first: the block is
         *doomed* now (its generation moves on) and removed by :meth:`reap` after them."""
         if rec.held():
-            return False, []
+            return NOTHING
         if rec.leases:
             if not rec.doomed:
                 rec.doomed = True
                 self.bump(rec)
-            return False, []
-        return True, self._remove(rec)
+            return NOTHING
+        return Outcome((rec,), self._remove(rec))
 
-    def reap(self, rec: BlockRecord) -> tuple[bool, list[Waiter]]:
-        """Remove a doomed block once its last lease ended: whether it is gone now (free
-        its memory), and the waits that were queued on it (answer them)."""
+    def reap(self, rec: BlockRecord) -> Outcome:
+        """Remove a doomed block once its last lease ended."""
         if rec.doomed and not rec.leases and rec.id in self.blocks:
-            return True, self._remove(rec)
-        return False, []
+            return Outcome((rec,), self._remove(rec))
+        return NOTHING
 
     def bump(self, rec: BlockRecord) -> None:
         """The block's bytes or life changed: move its generation on (and publish it)."""
@@ -498,8 +510,7 @@ class RoutingTable:
             return False
         del self.channels[chan.id]
         chan.block.channel = 0
-        gone, _ = self._let_go(chan.block)  # nobody could lease it: nothing waits
-        return gone
+        return bool(self._let_go(chan.block).freed)  # nobody could lease it: nothing waits
 
     # -- deliveries --------------------------------------------------------------
     def check_movable(self, proc: ProcessRecord, rec: BlockRecord) -> None:
@@ -603,24 +614,23 @@ class RoutingTable:
 
     def end_transfer(
         self, rec: BlockRecord, pin: ProcessRecord, sender: ProcessRecord, *, failed: bool
-    ) -> tuple[bool, list[Waiter]]:
+    ) -> Outcome:
         """A transfer begun by :meth:`start_transfer` is over. A move that ``failed``
         gives the block back to its sender if that process is still registered; else
         ``pin`` lets go once the block's last transfer is over, and the block goes the
         way of any block whose hold ended (a bound name, a grant, a reader's lease still
-        keep it). Returns whether it is gone (the caller frees its memory) and the waits
-        it dropped (answer them with an error), as :meth:`release_hold` does."""
+        keep it), as after :meth:`release_hold`."""
         if self.blocks.get(rec.id) is not rec:
-            return False, []
+            return NOTHING
         rec.in_transit -= 1
         rec.transfers -= 1
         if failed and rec.owner is pin and self.processes.get(sender.name) is sender:
             rec.owner = sender
             sender.blocks.add(rec.id)
             pin.blocks.discard(rec.id)
-            return False, []
+            return NOTHING
         if rec.transfers:
-            return False, []
+            return NOTHING
         self._drop_hold(rec, pin)
         pin.blocks.discard(rec.id)
         return self._let_go(rec)
@@ -664,10 +674,10 @@ class RoutingTable:
 
     def bind(
         self, proc: ProcessRecord, rec: BlockRecord, name: str, *, cacheable: bool
-    ) -> tuple[BlockRecord | None, list[Waiter]]:
+    ) -> Outcome:
         """Bind ``name`` to ``rec`` (which ``proc`` gives up), replacing any previous
-        object atomically: a reader gets the old or the new, never a mix. Returns the
-        replaced block if it is gone now (free its memory) and the waits it dropped."""
+        object atomically: a reader gets the old or the new, never a mix. The replaced
+        object goes the way of a block whose hold ended."""
         if rec.owner is proc:
             rec.owner = None
             proc.blocks.discard(rec.id)
@@ -679,28 +689,26 @@ class RoutingTable:
         if cacheable:
             self.evictable[name] = None
         if old is None or old is rec:
-            return None, []
+            return NOTHING
         old.name = ""
-        gone, dropped = self._let_go(old)
-        return (old if gone else None), dropped
+        return self._let_go(old)
 
-    def unbind(self, name: str) -> tuple[BlockRecord | None, list[Waiter]]:
-        """``delete(name)``: returns the block if it is gone now, and dropped waits."""
+    def unbind(self, name: str) -> Outcome:
+        """``delete(name)``: the object goes the way of a block whose hold ended."""
         rec = self.names.pop(name, None)
         if rec is None:
             raise BlockNotFound(f"no object named {name!r}")
         self.evictable.pop(name, None)
         rec.name = ""
-        gone, dropped = self._let_go(rec)
-        return (rec if gone else None), dropped
+        return self._let_go(rec)
 
-    def evict_one(self) -> tuple[str, BlockRecord] | None:
-        """Unbind the least recently used cacheable object that nobody leases."""
+    def evict_one(self) -> tuple[str, Outcome] | None:
+        """Unbind the least recently used cacheable object that nobody uses (its block
+        is the outcome's one ``freed``), or None if there is none."""
         for name in self.evictable:
             rec = self.names[name]
             if not rec.leases and not rec.waiters and not rec.held_by_process():
-                self.unbind(name)
-                return name, rec
+                return name, self.unbind(name)
         return None
 
     # -- leases ------------------------------------------------------------------
@@ -728,6 +736,13 @@ class RoutingTable:
         if lease.block.id not in self.blocks:
             return []
         return self._grant_waiters(lease.block)
+
+    def end_lease(self, lease: Lease) -> Outcome:
+        """End ``lease`` (as :meth:`release`); a doomed block whose last lease this was
+        is gone with it."""
+        grants = self.release(lease)
+        out = self.reap(lease.block)
+        return Outcome(out.freed, out.dropped, grants) if grants else out
 
     def cancel_wait(self, rec: BlockRecord, token: Hashable) -> bool:
         for w in rec.waiters:

@@ -1,0 +1,185 @@
+"""The listener: the socket path, accepting a connection, and its handshake.
+
+One anyio task per connection. It checks the peer's uid with ``SO_PEERCRED``, reads
+``HELLO`` (or ``ATTACH``: a side connection of a registered process that fetches fds for
+segments added later or for a channel's eventfds), registers the process, passes the
+segment fds with ``SCM_RIGHTS``, then hands the socket to a :class:`Session` and waits
+for the connection to end; its ``finally`` reclaims what the process held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import SocketAttribute, SocketStream, UNIXSocketStream
+
+from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
+from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
+from .._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from .._log import get_logger
+from .ops.blocks import MAX_INLINE
+from .reclaim import reclaim
+from .session import Session, error_reply
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+__all__ = ["HANDSHAKE_TIMEOUT", "prepare_path", "remove_path", "serve_connection"]
+
+log = get_logger("blockipc.coordinator")
+
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def prepare_path(path: Path) -> None:
+    """Make ``path`` free for a new socket: a stale one (nobody answers on it) is
+    removed; anything else there, or a live coordinator, raises."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise BlockIPCError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.warning("coordinator.stale_socket_removed", path=str(path))
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise BlockIPCError(f"a coordinator is already serving at {path}")
+
+
+def remove_path(path: Path | None, private_dir: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    if private_dir is not None:
+        with contextlib.suppress(OSError):
+            private_dir.rmdir()
+
+
+async def serve_connection(state: ServerState, stream: SocketStream) -> None:
+    """One accepted connection, from its handshake to its reclaim."""
+    try:
+        assert isinstance(stream, UNIXSocketStream)
+        await _serve(state, stream)
+    except Exception as exc:  # one bad connection must not stop the listener
+        log.exception("coordinator.connection_failed", error=repr(exc))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
+    raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+    pid, uid, _gid = peer_credentials(raw)
+    if uid != os.getuid():
+        log.warning("client.refused", reason="uid mismatch", pid=pid, uid=uid)
+        return
+    conn = Connection(Role.SERVER)
+    try:
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            event, _ = await receive_event(stream, conn)
+    except ConnectionClosed:
+        log.debug("client.closed_before_handshake", pid=pid)  # e.g. a stale-socket probe
+        return
+    except (TimeoutError, ProtocolError) as exc:
+        log.warning("protocol.error", phase="handshake", pid=pid, error=str(exc) or "timeout")
+        return
+    assert isinstance(event, Request)
+    if event.op is Op.ATTACH:
+        await _attach(state, stream, conn, event)
+        return
+    args = event.args
+    try:
+        if args["version"] != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"protocol version {args['version']} is not supported "
+                f"(this coordinator speaks {PROTOCOL_VERSION})"
+            )
+        proc = state.table.register(
+            args["name"],
+            pid=pid,
+            uid=uid,
+            inbox_messages=args["inbox_messages"],
+            inbox_bytes=args["inbox_bytes"],
+        )
+    except BlockIPCError as exc:
+        log.warning("client.refused", reason=str(exc), pid=pid, name=args["name"])
+        await send_frame(stream, conn.send(error_reply(event, exc)))
+        return
+    token = secrets.token_bytes(16)
+    state.tokens[token] = proc
+    session: Session | None = None
+    try:
+        pool = state.pool
+        segments = sorted(pool.segments.values(), key=lambda s: s.id)[:MAX_FDS]
+        welcome = Reply(
+            event.req_id,
+            Op.HELLO,
+            {
+                "version": PROTOCOL_VERSION,
+                "token": token,
+                "min_block": pool.min_block,
+                "max_inline": MAX_INLINE,
+                "segments": [[s.id, s.size] for s in segments],
+                "gen_size": state.gens.size,
+            },
+        )
+        fds = [*(s.fd for s in segments), state.gens.fd]
+        await send_frame(stream, conn.send(welcome), fds)
+        sock = await take_socket(stream)
+        loop = asyncio.get_running_loop()
+        session = Session(state.handle, conn, proc)
+        # listed before the transport starts: a request it handles at once (a recv,
+        # an accept) may need to be found by a send from another session
+        state.sessions[proc.key] = session
+        try:
+            await loop.connect_accepted_socket(lambda: session, sock)
+        except BaseException:
+            sock.close()
+            raise
+        log.info("client.connect", name=proc.name, pid=pid)
+        state.retry_peer_waits(proc.name)
+        await session.closed.wait()
+    finally:
+        reclaim(state, proc, token, session)  # synchronous: cancellation cannot cut it short
+
+
+async def _attach(
+    state: ServerState, stream: UNIXSocketStream, conn: Connection, req: Request
+) -> None:
+    proc = state.tokens.get(req.args["token"])
+    try:
+        if proc is None:
+            raise ProtocolError("ATTACH with an unknown session token")
+        pool = state.pool
+        wanted = req.args["segments"][:MAX_FDS]
+        segments = [pool.segments[i] for i in wanted if i in pool.segments]
+        bells: list[int] = []
+        if req.args["channel"]:
+            bells = list(state.bells[state.table.channel_end(proc, req.args["channel"]).id])
+        reply: Event = Reply(
+            req.req_id,
+            Op.ATTACH,
+            {"segments": [[s.id, s.size] for s in segments], "bells": len(bells)},
+        )
+        await send_frame(stream, conn.send(reply), [*(s.fd for s in segments), *bells])
+    except ConnectionClosed:
+        log.debug("client.closed_during_attach", name=proc.name if proc else None)
+    except AccessDenied as exc:
+        await send_frame(stream, conn.send(error_reply(req, exc)))
+    except ProtocolError as exc:
+        log.warning("protocol.error", phase="attach", error=str(exc))
+        await send_frame(stream, conn.send(error_reply(req, exc)))

@@ -1,0 +1,80 @@
+"""Messages: SEND (a block into another process's inbox), RECV and RECV_MANY; the
+receiver lookup that parks a request until its peer registers (``wait_for_peer``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..._core.limits import check_batch, pack_header
+from ..._core.protocol import Op, Reply, Request
+from ..._core.routing import Delivery, ProcessRecord
+from ..._exceptions import BlockIPCError, PeerUnreachable
+from ..parking import Parked, Queued, wait_for_peer
+from ..session import Session, error_reply
+from ..state import ServerState
+
+
+@dataclass(eq=False, slots=True)
+class QueuedSend(Parked):
+    """A SEND whose delivery waits for room in ``to``'s inbox; also the delivery's token."""
+
+    to: ProcessRecord
+
+    def done(self, error: BlockIPCError | None) -> None:
+        """The delivery reached the inbox (``error`` None) or never will."""
+        self.unpark()
+        if error is None:
+            self.session.reply(Reply(self.request.req_id, Op.SEND))
+        else:
+            self.session.reply(error_reply(self.request, error))
+
+    def cancel(self) -> None:
+        self.unpark()
+        if self.state.table.withdraw(self.to, self) is not None:
+            self.session.reply(self.cancelled())
+
+
+def receiver(state: ServerState, session: Session, req: Request) -> ProcessRecord | None:
+    """The process named ``req.args["to"]``, or None once the request is parked to
+    wait for it to register (``wait_ms``); :class:`PeerUnreachable` if it may not."""
+    a = req.args
+    to = state.table.processes.get(a["to"])
+    if to is None:
+        if not a["wait_ms"]:
+            raise PeerUnreachable(f"no process named {a['to']!r} is registered")
+        wait_for_peer(state, session, req)
+    return to
+
+
+def send(state: ServerState, session: Session, req: Request) -> None:
+    a = req.args
+    move = a["move"]
+    rec = state.table.lookup(session.proc, a["block"], "own" if move else "r")
+    pack_header(a["header"])
+    to = receiver(state, session, req)
+    if to is None:  # parked until it registers
+        return
+    if move:
+        state.table.check_movable(session.proc, rec)
+    token = QueuedSend(state, session, req, to)
+    delivery = Delivery(rec, session.proc, to, a["header"], move, token)
+    if state.table.offer(delivery, nowait=a["nowait"]):
+        session.reply(Reply(req.req_id, Op.SEND))
+        state.wake_receiver(to)
+    else:
+        token.park()
+
+
+def recv(state: ServerState, session: Session, req: Request) -> None:
+    """RECV (one message) and RECV_MANY (what the inbox holds, up to ``max``)."""
+    if req.op is Op.RECV_MANY:
+        check_batch(req.args["max"], "RECV_MANY max")
+    if session.proc.inbox and not session.recv_waits:
+        state.deliver(session, req)
+    else:
+        wait = Queued(state, session, req, session.recv_waits)
+        wait.park()
+        session.recv_waits.append(wait)
+
+
+HANDLERS = {Op.SEND: send, Op.RECV: recv, Op.RECV_MANY: recv}

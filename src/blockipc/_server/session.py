@@ -1,0 +1,193 @@
+"""One client connection on the server: parse, dispatch, reply (the hot path).
+
+A :class:`Session` is the asyncio ``BufferedProtocol`` of one registered process. Each
+request parsed from the socket goes to :meth:`ServerState.handle` at once, from the
+``buffer_updated`` callback, so a pipelined burst is answered in one write. Every reply
+goes through :meth:`Session.reply`, which checks it against the protocol's schema.
+A request that must wait parks in :attr:`Session.parked` (see :mod:`.parking`).
+
+This module is the bottom of the server's parts: it imports none of them (the state,
+the parking kinds and the handlers all know the session; it knows them by the small
+:class:`ParkedEntry` interface and the ``handle`` callable it is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import anyio
+
+from .._core.limits import MAX_STR
+from .._core.protocol import Connection, ErrorReply, Event, NeedData, Request
+from .._core.routing import BlockRecord, ProcessRecord
+from .._exceptions import BlockIPCError, ErrorCode, ProtocolError
+from .._log import get_logger
+
+__all__ = ["ParkedEntry", "Session", "block_fields", "error_reply"]
+
+log = get_logger("blockipc.coordinator")
+
+BUFFER_SIZE = 256 * 1024
+"""What one ``buffer_updated`` can hand over; a larger frame arrives in pieces."""
+
+
+def block_fields(rec: BlockRecord) -> dict[str, int]:
+    """The fields of a reply that names a block."""
+    return {
+        "block": rec.id,
+        "size": rec.size,
+        "capacity": rec.capacity,
+        "segment": rec.segment,
+        "offset": rec.offset,
+    }
+
+
+def error_reply(req: Request, exc: BlockIPCError) -> ErrorReply:
+    """The answer to ``req`` that raises ``exc`` (its class, by wire code) in the client."""
+    return ErrorReply(req.req_id, req.op, exc.code, str(exc))
+
+
+class ParkedEntry(Protocol):
+    """A parked request as its session knows it (the kinds are in :mod:`.parking`)."""
+
+    @property
+    def request(self) -> Request: ...
+
+    def unpark(self) -> None:
+        """Leave the session's registry (it was answered)."""
+        ...
+
+    def cancel(self) -> None:
+        """``CANCEL``: withdraw the request and answer it as cancelled."""
+        ...
+
+    def abandon(self) -> None:
+        """The session ended: drop what only this entry knows of, answering nothing."""
+        ...
+
+
+class Session(asyncio.BufferedProtocol):
+    """The hot path of one client connection: parse, ``handle``, reply."""
+
+    def __init__(
+        self,
+        handle: Callable[[Session, Request], None],
+        conn: Connection,
+        proc: ProcessRecord,
+    ) -> None:
+        self._handle = handle
+        self.conn = conn
+        self.proc = proc
+        self.parked: dict[int, ParkedEntry] = {}  # request id -> its wait (see .parking)
+        self.recv_waits: deque[ParkedEntry] = deque()  # in order, for the next message
+        self.accept_waits: deque[ParkedEntry] = deque()  # in order, for the next channel
+        self.closed = anyio.Event()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = memoryview(bytearray(BUFFER_SIZE))
+        self._out: list[bytes] = []
+        self._batching = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._process()  # bytes that arrived with the handshake
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.conn.receive_data(self._buffer[:nbytes])
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        self._process()
+
+    def _process(self) -> None:
+        held = self.hold()
+        handle = self._handle
+        try:
+            while True:
+                try:
+                    event = self.conn.next_event()
+                except ProtocolError as exc:
+                    self._protocol_error(exc)
+                    return
+                if isinstance(event, NeedData):
+                    break
+                assert isinstance(event, Request)
+                handle(self, event)
+        finally:
+            if held:
+                self.release()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.closed.set()
+
+    def reply(self, event: Event) -> None:
+        """Send the answer to a request: every reply goes through here."""
+        if self._transport is None or self._transport.is_closing() or self.conn.error:
+            return
+        try:
+            frame = self.conn.send(event)
+        except ProtocolError as exc:
+            if self.conn.error is not None:  # out of order (a bug): this connection is done
+                self._protocol_error(exc)
+                return
+            # A reply that breaks its own schema (a bug) is refused before a byte is sent:
+            # this request gets an internal error instead, and the connection goes on.
+            log.error(
+                "coordinator.reply_refused",
+                name=self.proc.name,
+                op=event.op.name,
+                req_id=event.req_id,
+                error=str(exc),
+            )
+            message = f"internal error: the coordinator's reply does not fit the protocol: {exc}"
+            error = ErrorReply(event.req_id, event.op, ErrorCode.INTERNAL, message[:MAX_STR])
+            try:
+                frame = self.conn.send(error)
+            except ProtocolError as again:  # cannot happen: the error reply fits
+                self._protocol_error(again)
+                return
+        self._out.append(frame)
+        if not self._batching:
+            self._flush()
+
+    def hold(self) -> bool:
+        """Collect this session's replies until :meth:`release`, to write them at once
+        (``False``: they are collected already, and the outer holder writes them)."""
+        if self._batching:
+            return False
+        self._batching = True
+        return True
+
+    def release(self) -> None:
+        """End :meth:`hold`: write the replies collected meanwhile."""
+        self._batching = False
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None:
+            self._transport.writelines(self._out)
+        self._out.clear()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.warning("protocol.error", name=self.proc.name, pid=self.proc.pid, error=str(exc))
+        self.abort()
+
+    def close_after_flush(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self.closed.set()
