@@ -4,6 +4,12 @@ Every async test runs twice, on asyncio's default loop and on uvloop, through
 pytest-asyncio's ``pytest_asyncio_loop_factories`` hook (overriding the
 ``event_loop_policy`` fixture is deprecated in pytest-asyncio 1.x, and event loop
 policies themselves are deprecated from Python 3.14).
+
+The tests sit in folders named like the package's (``core/`` for ``blockipc._core``,
+``shm/``, ``server/``, ``client/``, ``link/``, ``bench/``; ``integration/`` runs the whole
+system as a user does; a top-level module's test is here at the root). There are no
+``__init__.py`` files: pytest puts this file's folder on ``sys.path``, so a test in any
+folder imports the shared helpers next to it (``from _procs import ...``).
 """
 
 from __future__ import annotations

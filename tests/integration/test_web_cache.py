@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from _procs import ROOT
+
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "web_cache"
 
 

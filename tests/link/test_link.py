@@ -35,7 +35,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import blockipc
-from _procs import Child, spawn, wait_until
+from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._core.limits import split_target
 from blockipc._core.linkwire import (
@@ -57,7 +57,6 @@ from blockipc._exceptions import ProtocolError
 from blockipc._link.keys import keygen, load_keys
 from blockipc.testing import assert_pool_clean
 
-ROOT = Path(__file__).resolve().parent.parent
 KiB, MiB = 1 << 10, 1 << 20
 
 
