@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -26,6 +29,9 @@ import uvloop
 import blockipc
 from _procs import wait_until
 from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files, unique_name
+
+# the shared helpers' asserts explain themselves as a test's do (test modules import it later)
+pytest.register_assert_rewrite("_helpers")
 
 LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -110,3 +116,11 @@ async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
 async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
     async with blockipc.connect(coord.address, name=unique_name("other")) as c:
         yield c
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory for socket paths (AF_UNIX paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="bipc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import free_port
 from _procs import ROOT
 
 httpx = pytest.importorskip("httpx")
@@ -23,13 +23,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 APP_DIR = ROOT / "examples" / "web_cache"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(

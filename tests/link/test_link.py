@@ -20,10 +20,9 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import blockipc
+from _helpers import free_port
 from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._core.limits import split_target
@@ -72,13 +72,6 @@ def decode_block(head: list[bytes], size: int) -> object:
     return frame
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.asyncio.Socket]:
     """A DEALER on a node's link port, to write link frames by hand (with ``keys``,
@@ -95,14 +88,6 @@ async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.async
     finally:
         dealer.close(linger=0)
         ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory for socket paths (AF_UNIX paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bipc-link-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def node_keys(root: Path, *nodes: str) -> dict[str, Path]:
