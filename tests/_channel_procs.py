@@ -1,4 +1,4 @@
-"""Child processes for tests/test_channel.py: the two ends of a channel.
+"""Child processes for tests/client/test_channel.py: the two ends of a channel.
 
 Run as ``python tests/_channel_procs.py ROLE ADDRESS ARGS...``; like tests/_procs.py
 (whose :class:`~_procs.Child`, :func:`~_procs.report` and ``main`` this reuses), a

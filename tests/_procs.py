@@ -28,7 +28,8 @@ from typing import Any
 import anyio
 
 HERE = Path(__file__).resolve()
-SRC = HERE.parent.parent / "src"
+ROOT = HERE.parent.parent  # the repository: tests of every folder find src/, README.md, ... here
+SRC = ROOT / "src"
 
 
 # -- the test side ---------------------------------------------------------------------
@@ -499,7 +500,7 @@ ROLES.update(
 )
 
 
-# -- named objects, codecs and the cache (tests/test_objects.py) --------------------------
+# -- named objects, codecs and the cache (tests/client/test_objects.py) -------------------
 def codec_samples() -> dict[str, Any]:
     """One value per codec, built the same way in every process."""
     import numpy as np

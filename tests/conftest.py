@@ -4,6 +4,12 @@ Every async test runs twice, on asyncio's default loop and on uvloop, through
 pytest-asyncio's ``pytest_asyncio_loop_factories`` hook (overriding the
 ``event_loop_policy`` fixture is deprecated in pytest-asyncio 1.x, and event loop
 policies themselves are deprecated from Python 3.14).
+
+The tests sit in folders named like the package's (``core/`` for ``blockipc._core``,
+``shm/``, ``server/``, ``client/``, ``link/``, ``bench/``; ``integration/`` runs the whole
+system as a user does; a top-level module's test is here at the root). There are no
+``__init__.py`` files: pytest puts this file's folder on ``sys.path``, so a test in any
+folder imports the shared helpers next to it (``from _procs import ...``).
 """
 
 from __future__ import annotations
@@ -11,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -20,6 +29,9 @@ import uvloop
 import blockipc
 from _procs import wait_until
 from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files, unique_name
+
+# the shared helpers' asserts explain themselves as a test's do (test modules import it later)
+pytest.register_assert_rewrite("_helpers")
 
 LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -104,3 +116,11 @@ async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
 async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
     async with blockipc.connect(coord.address, name=unique_name("other")) as c:
         yield c
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory for socket paths (AF_UNIX paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="bipc-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

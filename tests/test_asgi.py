@@ -1,5 +1,6 @@
 """blockipc.asgi without a web server: the lifespan connects one client per process,
-puts it on ``app.state`` and closes it (the uvicorn test is tests/test_web_cache.py)."""
+puts it on ``app.state`` and closes it (the uvicorn test is
+tests/integration/test_web_cache.py)."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import ast
 import dataclasses
 import doctest
 import inspect
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Hashable
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
@@ -16,11 +16,11 @@ from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import blockipc.cache as cache_module
+from _helpers import check_each
 from blockipc import InvalidRequest
 from blockipc.cache import CacheStats, LRUCache
 
 Key = tuple[int, int, str]
-T = TypeVar("T")
 
 
 def test_module_does_no_io() -> None:
@@ -51,20 +51,6 @@ def test_public_names() -> None:
 # Tables run as one pytest item each: the conftest's per-test fd-leak check (two full
 # gc.collect() calls) costs far more than these checks, and `check_each` still reports
 # every failing row.
-
-
-def check_each(cases: Iterable[T], check: Callable[[T], object]) -> None:
-    """Run ``check`` on every case; fail listing all the cases that failed."""
-    failures = []
-    for case in cases:
-        try:
-            check(case)
-        except (AssertionError, pytest.fail.Exception) as exc:
-            failures.append(f"{case!r}: {type(exc).__name__}: {exc}")
-        except Exception as exc:
-            exc.add_note(f"in case {case!r}")
-            raise
-    assert not failures, "failing cases:\n" + "\n".join(failures)
 
 
 def test_max_bytes() -> None:

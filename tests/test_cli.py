@@ -15,11 +15,10 @@ import anyio
 import pytest
 
 import blockipc
-from _procs import serving
+from _procs import ROOT, serving
 from blockipc._address import ADDRESS_ENV
 from blockipc._core.sizes import format_size
 
-ROOT = Path(__file__).resolve().parent.parent
 BLOCKIPC = [sys.executable, "-m", "blockipc"]
 REQUIRED = "--socket or BLOCKIPC_ADDRESS is required"
 

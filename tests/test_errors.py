@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import blockipc
+from _procs import ROOT
 from blockipc import (
     AccessDenied,
     BlockIPCError,
@@ -24,7 +25,7 @@ from blockipc import (
 )
 from blockipc.testing import unique_name
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def _collect_warnings() -> list[warnings.WarningMessage]:

@@ -15,11 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import blockipc
-from _procs import wait_until
+from _procs import ROOT, wait_until
 from blockipc.metrics import MetricsServer
 from blockipc.testing import assert_pool_clean, unique_name
 
-ROOT = Path(__file__).resolve().parent.parent
 KiB = 1 << 10
 
 

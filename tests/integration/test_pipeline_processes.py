@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
 
 import blockipc
 from _procs import sha256, spawn, stream_payload, wait_until
@@ -26,14 +22,6 @@ from blockipc import PeerUnreachable
 from blockipc.testing import unique_name
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory for a socket path (AF_UNIX paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bipc-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_ten_thousand_sends_to_a_slow_consumer(coord: blockipc.Coordinator) -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from _procs import ROOT
+
 README = ROOT / "README.md"
 HARNESS = ROOT / "tests" / "_readme_harness.py"
 TIMEOUT = 45.0
@@ -221,7 +222,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ),
     ("Install", "pip install blockipc"): shell(
         not_here={
-            "pip install": "installs from PyPI (network); tests/test_install.py checks "
+            "pip install": "installs from PyPI (network); tests/integration/test_install.py checks "
             "each extra against pyproject.toml"
         }
     ),
@@ -255,7 +256,7 @@ def test_every_block_has_a_check() -> None:
         keys = [key for key in CHECKS if block in _matching(key)]
         assert len(keys) == 1, (
             f"README.md:{block.line} ({block.section!r}, {block.lang}) is named by {len(keys)} "
-            f"entries of CHECKS in tests/test_readme.py, not one: {keys}\n{block.text}"
+            f"entries of CHECKS in tests/integration/test_readme.py, not one: {keys}\n{block.text}"
         )
     for key in CHECKS:
         assert len(_matching(key)) == 1, f"CHECKS entry {key} names {len(_matching(key))} blocks"

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,6 @@ from blockipc import ConnectionClosed
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
 
 KiB, MiB = 1 << 10, 1 << 20
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory for a socket path (AF_UNIX paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bipc-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_producer_and_consumer_processes_exchange_blocks(

@@ -1,6 +1,6 @@
 """The throughput table of ``blockipc bench``: analysis and report, on made-up results
-(running the benchmark itself takes minutes; ``tests/test_examples.py`` checks its
-``--help``)."""
+(running the benchmark itself takes minutes; ``tests/integration/test_examples.py``
+checks its ``--help``)."""
 
 from __future__ import annotations
 

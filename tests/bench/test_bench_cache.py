@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from _procs import ROOT
 from blockipc.bench import cache as bench_cache
 from blockipc.bench.cache import _analyse, _redis_server
 from blockipc.bench.harness import has, table
 
-ROOT = Path(__file__).resolve().parent.parent
 NO_REDIS_SERVER = (
     "redis-server is not on PATH: the Redis rows are skipped (install Redis to measure them)"
 )

@@ -13,11 +13,12 @@ import doctest
 import importlib
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "blockipc"
+from _procs import ROOT
+
+SRC = ROOT / "src" / "blockipc"
 
 CORE = tuple(
     sorted(f"_core.{path.stem}" for path in (SRC / "_core").glob("*.py") if path.stem != "__init__")

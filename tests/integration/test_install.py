@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import blockipc
+from _procs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 # The import name of every package an extra adds, by extra; the base install has none.
@@ -246,7 +246,7 @@ def test_each_extra_installs_what_its_feature_imports() -> None:
 
 def test_every_extra_named_anywhere_exists() -> None:
     """The extras named in error messages (src) and in the README are pyproject's."""
-    texts = [p.read_text() for p in (ROOT / "src" / "blockipc").glob("*.py")]
+    texts = [p.read_text() for p in (ROOT / "src" / "blockipc").rglob("*.py")]
     texts.append((ROOT / "README.md").read_text())
     named = {m for text in texts for m in re.findall(r"blockipc\[([a-z0-9_,-]+)\]", text)}
     assert {"numpy", "json", "metrics", "all"} <= named

@@ -24,6 +24,7 @@ import pytest
 
 import blockipc
 from _channel_procs import message, source, spawn
+from _helpers import connected
 from _procs import payload, wait_until
 from blockipc import (
     AccessDenied,
@@ -38,14 +39,6 @@ from blockipc.testing import isolated_coordinator, unique_name
 KiB, MiB = 1 << 10, 1 << 20
 CTL = 4096  # the ring's control page: a channel of capacity C carries C - CTL bytes
 SMALL = 8 * KiB  # the smallest channel: one page of data
-
-
-@contextlib.asynccontextmanager
-async def connected(
-    coord: blockipc.Coordinator, prefix: str, **kwargs: Any
-) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name(prefix), **kwargs) as c:
-        yield c
 
 
 @pytest.fixture

@@ -20,10 +20,9 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import blockipc
-from _procs import Child, spawn, wait_until
+from _helpers import free_port
+from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._core.limits import split_target
 from blockipc._core.linkwire import (
@@ -57,7 +57,6 @@ from blockipc._exceptions import ProtocolError
 from blockipc._link.keys import keygen, load_keys
 from blockipc.testing import assert_pool_clean
 
-ROOT = Path(__file__).resolve().parent.parent
 KiB, MiB = 1 << 10, 1 << 20
 
 
@@ -71,13 +70,6 @@ def encode_block(
 def decode_block(head: list[bytes], size: int) -> object:
     (frame,) = decode_blocks(head, [size])
     return frame
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -96,14 +88,6 @@ async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.async
     finally:
         dealer.close(linger=0)
         ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory for socket paths (AF_UNIX paths are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="bipc-link-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def node_keys(root: Path, *nodes: str) -> dict[str, Path]:

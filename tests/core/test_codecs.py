@@ -14,8 +14,8 @@ import pickle
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import blockipc._core.codecs as codecs_module
+from _helpers import check_each
 from blockipc import CodecError, InvalidRequest
 from blockipc._core.codecs import CODEC_NAMES, DEFAULT_CODEC, Codec, Encoded, get_codec
 
-T = TypeVar("T")
 RAW = get_codec("raw")
 JSON = get_codec("json")
 MSGPACK = get_codec("msgpack")
@@ -37,24 +37,6 @@ PICKLE = get_codec("pickle")
 
 GOOD = {"dtype": "<i2", "shape": [2, 2], "order": "C"}  # numpy meta for 8 bytes
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def check_each(cases: Iterable[T], check: Callable[[T], object]) -> None:
-    """Run ``check`` on every case; fail listing all the cases that failed.
-
-    Tables run as one pytest item each: the conftest's per-test fd-leak check (two
-    full gc.collect() calls) costs far more than these checks.
-    """
-    failures = []
-    for case in cases:
-        try:
-            check(case)
-        except (AssertionError, pytest.fail.Exception) as exc:
-            failures.append(f"{case!r}: {type(exc).__name__}: {exc}")
-        except Exception as exc:
-            exc.add_note(f"in case {case!r}")
-            raise
-    assert not failures, "failing cases:\n" + "\n".join(failures)
 
 
 def put_and_get(codec: Codec, obj: object, *, offset: int = 3) -> tuple[Any, dict[str, Any]]:

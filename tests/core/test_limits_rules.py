@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from _procs import ROOT
 from blockipc import InvalidRequest, OutOfBounds
 from blockipc._core.limits import (
     MAX_BATCH,
@@ -31,7 +32,7 @@ from blockipc._core.limits import (
     split_target,
 )
 
-SRC = Path(__file__).resolve().parent.parent / "src" / "blockipc"
+SRC = ROOT / "src" / "blockipc"
 LONGEST = "n" * MAX_NAME
 
 

@@ -40,12 +40,6 @@ async def client(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
         await delete_all(c)
 
 
-@pytest.fixture
-async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name("other")) as c:
-        yield c
-
-
 async def delete_all(client: blockipc.Client) -> None:
     """Named objects outlive their putter: remove them so the pool ends clean."""
     for name in (await client.stats()).names:

@@ -4,7 +4,6 @@ and pool growth. Every test runs on asyncio's loop and on uvloop."""
 from __future__ import annotations
 
 import asyncio
-import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ import pytest
 from anyio.abc import UNIXSocketStream
 
 import blockipc
+from _helpers import raw_hello
 from _procs import payload, sha256, wait_until
 from blockipc import ConnectionClosed, PoolExhausted
 from blockipc._core.limits import MAX_BATCH, MAX_HEADER, MAX_NAME
@@ -23,17 +23,14 @@ from blockipc._core.protocol import (
     _COMPACT,
     HEADER,
     MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    Connection,
     ErrorReply,
     Kind,
     Op,
     Reply,
     Request,
-    Role,
 )
 from blockipc._exceptions import ErrorCode
-from blockipc._handshake import close_fds, receive_event
+from blockipc._handshake import receive_event
 from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
 
 MiB = 1 << 20
@@ -50,28 +47,6 @@ def request(op: Op, req_id: int, args: dict[str, Any]) -> bytes:
         st, names = compact
         return frame(Kind.REQUEST, op, req_id, st.pack(*(args[name] for name in names)))
     return frame(Kind.REQUEST, op, req_id, msgpack.packb(args))
-
-
-async def raw_hello(address: str, name: str) -> tuple[UNIXSocketStream, Connection]:
-    """A connection that did a correct handshake by hand and holds no segment fd."""
-    stream = await anyio.connect_unix(address)
-    conn = Connection(Role.CLIENT)
-    hello = Request(
-        1,
-        Op.HELLO,
-        {
-            "version": PROTOCOL_VERSION,
-            "name": name,
-            "pid": os.getpid(),
-            "inbox_messages": 8,
-            "inbox_bytes": 1 << 20,
-        },
-    )
-    await stream.send(conn.send(hello))
-    event, fds = await receive_event(stream, conn, with_fds=True)
-    close_fds(fds)
-    assert isinstance(event, Reply), event
-    return stream, conn
 
 
 async def assert_closed_by_peer(stream: UNIXSocketStream) -> None:

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import blockipc
+from _helpers import connected, enter_lease
 from _procs import payload, sha256, wait_until
 from blockipc import (
     AccessDenied,
@@ -29,23 +30,9 @@ from blockipc.testing import unique_name
 KiB, MiB = 1 << 10, 1 << 20
 
 
-@contextlib.asynccontextmanager
-async def connected(
-    coord: blockipc.Coordinator, prefix: str, **kwargs: Any
-) -> AsyncIterator[blockipc.Client]:
-    async with blockipc.connect(coord.address, name=unique_name(prefix), **kwargs) as c:
-        yield c
-
-
 @pytest.fixture
 async def owner(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
     async with connected(coord, "owner") as c:
-        yield c
-
-
-@pytest.fixture
-async def other(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
-    async with connected(coord, "other") as c:
         yield c
 
 
@@ -58,11 +45,6 @@ async def third(coord: blockipc.Coordinator) -> AsyncIterator[blockipc.Client]:
 async def denied(call: Callable[[], Any], match: str | None = None) -> None:
     with pytest.raises(AccessDenied, match=match):
         await call()
-
-
-async def enter_lease(client: blockipc.Client, block: Any, mode: Any) -> None:
-    async with client.lease(block, mode):
-        pytest.fail("the lease should not have been granted")
 
 
 # -- copy ------------------------------------------------------------------------------

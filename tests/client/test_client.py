@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 import blockipc
+from _helpers import enter_lease
 from _procs import payload, sha256, wait_until
 from blockipc import (
     AccessDenied,
@@ -55,11 +56,6 @@ async def expect_error(
             await result
     assert await client.stats() == before
     await assert_usable(client)
-
-
-async def enter_lease(client: blockipc.Client, block: Any, mode: Any) -> None:
-    async with client.lease(block, mode):
-        pytest.fail("the lease should not have been granted")
 
 
 # -- bad input: each raises its error and changes nothing ---------------------------------

@@ -7,25 +7,21 @@ tested without I/O in test_protocol.py.)"""
 from __future__ import annotations
 
 import asyncio
-import os
 
 import anyio
-from anyio.abc import UNIXSocketStream
 
 import blockipc
+from _helpers import raw_hello
 from blockipc._core.protocol import (
     MAX_LIST,
     MAX_STR,
-    PROTOCOL_VERSION,
-    Connection,
     ErrorReply,
     Op,
     Reply,
     Request,
-    Role,
 )
 from blockipc._exceptions import ErrorCode
-from blockipc._handshake import close_fds, receive_event
+from blockipc._handshake import receive_event
 from blockipc.testing import capture_logs, unique_name
 
 
@@ -55,24 +51,6 @@ async def test_stats_and_peers_with_more_names_than_a_frame_lists(
     assert stats.names == () and stats.names_total == 0
 
 
-async def _raw_hello(address: str) -> tuple[UNIXSocketStream, Connection]:
-    """A connection that did the handshake by hand (the sans-IO protocol on a socket)."""
-    stream = await anyio.connect_unix(address)
-    conn = Connection(Role.CLIENT)
-    args = {
-        "version": PROTOCOL_VERSION,
-        "name": unique_name("raw"),
-        "pid": os.getpid(),
-        "inbox_messages": 8,
-        "inbox_bytes": 1 << 20,
-    }
-    await stream.send(conn.send(Request(1, Op.HELLO, args)))
-    event, fds = await receive_event(stream, conn, with_fds=True)
-    close_fds(fds)
-    assert isinstance(event, Reply), event
-    return stream, conn
-
-
 async def test_a_reply_that_breaks_its_schema_is_an_error_reply(
     coord: blockipc.Coordinator, client: blockipc.Client
 ) -> None:
@@ -81,7 +59,7 @@ async def test_a_reply_that_breaks_its_schema_is_an_error_reply(
     # protocol refuses that reply; the request gets an internal error instead, it is
     # logged, and the connection goes on.
     block = await client.alloc(100)
-    stream, conn = await _raw_hello(coord.address)
+    stream, conn = await raw_hello(coord.address, unique_name("raw"))
     async with stream:
         with capture_logs() as logs:
             await stream.send(
