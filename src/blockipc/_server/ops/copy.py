@@ -136,9 +136,7 @@ async def copy_task(state: ServerState, job: CopyJob) -> None:
             copy_bytes(state, src, a["src_offset"] + at, dst, a["dst_offset"] + at, n)
             done += n
             await asyncio.sleep(0)
-        # a copy stopped after its last chunk is done: it says so
-        finished = done == size and len(leases) == len(wanted)
-        reply = Reply(req.req_id, Op.COPY, {"copied": size}) if finished else job.cancelled()
+        reply = job.cancelled() if job.stopped else Reply(req.req_id, Op.COPY, {"copied": size})
     except BlockIPCError as exc:
         reply = error_reply(req, exc)
     except Exception as exc:  # a bug must cost one request, not the coordinator
