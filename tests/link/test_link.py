@@ -712,6 +712,50 @@ async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
         assert_pool_clean(a)
 
 
+async def test_a_cancelled_remote_send_still_queued_gives_the_block_back() -> None:
+    port = free_port()  # a node that is down: the send stays queued (link_timeout 60 s)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=60
+    ) as a:
+        async with blockipc.connect(a.address, name="producer") as producer:
+            block = await producer.alloc(4096)
+            await producer.write(block, b"kept")
+            task = asyncio.create_task(producer.send(block, to="b/consumer"))
+            await wait_until(lambda: a.stats().links[0].queued == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # taken back from the link's queue: the producer owns it again, at once
+            await wait_until(lambda: a.stats().links[0].queued == 0)
+            assert await producer.read(block, 0, 4) == b"kept"
+            await producer.free(block)
+            assert a.stats().blocks == 0
+        await wait_until(lambda: not a.stats().processes)
+        assert_pool_clean(a)
+
+
+async def test_a_sender_gone_with_remote_sends_queued_frees_their_blocks_at_once() -> None:
+    port = free_port()  # a node that is down: without the withdraw they wait 60 s
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=60
+    ) as a:
+        producer = await blockipc.connect(a.address, name="producer")
+        try:
+            sends = []
+            for _ in range(3):
+                block = await producer.alloc(MiB)
+                sends.append(asyncio.create_task(producer.send(block, to="b/consumer")))
+            await wait_until(lambda: a.stats().links[0].queued == 3)
+        finally:
+            await producer.close()
+        for send in sends:
+            with pytest.raises(blockipc.ConnectionClosed):
+                await send
+        await wait_until(lambda: not a.stats().processes and a.stats().blocks == 0)
+        assert a.stats().links[0].queued == 0
+        assert_pool_clean(a)
+
+
 async def test_sender_gone_or_cancelled_mid_send_leaks_nothing() -> None:
     port = free_port()  # a node that is down: sends stay pinned until link_timeout
     async with blockipc.Coordinator(
@@ -722,7 +766,7 @@ async def test_sender_gone_or_cancelled_mid_send_leaks_nothing() -> None:
             block = await producer.alloc(MiB)
             task = asyncio.create_task(producer.send(block, to="b/consumer"))
             await wait_until(lambda: a.stats().blocks == 1 and a._link is not None)
-            task.cancel()  # the send goes on in the coordinator; its outcome is dropped
+            task.cancel()  # taken back from the link's queue
             with pytest.raises(asyncio.CancelledError):
                 await task
             other = await producer.alloc(MiB)

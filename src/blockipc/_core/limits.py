@@ -2,7 +2,7 @@
 protocol, and its check, in one place (pure: no I/O).
 
 Each rule below has this one home; the other modules import it rather than restate it
-(``tests/test_limits_rules.py`` fails when a literal limit creeps back in):
+(``tests/core/test_limits_rules.py`` fails when a literal limit creeps back in):
 
 * **names**: a process, a node, a topic and a named object each have a name of 1 to
   :data:`MAX_NAME` characters (:func:`check_name`); a process or node name is also

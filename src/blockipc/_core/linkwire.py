@@ -452,6 +452,14 @@ class OutboundState:
         fly = self.window(self.queue[0].size) if self.queue else 1
         return max(1, min(MAX_BLOCKS, fly // 2))
 
+    def withdraw(self, p: Pending) -> bool:
+        """Take back a send that is still queued (not written): True if it was."""
+        try:
+            self.queue.remove(p)
+        except ValueError:
+            return False
+        return True
+
     def unwrite(self, p: Pending) -> None:
         """The send of ``p`` could not be written after all: queue it first again."""
         if self.in_flight.pop(p.seq, None) is p:

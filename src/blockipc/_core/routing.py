@@ -672,9 +672,7 @@ class RoutingTable:
                 moved += 1
         return moved
 
-    def bind(
-        self, proc: ProcessRecord, rec: BlockRecord, name: str, *, cacheable: bool
-    ) -> Outcome:
+    def bind(self, proc: ProcessRecord, rec: BlockRecord, name: str, *, cacheable: bool) -> Outcome:
         """Bind ``name`` to ``rec`` (which ``proc`` gives up), replacing any previous
         object atomically: a reader gets the old or the new, never a mix. The replaced
         object goes the way of a block whose hold ended."""

@@ -193,7 +193,7 @@ def _memmove(dst: memoryview, src: memoryview) -> None:
 
 
 @dataclass(eq=False)
-class _Outgoing:
+class Outgoing:
     """A remote send in the sending coordinator, from request to reply."""
 
     reply_to: ReplyTo
@@ -204,6 +204,7 @@ class _Outgoing:
     header: dict[str, Any]
     move: bool
     peer: _Peer
+    pending: Pending | None = None  # its place in the peer's OutboundState
     view: memoryview | None = None
     tracker: zmq.MessageTracker | None = None
     error: BlockIPCError | None = None
@@ -281,8 +282,8 @@ class _Peer:
         """Close and reopen the socket: libzmq drops whatever it still queues."""
         self._reset.set()
 
-    def submit(self, out: _Outgoing) -> None:
-        self.state.submit(out, out.rec.size, time.monotonic())
+    def submit(self, out: Outgoing) -> None:
+        out.pending = self.state.submit(out, out.rec.size, time.monotonic())
         if self.state.refused is not None and not self.state.is_up:
             self.link.finish_all(self.state.expire(time.monotonic()))
         self.wake()
@@ -395,7 +396,7 @@ class _Peer:
                 return
             entries, views = [], []
             for p in batch:
-                out: _Outgoing = p.token
+                out: Outgoing = p.token
                 rec = out.rec
                 if out.view is None:
                     out.view = view(rec.segment, rec.offset, rec.size)
@@ -518,7 +519,7 @@ class Link:
         self._targets: dict[str, deque[_Incoming]] = {}
         self._parked = 0
         self._copies: set[asyncio.Future[None]] = set()
-        self._releasing: list[_Outgoing] = []
+        self._releasing: list[Outgoing] = []
         self._lingering: list[zmq.MessageTracker] = []  # of acknowledged sends
         self._release_kick = asyncio.Event()
         self._held: list[ReplyTo] | None = None  # senders whose replies wait for a flush
@@ -655,8 +656,10 @@ class Link:
         log.info("link.stopped", node=self.config.node)
 
     # -- sending -----------------------------------------------------------------
-    def send(self, session: Requester, req: Request) -> None:
-        """Handle a REMOTE_SEND request: pin the block and queue it for its peer.
+    def send(self, session: Requester, req: Request) -> Outgoing:
+        """Handle a REMOTE_SEND request: pin the block and queue it for its peer; the
+        reply goes to ``session`` when the peer acknowledges it (or it fails). Returns
+        the send, for :meth:`withdraw`.
 
         A move hands the block's ownership to the link (the sender can no longer use
         it); ``move=False`` makes the link a read holder. Either way the block is in
@@ -679,14 +682,25 @@ class Link:
         if self._closing:
             raise ConnectionClosed("the coordinator is closing")
         host.pin(proc, rec, move=move)  # until _release
-        out = _Outgoing(session, req, rec, proc, name, args["header"], move, peer)
+        out = Outgoing(session, req, rec, proc, name, args["header"], move, peer)
         peer.submit(out)
+        return out
+
+    def withdraw(self, out: Outgoing) -> bool:
+        """Take back a send that is still queued for its peer (nothing of it was
+        written): its block goes back to the sender and it is never answered. False if
+        it is written already (or over): it runs to its reply."""
+        if out.replied or out.pending is None or not out.peer.state.withdraw(out.pending):
+            return False
+        out.replied = True
+        self.host.unpin(out.rec, out.sender, failed=True)
+        return True
 
     def finish_all(self, failures: list[Failure]) -> None:
         for p, exc in failures:
             self.finish(p.token, exc)
 
-    def finish(self, out: _Outgoing, error: BlockIPCError | None, *, acked: bool = False) -> None:
+    def finish(self, out: Outgoing, error: BlockIPCError | None, *, acked: bool = False) -> None:
         """A send is over (acknowledged or failed): release its block, answer it.
         ``acked``: the peer answered (a refusal such as an unknown receiver is the
         sender's business, logged at info; a failed link is a warning)."""
@@ -724,7 +738,7 @@ class Link:
         """Release the blocks of finished sends whose memory libzmq no longer holds."""
         if len(self._lingering) > 64:
             self._lingering = [t for t in self._lingering if not t.done]
-        keep: list[_Outgoing] = []
+        keep: list[Outgoing] = []
         for out in self._releasing:
             if out.tracker is None or out.tracker.done:
                 self._release(out)
@@ -744,7 +758,7 @@ class Link:
                     if now - out.finished_at > TRACKER_GRACE:
                         out.peer.reset()
 
-    def _release(self, out: _Outgoing) -> None:
+    def _release(self, out: Outgoing) -> None:
         """Unpin the block of a finished send: free it (a move that succeeded, or a
         sender that is gone) or give it back to the sender."""
         if out.view is not None:
@@ -756,7 +770,7 @@ class Link:
         self.host.unpin(out.rec, out.sender, failed=out.error is not None)
         self._reply(out)
 
-    def _reply(self, out: _Outgoing) -> None:
+    def _reply(self, out: Outgoing) -> None:
         if out.replied:
             return
         out.replied = True

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..._core.limits import pack_header
-from ..._core.protocol import Op, Reply, Request, fit_lists
+from ..._core.protocol import Event, Op, Reply, Request, fit_lists
+from ..._core.routing import ProcessRecord
 from ..._exceptions import PeerUnreachable
+from ..parking import Parked
 from ..session import Session
 from ..state import ServerState
+
+if TYPE_CHECKING:
+    from ..._link.link import Link, Outgoing
 
 _STATS_SCALARS = (
     "pool_size",
@@ -59,14 +65,60 @@ def bye(state: ServerState, session: Session, req: Request) -> None:
     session.close_after_flush()
 
 
+@dataclass(eq=False, slots=True)
+class RemoteSend(Parked):
+    """A REMOTE_SEND the link carries: parked from the request until the link answers
+    it, which it does through this entry (a ``Requester``). Cancelled while still
+    queued for its peer, the link takes it back (the block is the sender's again);
+    once written to the peer, it runs to its answer. Abandoned (the sender is gone),
+    a queued send is taken back the same way: the sender's blocks go with it."""
+
+    link: Link | None = None
+    sent: Outgoing | None = None  # the link's handle of the send
+
+    @property
+    def proc(self) -> ProcessRecord:
+        return self.session.proc
+
+    def reply(self, event: Event) -> None:
+        self.unpark()
+        self.session.reply(event)
+
+    def hold(self) -> bool:
+        return self.session.hold()
+
+    def release(self) -> None:
+        self.session.release()
+
+    def cancel(self) -> None:
+        if self._withdraw():
+            self.session.reply(self.cancelled())
+
+    def abandon(self) -> None:
+        self._withdraw()
+
+    def _withdraw(self) -> bool:
+        if self.link is None or self.sent is None or not self.link.withdraw(self.sent):
+            return False
+        self.unpark()
+        return True
+
+
 def remote_send(state: ServerState, session: Session, req: Request) -> None:
-    if state.link is None:
+    link = state.link
+    if link is None:
         raise PeerUnreachable(
             f"cannot send to {req.args['to']!r}: this coordinator has no link "
             "(start it with node=..., peers=...)"
         )
     pack_header(req.args["header"])
-    state.link.send(session, req)  # answered when the peer acknowledges (or fails)
+    entry = RemoteSend(state, session, req, link)
+    entry.park()  # before the link may answer it (a node known to refuse: at once)
+    try:
+        entry.sent = link.send(entry, req)  # answered when the peer acknowledges, or fails
+    except BaseException:
+        entry.unpark()
+        raise
 
 
 HANDLERS = {
