@@ -14,7 +14,9 @@ minimum block, ``(segment base + offset) // min_block``, unique among live block
 slot's counter only ever grows, also across the blocks that use it in turn, so a
 cached ``(slot, generation)`` can never match a later block by accident. Clients map
 the memfd with ``PROT_READ``: the routing table stays private, and nobody but the
-coordinator can move a counter.
+coordinator can move a counter. The memfd is sealed once the coordinator has mapped it
+(:data:`SEALS`): no resize, no ``write()``, no new writable mapping, even through a
+reopened ``/proc/PID/fd``; only the coordinator's own mapping writes.
 
 The memfd is not reserved up front (unlike pool segments): it is 1/512 of the largest
 pool, and pages appear as slots are first bumped.
@@ -22,12 +24,19 @@ pool, and pages appear as slots are first bumped.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 
 __all__ = ["GenerationTable", "GenerationView"]
 
 _SLOT = 8
+
+F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1 (not in 3.11)
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+"""The table's size is fixed and nobody can write it but the mapping the coordinator
+made before sealing: a client cannot truncate it (SIGBUS in the coordinator) nor write
+a slot (a stale ``get`` in every other client), whatever fd it reopens."""
 
 
 class GenerationTable:
@@ -40,10 +49,12 @@ class GenerationTable:
         try:
             os.ftruncate(fd, self.size)
             self._mmap = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         except BaseException:
             os.close(fd)
             raise
         self.fd = fd
+        """The fd clients get (sealed: they can map it read-only, and nothing else)."""
         self._view = memoryview(self._mmap).cast("Q")
 
     def get(self, slot: int) -> int:
