@@ -358,6 +358,7 @@ class Served:
 
     stdout: str = ""
     stderr: str = ""
+    pid: int = 0  # of the serving process (known from the start)
 
 
 @contextlib.contextmanager
@@ -374,7 +375,7 @@ def serving(
         stderr=subprocess.PIPE,
         text=True,
     )
-    served = Served()
+    served = Served(pid=server.pid)
     try:
         deadline = time.monotonic() + 20
         while not sock.exists():

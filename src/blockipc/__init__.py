@@ -29,6 +29,7 @@ from ._exceptions import OutOfBounds as OutOfBounds
 from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
 from ._exceptions import ProtocolError as ProtocolError
+from ._exceptions import QuotaExceeded as QuotaExceeded
 from ._exceptions import UsedAfterFork as UsedAfterFork
 from ._exceptions import WrongEventLoop as WrongEventLoop
 from ._log import configure_logging as configure_logging
@@ -77,4 +78,5 @@ __all__ = (
     "UsedAfterFork",
     "WrongEventLoop",
     "NameTaken",
+    "QuotaExceeded",
 )

@@ -134,6 +134,14 @@ class NameTaken(BlockIPCError):
     code = 12
 
 
+class QuotaExceeded(BlockIPCError):
+    """Raised when a request would take a connection past one of its bounds: more than
+    ``MAX_PARKED`` (4096) requests waiting at once (``recv``, contended leases, sends to
+    full inboxes, ...). Nothing was done; answer some of them first."""
+
+    code = 13
+
+
 class ErrorCode(enum.IntEnum):
     """Wire codes of the errors a coordinator reports."""
 
@@ -149,6 +157,7 @@ class ErrorCode(enum.IntEnum):
     CODEC_ERROR = CodecError.code
     INBOX_FULL = InboxFull.code
     NAME_TAKEN = NameTaken.code
+    QUOTA_EXCEEDED = QuotaExceeded.code
 
 
 _BY_CODE: dict[int, type[BlockIPCError]] = {
@@ -166,6 +175,7 @@ _BY_CODE: dict[int, type[BlockIPCError]] = {
         CodecError,
         InboxFull,
         NameTaken,
+        QuotaExceeded,
     )
 }
 

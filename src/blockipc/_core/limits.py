@@ -20,6 +20,8 @@ Each rule below has this one home; the other modules import it rather than resta
   most :data:`MAX_LIST` items; the protocol's schema applies them to every frame sent
   and received. A batch (RECV_MANY, FREE_MANY) has 1 to :data:`MAX_BATCH` items
   (:func:`check_batch`).
+* **waiting**: one connection has at most :data:`MAX_PARKED` requests waiting at once
+  (the coordinator's parking registry refuses the next with ``QuotaExceeded``).
 
 A limit only one module knows (the protocol's token length, the link's blocks per
 message) stays in that module.
@@ -39,6 +41,7 @@ __all__ = [
     "MAX_INT",
     "MAX_LIST",
     "MAX_NAME",
+    "MAX_PARKED",
     "MAX_STR",
     "MODES",
     "Mode",
@@ -195,6 +198,10 @@ MAX_LIST: Final = 4096
 a reply that may list more (STATS, PEERS) is cut to it with ``_protocol.fit_lists``."""
 MAX_BATCH: Final = 1024
 """Most messages one RECV_MANY reply carries, and blocks one FREE_MANY frees."""
+
+
+MAX_PARKED: Final = 4096
+"""Most requests one connection may have waiting in the coordinator at once."""
 
 
 def check_batch(count: int, what: str) -> int:

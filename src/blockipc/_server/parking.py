@@ -22,8 +22,9 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
+from .._core.limits import MAX_PARKED
 from .._core.protocol import CANCELLED, ErrorReply, Request
-from .._exceptions import PeerUnreachable
+from .._exceptions import PeerUnreachable, QuotaExceeded
 from .session import ParkedEntry, Session, error_reply
 from .state import ServerState
 
@@ -39,7 +40,15 @@ class Parked:
     request: Request
 
     def park(self) -> None:
-        self.session.parked[self.request.req_id] = self
+        """Enter the registry, before anything else of the request is done (so that a
+        full registry refuses it with nothing to undo)."""
+        parked = self.session.parked
+        if len(parked) >= MAX_PARKED:
+            raise QuotaExceeded(
+                f"this connection already has {MAX_PARKED} requests waiting in the "
+                "coordinator; let some of them finish (or cancel them) first"
+            )
+        parked[self.request.req_id] = self
 
     def unpark(self) -> None:
         self.session.parked.pop(self.request.req_id, None)

@@ -33,6 +33,14 @@ log = get_logger("blockipc.coordinator")
 BUFFER_SIZE = 256 * 1024
 """What one ``buffer_updated`` can hand over; a larger frame arrives in pieces."""
 
+REPLIES_HIGH = 2 << 20
+"""Unsent reply bytes past which the session stops reading and handling requests (the
+transport's high-water mark: ``pause_writing``) until they drain below ``REPLIES_LOW``."""
+REPLIES_LOW = 512 << 10
+MAX_UNSENT = 64 << 20
+"""Unsent reply bytes past which a connection is closed: its process stopped reading,
+and only its parked requests' answers could still grow them (``client.not_reading``)."""
+
 
 def block_fields(rec: BlockRecord) -> dict[str, int]:
     """The fields of a reply that names a block."""
@@ -88,10 +96,13 @@ class Session(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = memoryview(bytearray(BUFFER_SIZE))
         self._out: list[bytes] = []
+        self._out_bytes = 0  # in _out
         self._batching = False
+        self._paused = False  # the client is not reading its replies (pause_writing)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._transport.set_write_buffer_limits(REPLIES_HIGH, REPLIES_LOW)
         self._process()  # bytes that arrived with the handshake
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -106,10 +117,12 @@ class Session(asyncio.BufferedProtocol):
         self._process()
 
     def _process(self) -> None:
+        """Handle the requests received, until the data runs out or the replies back
+        up (a client that does not read them: the rest waits for :meth:`resume_writing`)."""
         held = self.hold()
         handle = self._handle
         try:
-            while True:
+            while not self._paused:
                 try:
                     event = self.conn.next_event()
                 except ProtocolError as exc:
@@ -119,9 +132,24 @@ class Session(asyncio.BufferedProtocol):
                     break
                 assert isinstance(event, Request)
                 handle(self, event)
+                if self._out_bytes > REPLIES_HIGH:
+                    self._flush()  # may pause_writing() at once: the loop stops then
         finally:
             if held:
                 self.release()
+
+    def pause_writing(self) -> None:
+        """The replies back up past ``REPLIES_HIGH``: read and handle nothing more."""
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """They drained: go on with the requests received meanwhile, then read again."""
+        self._paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+            self._process()
 
     def eof_received(self) -> bool:
         return False
@@ -157,6 +185,7 @@ class Session(asyncio.BufferedProtocol):
                 self._protocol_error(again)
                 return
         self._out.append(frame)
+        self._out_bytes += len(frame)
         if not self._batching:
             self._flush()
 
@@ -174,9 +203,19 @@ class Session(asyncio.BufferedProtocol):
         self._flush()
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None:
-            self._transport.writelines(self._out)
+        transport = self._transport
+        if self._out and transport is not None:
+            transport.writelines(self._out)
+            if self._paused and transport.get_write_buffer_size() > MAX_UNSENT:
+                log.warning(
+                    "client.not_reading",
+                    name=self.proc.name,
+                    pid=self.proc.pid,
+                    unsent=transport.get_write_buffer_size(),
+                )
+                self.abort()
         self._out.clear()
+        self._out_bytes = 0
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.warning("protocol.error", name=self.proc.name, pid=self.proc.pid, error=str(exc))

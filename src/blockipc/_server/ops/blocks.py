@@ -51,10 +51,10 @@ def lease_or_wait(
 ) -> None:
     """Complete ``req`` under a lease on ``rec`` now, or park it until it is granted."""
     wait = LeaseWait(state, session, req, rec)
+    wait.park()
     lease = state.table.request_lease(session.proc, rec, mode, wait, transient=transient)
-    if lease is None:
-        wait.park()
-    else:
+    if lease is not None:
+        wait.unpark()
         state.run_grants(complete(state, wait, lease))
 
 

@@ -57,12 +57,17 @@ def send(state: ServerState, session: Session, req: Request) -> None:
     if move:
         state.table.check_movable(session.proc, rec)
     token = QueuedSend(state, session, req, to)
+    token.park()
     delivery = Delivery(rec, session.proc, to, a["header"], move, token)
-    if state.table.offer(delivery, nowait=a["nowait"]):
+    try:
+        delivered = state.table.offer(delivery, nowait=a["nowait"])
+    except BaseException:
+        token.unpark()
+        raise
+    if delivered:
+        token.unpark()
         session.reply(Reply(req.req_id, Op.SEND))
         state.wake_receiver(to)
-    else:
-        token.park()
 
 
 def recv(state: ServerState, session: Session, req: Request) -> None:

@@ -89,6 +89,7 @@ def publish(state: ServerState, session: Session, req: Request) -> None:
         if full:
             raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
     fanout = Fanout(state, session, req, rec, remaining=len(subs) + 1)
+    fanout.park()  # until its last part is done (the publisher's own, below, at the latest)
     for sub in subs:
         part = FanoutPart(fanout)
         delivery = Delivery(rec, proc, sub, a["header"], False, part, topic)
@@ -97,8 +98,6 @@ def publish(state: ServerState, session: Session, req: Request) -> None:
             state.wake_receiver(sub)
         else:
             fanout.waiting.append((sub, part))
-    if fanout.waiting:  # CANCEL can find it while it waits for room
-        fanout.park()
     fanout.part_done(delivered=False)  # the publisher's own part
 
 
