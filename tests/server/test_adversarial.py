@@ -13,11 +13,9 @@ from anyio.abc import UNIXSocketStream
 import blockipc
 from _helpers import raw_hello
 from _procs import wait_until
-from blockipc._core.protocol import Connection, ErrorReply, Event, Op, Reply, Request
+from blockipc._core.protocol import CANCELLED, Connection, ErrorReply, Event, Op, Reply, Request
 from blockipc._handshake import close_fds, receive_event
 from blockipc.testing import assert_pool_clean, unique_name
-
-CANCELLED = 499
 
 
 class Raw:
@@ -127,4 +125,326 @@ async def test_a_publisher_leasing_its_block_mid_publish_harms_no_subscriber(
             assert await sub.peers()  # the subscriber is still served
     finally:
         await pub.aclose()
+    await all_gone(coord)
+
+
+async def test_a_cancelled_publish_to_full_inboxes_keeps_what_was_delivered(
+    coord: blockipc.Coordinator,
+) -> None:
+    """CANCEL of a publish waiting for room: the subscriber that took it keeps it, the
+    one whose inbox was full never gets it, the publisher keeps its block; one answer
+    (CANCELLED), and a second CANCEL changes nothing."""
+    topic = unique_name("t")
+    pub = await Raw.connect(coord, "pub")
+    try:
+        async with (
+            blockipc.connect(coord.address, name=unique_name("free"), inbox_messages=4) as roomy,
+            blockipc.connect(coord.address, name=unique_name("full"), inbox_messages=1) as full,
+        ):
+            for sub in (roomy, full):
+                await sub.subscribe(topic)
+            filler = (await pub.call(Op.ALLOC, {"size": 64}))["block"]
+            await pub.call(Op.SEND, send_args(filler, full.name))
+            block = (await pub.call(Op.ALLOC, {"size": 64}))["block"]
+            publish = await pub.send(
+                Op.PUBLISH, {"block": block, "topic": topic, "header": {}, "nowait": False}
+            )
+            await pub.no_reply_yet(publish)
+            await pub.call(Op.CANCEL, {"target": publish})
+            answer = await pub.reply(publish)
+            assert isinstance(answer, ErrorReply) and answer.code == CANCELLED
+            await pub.call(Op.CANCEL, {"target": publish})
+            got = await roomy.recv()
+            assert got.block.id == block and got.topic == topic
+            first = await full.recv()
+            assert first.block.id == filler
+            await full.free(first.block)
+            await pub.no_reply_yet(publish + 10**6)  # (a round trip: nothing more came)
+            assert len(coord.stats().usage) == 3
+            assert [u.inbox for u in coord.stats().usage if u.name == full.name] == [0]
+            await roomy.free(got.block)
+            await pub.call(Op.FREE, {"block": block})  # the publisher's still
+    finally:
+        await pub.aclose()
+    await all_gone(coord)
+
+
+def send_args(block: int, to: str, *, move: bool = True, wait_ms: int = 0) -> dict[str, Any]:
+    return {
+        "block": block,
+        "to": to,
+        "header": {},
+        "move": move,
+        "nowait": False,
+        "wait_ms": wait_ms,
+    }
+
+
+# -- named objects ---------------------------------------------------------------------
+async def test_a_commit_replacing_an_object_a_reader_leases_frees_the_old_after_it(
+    coord: blockipc.Coordinator,
+) -> None:
+    """The replaced object is doomed while a reader's GET lease lasts (its generation
+    moves on at once); the reader's RELEASE frees it. DELETE of the new one frees it."""
+    name = unique_name("obj")
+    writer, reader = await Raw.connect(coord, "w"), await Raw.connect(coord, "r")
+    try:
+
+        async def put(data: bytes) -> dict[str, Any]:
+            made = await writer.call(Op.PUT, {"size": len(data)})
+            await writer.call(Op.WRITE, {"block": made["block"], "offset": 0}, data)
+            done = await writer.call(
+                Op.COMMIT,
+                {
+                    "lease": made["lease"],
+                    "codec": "raw",
+                    "meta": {},
+                    "name": name,
+                    "cacheable": False,
+                },
+            )
+            return {**made, **done}
+
+        old = await put(b"old!")
+        got = await reader.call(Op.GET, {"block": 0, "name": name})
+        assert got["block"] == old["block"]
+        new = await put(b"new!")
+        assert coord.stats().blocks == 2
+        doomed = state(coord).table.blocks[old["block"]]
+        assert doomed.doomed and doomed.generation > got["generation"]
+        read = await reader.reply(
+            await reader.send(Op.READ, {"block": old["block"], "offset": 0, "size": 4})
+        )
+        assert isinstance(read, ErrorReply)  # not a named object now, nor the reader's
+        await reader.call(Op.RELEASE, {"lease": got["lease"]})
+        assert coord.stats().blocks == 1 and coord.stats().leases == 0
+        again = await reader.call(Op.GET, {"block": 0, "name": name})
+        assert again["block"] == new["block"]
+        await reader.call(Op.RELEASE, {"lease": again["lease"]})
+        await writer.call(Op.DELETE, {"name": name})
+        assert coord.stats().blocks == 0
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+    await all_gone(coord)
+
+
+# -- blocks ----------------------------------------------------------------------------
+async def test_free_many_frees_all_or_nothing(coord: blockipc.Coordinator) -> None:
+    raw = await Raw.connect(coord, "raw")
+    try:
+        ids = [(await raw.call(Op.ALLOC, {"size": 100}))["block"] for _ in range(3)]
+        lease = (await raw.call(Op.LEASE, {"block": ids[2], "mode": "r"}))["lease"]
+        for bad in ([*ids, ids[0]], [*ids[:2], 10**9], ids):  # twice, unknown, leased
+            await raw.error(Op.FREE_MANY, {"blocks": bad})
+            assert coord.stats().blocks == 3
+        await raw.call(Op.RELEASE, {"lease": lease})
+        await raw.call(Op.FREE_MANY, {"blocks": ids})
+        assert coord.stats().blocks == 0
+    finally:
+        await raw.aclose()
+    await all_gone(coord)
+
+
+async def test_a_lease_wait_on_a_block_gone_with_its_last_holder_is_answered(
+    coord: blockipc.Coordinator,
+) -> None:
+    """A GET queued behind a grantee's write lease on a named object, the name
+    deleted, the grantee gone: the block goes with it and the GET gets BlockNotFound
+    (it does not hang), once."""
+    name = unique_name("obj")
+    owner, grantee, reader = [await Raw.connect(coord, p) for p in ("o", "g", "r")]
+    try:
+        made = await owner.call(Op.PUT, {"size": 64})
+        await owner.call(Op.GRANT, {"block": made["block"], "to": grantee.name, "mode": "w"})
+        await owner.call(
+            Op.COMMIT,
+            {"lease": made["lease"], "codec": "raw", "meta": {}, "name": name, "cacheable": False},
+        )
+        await grantee.call(Op.LEASE, {"block": made["block"], "mode": "w"})
+        get = await reader.send(Op.GET, {"block": 0, "name": name})
+        await reader.no_reply_yet(get)
+        await owner.call(Op.DELETE, {"name": name})
+        await reader.no_reply_yet(get)  # the grantee still holds it
+        await grantee.aclose()
+        answer = await reader.reply(get)
+        assert isinstance(answer, ErrorReply) and answer.code == blockipc.BlockNotFound.code
+        await wait_until(lambda: coord.stats().blocks == 0)
+    finally:
+        await owner.aclose()
+        await grantee.aclose()
+        await reader.aclose()
+    await all_gone(coord)
+
+
+# -- disconnect ------------------------------------------------------------------------
+async def test_clients_gone_with_every_kind_of_wait_leave_nothing_behind(
+    coord: blockipc.Coordinator,
+) -> None:
+    """Many connections that end with a wait of every kind parked (a RECV, an accept,
+    a send and a channel waiting for a peer, a lease wait, a send waiting for room, a
+    large copy waiting for a lease): the server's indexes do not grow, the process
+    that stays is served and its block's lease queue is empty again."""
+    stay = await Raw.connect(coord, "stay")
+    try:
+        held = (await stay.call(Op.ALLOC, {"size": 2 << 20}))["block"]
+        for _ in range(8):  # fill its inbox (8 messages): later sends wait for room
+            mine = (await stay.call(Op.ALLOC, {"size": 64}))["block"]
+            await stay.call(Op.SEND, send_args(mine, stay.name))
+        missing = unique_name("nobody")
+        for _ in range(20):
+            w = await Raw.connect(coord, "w")
+            await stay.call(Op.GRANT, {"block": held, "to": w.name, "mode": "w"})
+            lease = await stay.call(Op.LEASE, {"block": held, "mode": "w"})
+            big = (await w.call(Op.ALLOC, {"size": 2 << 20}))["block"]
+            small = (await w.call(Op.ALLOC, {"size": 64}))["block"]
+            waits = [
+                await w.send(Op.RECV, {}),
+                await w.send(Op.CHANNEL_ACCEPT, {}),
+                await w.send(Op.SEND, send_args(small, missing, move=False, wait_ms=60_000)),
+                await w.send(
+                    Op.CHANNEL_OPEN, {"to": missing, "capacity": 1 << 16, "wait_ms": 60_000}
+                ),
+                await w.send(Op.LEASE, {"block": held, "mode": "r"}),
+                await w.send(Op.SEND, send_args(small, stay.name, move=False)),
+                await w.send(
+                    Op.COPY,
+                    {
+                        "src": big,
+                        "dst": held,
+                        "src_offset": 0,
+                        "dst_offset": 0,
+                        "size": 2 << 20,
+                        "to_end": False,
+                    },
+                ),
+            ]
+            await w.no_reply_yet(waits[-1])
+            assert all(req_id not in w._early for req_id in waits)
+            await w.aclose()
+            await wait_until(lambda: len(coord.stats().processes) == 1)
+            await stay.call(Op.RELEASE, {"lease": lease["lease"]})
+            s = state(coord)
+            assert not s.peer_waits and set(s.sessions) == {s.table.processes[stay.name].key}
+            assert len(s.tokens) == 1 and not s.bells
+            rec = s.table.blocks[held]
+            assert not rec.waiters and not rec.leases and not rec.grants
+            assert not s.table.processes[stay.name].pending
+        assert not state(coord).sessions[state(coord).table.processes[stay.name].key].parked
+        assert coord.stats().blocks == 9
+        got = await stay.call(Op.RECV_MANY, {"max": 64})
+        await stay.call(Op.FREE_MANY, {"blocks": [m[0] for m in got["messages"]] + [held]})
+    finally:
+        await stay.aclose()
+    await all_gone(coord)
+
+
+async def test_senders_waiting_for_room_are_answered_when_the_receiver_goes(
+    coord: blockipc.Coordinator,
+) -> None:
+    """A SEND queued for a full inbox, and a PUBLISH part queued there, fail with
+    PeerUnreachable when the receiver disconnects; the blocks are the senders' again."""
+    topic = unique_name("t")
+    to, sender = await Raw.connect(coord, "to"), await Raw.connect(coord, "from")
+    try:
+        await to.call(Op.SUBSCRIBE, {"topic": topic})
+        for _ in range(8):
+            filler = (await sender.call(Op.ALLOC, {"size": 64}))["block"]
+            await sender.call(Op.SEND, send_args(filler, to.name))
+        queued = (await sender.call(Op.ALLOC, {"size": 64}))["block"]
+        published = (await sender.call(Op.ALLOC, {"size": 64}))["block"]
+        send = await sender.send(Op.SEND, send_args(queued, to.name))
+        publish = await sender.send(
+            Op.PUBLISH, {"block": published, "topic": topic, "header": {}, "nowait": False}
+        )
+        await sender.no_reply_yet(publish)
+        await to.aclose()
+        answer = await sender.reply(send)
+        assert isinstance(answer, ErrorReply) and answer.code == blockipc.PeerUnreachable.code
+        done = await sender.reply(publish)
+        assert isinstance(done, Reply) and done.result == {"delivered": 0}
+        await sender.call(Op.FREE, {"block": queued})  # back with its sender
+        assert coord.stats().blocks == 0  # the published one went with the publish
+    finally:
+        await to.aclose()
+        await sender.aclose()
+    await all_gone(coord)
+
+
+# -- copy ------------------------------------------------------------------------------
+async def test_a_large_copy_cancelled_or_abandoned_ends_its_leases(
+    coord: blockipc.Coordinator,
+) -> None:
+    size = 3 << 20  # a task, a chunk at a time
+    raw = await Raw.connect(coord, "raw")
+    try:
+        src = (await raw.call(Op.ALLOC, {"size": size}))["block"]
+        dst = (await raw.call(Op.ALLOC, {"size": size}))["block"]
+        args = {"src": src, "dst": dst, "src_offset": 0, "dst_offset": 0, "size": size}
+        copy = await raw.send(Op.COPY, {**args, "to_end": False})
+        await raw.call(Op.CANCEL, {"target": copy})
+        answer = await raw.reply(copy)
+        assert isinstance(answer, ErrorReply) and answer.code == CANCELLED
+        assert coord.stats().leases == 0
+        # contended: waits for the write lease on dst, then cancelled there
+        lease = await raw.call(Op.LEASE, {"block": dst, "mode": "r"})
+        other = await Raw.connect(coord, "other")
+        await raw.call(Op.GRANT, {"block": src, "to": other.name, "mode": "r"})
+        await raw.call(Op.GRANT, {"block": dst, "to": other.name, "mode": "w"})
+        copy = await other.send(Op.COPY, {**args, "to_end": False})
+        await other.no_reply_yet(copy)
+        await other.call(Op.CANCEL, {"target": copy})
+        answer = await other.reply(copy)
+        assert isinstance(answer, ErrorReply) and answer.code == CANCELLED
+        assert coord.stats().leases == 1  # raw's own
+        # abandoned: the copier goes while it waits
+        copy = await other.send(Op.COPY, {**args, "to_end": False})
+        await other.no_reply_yet(copy)
+        await other.aclose()
+        await wait_until(lambda: len(coord.stats().processes) == 1)
+        await wait_until(lambda: coord.stats().leases == 1)
+        await raw.call(Op.RELEASE, {"lease": lease["lease"]})
+        done = await raw.call(Op.COPY, {**args, "to_end": True})
+        assert done == {"copied": size}
+        assert coord.stats().leases == 0 and not state(coord).table.blocks[dst].waiters
+        await raw.call(Op.FREE_MANY, {"blocks": [src, dst]})
+    finally:
+        await raw.aclose()
+    await all_gone(coord)
+
+
+# -- channels --------------------------------------------------------------------------
+async def test_channels_opened_accepted_cancelled_and_abandoned_free_their_rings(
+    coord: blockipc.Coordinator,
+) -> None:
+    opener = await Raw.connect(coord, "open")
+    name = unique_name("late")
+    accepter: Raw | None = None
+    try:
+        cap = {"capacity": 1 << 16, "wait_ms": 60_000}
+        early = await opener.send(Op.CHANNEL_OPEN, {"to": name, **cap})
+        await opener.no_reply_yet(early)
+        stream, conn = await raw_hello(coord.address, name)  # registers: the open goes on
+        accepter = Raw(stream, conn, name)
+        first = await opener.reply(early)
+        assert isinstance(first, Reply)
+        got = await accepter.call(Op.CHANNEL_ACCEPT, {})  # offered when it registered
+        assert got["channel"] == first.result["channel"]
+        cancelled = await accepter.send(Op.CHANNEL_ACCEPT, {})
+        await accepter.call(Op.CANCEL, {"target": cancelled})
+        answer = await accepter.reply(cancelled)
+        assert isinstance(answer, ErrorReply) and answer.code == CANCELLED
+        second = await opener.call(Op.CHANNEL_OPEN, {"to": name, **cap})  # never accepted
+        assert len(state(coord).bells) == 2
+        await accepter.aclose()
+        await wait_until(lambda: len(coord.stats().processes) == 1)
+        assert len(state(coord).bells) == 2  # the opener's ends are open
+        await opener.call(Op.CHANNEL_CLOSE, {"channel": first.result["channel"]})
+        await opener.call(Op.CHANNEL_CLOSE, {"channel": second["channel"]})
+        assert not state(coord).bells and coord.stats().channels == 0
+        assert coord.stats().blocks == 0
+    finally:
+        await opener.aclose()
+        if accepter is not None:
+            await accepter.aclose()
     await all_gone(coord)
