@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 from anyio.abc import UNIXSocketStream
 
 import blockipc
@@ -80,14 +81,16 @@ async def all_gone(coord: blockipc.Coordinator) -> None:
 
 
 # -- publish ---------------------------------------------------------------------------
+@pytest.mark.parametrize("then", ["lease", "send"])
 async def test_a_publisher_leasing_its_block_mid_publish_harms_no_subscriber(
-    coord: blockipc.Coordinator,
+    coord: blockipc.Coordinator, then: str
 ) -> None:
     """The publisher's hold ends when the last inbox takes the block; a publisher that
-    leased the block meanwhile cannot have its hold dropped. That refusal came after the
-    subscriber's RECV was answered, as a second answer to it, which is a protocol
-    error: the coordinator cut the subscriber's connection, and the PUBLISH was never
-    answered. Now the publisher keeps its hold (and frees the block itself)."""
+    leased the block meanwhile, or sent it to an inbox with no room, cannot have its
+    hold dropped. That refusal came after the subscriber's RECV was answered, as a
+    second answer to it, which is a protocol error: the coordinator cut the
+    subscriber's connection, and the PUBLISH was never answered. Now the publisher
+    keeps its hold (and frees the block itself)."""
     topic = unique_name("t")
     pub = await Raw.connect(coord, "pub")
     try:
@@ -112,15 +115,23 @@ async def test_a_publisher_leasing_its_block_mid_publish_harms_no_subscriber(
                 Op.PUBLISH, {"block": block, "topic": topic, "header": {}, "nowait": False}
             )
             await pub.no_reply_yet(publish)  # the subscriber's inbox is full
-            lease = (await pub.call(Op.LEASE, {"block": block, "mode": "r"}))["lease"]
+            if then == "lease":
+                lease = (await pub.call(Op.LEASE, {"block": block, "mode": "r"}))["lease"]
+            else:  # a shared send, queued behind the publish
+                send = await pub.send(Op.SEND, send_args(block, sub.name, move=False))
             first = await sub.recv()  # makes room: the publish completes
             second = await sub.recv()
             published = await pub.reply(publish)
             assert isinstance(published, Reply) and published.result == {"delivered": 1}
             assert second.block.id == block
             await sub.free(first.block)
+            if then == "lease":
+                await pub.call(Op.RELEASE, {"lease": lease})
+            else:
+                third = await sub.recv()
+                assert third.block.id == block
+                assert isinstance(await pub.reply(send), Reply)
             await sub.free(second.block)
-            await pub.call(Op.RELEASE, {"lease": lease})
             await pub.call(Op.FREE, {"block": block})  # still the publisher's
             assert await sub.peers()  # the subscriber is still served
     finally:
