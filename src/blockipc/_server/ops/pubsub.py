@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from ..._core.limits import check_name, pack_header
 from ..._core.protocol import Op, Reply, Request
-from ..._core.routing import BlockRecord, Delivery, ProcessRecord
-from ..._exceptions import BlockIPCError, InboxFull
+from ..._core.routing import NOTHING, BlockRecord, Delivery, ProcessRecord
+from ..._exceptions import AccessDenied, BlockIPCError, InboxFull
 from ..parking import Parked
 from ..session import Session
 from ..state import ServerState
@@ -44,7 +44,11 @@ class Fanout(Parked):
             session.reply(self.cancelled())
             return
         if rec.id in state.table.blocks and rec.id in session.proc.blocks:
-            state.settle(state.table.release_hold(session.proc, rec))
+            try:
+                outcome = state.table.release_hold(session.proc, rec)
+            except AccessDenied:  # it leased or sent the block meanwhile: it keeps it
+                outcome = NOTHING  # (raising would answer a request twice: another's)
+            state.settle(outcome)
         session.reply(Reply(self.request.req_id, Op.PUBLISH, {"delivered": self.delivered}))
 
 
@@ -75,7 +79,8 @@ def unsubscribe(state: ServerState, session: Session, req: Request) -> None:
 def publish(state: ServerState, session: Session, req: Request) -> None:
     """Give every subscriber a read grant and an inbox message; the publisher's own
     hold ends once every inbox took it, so the block is freed after the last
-    subscriber frees it."""
+    subscriber frees it (a publisher that leased or sent the block meanwhile keeps
+    its hold, and frees the block itself)."""
     a = req.args
     table = state.table
     topic = _topic(req)
