@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import socket
 import stat
@@ -23,7 +22,14 @@ from anyio.abc import SocketAttribute, SocketStream, UNIXSocketStream
 
 from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
 from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
-from .._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from .._handshake import (
+    MAX_FDS,
+    peer_credentials,
+    receive_event,
+    send_frame,
+    take_socket,
+    trusted_peer,
+)
 from .._log import get_logger
 from .ops.blocks import MAX_INLINE
 from .reclaim import reclaim
@@ -84,7 +90,7 @@ async def serve_connection(state: ServerState, stream: SocketStream) -> None:
 async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
     raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
     pid, uid, _gid = peer_credentials(raw)
-    if uid != os.getuid():
+    if not trusted_peer(uid):
         log.warning("client.refused", reason="uid mismatch", pid=pid, uid=uid)
         return
     conn = Connection(Role.SERVER)
