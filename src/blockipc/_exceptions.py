@@ -54,7 +54,9 @@ class BlockNotFound(BlockIPCError, LookupError):
 
 class AccessDenied(BlockIPCError, PermissionError):
     """Raised when the routing table does not give the caller the right it asked for:
-    another process's block, or a block busy under a lease the operation conflicts with."""
+    another process's block, or a block busy under a lease the operation conflicts with;
+    and by ``connect`` when the socket is served by a process of another user (neither
+    this process's uid nor root), before anything is sent to it."""
 
     code = 4
 

@@ -21,7 +21,14 @@ from anyio.abc import SocketAttribute, UNIXSocketStream
 from ._core.protocol import Connection, Event, NeedData
 from ._exceptions import ConnectionClosed, ProtocolError
 
-__all__ = ["MAX_FDS", "peer_credentials", "receive_event", "send_frame", "take_socket"]
+__all__ = [
+    "MAX_FDS",
+    "peer_credentials",
+    "receive_event",
+    "send_frame",
+    "take_socket",
+    "trusted_peer",
+]
 
 MAX_FDS = 128
 """Segment fds passed in one message; more are fetched with further ATTACH requests."""
@@ -34,6 +41,18 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     return pid, uid, gid
+
+
+def trusted_peer(uid: int) -> bool:
+    """Whether a process running as ``uid`` may be at the other end of a blockipc socket:
+    this process's own uid, or root (who can reach every process's memory anyway).
+
+    The one rule for both ends: the coordinator checks each client's uid before it reads
+    ``HELLO``, and a client checks its coordinator's before it sends a byte (a process of
+    another user that listens on the path first would otherwise receive the client's
+    name, its inline writes and its lease contents).
+    """
+    return uid in (os.getuid(), 0)
 
 
 async def receive_event(

@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-:func:`connect` runs the handshake on a raw anyio socket stream (register a name,
-receive and map the pool's segment fds), then hands the socket to an asyncio/uvloop
-``BufferedProtocol`` for the hot path. Every call encodes one request with the
-sans-IO :class:`~blockipc._core.protocol.Connection`, writes it, and awaits the future that
-the reply with the same id resolves, so calls from many tasks pipeline freely.
+:func:`connect` checks that the socket's server runs as this user or root
+(``SO_PEERCRED``, before a byte is sent), runs the handshake on a raw anyio socket
+stream (register a name, receive and map the pool's segment fds), then hands the socket
+to an asyncio/uvloop ``BufferedProtocol`` for the hot path. Every call encodes one
+request with the sans-IO :class:`~blockipc._core.protocol.Connection`, writes it, and
+awaits the future that the reply with the same id resolves, so calls from many tasks
+pipeline freely.
 
 Small reads and writes travel inline in the frames; larger ones take a lease and copy
 straight to or from the mapped segment, so the bytes never cross the socket.
@@ -37,6 +39,7 @@ from types import TracebackType
 from typing import Any, Final, Literal, NoReturn, Self, cast
 
 import anyio
+from anyio.abc import SocketAttribute, UNIXSocketStream
 
 from .._core.codecs import DEFAULT_CODEC, get_codec
 from .._core.limits import (
@@ -62,6 +65,7 @@ from .._core.protocol import (
 from .._core.ring import RingReader, RingWriter
 from .._core.sizes import parse_size
 from .._exceptions import (
+    AccessDenied,
     BlockIPCError,
     BlockNotFound,
     CodecError,
@@ -75,7 +79,14 @@ from .._exceptions import (
     error_from_code,
     use_async_with,
 )
-from .._handshake import close_fds, receive_event, send_frame, take_socket
+from .._handshake import (
+    close_fds,
+    peer_credentials,
+    receive_event,
+    send_frame,
+    take_socket,
+    trusted_peer,
+)
 from .._log import get_logger
 from .._shm.generations import GenerationView
 from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
@@ -283,10 +294,7 @@ class Client:
     # -- connection --------------------------------------------------------------
     async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        try:
-            stream = await anyio.connect_unix(self.address)
-        except OSError as exc:
-            raise _connect_failed(self.address, exc) from exc
+        stream = await _connect_unix(self.address, _connect_failed)
         fds: list[int] = []
         try:
             hello = Request(
@@ -367,10 +375,9 @@ class Client:
     async def _attach(self, wanted: list[int], channel: int = 0) -> list[int]:
         """Fetch segments (and a channel's eventfds) on a side connection; returns the
         eventfds, which the caller owns."""
-        try:
-            stream = await anyio.connect_unix(self.address)
-        except OSError as exc:
-            raise ConnectionClosed(f"cannot reach {self.address}: {exc}") from exc
+        stream = await _connect_unix(
+            self.address, lambda address, exc: ConnectionClosed(f"cannot reach {address}: {exc}")
+        )
         got: list[int] = []
         try:
             async with stream:
@@ -1355,6 +1362,37 @@ class _Connect:
         raise AttributeError(
             f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self
         )
+
+
+async def _connect_unix(
+    address: str, failed: Callable[[str, OSError], ConnectionClosed]
+) -> UNIXSocketStream:
+    """A socket to the coordinator at ``address``, the one way a client connects (its
+    main connection and every ``ATTACH`` side connection). Before a byte is sent (the
+    name in ``HELLO``, then inline writes), the server's uid must pass
+    :func:`~blockipc._handshake.trusted_peer`: a process of another user that listens
+    on the path first gets nothing.
+
+    :raises ConnectionClosed: ``failed(address, error)`` when the connect fails.
+    :raises AccessDenied: when the server runs as another user (neither ours nor root).
+    """
+    try:
+        stream = await anyio.connect_unix(address)
+    except OSError as exc:
+        raise failed(address, exc) from exc
+    try:
+        pid, uid, _gid = peer_credentials(stream.extra(SocketAttribute.raw_socket))
+        if not trusted_peer(uid):
+            raise AccessDenied(
+                f"the socket {address} is served by process {pid} of uid {uid}, not by this "
+                f"user (uid {os.getuid()}) or root: refusing to connect (another user may "
+                "have taken the path before the coordinator; start it on a path in a "
+                "private directory, e.g. under $XDG_RUNTIME_DIR)"
+            )
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream
 
 
 def _connect_failed(address: str, exc: OSError) -> ConnectionClosed:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,7 +44,7 @@ from .._shm.generations import GenerationTable
 from .._shm.pool import Pool
 from .._types import Stats
 from .linkport import LinkPort
-from .listener import prepare_path, remove_path, serve_connection
+from .listener import make_private_dir, prepare_path, remove_path, serve_connection
 from .ops import HANDLERS
 from .state import ServerState
 
@@ -82,9 +81,11 @@ class Coordinator:
                                         keys="keys/") as coord:
             ...
 
-    ``path=None`` creates the socket in a fresh private directory (mode 0700) that is
-    removed on close. An explicit ``path`` left behind by a crashed coordinator is
-    detected (nobody answers on it) and replaced; one a live coordinator serves raises.
+    ``path=None`` creates the socket in a fresh private directory (mode 0700, under
+    ``$XDG_RUNTIME_DIR`` when that is a directory of this user's with mode 0700, else
+    under ``$TMPDIR`` or ``/tmp``) that is removed on close. An explicit ``path`` left
+    behind by a crashed coordinator of this user's is detected (nobody answers on it) and
+    replaced; another user's socket, or one a live coordinator serves, raises.
     """
 
     def __init__(
@@ -271,7 +272,7 @@ class Coordinator:
 
     def _prepare_path(self) -> Path:
         if self._path_arg is None:
-            self._private_dir = Path(tempfile.mkdtemp(prefix="blockipc-"))
+            self._private_dir = make_private_dir()
             return self._private_dir / "coordinator.sock"
         prepare_path(self._path_arg)
         return self._path_arg

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,14 @@ from anyio.abc import SocketAttribute, SocketStream, UNIXSocketStream
 
 from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
 from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
-from .._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
+from .._handshake import (
+    MAX_FDS,
+    peer_credentials,
+    receive_event,
+    send_frame,
+    take_socket,
+    trusted_peer,
+)
 from .._log import get_logger
 from .ops.blocks import MAX_INLINE
 from .reclaim import reclaim
@@ -32,32 +40,102 @@ from .session import Session, error_reply
 if TYPE_CHECKING:
     from .state import ServerState
 
-__all__ = ["HANDSHAKE_TIMEOUT", "prepare_path", "remove_path", "serve_connection"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "RUNTIME_DIR_ENV",
+    "make_private_dir",
+    "prepare_path",
+    "remove_path",
+    "serve_connection",
+]
 
 log = get_logger("blockipc.coordinator")
 
 HANDSHAKE_TIMEOUT = 5.0
 
+RUNTIME_DIR_ENV = "XDG_RUNTIME_DIR"
+"""Where a coordinator given no path makes its private socket directory, when usable."""
+
+
+def make_private_dir() -> Path:
+    """A fresh directory for the socket of a coordinator given no path, mode 0700 (only
+    this user may reach the socket, or put another in its place): under
+    ``$XDG_RUNTIME_DIR`` when that is usable (a directory of this user's, mode 0700, as
+    the XDG spec requires), else under the temporary directory (``$TMPDIR``, ``/tmp``)."""
+    base = os.environ.get(RUNTIME_DIR_ENV) or None
+    if base is not None and not _private_to_us(base):
+        log.debug("coordinator.runtime_dir_unusable", path=base)
+        base = None
+    private = Path(tempfile.mkdtemp(prefix="blockipc-", dir=base))
+    os.chmod(private, 0o700)  # mkdtemp's 0700 less the umask: exactly 0700
+    return private
+
+
+def _private_to_us(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
+    )
+
 
 def prepare_path(path: Path) -> None:
-    """Make ``path`` free for a new socket: a stale one (nobody answers on it) is
-    removed; anything else there, or a live coordinator, raises."""
+    """Make ``path`` free for a new socket: a stale one of this user's (nobody answers
+    on it) is removed; anything else there (not a socket, another user's socket, a live
+    coordinator) raises. A directory where another user could replace the socket is
+    logged (``coordinator.socket_dir_unsafe``): clients refuse a server of another uid,
+    but such a replacement still keeps them from reaching this coordinator."""
+    _warn_if_unsafe_dir(path.parent)
     try:
-        mode = path.lstat().st_mode
+        st = path.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
+    if not stat.S_ISSOCK(st.st_mode):
         raise BlockIPCError(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
+        _pid, uid, _gid = peer_credentials(probe)
     except (ConnectionRefusedError, FileNotFoundError):
+        if st.st_uid != os.getuid():
+            raise BlockIPCError(
+                f"{path} is a stale socket of uid {st.st_uid}, not of this user "
+                f"(uid {os.getuid()}); refusing to replace it: remove it, or pick another path"
+            ) from None
         log.warning("coordinator.stale_socket_removed", path=str(path))
         path.unlink(missing_ok=True)
         return
     finally:
         probe.close()
+    if uid != os.getuid():
+        raise BlockIPCError(
+            f"a process of uid {uid} (not this user, uid {os.getuid()}) is already "
+            f"serving at {path}; refusing to start there: pick a path in a directory "
+            "only this user can write to"
+        )
     raise BlockIPCError(f"a coordinator is already serving at {path}")
+
+
+def _warn_if_unsafe_dir(directory: Path) -> None:
+    try:
+        st = directory.stat()
+    except OSError:
+        return  # binding the socket says what is wrong
+    writable_by_others = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable_by_others and not st.st_mode & stat.S_ISVTX:
+        reason = "writable by other users, without the sticky bit"
+    elif not trusted_peer(st.st_uid):
+        reason = f"owned by uid {st.st_uid}"
+    else:
+        return
+    log.warning(
+        "coordinator.socket_dir_unsafe",
+        path=str(directory),
+        mode=oct(stat.S_IMODE(st.st_mode)),
+        reason=reason,
+    )
 
 
 def remove_path(path: Path | None, private_dir: Path | None) -> None:
@@ -84,7 +162,7 @@ async def serve_connection(state: ServerState, stream: SocketStream) -> None:
 async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
     raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
     pid, uid, _gid = peer_credentials(raw)
-    if uid != os.getuid():
+    if not trusted_peer(uid):
         log.warning("client.refused", reason="uid mismatch", pid=pid, uid=uid)
         return
     conn = Connection(Role.SERVER)
