@@ -190,3 +190,33 @@ def test_cli_log_json_prints_json_lines(tmp_path: Path) -> None:
 def test_cli_log_level_hides_lower_levels(tmp_path: Path) -> None:
     out, err = _serve(tmp_path, "--log-level", "warning")
     assert out == err == ""
+
+
+def test_rate_limiter_lets_a_burst_through_then_counts() -> None:
+    """Per event name: ``burst`` records per interval; the rest is counted, the count
+    logged at 10, 100, 1,000... and when the interval ends (with the next record)."""
+    from blockipc._log import RateLimiter
+    from blockipc.testing import capture_logs
+
+    now = [0.0]
+    limit = RateLimiter(burst=3, interval=10.0, clock=lambda: now[0])
+    log = get_logger("blockipc.test")
+    with capture_logs() as logs:
+        for i in range(10_000):
+            limit.warning(log, "pool.exhausted", i=i)
+        limit.log(log, "info", "other.event")  # another name has its own budget
+        now[0] = 10.0
+        limit.warning(log, "pool.exhausted", i=-1)
+    seen = [(e["event"], e.get("i", e.get("suppressed")), e["log_level"]) for e in logs]
+    assert seen == [
+        ("pool.exhausted", 0, "warning"),
+        ("pool.exhausted", 1, "warning"),
+        ("pool.exhausted", 2, "warning"),
+        ("log.suppressed", 10, "warning"),
+        ("log.suppressed", 100, "warning"),
+        ("log.suppressed", 1000, "warning"),
+        ("other.event", None, "info"),
+        ("log.suppressed", 9997, "warning"),  # the interval's total, then a new budget
+        ("pool.exhausted", -1, "warning"),
+    ]
+    assert all(e["of"] == "pool.exhausted" for e in logs if e["event"] == "log.suppressed")

@@ -19,19 +19,28 @@ carries ``event`` (the name) and ``fields`` (a dict) for handlers that want stru
 
 :func:`configure_logging` (the CLI calls it) attaches one handler of blockipc's own to
 the ``blockipc`` logger: structlog's console or JSON renderer on stderr.
+
+*Rate limits.* An event a client can cause at will (a failed allocation) must not turn
+into a log flood: :class:`RateLimiter` lets the first few records of each event name
+through per interval and counts the rest; the count is itself logged (``log.suppressed``,
+at the same level, with ``of``: the event name) when it reaches 10, 100, 1,000, ... in an
+interval and when the interval ends (with the next record of that name), so the log
+says how often it happened without saying it each time.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import structlog
 
-__all__ = ["ROOT", "capture_logs", "configure_logging", "get_logger"]
+__all__ = ["ROOT", "RateLimiter", "capture_logs", "configure_logging", "get_logger"]
 
 ROOT = "blockipc"
 """The stdlib logger every blockipc event goes through (and its children)."""
@@ -64,6 +73,86 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     if name != ROOT and not name.startswith(ROOT + "."):
         raise ValueError(f"blockipc loggers live under {ROOT!r}, not {name!r}")
     return structlog.stdlib.BoundLogger(logging.getLogger(name), list(_PROCESSORS), {})
+
+
+class RateLimiter:
+    """At most ``burst`` records of each event name per ``interval`` seconds; the
+    records over it are counted and the count is logged as ``log.suppressed``.
+
+    >>> limit = RateLimiter(burst=2, interval=10.0, clock=lambda: 0.0)
+    >>> log = get_logger("blockipc.example")
+    >>> for _ in range(1000):
+    ...     limit.warning(log, "pool.exhausted", requested=4096)  # 2, then 10 and 100 counted
+    """
+
+    def __init__(
+        self,
+        burst: int = 5,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()  # (records may come from several threads)
+        # event name -> [start of its interval, records let through, records suppressed]
+        self._state: dict[str, list[float]] = {}
+
+    def warning(self, logger: structlog.stdlib.BoundLogger, event: str, **fields: Any) -> None:
+        """``logger.warning(event, **fields)``, unless ``event`` is over its limit."""
+        self.log(logger, "warning", event, **fields)
+
+    def log(
+        self, logger: structlog.stdlib.BoundLogger, level: str, event: str, **fields: Any
+    ) -> None:
+        """``event`` at ``level`` (``"info"``, ``"warning"``...), unless it is over its
+        limit."""
+        now = self._clock()
+        summary = None
+        with self._lock:
+            st = self._state.get(event)
+            if st is None:
+                if len(self._state) >= _MAX_LIMITED:  # (names are ours, but bounded anyway)
+                    self._state.clear()
+                st = self._state[event] = [now, 0, 0]
+            start, passed, suppressed = st
+            if now - start >= self.interval:
+                if suppressed and not _reported(suppressed):  # (else said already)
+                    summary = (suppressed, now - start)
+                start, passed, suppressed = now, 0, 0
+            emit = passed < self.burst
+            if emit:
+                passed += 1
+            else:
+                suppressed += 1
+                if _reported(suppressed):
+                    summary = (suppressed, now - start)
+            st[:] = [start, passed, suppressed]
+        method = getattr(logger, level)
+        if summary is not None:
+            method(
+                "log.suppressed",
+                of=event,
+                suppressed=int(summary[0]),
+                seconds=round(summary[1], 3),
+                burst=self.burst,
+                interval=self.interval,
+            )
+        if emit:
+            method(event, **fields)
+
+
+_MAX_LIMITED: Final = 1024
+
+
+def _reported(suppressed: float) -> bool:
+    """Whether a count of suppressed records is logged at once: 10, 100, 1,000..."""
+    n = int(suppressed)
+    if n < 10:
+        return False
+    while n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 class _EventFormatter(logging.Formatter):

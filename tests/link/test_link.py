@@ -30,6 +30,7 @@ import anyio
 import msgpack
 import pytest
 import zmq
+import zmq.asyncio
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,8 @@ from blockipc._core.linkwire import (
     ACK,
     ACKS,
     BLOCKS,
+    FRAME_SLACK,
+    MAX_ACK_FRAME,
     MAX_BLOCKS,
     OutboundState,
     decode_ack,
@@ -50,12 +53,13 @@ from blockipc._core.linkwire import (
     encode_ack,
     encode_blocks,
     make_config,
+    max_frame,
     parse_endpoint,
     peek_seqs,
 )
 from blockipc._exceptions import ProtocolError
 from blockipc._link.keys import keygen, load_keys
-from blockipc.testing import assert_pool_clean
+from blockipc.testing import assert_pool_clean, capture_logs
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -791,7 +795,9 @@ async def test_block_larger_than_the_receiving_pool_is_refused() -> None:
         ):
             block = await producer.alloc(2 * MiB)
             await producer.write(block, b"big")
-            with pytest.raises(blockipc.PoolExhausted, match="larger than any block"):
+            # B's ROUTER takes no frame over max_frame(1 MiB): libzmq drops the link
+            # before it reads the block, and the send fails as one in transit
+            with pytest.raises(PeerUnreachable, match="larger than its pool can ever hold"):
                 await producer.send(block, to="b/consumer")
             assert await producer.read(block, 0, 3) == b"big"
             await producer.free(block)
@@ -983,6 +989,14 @@ async def start_node(
         yield child
 
 
+def hwm_kib(pid: int) -> int:
+    """The peak RSS of process ``pid`` (``VmHWM``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
 def rss_kib(pid: int) -> dict[str, int]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -990,6 +1004,96 @@ def rss_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "RssAnon", "RssShmem"):
             fields[key] = int(value.split()[0])
     return fields
+
+
+async def test_a_frame_over_the_routers_bound_is_refused_unread(short_dir: Path) -> None:
+    """A raw DEALER sends one 256 MiB frame to a node with a 16 MiB pool: libzmq
+    disconnects it before allocating the frame (the node's peak RSS grows by far less
+    than 256 MiB), the node keeps serving, and a good peer's block arrives after it."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    async with (
+        start_node(short_dir, "b", port, {}, None, "16MiB") as b,
+        spawn("remote_consumer", short_dir / "b.sock", "consumer", 1, 0) as consumer,
+    ):
+        await consumer.expect("ready")
+        before = hwm_kib(b.pid)
+        big = bytes(256 * MiB)  # (in this process: the sender)
+        async with raw_dealer(endpoint) as dealer:
+            monitor = dealer.get_monitor_socket(zmq.Event.DISCONNECTED)
+            try:
+                head = encode_block(1, "x", "p", "consumer", len(big), {"i": 0, "crc": 0})
+                await dealer.send_multipart([*head, big], copy=False)
+                # before the fix an ack comes back (a PoolExhausted, once B has read all of
+                # the frame); with it, B's libzmq drops the connection
+                recv = asyncio.ensure_future(dealer.recv_multipart())
+                dropped = asyncio.ensure_future(monitor.recv_multipart())
+                done, pending = await asyncio.wait(
+                    {recv, dropped}, timeout=40, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in pending:
+                    fut.cancel()
+                assert done, "neither an ack nor a disconnect"
+            finally:
+                dealer.disable_monitor()
+                monitor.close(linger=0)
+        del big
+        grown = hwm_kib(b.pid) - before
+        print(f"peak RSS of the node grew by {grown} KiB for a 256 MiB frame")
+        assert grown < 64 * 1024, f"peak RSS of the node grew by {grown} KiB"
+        assert dropped in done
+        data = os.urandom(MiB)
+        async with raw_dealer(endpoint) as good:
+            header = {"i": 1, "crc": zlib.crc32(data)}
+            await good.send_multipart([*encode_block(2, "x", "p", "consumer", MiB, header), data])
+            with anyio.fail_after(10):
+                ack = decode_ack(await good.recv_multipart())
+            assert (ack.seq, ack.code) == (2, 0)
+        event = await consumer.expect("got")
+        assert (event["i"], event["ok"], event["sender"]) == (1, True, "x/p")
+
+
+async def test_frame_bounds_are_set_and_a_dropped_peer_is_logged() -> None:
+    async with blockipc.Coordinator(pool_size="4MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+        assert b.link_address is not None
+        link = b._link
+        assert link is not None and link._router is not None
+        bound = max_frame(b.pool.max_request())
+        assert link._router.maxmsgsize == bound == b.pool.max_request() + FRAME_SLACK
+        with capture_logs() as logs:
+            async with raw_dealer(b.link_address) as dealer:
+                head = encode_block(1, "x", "p", "consumer", bound, {})
+                await dealer.send_multipart([*head, bytes(bound + 1)])
+                await wait_until(
+                    lambda: any(e["event"] == "link.peer_disconnected" for e in logs), timeout=10
+                )
+        (event,) = [e for e in logs if e["event"] == "link.peer_disconnected"]
+        assert event["max_frame"] == bound and event["log_level"] == "info"
+    async with pair(pool="4MiB") as (a, _b):
+        (peer,) = a._link._peers.values()  # type: ignore[union-attr]
+        await wait_until(lambda: peer._sock is not None)
+        assert peer._sock is not None and peer._sock.maxmsgsize == MAX_ACK_FRAME
+
+
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+async def test_a_block_of_the_largest_size_still_crosses_the_link(
+    tmp_path: Path, curve: bool
+) -> None:
+    keys = node_keys(tmp_path, "a", "b") if curve else None
+    async with (
+        pair(keys, pool="4MiB") as (a, b),
+        blockipc.connect(a.address, name="producer") as producer,
+        blockipc.connect(b.address, name="consumer") as consumer,
+    ):
+        size = b.pool.max_request()
+        data = os.urandom(size)
+        block = await producer.alloc(size)
+        await producer.write(block, data)
+        with anyio.fail_after(10):
+            await producer.send(block, to="b/consumer")
+        msg = await consumer.recv()
+        assert await consumer.read(msg.block) == data
+        await consumer.free(msg.block)
 
 
 def test_200_random_blocks_arrive_intact_and_in_order(short_dir: Path) -> None:

@@ -18,6 +18,12 @@ any other code is a :class:`~blockipc.BlockIPCError` code and nothing was delive
 Several blocks delivered at once may be answered by one ``[b"ACKS", seqs]`` instead
 (``seqs``: unsigned 64-bit little-endian integers, each a code-0 ack).
 
+**Frame bounds.** libzmq refuses (disconnects) a peer whose frame is over the socket's
+``ZMQ_MAXMSGSIZE``, before it allocates it: a receiving node's ROUTER takes frames up
+to :func:`max_frame` (its largest block), a sender's DEALER acks only
+(:data:`MAX_ACK_FRAME`). The bound is per frame: a message of many large frames is
+still read whole before :func:`decode_blocks` refuses more than :data:`MAX_BLOCKS`.
+
 **Sending** (:class:`OutboundState`, one per peer). A send is *queued* until the
 link to the peer is up and the window has room (a bound on blocks and bytes written
 but not acknowledged), then *in flight* until its ack. Nothing is ever sent twice:
@@ -70,6 +76,8 @@ __all__ = [
     "ACK",
     "ACKS",
     "BLOCKS",
+    "FRAME_SLACK",
+    "MAX_ACK_FRAME",
     "MAX_BLOCKS",
     "Ack",
     "BlockFrame",
@@ -84,6 +92,7 @@ __all__ = [
     "encode_acks",
     "encode_blocks",
     "make_config",
+    "max_frame",
     "parse_endpoint",
 ]
 
@@ -94,6 +103,28 @@ through at once: one message, one meta to parse, one ack for all of them)."""
 ACK: Final = b"ACK1"
 ACKS: Final = b"ACKS"
 MAX_META: Final = MAX_HEADER + 4096
+"""An ack's meta, and a block meta's share per block, at most (a block meta carries
+up to :data:`MAX_BLOCKS` entries: ``MAX_META * MAX_BLOCKS`` bytes)."""
+FRAME_SLACK: Final = 4096
+"""Added to a frame bound for what a security mechanism wraps around a frame (CURVE:
+about 40 bytes, checked by libzmq before it decrypts)."""
+MAX_ACK_FRAME: Final = MAX_META + FRAME_SLACK
+"""The largest frame a sender's DEALER accepts (``ZMQ_MAXMSGSIZE``): acks only."""
+
+
+def max_frame(max_block: int) -> int:
+    """The largest frame a receiving node's ROUTER accepts (``ZMQ_MAXMSGSIZE``, which
+    libzmq applies to each frame of a multipart message, not to the message): a data
+    frame of the node's largest block, or a block meta of :data:`MAX_BLOCKS` entries.
+
+    A peer that sends a larger frame is disconnected by libzmq before it allocates
+    the frame (no block that large could be delivered here anyway).
+
+    >>> max_frame(64 << 20) == (64 << 20) + FRAME_SLACK
+    True
+    """
+    return max(max_block, MAX_META * MAX_BLOCKS) + FRAME_SLACK
+
 
 WINDOW_BLOCKS: Final = 8
 """Blocks written to a peer and not yet acknowledged, at most."""
@@ -487,7 +518,9 @@ class OutboundState:
         return self._fail_in_flight(
             lambda: PeerUnreachable(
                 f"the link to node {self.node!r} went down with the block in transit; "
-                "it was not retried (it may or may not have been delivered, never twice)"
+                "it was not retried (it may or may not have been delivered, never twice; "
+                "a node also disconnects a peer that sends a block larger than its pool "
+                "can ever hold)"
             )
         )
 

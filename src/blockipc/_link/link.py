@@ -49,7 +49,7 @@ link frames only: local clients are served on the Unix socket alone.
 
 Structlog events: ``link.started``, ``link.connected``, ``link.disconnected``,
 ``link.refused``, ``link.handshake_failed``, ``link.send_failed``,
-``link.protocol_error``, ``link.reset``, ``link.stopped``.
+``link.protocol_error``, ``link.reset``, ``link.peer_disconnected``, ``link.stopped``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .._core.limits import split_target
 from .._core.linkwire import (
     BLOCKS,
+    MAX_ACK_FRAME,
     BlockFrame,
     Failure,
     LinkConfig,
@@ -83,6 +84,7 @@ from .._core.linkwire import (
     encode_ack,
     encode_acks,
     encode_blocks,
+    max_frame,
     peek_seqs,
 )
 from .._core.protocol import ErrorReply, Reply, Request
@@ -96,7 +98,7 @@ from .._exceptions import (
     PoolExhausted,
     ProtocolError,
 )
-from .._log import get_logger
+from .._log import RateLimiter, get_logger
 from .._types import LinkStats
 from .host import LinkHost, ReplyTo, Requester
 from .keys import NodeKeys, load_keys
@@ -299,6 +301,7 @@ class _Peer:
         sock = _plain_socket(self.link.ctx, zmq.DEALER)
         try:
             self.link.tune(sock)
+            sock.maxmsgsize = MAX_ACK_FRAME  # it receives acks only
             sock.immediate = True  # queue nothing for a peer that is not connected
             sock.sndhwm = max(self.state.max_blocks, self.state.small_blocks) + 2
             if keys is not None:
@@ -526,6 +529,7 @@ class Link:
         self._closing = False
         # blocks from each node: [received, received bytes, refused], for LinkStats
         self._inbound: dict[str, list[int]] = {}
+        self._log_limit = RateLimiter()  # of what a peer can cause at will
 
     # -- lifecycle ---------------------------------------------------------------
     def tune(self, sock: zmq.Socket[bytes]) -> None:
@@ -550,6 +554,8 @@ class Link:
                 self._router = router
                 self.tune(router)
                 router.rcvhwm = 64
+                # libzmq disconnects a peer whose frame is larger, before allocating it
+                router.maxmsgsize = max_frame(self.host.pool.max_request())
                 if self.keys is not None:
                     router.curve_server = True
                     router.curve_publickey = self.keys.public
@@ -562,6 +568,7 @@ class Link:
                 self._router_fd = _int_opt(router, zmq.FD)
                 asyncio.get_running_loop().add_reader(self._router_fd, self._serve)
                 self._reading = True
+                self._spawn(self._watch_router(router))
                 await self._lower_io_priority(before)
             for name, endpoint in cfg.peers.items():
                 key = None if self.keys is None else self.keys.trusted[name]
@@ -605,6 +612,29 @@ class Link:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, now + nice))
             except OSError as exc:  # gone, or not allowed: a matter of speed only
                 log.debug("link.io_nice_failed", tid=tid, error=repr(exc))
+
+    async def _watch_router(self, router: zmq.Socket[bytes]) -> None:
+        """Log the ends of inbound connections (rate-limited: a peer can reconnect at
+        will). libzmq gives no reason; one is a frame over the ROUTER's bound."""
+        monitor = cast("zmq.asyncio.Socket", router.get_monitor_socket(zmq.Event.DISCONNECTED))
+        bound = _int_opt(router, zmq.MAXMSGSIZE)
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                self._log_limit.log(
+                    log,
+                    "info",
+                    "link.peer_disconnected",
+                    node=self.config.node,
+                    endpoint=event["endpoint"].decode("utf-8", "replace"),
+                    max_frame=bound,
+                    reason="the peer closed the connection, or it sent a frame larger "
+                    "than max_frame bytes (libzmq disconnects it)",
+                )
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                router.disable_monitor()
+            monitor.close(linger=0)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -152,6 +152,10 @@ async def serve_connection(state: ServerState, stream: SocketStream) -> None:
     try:
         assert isinstance(stream, UNIXSocketStream)
         await _serve(state, stream)
+    except (ConnectionClosed, ConnectionError) as exc:
+        # the client hung up during its handshake (sending the welcome or taking the
+        # socket failed): its business, not an error of ours; a client can do it at will
+        log.debug("client.closed_during_handshake", error=repr(exc))
     except Exception as exc:  # one bad connection must not stop the listener
         log.exception("coordinator.connection_failed", error=repr(exc))
     finally:

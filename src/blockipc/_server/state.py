@@ -277,7 +277,9 @@ class ServerState:
             except PoolExhausted as exc:
                 if size > self.pool.max_request() or not self._evict_one():
                     if not quiet:
-                        log.warning("block.alloc_failed", name=proc.name, size=size, error=str(exc))
+                        self.pool.log_limit.warning(  # a client can make this happen at will
+                            log, "block.alloc_failed", name=proc.name, size=size, error=str(exc)
+                        )
                     raise
         return a, (self._base(a.segment) + a.offset) // self.pool.min_block
 

@@ -42,7 +42,7 @@ from typing import Self
 from .._core.buddy import BuddyAllocator
 from .._core.sizes import parse_size
 from .._exceptions import BlockIPCError, InvalidRequest, OutOfBounds, PoolExhausted
-from .._log import get_logger
+from .._log import RateLimiter, get_logger
 
 __all__ = ["Allocation", "Pool", "Segment"]
 
@@ -223,6 +223,9 @@ class Pool:
         self._pool_size = -(-requested // min_block) * min_block
         self._max_pool_size = max(self._pool_size, limit // min_block * min_block)
         self._closed = False
+        self.log_limit = RateLimiter()
+        """Bounds the warnings about this pool's failed allocations, which a client can
+        cause at will (``pool.exhausted``, the coordinator's ``block.alloc_failed``)."""
         self.segments = {}
         first = Segment.create(0, self._pool_size, min_block)
         self.segments[0] = first
@@ -298,7 +301,8 @@ class Pool:
             raise InvalidRequest(f"invalid allocation size {nbytes!r}: must be greater than zero")
         capacity = self.capacity_for(nbytes)
         if capacity > self._max_request:
-            log.warning(
+            self.log_limit.warning(  # a client can make this happen at will
+                log,
                 "pool.exhausted",
                 reason="too_large",
                 requested=nbytes,
@@ -316,7 +320,8 @@ class Pool:
         grown = self._grow(capacity)
         if grown is None:
             size, free, largest = self.size, self.free_bytes, self.largest_free
-            log.warning(
+            self.log_limit.warning(  # a client can make this happen at will
+                log,
                 "pool.exhausted",
                 reason="full",
                 requested=nbytes,
