@@ -694,6 +694,32 @@ async def test_a_batch_the_socket_refuses_is_queued_again_in_order() -> None:
             assert a.stats().blocks == 0  # moved: freed once acknowledged
 
 
+async def test_a_cancelled_send_the_socket_had_refused_lets_go_of_the_pool() -> None:
+    # queued again after EAGAIN (as above), it holds a view of the pool; taken back by a
+    # cancel, it must let go of it, or the segment cannot be unmapped at close
+    port = free_port()
+    with blockipc.testing.capture_logs() as logs:
+        async with blockipc.Coordinator(
+            pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=20
+        ) as a:
+            assert a._link is not None
+            peer = a._link._peers["b"]
+            async with blockipc.connect(a.address, name="producer") as producer:
+                block = await producer.alloc(10)
+                peer.state.up(time.monotonic())
+                task = asyncio.create_task(producer.send(block, to="b/consumer"))
+                await wait_until(lambda: peer._blocked and len(peer.state.queue) == 1)
+                out = peer.state.queue[0].token
+                assert out.view is not None
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                await wait_until(lambda: not peer.state.queue)
+                assert out.view is None
+                await producer.free(block)
+    assert not [e for e in logs if e["event"] == "pool.segment_close_deferred"]
+
+
 async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
     port = free_port()  # nobody listens there
     async with blockipc.Coordinator(

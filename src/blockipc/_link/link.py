@@ -723,6 +723,7 @@ class Link:
         if out.replied or out.pending is None or not out.peer.state.withdraw(out.pending):
             return False
         out.replied = True
+        self._drop_view(out)
         self.host.unpin(out.rec, out.sender, failed=True)
         return True
 
@@ -791,14 +792,19 @@ class Link:
     def _release(self, out: Outgoing) -> None:
         """Unpin the block of a finished send: free it (a move that succeeded, or a
         sender that is gone) or give it back to the sender."""
+        self._drop_view(out)
+        # the routing table decides: back to the sender, kept, or gone
+        self.host.unpin(out.rec, out.sender, failed=out.error is not None)
+        self._reply(out)
+
+    @staticmethod
+    def _drop_view(out: Outgoing) -> None:
+        """Let go of the send's view of the pool (libzmq no longer reads it)."""
         if out.view is not None:
             with contextlib.suppress(BufferError):
                 out.view.release()
             out.view = None
         out.tracker = None
-        # the routing table decides: back to the sender, kept, or gone
-        self.host.unpin(out.rec, out.sender, failed=out.error is not None)
-        self._reply(out)
 
     def _reply(self, out: Outgoing) -> None:
         if out.replied:
