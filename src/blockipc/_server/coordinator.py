@@ -45,7 +45,7 @@ from .._shm.generations import GenerationTable
 from .._shm.pool import Pool
 from .._types import Stats
 from .linkport import LinkPort
-from .listener import prepare_path, remove_path, serve_connection
+from .listener import accept_connections, prepare_path, remove_path, serve_connection
 from .ops import HANDLERS
 from .state import ServerState
 
@@ -208,11 +208,12 @@ class Coordinator:
             async with anyio.create_task_group() as tg:
                 assert self._state is not None
                 self._state.tg = tg
-                tg.start_soon(listener.serve, functools.partial(serve_connection, self._state))
+                handler = functools.partial(serve_connection, self._state)
+                tg.start_soon(accept_connections, listener, handler, tg)
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
         finally:
-            # Listener.serve never closes the listener: without this the listening
+            # the accept loop never closes the listener: without this the listening
             # socket stays open (a leaked fd, a ResourceWarning) after the close.
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
