@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from anyio.abc import UNIXSocketStream
 
 import blockipc
-from _procs import spawn
+from _helpers import raw_hello
+from _procs import spawn, wait_until
+from blockipc._core.protocol import Op, Reply, Request
+from blockipc._handshake import receive_event
+from blockipc.testing import unique_name
 
 FD_LIMIT = 64
 """The child coordinator's RLIMIT_NOFILE: a few dozen connections exhaust it."""
@@ -108,3 +114,68 @@ async def test_running_out_of_fds_keeps_the_listener_and_its_sessions(short_dir:
     # rate-limited: one warning for the whole burst, not one per failed accept
     assert len(warnings) <= 2, warnings
     assert not [e for e in events if e["level"] in ("error", "critical")], events
+
+
+# -- a connection stalled mid-frame ---------------------------------------------------
+IDLE = 0.3
+"""The test coordinators' idle_frame_timeout, in seconds (the default is 30)."""
+
+
+async def _closed_by_peer(stream: UNIXSocketStream) -> None:
+    with anyio.fail_after(10):
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+
+
+async def test_a_connection_stalled_mid_frame_is_closed() -> None:
+    async with blockipc.Coordinator(pool_size="4MiB", idle_frame_timeout=IDLE) as coord:
+        name = unique_name("stalled")
+        stream, conn = await raw_hello(coord.address, name)
+        async with stream, blockipc.connect(coord.address, name=unique_name("good")) as good:
+            await stream.send(conn.send(Request(2, Op.ALLOC, {"size": 4096})))
+            await receive_event(stream, conn)
+            assert coord.stats().blocks == 1
+            half = conn.send(Request(3, Op.ALLOC, {"size": 4096}))
+            with blockipc.testing.capture_logs() as logs:
+                await stream.send(half[: len(half) // 2])
+                await _closed_by_peer(stream)
+                await wait_until(lambda: name not in coord.stats().processes)
+            idle = [e for e in logs if e["event"] == "protocol.error"]
+            assert [(e["phase"], e["name"], e["log_level"]) for e in idle] == [
+                ("idle", name, "warning")
+            ], logs
+            assert "idle_frame_timeout" in idle[0]["error"]
+            assert coord.stats().blocks == 0  # what it held went with it
+            await _check_client(good, b"still served")
+
+
+async def test_idle_between_frames_or_trickling_a_frame_is_not_closed() -> None:
+    idle = 1.0  # longer than IDLE: the pauses below must not overrun it on a busy machine
+    async with blockipc.Coordinator(pool_size="4MiB", idle_frame_timeout=idle) as coord:
+        stream, conn = await raw_hello(coord.address, unique_name("patient"))
+        async with stream:
+            with blockipc.testing.capture_logs() as logs:
+                await anyio.sleep(1.5 * idle)  # between frames: no limit
+                frame = conn.send(Request(2, Op.ALLOC, {"size": 4096}))
+                pieces = [frame[i : i + 4] for i in range(0, len(frame), 4)]
+                assert len(pieces) * idle / 4 > idle  # the frame takes longer than idle
+                for piece in pieces:  # but each piece comes within idle of the last
+                    await stream.send(piece)
+                    await anyio.sleep(idle / 4)
+                reply, _ = await receive_event(stream, conn)
+                assert isinstance(reply, Reply), reply
+                assert reply.op is Op.ALLOC
+                await anyio.sleep(1.5 * idle)
+                await stream.send(conn.send(Request(3, Op.FREE, {"block": reply.result["block"]})))
+                freed, _ = await receive_event(stream, conn)
+                assert isinstance(freed, Reply), freed
+            assert not [e for e in logs if e["event"] == "protocol.error"], logs
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, math.inf, math.nan, "30", True])
+def test_idle_frame_timeout_is_checked(bad: Any) -> None:
+    with pytest.raises(blockipc.InvalidRequest, match="idle_frame_timeout"):
+        blockipc.Coordinator(idle_frame_timeout=bad)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import tempfile
 import warnings
@@ -38,8 +39,9 @@ from typing import TYPE_CHECKING, NoReturn, Self
 import anyio
 from anyio.abc import SocketListener
 
+from .._core.limits import IDLE_FRAME_TIMEOUT
 from .._core.linkwire import IO_NICE, make_config
-from .._exceptions import BlockIPCError, use_async_with
+from .._exceptions import BlockIPCError, InvalidRequest, use_async_with
 from .._log import get_logger
 from .._shm.generations import GenerationTable
 from .._shm.pool import Pool
@@ -82,6 +84,10 @@ class Coordinator:
                                         keys="keys/") as coord:
             ...
 
+    A connection that sends part of a frame and then nothing for ``idle_frame_timeout``
+    seconds (default 30) is closed (``protocol.error`` with ``phase="idle"``); one that
+    idles between frames, a client waiting in ``recv()``, is never closed for it.
+
     ``path=None`` creates the socket in a fresh private directory (mode 0700) that is
     removed on close. An explicit ``path`` left behind by a crashed coordinator is
     detected (nobody answers on it) and replaced; one a live coordinator serves raises.
@@ -101,7 +107,17 @@ class Coordinator:
         link_timeout: float = 5.0,
         insecure: bool = False,
         link_io_nice: int = IO_NICE,
+        idle_frame_timeout: float = IDLE_FRAME_TIMEOUT,
     ) -> None:
+        if isinstance(idle_frame_timeout, bool) or not isinstance(idle_frame_timeout, int | float):
+            raise InvalidRequest(
+                f"idle_frame_timeout must be a number of seconds, not {idle_frame_timeout!r}"
+            )
+        if not (idle_frame_timeout > 0 and math.isfinite(idle_frame_timeout)):
+            raise InvalidRequest(
+                f"idle_frame_timeout must be positive and finite, not {idle_frame_timeout!r}"
+            )
+        self._idle_frame_timeout = float(idle_frame_timeout)
         # the link's configuration is checked now: a bad one never binds anything
         self._link_config = make_config(
             node, listen, peers, keys, link_timeout, insecure, link_io_nice
@@ -208,7 +224,9 @@ class Coordinator:
             async with anyio.create_task_group() as tg:
                 assert self._state is not None
                 self._state.tg = tg
-                handler = functools.partial(serve_connection, self._state)
+                handler = functools.partial(
+                    serve_connection, self._state, idle_frame_timeout=self._idle_frame_timeout
+                )
                 tg.start_soon(accept_connections, listener, handler, tg)
                 await self._stop.wait()
                 tg.cancel_scope.cancel()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, UNIXSocketStream
 
+from .._core.limits import IDLE_FRAME_TIMEOUT
 from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
 from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
 from .._handshake import MAX_FDS, peer_credentials, receive_event, send_frame, take_socket
@@ -136,11 +137,14 @@ def remove_path(path: Path | None, private_dir: Path | None) -> None:
             private_dir.rmdir()
 
 
-async def serve_connection(state: ServerState, stream: SocketStream) -> None:
-    """One accepted connection, from its handshake to its reclaim."""
+async def serve_connection(
+    state: ServerState, stream: SocketStream, *, idle_frame_timeout: float = IDLE_FRAME_TIMEOUT
+) -> None:
+    """One accepted connection, from its handshake to its reclaim; its session is closed
+    once it holds part of a frame and nothing more for ``idle_frame_timeout`` seconds."""
     try:
         assert isinstance(stream, UNIXSocketStream)
-        await _serve(state, stream)
+        await _serve(state, stream, idle_frame_timeout)
     except Exception as exc:  # one bad connection must not stop the listener
         log.exception("coordinator.connection_failed", error=repr(exc))
     finally:
@@ -148,7 +152,7 @@ async def serve_connection(state: ServerState, stream: SocketStream) -> None:
             await stream.aclose()
 
 
-async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
+async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeout: float) -> None:
     raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
     pid, uid, _gid = peer_credentials(raw)
     if uid != os.getuid():
@@ -208,7 +212,7 @@ async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
         await send_frame(stream, conn.send(welcome), fds)
         sock = await take_socket(stream)
         loop = asyncio.get_running_loop()
-        session = Session(state.handle, conn, proc)
+        session = Session(state.handle, conn, proc, idle_frame_timeout)
         # listed before the transport starts: a request it handles at once (a recv,
         # an accept) may need to be found by a send from another session
         state.sessions[proc.key] = session
