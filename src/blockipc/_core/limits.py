@@ -22,6 +22,9 @@ Each rule below has this one home; the other modules import it rather than resta
   (:func:`check_batch`).
 * **waiting**: one connection has at most :data:`MAX_PARKED` requests waiting at once
   (the coordinator's parking registry refuses the next with ``QuotaExceeded``).
+* **stalls**: a connection that has sent part of a frame, then nothing for
+  :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
+  ``idle_frame_timeout``); one that idles between frames is never closed for it.
 
 A limit only one module knows (the protocol's token length, the link's blocks per
 message) stays in that module.
@@ -36,6 +39,7 @@ import msgpack
 from .._exceptions import InvalidRequest, OutOfBounds
 
 __all__ = [
+    "IDLE_FRAME_TIMEOUT",
     "MAX_BATCH",
     "MAX_HEADER",
     "MAX_INT",
@@ -210,3 +214,10 @@ def check_batch(count: int, what: str) -> int:
     if not 1 <= count <= MAX_BATCH:
         raise InvalidRequest(f"{what} must be 1 to {MAX_BATCH}, not {count}")
     return count
+
+
+# -- stalls ------------------------------------------------------------------------
+IDLE_FRAME_TIMEOUT: Final = 30.0
+"""Seconds a connection may hold part of a frame with no byte more before the
+coordinator closes it (the default of ``Coordinator(idle_frame_timeout=...)``). Between
+frames there is no limit: a client may wait in ``recv()`` for hours."""

@@ -544,6 +544,19 @@ class Connection:
         self._packer = msgpack.Packer(use_bin_type=True)
 
     # -- receiving ---------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        """Bytes received that no event has taken yet: once :meth:`next_event` has
+        returned ``NEED_DATA``, the start of a frame that has not all arrived (``0``
+        between frames).
+
+        >>> conn = Connection(Role.SERVER)
+        >>> conn.receive_data(b"\\x10\\x00")
+        >>> conn.next_event(), conn.buffered
+        (NEED_DATA, 2)
+        """
+        return len(self._buffer)
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes read from the peer. ``b""`` means the peer closed."""
         self._check_usable()

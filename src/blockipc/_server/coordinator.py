@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -37,14 +38,21 @@ from typing import TYPE_CHECKING, NoReturn, Self
 import anyio
 from anyio.abc import SocketListener
 
+from .._core.limits import IDLE_FRAME_TIMEOUT
 from .._core.linkwire import IO_NICE, make_config
-from .._exceptions import BlockIPCError, use_async_with
+from .._exceptions import BlockIPCError, InvalidRequest, use_async_with
 from .._log import get_logger
 from .._shm.generations import GenerationTable
 from .._shm.pool import Pool
 from .._types import Stats
 from .linkport import LinkPort
-from .listener import make_private_dir, prepare_path, remove_path, serve_connection
+from .listener import (
+    accept_connections,
+    make_private_dir,
+    prepare_path,
+    remove_path,
+    serve_connection,
+)
 from .ops import HANDLERS
 from .state import ServerState
 
@@ -81,7 +89,11 @@ class Coordinator:
                                         keys="keys/") as coord:
             ...
 
-    ``path=None`` creates the socket in a fresh private directory (mode 0700, under
+    A connection that sends part of a frame and then nothing for ``idle_frame_timeout``
+    seconds (default 30) is closed (``protocol.error`` with ``phase="idle"``); one that
+    idles between frames, a client waiting in ``recv()``, is never closed for it.
+
+        ``path=None`` creates the socket in a fresh private directory (mode 0700, under
     ``$XDG_RUNTIME_DIR`` when that is a directory of this user's with mode 0700, else
     under ``$TMPDIR`` or ``/tmp``) that is removed on close. An explicit ``path`` left
     behind by a crashed coordinator of this user's is detected (nobody answers on it) and
@@ -102,7 +114,17 @@ class Coordinator:
         link_timeout: float = 5.0,
         insecure: bool = False,
         link_io_nice: int = IO_NICE,
+        idle_frame_timeout: float = IDLE_FRAME_TIMEOUT,
     ) -> None:
+        if isinstance(idle_frame_timeout, bool) or not isinstance(idle_frame_timeout, int | float):
+            raise InvalidRequest(
+                f"idle_frame_timeout must be a number of seconds, not {idle_frame_timeout!r}"
+            )
+        if not (idle_frame_timeout > 0 and math.isfinite(idle_frame_timeout)):
+            raise InvalidRequest(
+                f"idle_frame_timeout must be positive and finite, not {idle_frame_timeout!r}"
+            )
+        self._idle_frame_timeout = float(idle_frame_timeout)
         # the link's configuration is checked now: a bad one never binds anything
         self._link_config = make_config(
             node, listen, peers, keys, link_timeout, insecure, link_io_nice
@@ -209,11 +231,14 @@ class Coordinator:
             async with anyio.create_task_group() as tg:
                 assert self._state is not None
                 self._state.tg = tg
-                tg.start_soon(listener.serve, functools.partial(serve_connection, self._state))
+                handler = functools.partial(
+                    serve_connection, self._state, idle_frame_timeout=self._idle_frame_timeout
+                )
+                tg.start_soon(accept_connections, listener, handler, tg)
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
         finally:
-            # Listener.serve never closes the listener: without this the listening
+            # the accept loop never closes the listener: without this the listening
             # socket stays open (a leaked fd, a ResourceWarning) after the close.
             with anyio.CancelScope(shield=True):
                 await listener.aclose()

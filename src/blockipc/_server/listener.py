@@ -1,5 +1,13 @@
 """The listener: the socket path, accepting a connection, and its handshake.
 
+:func:`accept_connections` is the accept loop: it starts one anyio task per connection
+and outlives every accept error. Out of file descriptors (``EMFILE``, ``ENFILE``) or
+kernel memory (``ENOBUFS``, ``ENOMEM``) it backs off (10 ms, doubling to 1 s) and tries
+again, with one warning per streak (and one per ``ACCEPT_WARN_INTERVAL`` while it lasts),
+so the sessions that hold the fds keep running and the first accept after some close
+serves again; any other error is logged as an error and retried the same way. (anyio's
+``Listener.serve`` ends on the first: every session was cancelled and nothing said why.)
+
 One anyio task per connection. It checks the peer's uid with ``SO_PEERCRED``, reads
 ``HELLO`` (or ``ATTACH``: a side connection of a registered process that fetches fds for
 segments added later or for a channel's eventfds), registers the process, passes the
@@ -11,17 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import socket
 import stat
 import tempfile
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, UNIXSocketStream
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, UNIXSocketStream
 
+from .._core.limits import IDLE_FRAME_TIMEOUT
 from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
 from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
 from .._handshake import (
@@ -44,6 +56,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "RUNTIME_DIR_ENV",
     "make_private_dir",
+    "accept_connections",
     "prepare_path",
     "remove_path",
     "serve_connection",
@@ -79,6 +92,57 @@ def _private_to_us(path: str) -> bool:
     return (
         stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700
     )
+
+
+ACCEPT_BACKOFF = (0.01, 1.0)
+"""The accept loop's first and longest pause after a failed ``accept()``, in seconds."""
+ACCEPT_WARN_INTERVAL = 10.0
+"""While ``accept()`` keeps failing, one log event per this many seconds, at most."""
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""``accept()`` errors that say the process or the kernel is out of something (fds,
+buffers) that closing connections gives back: wait and try again."""
+
+
+async def accept_connections(
+    listener: SocketListener,
+    handler: Callable[[SocketStream], Coroutine[Any, Any, None]],
+    tg: TaskGroup,
+) -> None:
+    """Accept connections until ``listener`` is closed, each handled in a task of ``tg``;
+    a failed ``accept()`` is logged, waited out and retried, never the end."""
+    backoff, longest = ACCEPT_BACKOFF
+    delay = 0.0
+    failures = 0  # in the current streak
+    warned = False  # in the current streak
+    warned_at: float | None = None  # across streaks: a flapping accept() logs no more
+    while True:
+        try:
+            stream = await listener.accept()
+        except anyio.ClosedResourceError:
+            return
+        except (anyio.BrokenResourceError, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else exc
+            code = cause.errno if isinstance(cause, OSError) else None
+            delay = min(longest, delay * 2) if delay else backoff
+            failures += 1
+            now = time.monotonic()
+            if warned_at is None or now - warned_at >= ACCEPT_WARN_INTERVAL:
+                warned, warned_at = True, now
+                level = log.warning if code in RESOURCE_ERRNOS else log.error
+                level(
+                    "listener.accept_failed",
+                    errno=None if code is None else errno.errorcode.get(code, str(code)),
+                    error=str(cause or exc),
+                    failures=failures,
+                    retry_in=delay,
+                )
+            await anyio.sleep(delay)
+            continue
+        if failures:
+            if warned:
+                log.info("listener.accept_resumed", failures=failures)
+            failures, delay, warned = 0, 0.0, False
+        tg.start_soon(handler, stream)
 
 
 def prepare_path(path: Path) -> None:
@@ -147,11 +211,14 @@ def remove_path(path: Path | None, private_dir: Path | None) -> None:
             private_dir.rmdir()
 
 
-async def serve_connection(state: ServerState, stream: SocketStream) -> None:
-    """One accepted connection, from its handshake to its reclaim."""
+async def serve_connection(
+    state: ServerState, stream: SocketStream, *, idle_frame_timeout: float = IDLE_FRAME_TIMEOUT
+) -> None:
+    """One accepted connection, from its handshake to its reclaim; its session is closed
+    once it holds part of a frame and nothing more for ``idle_frame_timeout`` seconds."""
     try:
         assert isinstance(stream, UNIXSocketStream)
-        await _serve(state, stream)
+        await _serve(state, stream, idle_frame_timeout)
     except (ConnectionClosed, ConnectionError) as exc:
         # the client hung up during its handshake (sending the welcome or taking the
         # socket failed): its business, not an error of ours; a client can do it at will
@@ -163,7 +230,7 @@ async def serve_connection(state: ServerState, stream: SocketStream) -> None:
             await stream.aclose()
 
 
-async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
+async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeout: float) -> None:
     raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
     pid, uid, _gid = peer_credentials(raw)
     if not trusted_peer(uid):
@@ -223,7 +290,7 @@ async def _serve(state: ServerState, stream: UNIXSocketStream) -> None:
         await send_frame(stream, conn.send(welcome), fds)
         sock = await take_socket(stream)
         loop = asyncio.get_running_loop()
-        session = Session(state.handle, conn, proc)
+        session = Session(state.handle, conn, proc, idle_frame_timeout)
         # listed before the transport starts: a request it handles at once (a recv,
         # an accept) may need to be found by a send from another session
         state.sessions[proc.key] = session

@@ -6,6 +6,11 @@ request parsed from the socket goes to :meth:`ServerState.handle` at once, from 
 goes through :meth:`Session.reply`, which checks it against the protocol's schema.
 A request that must wait parks in :attr:`Session.parked` (see :mod:`.parking`).
 
+A connection that stops mid-frame (part of a frame, then nothing for ``idle_timeout``
+seconds) is closed. The hot path pays one length check per read for it: a timer runs
+only while part of a frame is buffered, armed once and moved on (not re-armed) by the
+bytes that arrive meanwhile. Between frames nothing runs: a client may idle for hours.
+
 This module is the bottom of the server's parts: it imports none of them (the state,
 the parking kinds and the handlers all know the session; it knows them by the small
 :class:`ParkedEntry` interface and the ``handle`` callable it is given).
@@ -20,7 +25,7 @@ from typing import Protocol, cast
 
 import anyio
 
-from .._core.limits import MAX_STR
+from .._core.limits import IDLE_FRAME_TIMEOUT, MAX_STR
 from .._core.protocol import Connection, ErrorReply, Event, NeedData, Request
 from .._core.routing import BlockRecord, ProcessRecord
 from .._exceptions import BlockIPCError, ErrorCode, ProtocolError
@@ -85,6 +90,7 @@ class Session(asyncio.BufferedProtocol):
         handle: Callable[[Session, Request], None],
         conn: Connection,
         proc: ProcessRecord,
+        idle_timeout: float = IDLE_FRAME_TIMEOUT,
     ) -> None:
         self._handle = handle
         self.conn = conn
@@ -99,6 +105,9 @@ class Session(asyncio.BufferedProtocol):
         self._out_bytes = 0  # in _out
         self._batching = False
         self._paused = False  # the client is not reading its replies (pause_writing)
+        self._idle_timeout = idle_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None  # only while mid-frame
+        self._last_read = 0.0  # loop time of the last read that left part of a frame
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -129,6 +138,10 @@ class Session(asyncio.BufferedProtocol):
                     self._protocol_error(exc)
                     return
                 if isinstance(event, NeedData):
+                    if self.conn.buffered:
+                        self._mid_frame()
+                    elif self._stall_timer is not None:
+                        self._stop_stall_timer()
                     break
                 assert isinstance(event, Request)
                 handle(self, event)
@@ -151,12 +164,45 @@ class Session(asyncio.BufferedProtocol):
             self._transport.resume_reading()
             self._process()
 
+    def _mid_frame(self) -> None:
+        """Part of a frame is buffered: it must be completed within ``idle_timeout``
+        of the last byte read."""
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        if self._stall_timer is None:
+            self._stall_timer = loop.call_later(self._idle_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        if self._transport is None or not self.conn.buffered:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._last_read + self._idle_timeout - loop.time()
+        if left > 0:  # bytes arrived since the timer was armed
+            self._stall_timer = loop.call_later(left, self._stalled)
+            return
+        log.warning(
+            "protocol.error",
+            phase="idle",
+            name=self.proc.name,
+            pid=self.proc.pid,
+            error=f"{self.conn.buffered} bytes of a frame, then nothing for "
+            f"{self._idle_timeout:g} s (idle_frame_timeout)",
+        )
+        self.abort()
+
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._stop_stall_timer()
         self.closed.set()
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def reply(self, event: Event) -> None:
         """Send the answer to a request: every reply goes through here."""
@@ -229,4 +275,5 @@ class Session(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+        self._stop_stall_timer()
         self.closed.set()
