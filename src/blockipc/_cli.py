@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (host default 127.0.0.1; "
         "needs prometheus-client: pip install 'blockipc[metrics]')",
     )
+    quotas = serve.add_argument_group("quotas (off unless given)")
+    quotas.add_argument(
+        "--max-client-bytes", type=_size, default=None, help="bytes of blocks one client may hold"
+    )
+    quotas.add_argument(
+        "--max-client-blocks", type=int, default=None, help="blocks one client may hold"
+    )
+    quotas.add_argument(
+        "--max-connections", type=int, default=None, help="clients connected at once"
+    )
     link = serve.add_argument_group(
         "remote sends", "link this coordinator to coordinators on other hosts (pyzmq, tcp://)"
     )
@@ -193,6 +203,9 @@ async def _serve(args: argparse.Namespace) -> int:
             link_timeout=args.link_timeout,
             insecure=args.insecure,
             link_io_nice=args.link_io_nice,
+            max_client_bytes=args.max_client_bytes,
+            max_client_blocks=args.max_client_blocks,
+            max_connections=args.max_connections,
         ) as coord:
             async with contextlib.AsyncExitStack() as stack:
                 if metrics_server is not None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blockipc import (
     AccessDenied,
@@ -290,3 +294,41 @@ def test_touch_moves_only_named_cacheable_objects(table: RoutingTable) -> None:
     assert table.touch([first.id, first.id]) == 2
     assert list(table.evictable) == ["second", "first"]
     assert table.evict_one() == ("second", Outcome(freed=(second,), dropped=[]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 2), st.integers(0, 2)), max_size=60))
+def test_held_bytes_follow_the_blocks_a_process_holds(
+    steps: list[tuple[int, int, int]],
+) -> None:
+    # random allocs, grants, revokes, moves, shares, binds and frees: each process's
+    # held_bytes (what a quota bounds) is always the capacity of exactly its blocks
+    table = RoutingTable()
+    procs = [table.register(n, pid=1, uid=0, inbox_messages=4) for n in "abc"]
+    for op, i, j in steps:
+        p, q = procs[i], procs[j]
+        held = [table.blocks[b] for b in sorted(p.blocks)]
+        owned = [r for r in held if r.owner is p and not r.in_transit]
+        if op == 0 or not held:
+            cap = 4096 << (len(table.blocks) % 3)
+            table.add_block(p, segment=0, offset=0, capacity=cap, size=10)
+        elif op == 1 and owned and p is not q:
+            table.grant(p, owned[0], q, "r")
+        elif op == 2 and owned and p is not q and q.key in owned[0].grants:
+            with contextlib.suppress(AccessDenied):
+                table.revoke(p, owned[0], q)
+        elif op in (3, 4) and owned and p is not q:
+            table.offer(Delivery(owned[0], p, q, {}, op == 3, None))
+        elif op == 5 and q.inbox:
+            table.take(q)
+        elif op == 6 and owned:
+            table.bind(p, owned[0], f"n{len(table.names)}", cacheable=True)
+        else:
+            with contextlib.suppress(AccessDenied):
+                table.release_hold(p, held[0])
+        for proc in procs:
+            expected = sum(table.blocks[b].capacity for b in proc.blocks)
+            assert proc.held_bytes == expected, (op, proc.name)
+    for proc in procs:
+        table.unregister(proc)
+        assert proc.held_bytes == 0 and not proc.blocks

@@ -20,6 +20,8 @@ Each rule below has this one home; the other modules import it rather than resta
   most :data:`MAX_LIST` items; the protocol's schema applies them to every frame sent
   and received. A batch (RECV_MANY, FREE_MANY) has 1 to :data:`MAX_BATCH` items
   (:func:`check_batch`).
+* **quotas** (:class:`Quotas`, off unless set): the bytes and blocks one process holds,
+  the processes of one uid connected at once.
 * **waiting**: one connection has at most :data:`MAX_PARKED` requests waiting at once
   (the coordinator's parking registry refuses the next with ``QuotaExceeded``).
 * **stalls**: a connection that has sent part of a frame, then nothing for
@@ -32,11 +34,12 @@ message) stays in that module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import msgpack
 
-from .._exceptions import InvalidRequest, OutOfBounds
+from .._exceptions import InvalidRequest, OutOfBounds, QuotaExceeded
 
 __all__ = [
     "IDLE_FRAME_TIMEOUT",
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_STR",
     "MODES",
     "Mode",
+    "Quotas",
     "check_batch",
     "check_header_size",
     "check_mode",
@@ -206,6 +210,59 @@ MAX_BATCH: Final = 1024
 
 MAX_PARKED: Final = 4096
 """Most requests one connection may have waiting in the coordinator at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quotas:
+    """What one client process may hold, and how many may connect; ``None``: no bound
+    (the default). ``Coordinator(max_client_bytes=, max_client_blocks=,
+    max_connections=)`` and ``blockipc serve --max-client-bytes ...`` set them.
+
+    >>> Quotas(max_blocks=2).check_hold(blocks=2, held_bytes=0, capacity=4096)
+    Traceback (most recent call last):
+    ...
+    blockipc._exceptions.QuotaExceeded: this process holds 2 blocks, its quota (max_client_blocks)
+    """
+
+    max_bytes: int | None = None  # capacity of the blocks one process holds
+    max_blocks: int | None = None  # blocks one process holds
+    max_connections: int | None = None  # processes of one uid connected at once
+
+    @classmethod
+    def make(
+        cls, max_bytes: int | None, max_blocks: int | None, max_connections: int | None
+    ) -> Quotas:
+        """Checked: each a positive int, or None."""
+        for what, value in (
+            ("max_client_bytes", max_bytes),
+            ("max_client_blocks", max_blocks),
+            ("max_connections", max_connections),
+        ):
+            if value is not None and (type(value) is not int or not 0 < value <= MAX_INT):
+                raise InvalidRequest(f"{what} must be a positive int or None, not {value!r}")
+        return cls(max_bytes, max_blocks, max_connections)
+
+    def check_hold(self, *, blocks: int, held_bytes: int, capacity: int) -> None:
+        """Raise :class:`QuotaExceeded` if a process that holds ``blocks`` blocks of
+        ``held_bytes`` in all may not take one more of ``capacity`` bytes."""
+        if self.max_blocks is not None and blocks >= self.max_blocks:
+            raise QuotaExceeded(
+                f"this process holds {blocks} blocks, its quota (max_client_blocks)"
+            )
+        if self.max_bytes is not None and held_bytes + capacity > self.max_bytes:
+            raise QuotaExceeded(
+                f"this process holds {held_bytes} bytes of blocks; {capacity} more would pass "
+                f"its quota of {self.max_bytes} (max_client_bytes)"
+            )
+
+    def check_connect(self, connected: int) -> None:
+        """Raise :class:`QuotaExceeded` if one more process of a uid with ``connected``
+        processes connected may not connect."""
+        if self.max_connections is not None and connected >= self.max_connections:
+            raise QuotaExceeded(
+                f"{connected} processes of this user are connected, the coordinator's "
+                "quota (max_connections)"
+            )
 
 
 def check_batch(count: int, what: str) -> int:

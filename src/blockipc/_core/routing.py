@@ -78,7 +78,8 @@ class ProcessRecord:
     uid: int
     inbox_messages: int = 1024
     inbox_bytes: int = 1 << 62
-    blocks: set[int] = field(default_factory=set)
+    blocks: set[int] = field(default_factory=set)  # held: owned or granted (see _hold)
+    held_bytes: int = 0  # the capacity of those blocks
     leases: dict[int, Lease] = field(default_factory=dict)
     inbox: deque[InboxEntry] = field(default_factory=deque)
     inbox_used: int = 0  # bytes of the blocks in the inbox
@@ -203,6 +204,20 @@ NOTHING = Outcome()
 """The outcome of a decision that left nothing to do."""
 
 
+def _hold(proc: ProcessRecord, rec: BlockRecord) -> None:
+    """``proc`` holds ``rec`` now (as its owner or a grantee): its count of held bytes,
+    which a quota may bound, follows its ``blocks``."""
+    if rec.id not in proc.blocks:
+        proc.blocks.add(rec.id)
+        proc.held_bytes += rec.capacity
+
+
+def _unhold(proc: ProcessRecord, rec: BlockRecord) -> None:
+    if rec.id in proc.blocks:
+        proc.blocks.discard(rec.id)
+        proc.held_bytes -= rec.capacity
+
+
 class RoutingTable:
     """Blocks, processes, rights, leases and inboxes of one coordinator.
 
@@ -290,6 +305,7 @@ class RoutingTable:
             dropped.extend(out.dropped)
             removed.extend(out.freed)
         proc.blocks.clear()
+        proc.held_bytes = 0
         for rec in touched:
             out = self.reap(rec)
             dropped.extend(out.dropped)
@@ -322,7 +338,7 @@ class RoutingTable:
         rec = BlockRecord(self._next_block, segment, offset, capacity, size, proc, generation, slot)
         self._next_block += 1
         self.blocks[rec.id] = rec
-        proc.blocks.add(rec.id)
+        _hold(proc, rec)
         return rec
 
     def lookup(self, proc: ProcessRecord, block_id: int, need: Need = "own") -> BlockRecord:
@@ -377,7 +393,7 @@ class RoutingTable:
         the block alive for the deliveries still queued."""
         self.check_release(proc, rec)
         self._drop_hold(rec, proc)
-        proc.blocks.discard(rec.id)
+        _unhold(proc, rec)
         return self._let_go(rec)
 
     @staticmethod
@@ -431,7 +447,7 @@ class RoutingTable:
             self.bump(rec)
         del self.blocks[rec.id]
         for holder in rec.holders():
-            holder.blocks.discard(rec.id)
+            _unhold(holder, rec)
         return dropped
 
     def grant(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord, mode: str) -> None:
@@ -439,7 +455,7 @@ class RoutingTable:
         if to is owner:
             return
         rec.grants[to.key] = (to, checked)
-        to.blocks.add(rec.id)
+        _hold(to, rec)
 
     def revoke(self, owner: ProcessRecord, rec: BlockRecord, to: ProcessRecord) -> None:
         """Take ``to``'s grant away; refused while it holds a lease on the block."""
@@ -450,7 +466,7 @@ class RoutingTable:
                 f"{to.name!r} holds a lease on block {rec.id}; it must end before a revoke"
             )
         del rec.grants[to.key]
-        to.blocks.discard(rec.id)
+        _unhold(to, rec)
 
     # -- channels ----------------------------------------------------------------
     def open_channel(
@@ -579,13 +595,13 @@ class RoutingTable:
         rec, to = d.block, d.to
         if d.move:
             if rec.owner is not None:
-                rec.owner.blocks.discard(rec.id)
+                _unhold(rec.owner, rec)
             rec.grants.pop(to.key, None)
             rec.owner = to
-            to.blocks.add(rec.id)
+            _hold(to, rec)
         elif rec.owner is not to and rec.grants.get(to.key, (to, "r"))[1] != "w":
             rec.grants[to.key] = (to, "r")
-            to.blocks.add(rec.id)
+            _hold(to, rec)
         to.inbox.append(InboxEntry(rec, d.sender.name, d.header, d.topic))
         to.inbox_used += rec.size
 
@@ -604,11 +620,11 @@ class RoutingTable:
         if any(lease.mode == "w" for lease in rec.leases.values()):
             raise AccessDenied(f"block {rec.id} is under a write lease; end it before sending")
         if move:
-            proc.blocks.discard(rec.id)
+            _unhold(proc, rec)
             rec.owner = pin
         else:
             rec.grants[pin.key] = (pin, "r")
-        pin.blocks.add(rec.id)
+        _hold(pin, rec)
         rec.in_transit += 1
         rec.transfers += 1
 
@@ -626,13 +642,13 @@ class RoutingTable:
         rec.transfers -= 1
         if failed and rec.owner is pin and self.processes.get(sender.name) is sender:
             rec.owner = sender
-            sender.blocks.add(rec.id)
-            pin.blocks.discard(rec.id)
+            _hold(sender, rec)
+            _unhold(pin, rec)
             return NOTHING
         if rec.transfers:
             return NOTHING
         self._drop_hold(rec, pin)
-        pin.blocks.discard(rec.id)
+        _unhold(pin, rec)
         return self._let_go(rec)
 
     # -- topics ------------------------------------------------------------------
@@ -678,7 +694,7 @@ class RoutingTable:
         object goes the way of a block whose hold ended."""
         if rec.owner is proc:
             rec.owner = None
-            proc.blocks.discard(rec.id)
+            _unhold(proc, rec)
         rec.name = name
         rec.cacheable = cacheable
         old = self.names.get(name)

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, NoReturn, Self
 import anyio
 from anyio.abc import SocketListener
 
-from .._core.limits import IDLE_FRAME_TIMEOUT
+from .._core.limits import IDLE_FRAME_TIMEOUT, Quotas
 from .._core.linkwire import IO_NICE, make_config
+from .._core.sizes import parse_size
 from .._exceptions import BlockIPCError, InvalidRequest, use_async_with
 from .._log import get_logger
 from .._shm.generations import GenerationTable
@@ -93,7 +94,12 @@ class Coordinator:
     seconds (default 30) is closed (``protocol.error`` with ``phase="idle"``); one that
     idles between frames, a client waiting in ``recv()``, is never closed for it.
 
-        ``path=None`` creates the socket in a fresh private directory (mode 0700, under
+    Quotas, off by default: ``max_client_bytes`` (an int or a size string) and
+    ``max_client_blocks`` bound what one client process holds (blocks it owns or was
+    granted, their capacity), ``max_connections`` the processes of one user connected
+    at once; past one, the request raises ``QuotaExceeded``.
+
+    ``path=None`` creates the socket in a fresh private directory (mode 0700, under
     ``$XDG_RUNTIME_DIR`` when that is a directory of this user's with mode 0700, else
     under ``$TMPDIR`` or ``/tmp``) that is removed on close. An explicit ``path`` left
     behind by a crashed coordinator of this user's is detected (nobody answers on it) and
@@ -115,6 +121,9 @@ class Coordinator:
         insecure: bool = False,
         link_io_nice: int = IO_NICE,
         idle_frame_timeout: float = IDLE_FRAME_TIMEOUT,
+        max_client_bytes: int | str | None = None,
+        max_client_blocks: int | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if isinstance(idle_frame_timeout, bool) or not isinstance(idle_frame_timeout, int | float):
             raise InvalidRequest(
@@ -125,6 +134,11 @@ class Coordinator:
                 f"idle_frame_timeout must be positive and finite, not {idle_frame_timeout!r}"
             )
         self._idle_frame_timeout = float(idle_frame_timeout)
+        self._quotas = Quotas.make(
+            None if max_client_bytes is None else parse_size(max_client_bytes),
+            max_client_blocks,
+            max_connections,
+        )
         # the link's configuration is checked now: a bad one never binds anything
         self._link_config = make_config(
             node, listen, peers, keys, link_timeout, insecure, link_io_nice
@@ -194,7 +208,7 @@ class Coordinator:
         self._pool = Pool(pool_size, max_pool_size, min_block)
         try:
             self._gens = GenerationTable(self._pool.max_pool_size // self._pool.min_block + 1)
-            state = ServerState(self._pool, self._gens, HANDLERS)
+            state = ServerState(self._pool, self._gens, HANDLERS, self._quotas)
             self._path = self._prepare_path()
             if self._link_config is not None:
                 from .._link.link import Link  # pyzmq is imported only by nodes that link

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .._core.limits import MAX_HEADER
+from .._core.limits import MAX_HEADER, Quotas
 from .._core.protocol import MAX_FRAME_SIZE, ErrorReply, Op, Reply, Request
 from .._core.routing import (
     BlockRecord,
@@ -115,8 +115,15 @@ class PeerWaits:
 class ServerState:
     """The coordinator's state and its effects (see the module's docstring)."""
 
-    def __init__(self, pool: Pool, gens: GenerationTable, handlers: Mapping[Op, Handler]) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        gens: GenerationTable,
+        handlers: Mapping[Op, Handler],
+        quotas: Quotas | None = None,
+    ) -> None:
         self.handlers = handlers
+        self.quotas = quotas or Quotas()
         self.table = RoutingTable(on_bump=self._publish_generation)
         self.pool = pool
         self.gens = gens
@@ -253,6 +260,12 @@ class ServerState:
         """Allocate a block for ``proc``; under memory pressure, evict cacheable named
         objects that nobody uses, least recently used first, before giving up (``quiet``:
         a caller that retries logs nothing on failure)."""
+        if proc.key and size > 0:  # (the link's own record, key 0, has no quota)
+            self.quotas.check_hold(
+                blocks=len(proc.blocks),
+                held_bytes=proc.held_bytes,
+                capacity=self.pool.capacity_for(min(size, self.pool.max_request())),
+            )
         a, slot = self.allocate(proc, size, quiet=quiet)
         return self.table.add_block(
             proc,
