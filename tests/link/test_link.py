@@ -733,7 +733,7 @@ async def test_send_to_a_node_that_is_down_times_out(short_dir: Path) -> None:
                 with pytest.raises(PeerUnreachable, match="link_timeout"):
                     await producer.send(block, to="b/consumer")
                 elapsed = time.monotonic() - started
-            assert 0.45 <= elapsed < 1.5, elapsed
+            assert 0.45 <= elapsed < 10, elapsed  # it waited link_timeout, not for ever
             assert [e["event"] for e in logs if e["event"] == "link.send_failed"]
             assert a.stats().links == (LinkStats("b", "down", failed=1),)
             assert await producer.read(block, 0, 4) == b"kept"
