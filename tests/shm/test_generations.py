@@ -4,6 +4,8 @@ made other clients' ``get`` return stale values)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 import os
 
@@ -13,6 +15,9 @@ import blockipc
 from blockipc._core.protocol import PROTOCOL_VERSION, Connection, Op, Reply, Request, Role
 from blockipc._handshake import close_fds, receive_event
 from blockipc._shm.generations import GenerationTable, GenerationView
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
 def _refused(fd: int) -> list[str]:
@@ -29,6 +34,8 @@ def _refused(fd: int) -> list[str]:
         except (PermissionError, OSError):
             continue
         done.append(what)
+    if _libc.fallocate(fd, _PUNCH_HOLE, ctypes.c_long(0), ctypes.c_long(4096)) == 0:
+        done.append("punch a hole")
     reopened = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
     try:
         os.pwrite(reopened, b"\xff" * 8, 0)
