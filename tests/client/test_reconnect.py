@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import blockipc
-from _procs import wait_until
+from _procs import run_python, wait_until
 from blockipc.testing import unique_name
 
 
@@ -294,6 +294,57 @@ async def test_reconnect_gives_up_after_the_timeout_and_tries_again_later(sock: 
             assert client.name in await client.peers()
     finally:
         await client.close()
+
+
+# A reconnecting client inherited by a forked child never reconnects there (it would
+# register the parent's name from the child): connected or lost when the fork came.
+FORK = """
+import asyncio, multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+import blockipc
+
+path = sys.argv[1]
+state = {}
+
+def in_child():
+    async def attempt():
+        client = state["client"]
+        try:
+            await client.alloc(10)
+        except blockipc.UsedAfterFork:
+            return "UsedAfterFork, closed" if client.closed else "UsedAfterFork, open"
+        except blockipc.BlockIPCError as exc:
+            return repr(exc)
+        return "reconnected in the child"
+    return asyncio.run(attempt())
+
+async def fork_and_try():
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, in_child)
+
+async def main():
+    async with blockipc.Coordinator(path=path, pool_size="8MiB"):
+        client = await blockipc.connect(path, "parent", timeout=1, reconnect=True)
+        state["client"] = client
+        print("connected:", await fork_and_try())
+    print("lost:", await fork_and_try())
+    async with blockipc.Coordinator(path=path, pool_size="8MiB"):
+        print("parent:", await client.peers())
+        await client.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_forked_child_never_reconnects(sock: Path) -> None:
+    result = run_python(FORK, str(sock))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "connected: UsedAfterFork, closed",
+        "lost: UsedAfterFork, closed",
+        "parent: ['parent']",
+    ]
 
 
 # -- blockipc serve, killed -------------------------------------------------------------

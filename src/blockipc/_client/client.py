@@ -57,7 +57,8 @@ views released, its close a no-op), the inbox and the ``get`` cache are dropped,
 :class:`Block` (or id) this client held before the loss raises :class:`BlockNotFound`
 saying so. That last check is the client's memory of ids it held (bounded): the new
 coordinator numbers blocks afresh, so once it hands this client an id an old Block
-had, that id means the new block.
+had, that id means the new block. Only the registration is restored: subscriptions,
+grants and named objects were the old coordinator's and are gone with it.
 
 ``client.closed`` is True once :meth:`Client.close` was called, in a forked child
 (where calls raise :class:`UsedAfterFork`, and never reconnect), and, without
@@ -1737,7 +1738,8 @@ def connect(
     :data:`RECONNECT_TIMEOUT` seconds) and maps the new pool. Everything the old
     coordinator held is gone: blocks, leases, messages and channel ends of the old
     connection raise (:class:`BlockNotFound`, :class:`ConnectionClosed`), named
-    objects must be put again. ``client.closed`` stays False until :meth:`Client.close`.
+    objects must be put again and topics subscribed again. ``client.closed`` stays
+    False until :meth:`Client.close`.
 
     >>> client = await blockipc.connect(  # doctest: +SKIP
     ...     path, "web", timeout=30, retry=True, reconnect=True
