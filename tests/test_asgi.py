@@ -9,11 +9,13 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
 import blockipc
 import blockipc.asgi
+from _procs import wait_until
 
 
 def fake_app() -> types.SimpleNamespace:
@@ -70,3 +72,44 @@ def test_asgi_imports_no_web_framework() -> None:
 def test_documented() -> None:
     for obj in (blockipc.asgi, blockipc.asgi.lifespan, blockipc.asgi.client):
         assert obj.__doc__
+
+
+async def test_a_worker_survives_a_coordinator_restart(short_dir: Path) -> None:
+    sock = str(short_dir / "c.sock")
+    app = fake_app()
+    first = blockipc.Coordinator(path=sock, pool_size="16MiB")
+    await first.start()
+    try:
+        async with blockipc.asgi.lifespan(sock, name="web")(app):
+            client = blockipc.asgi.client(app)
+            await client.put(b"v1", "raw", name="k")
+            await first.aclose()  # `blockipc serve` restarted: the next request reconnects
+            async with blockipc.Coordinator(path=sock, pool_size="16MiB") as second:
+                assert blockipc.asgi.client(app) is client
+                assert not client.closed
+                with pytest.raises(blockipc.BlockNotFound):  # the old pool's objects are gone
+                    await client.get("k")
+                await client.put(b"v2", "raw", name="k")
+                assert await client.get("k") == b"v2"
+                assert client.name in second.stats().processes
+                await client.delete("k")
+    finally:
+        await first.aclose()
+    assert client.closed
+
+
+async def test_lifespan_can_opt_out_of_reconnecting(short_dir: Path) -> None:
+    sock = str(short_dir / "c.sock")
+    app = fake_app()
+    with pytest.raises(blockipc.ConnectionClosed, match="no coordinator is listening"):
+        async with blockipc.asgi.lifespan(sock, retry=False)(app):
+            pass
+    coord = blockipc.Coordinator(path=sock, pool_size="16MiB")
+    await coord.start()
+    try:
+        async with blockipc.asgi.lifespan(sock, reconnect=False)(app):
+            client = blockipc.asgi.client(app)
+            await coord.aclose()
+            await wait_until(lambda: client.closed)  # the old behaviour: closed for good
+    finally:
+        await coord.aclose()

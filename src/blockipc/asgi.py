@@ -19,6 +19,13 @@ own coherent :meth:`~blockipc.Client.get` cache::
 The module imports no web framework: anything that calls ``lifespan(app)`` and enters
 the context manager it returns works (Starlette, FastAPI, Litestar's ``lifespan=``
 hooks), and ``app.state`` only has to accept attributes.
+
+A worker outlives its coordinator's restarts: the client is made with ``retry=True``
+(startup waits up to ``timeout`` seconds for a coordinator that is not up yet) and
+``reconnect=True`` (after ``blockipc serve`` restarts, the requests in flight fail with
+:class:`~blockipc.ConnectionClosed` and the next one reconnects; named objects of the
+old pool are gone, so ``get`` raises :class:`~blockipc.BlockNotFound` until they are
+put again). Pass ``retry=False`` or ``reconnect=False`` to opt out.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from ._exceptions import BlockIPCError
 __all__ = ["ADDRESS_ENV", "client", "lifespan"]
 
 _STATE_ATTR = "blockipc"
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a worker waits for its coordinator, at startup and on each reconnect."""
 
 
 def lifespan(
@@ -49,7 +58,9 @@ def lifespan(
     environment variable, read at startup, as ``blockipc serve`` and ``blockipc stats``
     read it); the worker registers as ``f"{name}-{os.getpid()}"``
     (``name`` defaults to ``"web"``). ``connect_kwargs`` go to :func:`blockipc.connect`
-    (``cache_size=``, ``inbox_messages=``, ...). While the app runs, the client is
+    (``cache_size=``, ``inbox_messages=``, ...); unless they say otherwise, the client
+    waits for the coordinator and survives its restarts (``retry=True``,
+    ``reconnect=True``, ``timeout=10``). While the app runs, the client is
     ``app.state.blockipc``; on shutdown it is closed and removed. With neither an
     address nor the variable, startup raises :class:`~blockipc.InvalidRequest`.
 
@@ -57,6 +68,12 @@ def lifespan(
     >>> app = Starlette(routes=routes, lifespan=life)  # doctest: +SKIP
     """
     prefix = "web" if name is None else name
+    connect_kwargs = {
+        "timeout": DEFAULT_TIMEOUT,
+        "retry": True,
+        "reconnect": True,
+        **connect_kwargs,
+    }
 
     @contextlib.asynccontextmanager
     async def _lifespan(app: Any) -> AsyncIterator[None]:

@@ -1,15 +1,17 @@
 """examples/web_cache for real: ``blockipc serve`` and ``uvicorn --workers 2``, driven
 with httpx. A value computed and put through one worker is read through the other, and
-the workers' cache counters move."""
+the workers' cache counters move; the workers survive `blockipc serve` being killed and
+started again."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@dataclasses.dataclass
+class WebCache:
+    url: str
+    restart_coordinator: Callable[[], None]
+    """Kill ``blockipc serve`` (SIGKILL) and start it again on the same socket."""
+
+
 @pytest.fixture
-def web_cache(tmp_path: Path) -> Iterator[str]:
-    """The example running: returns its base URL."""
+def web_cache(tmp_path: Path) -> Iterator[WebCache]:
+    """The example running: its base URL, and a way to restart its coordinator."""
     sock = tmp_path / "coordinator.sock"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
@@ -77,7 +86,15 @@ def web_cache(tmp_path: Path) -> Iterator[str]:
                 return False
 
         wait_for(up, "uvicorn answering", procs, timeout=30)
-        yield url
+
+        def restart_coordinator() -> None:
+            procs[0].kill()  # leaves its socket behind: the new one replaces it
+            procs[0].wait()
+            procs[0] = subprocess.Popen(
+                serve_cmd, env=env, stdout=logs[0], stderr=subprocess.STDOUT
+            )
+
+        yield WebCache(url, restart_coordinator)
     except BaseException:
         for log in logs:
             log.flush()
@@ -105,8 +122,8 @@ def by_worker(url: str, path: str, want: int, tries: int = 400) -> dict[int, lis
     raise AssertionError(f"only {len(seen)} of {want} workers answered {path} in {tries} tries")
 
 
-def test_value_put_by_one_worker_is_read_by_the_other(web_cache: str) -> None:
-    url = web_cache
+def test_value_put_by_one_worker_is_read_by_the_other(web_cache: WebCache) -> None:
+    url = web_cache.url
     workers = by_worker(url, "/stats", 2)
     assert all(s[0]["cache_hits"] == 0 and s[0]["cache_misses"] == 0 for s in workers.values())
 
@@ -137,3 +154,18 @@ def test_value_put_by_one_worker_is_read_by_the_other(web_cache: str) -> None:
     assert stats[maker]["cache_hits"] + stats[reader]["cache_hits"] >= 1
     assert all("value:answer" in s["names"] for s in stats.values())
     assert stats[reader]["cached_bytes"] >= 1 << 20
+
+
+def test_workers_survive_a_coordinator_restart(web_cache: WebCache) -> None:
+    url = web_cache.url
+    by_worker(url, "/stats", 2)  # both workers are connected
+    assert httpx.get(f"{url}/value/answer", timeout=10).json()["source"] == "computed"
+    web_cache.restart_coordinator()
+    # every request succeeds: each worker reconnects on its next call (waiting for the
+    # new coordinator to listen); the value died with the old pool and is computed again
+    workers = by_worker(url, "/value/answer", 2)
+    bodies = [body for answers in workers.values() for body in answers]
+    assert bodies[0]["source"] == "computed"
+    assert {body["checksum"] for body in bodies} == {bodies[0]["checksum"]}
+    stats = {pid: s[-1] for pid, s in by_worker(url, "/stats", 2).items()}
+    assert all(s["names"] == ["value:answer"] for s in stats.values())

@@ -18,6 +18,52 @@ Cancellation never loses anything: a cancelled call whose reply has not come sen
 withdrawn); if the reply was already on its way, an *orphan* handler undoes it (frees a
 block it allocated, releases a lease it was granted) or keeps it (a received message
 goes to a local queue that the next ``recv`` returns first).
+
+Reconnecting
+------------
+``connect(address, name, timeout=, retry=, reconnect=)``. Without ``retry`` a missing
+socket or a refused connect fails at once, as it always did; with ``retry=True`` those
+two (``ENOENT``, ``ECONNREFUSED``, and ``EAGAIN`` from a full listen backlog) are tried
+again with a jittered exponential backoff (10 ms doubling to 0.5 s) until ``timeout``
+(``None``: until the caller cancels), then :class:`ConnectionClosed` says "no
+coordinator at PATH within T s" with the last attempt's error. Any other failure (not a
+socket, a server of another uid, ``NameTaken``) is final at once. ``timeout`` bounds the
+whole connect, handshake included.
+
+``reconnect=True`` (opt-in) keeps the client usable across a coordinator restart.
+What was in flight when the connection was lost fails with :class:`ConnectionClosed`,
+as without it: the coordinator that knew of those requests is gone, and repeating one
+(a ``send``, a ``put``) is the application's decision. The *next call* reconnects: a
+new socket, ``HELLO`` under the same name, a fresh generation table and fresh segment
+mappings (the old ones were unmapped when the connection was lost). The reconnect is
+lazy, made by the call that needs it rather than by a background task: it runs in the
+caller's task and under its cancellation, nothing runs in the application's loop while
+nobody uses the client, and what makes it fail (``NameTaken`` when another process took
+the name meanwhile, "no coordinator within T s") is raised where it can be handled.
+Concurrent callers share one attempt (a lock; a caller that waited on an attempt that
+failed gets that failure rather than starting another). Each attempt retries as
+``retry=True`` does, bounded by ``timeout`` (:data:`RECONNECT_TIMEOUT` when ``None``);
+after a failed attempt the client stays reconnectable and the next call tries again.
+The price of laziness: the name is registered again only when this process next calls,
+so a sender to it meanwhile gets :class:`PeerUnreachable` (a process that waits in
+``recv`` calls again at once, after its in-flight ``recv`` failed).
+
+A restart loses everything the old coordinator held, so nothing from the old connection
+may be used on the new one, and nothing ever touches memory through an old mapping.
+Every connection has an *epoch*; a request id, lease id, channel id or segment learnt
+on one epoch is never sent or mapped on another (``_call(..., epoch=)``,
+:meth:`Client._segment`), so a lease or channel end of the old connection is dead (its
+views released, its close a no-op), the inbox and the ``get`` cache are dropped, and a
+:class:`Block` (or id) this client held before the loss raises :class:`BlockNotFound`
+saying so. That last check is the client's memory of ids it held (bounded): the new
+coordinator numbers blocks afresh, so once it hands this client an id an old Block
+had, that id means the new block. Only the registration is restored: subscriptions,
+grants and named objects were the old coordinator's and are gone with it.
+
+``client.closed`` is True once :meth:`Client.close` was called, in a forked child
+(where calls raise :class:`UsedAfterFork`, and never reconnect), and, without
+``reconnect``, once the connection is lost. With ``reconnect=True`` a lost connection
+leaves it False: the client reconnects on its next call.
 """
 
 from __future__ import annotations
@@ -28,8 +74,10 @@ import contextlib
 import copy
 import dataclasses
 import itertools
+import math
 import mmap
 import os
+import random
 import socket
 import stat
 import warnings
@@ -106,6 +154,11 @@ TOUCH_DELAY: Final = 0.05
 coordinator in one ``TOUCH`` (whose LRU order decides what is evicted)."""
 INLINE_THRESHOLD: Final = 64 * 1024
 """Reads and writes up to this many bytes travel inline; larger ones use a lease."""
+RECONNECT_TIMEOUT: Final = 10.0
+"""Seconds one reconnect (``connect(..., reconnect=True)``) may take when ``connect``
+was given no ``timeout``."""
+_BACKOFF_FIRST: Final = 0.01
+_BACKOFF_MAX: Final = 0.5
 _Orphan = Callable[[Reply], None]
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
@@ -195,7 +248,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         client = self._client()
         if client is not None:
-            client._on_data(self._buffer[:nbytes])
+            client._on_data(self, self._buffer[:nbytes])
 
     def eof_received(self) -> bool:
         return False
@@ -205,7 +258,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self._can_write.set()
         client = self._client()
         if client is not None:
-            client._on_lost(exc)
+            client._on_lost(self, exc)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -242,7 +295,8 @@ class Client:
     Every method that takes a block accepts a :class:`Block` or its id. Calls may be
     made from many tasks at once; they pipeline on one connection. A client belongs
     to the process and the event loop that connected it: used in a forked child it
-    raises :class:`UsedAfterFork`, from another loop :class:`WrongEventLoop`.
+    raises :class:`UsedAfterFork`, from another loop :class:`WrongEventLoop`. Made with
+    ``reconnect=True``, it survives a coordinator restart (see :func:`connect`).
     """
 
     def __init__(
@@ -253,6 +307,9 @@ class Client:
         inbox_messages: int = DEFAULT_INBOX_MESSAGES,
         inbox_bytes: int | str | None = None,
         cache_size: int | str = DEFAULT_CACHE_SIZE,
+        timeout: float | None = None,
+        retry: bool = False,
+        reconnect: bool = False,
     ) -> None:
         self.address = address
         self.name = name
@@ -290,11 +347,43 @@ class Client:
         self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
         self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
+        self._timeout, self._retry, self._reconnect = timeout, retry, reconnect
+        self._ended = False  # closed by close(), a fork or a lost loop: never reconnects
+        # A connection's epoch: what was learnt on one (a lease, a segment, a channel,
+        # a reply) is never used on another; bumped whenever a connection ends.
+        self._epoch = 0
+        self._reconnect_lock = anyio.Lock()
+        self._reconnect_failures = 0
+        self._reconnect_failure: BlockIPCError | None = None
+        # block ids handed out on this connection, and those of lost connections
+        self._held: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._stale: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     # -- connection --------------------------------------------------------------
-    async def _open(self) -> None:
+    async def _open(self, *, retry: bool, within: float | None) -> None:
+        """Connect, handshake and map the pool: the first connection and each reconnect.
+        ``within`` seconds bound all of it; ``retry`` waits for a coordinator to listen."""
         self._loop = asyncio.get_running_loop()
-        stream = await _connect_unix(self.address, _connect_failed)
+        deadline = None if within is None else anyio.current_time() + within
+        stream = await _connect_retrying(self.address, retry=retry, within=within)
+        self._conn = Connection(Role.CLIENT)  # a fresh state machine per connection
+        proto: _ClientProtocol | None = None
+        left = None if deadline is None else max(0.0, deadline - anyio.current_time())
+        with anyio.move_on_after(left) as scope:
+            proto = await self._handshake(stream)
+        if proto is None:
+            assert scope.cancelled_caught
+            raise ConnectionClosed(
+                f"the coordinator at {self.address} did not complete the handshake within "
+                f"{within:g} s"
+            )
+        self._proto = proto
+        self._closed = False
+        self._error = None
+        _connected.add(self)
+        log.debug("client.connected", name=self.name, address=self.address)
+
+    async def _handshake(self, stream: UNIXSocketStream) -> _ClientProtocol:
         fds: list[int] = []
         try:
             hello = Request(
@@ -341,9 +430,7 @@ class Client:
             sock.close()
             self._unmap()
             raise
-        self._proto = proto
-        _connected.add(self)
-        log.debug("client.connected", name=self.name, address=self.address)
+        return proto
 
     def _map_segments(self, segments: list[list[int]], fds: list[int]) -> None:
         """Map the segments whose fds just arrived; the fds are closed either way."""
@@ -359,22 +446,39 @@ class Client:
         finally:
             close_fds(fds)
 
-    async def _segment(self, seg_id: int) -> _Segment:
-        """The mapped segment ``seg_id``, fetched on a side connection if it is new."""
+    async def _segment(self, seg_id: int, epoch: int) -> _Segment:
+        """The mapped segment ``seg_id`` of connection ``epoch`` (the one whose reply
+        named it), fetched on a side connection if it is new. Raises
+        :class:`ConnectionClosed` once that connection is gone: a segment id of a lost
+        connection must never resolve to a mapping of the next one."""
+        self._check_epoch(epoch)
         seg = self._segments.get(seg_id)
         if seg is not None:
             return seg
         async with self._attach_lock:
+            self._check_epoch(epoch)
             if seg_id not in self._segments:
-                await self._attach([seg_id])
+                await self._attach([seg_id], epoch=epoch)
+        self._check_epoch(epoch)
         try:
             return self._segments[seg_id]
         except KeyError:
             raise ProtocolError(f"coordinator did not provide segment {seg_id}") from None
 
-    async def _attach(self, wanted: list[int], channel: int = 0) -> list[int]:
-        """Fetch segments (and a channel's eventfds) on a side connection; returns the
-        eventfds, which the caller owns."""
+    def _check_epoch(self, epoch: int) -> None:
+        """Raise unless connection ``epoch`` is the live one."""
+        if epoch != self._epoch or self._closed:
+            if self._closed and self._error is not None and epoch == self._epoch:
+                raise self._closed_error()
+            raise ConnectionClosed(
+                f"the connection of client {self.name!r} to the coordinator at "
+                f"{self.address} that this lease, channel or request belonged to was lost"
+            )
+
+    async def _attach(self, wanted: list[int], channel: int = 0, *, epoch: int) -> list[int]:
+        """Fetch segments (and a channel's eventfds) of connection ``epoch`` on a side
+        connection; returns the eventfds, which the caller owns."""
+        self._check_epoch(epoch)  # the token is the live connection's
         stream = await _connect_unix(
             self.address, lambda address, exc: ConnectionClosed(f"cannot reach {address}: {exc}")
         )
@@ -394,6 +498,10 @@ class Client:
                     close_fds(fds)
                     raise ProtocolError(f"expected 2 eventfds for channel {channel}, got {bells}")
                 got = fds[len(fds) - bells :]
+                if epoch != self._epoch:  # lost meanwhile: these are not for this pool
+                    close_fds(fds)
+                    got = []
+                    self._check_epoch(epoch)
                 self._map_segments(event.result["segments"], fds[: len(fds) - bells])
         except BaseException:
             close_fds(got)  # e.g. cancelled while the side connection closes
@@ -430,14 +538,15 @@ class Client:
     async def aclose(self) -> None:
         """Say goodbye and close. The coordinator frees the blocks this process still
         owns and ends its leases. Pending calls raise :class:`ConnectionClosed`.
-        Idempotent."""
+        Idempotent; a client made with ``reconnect=True`` never reconnects after it."""
         if self._closed or self._closing:
+            self._ended = True
             return
         if self._loop is not None and self._loop.is_closed():
             self._drop_connection()
             return
         self._check_loop()
-        self._closing = True
+        self._ended = self._closing = True
         proto = self._proto
         try:
             if proto is not None and not proto.lost:
@@ -454,12 +563,16 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        """True once the client is closed or its coordinator went away."""
-        return self._closed
+        """True once the client is closed (or used in a forked child) or, unless it
+        was made with ``reconnect=True``, once its coordinator went away. A client that
+        reconnects stays open across a lost connection: its next call reconnects."""
+        if self._reconnect and self._proto is not None:
+            return self._ended
+        return self._closed or self._ended
 
     def _forked(self) -> None:
         """This process is a fork of the one that connected: see :func:`_after_fork`."""
-        self._closed = True
+        self._closed = self._ended = True
         self._error = UsedAfterFork(
             f"client {self.name!r} was connected in process {self._pid}, and this is "
             f"process {os.getpid()}, forked from it: connect again in the child process"
@@ -471,6 +584,7 @@ class Client:
         """Close without a word to the coordinator: the loop this client connected on
         has ended, so its transport cannot run. Shutting the socket down makes the
         coordinator reclaim at once."""
+        self._ended = True
         self._shutdown(ConnectionClosed(f"client {self.name!r} is closed"))
         proto = self._proto
         if proto is not None and proto.transport is not None:
@@ -479,10 +593,10 @@ class Client:
             with contextlib.suppress(Exception):  # e.g. RuntimeError: loop is closed
                 proto.transport.close()
 
-    def _check_loop(self) -> asyncio.AbstractEventLoop:
+    def _check_loop(self, *, reconnecting: bool = False) -> asyncio.AbstractEventLoop:
         """The running loop, if it is the one this client connected on."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop and self._loop is not None and not self._closed:
+        if loop is not self._loop and self._loop is not None and (reconnecting or not self._closed):
             if self._loop.is_closed():
                 raise WrongEventLoop(
                     f"the event loop client {self.name!r} connected on has ended: close it "
@@ -500,6 +614,7 @@ class Client:
             return
         _connected.discard(self)
         self._closed = True
+        self._epoch += 1  # nothing learnt on this connection is valid on the next
         self._error = error
         if self._touch_timer is not None:
             self._touch_timer.cancel()
@@ -514,10 +629,21 @@ class Client:
                 fut.exception()  # mark retrieved: the awaiting task may be gone
         for lease in list(self._leases):
             lease._drop_view()  # the coordinator reclaims the lease: the view must not outlive it
+            lease._lease_id = None  # and its id means nothing (or another lease) on the next
         for end in list(self._channels.values()):
             end._shutdown(self._closed_error())  # before the unmap: ends hold views
         self._channels.clear()
         self._unmap()
+        if self._reconnect:
+            # What the next connection must not see: messages and channels the old
+            # coordinator delivered, sizes of its blocks; their ids become stale.
+            self._inbox.clear()
+            self._accepted.clear()
+            self._sizes.clear()
+            self._stale.update(self._held)
+            self._held.clear()
+            while len(self._stale) > _MAX_REFS:
+                self._stale.popitem(last=False)
 
     def _closed_error(self) -> BlockIPCError:
         # A fresh instance each time: one instance raised in many tasks (or again and
@@ -526,12 +652,16 @@ class Client:
             return ConnectionClosed("client is not connected")
         return copy.copy(self._error)
 
-    def _on_lost(self, exc: Exception | None) -> None:
+    def _on_lost(self, proto: _ClientProtocol, exc: Exception | None) -> None:
+        if proto is not self._proto:  # a connection this client already replaced
+            return
         if not self._closed:
             log.warning("client.connection_lost", name=self.name, error=repr(exc))
         self._shutdown(ConnectionClosed(f"connection to the coordinator at {self.address} lost"))
 
-    def _on_data(self, data: memoryview) -> None:
+    def _on_data(self, proto: _ClientProtocol, data: memoryview) -> None:
+        if proto is not self._proto:
+            return
         try:
             self._conn.receive_data(data)
             while True:
@@ -559,13 +689,60 @@ class Client:
         else:
             fut.set_result(event)
 
-    async def _call(
-        self, op: Op, args: dict[str, Any], data: bytes = b"", orphan: _Orphan | None = None
-    ) -> Reply:
-        if self._closed or self._proto is None:
+    async def _ready(self) -> None:
+        """Raise unless connected; a client made with ``reconnect=True`` reconnects."""
+        if not self._closed and self._proto is not None:
+            return
+        if not self._reconnect or self._ended or self._proto is None:
             raise self._closed_error()
+        await self._reconnect_now()
+
+    async def _reconnect_now(self) -> None:
+        """Connect again after a lost connection (see "Reconnecting" above)."""
+        if os.getpid() != self._pid:  # lost before the fork, so _after_fork missed it
+            self._forked()
+            raise self._closed_error()
+        self._check_loop(reconnecting=True)
+        failures = self._reconnect_failures
+        async with self._reconnect_lock:
+            if not self._closed:
+                return  # another task reconnected meanwhile
+            if self._ended:
+                raise self._closed_error()
+            if self._reconnect_failures != failures and self._reconnect_failure is not None:
+                raise copy.copy(self._reconnect_failure)  # the attempt this call waited on
+            timeout = RECONNECT_TIMEOUT if self._timeout is None else self._timeout
+            try:
+                await self._open(retry=True, within=timeout)
+            except BlockIPCError as exc:
+                self._reconnect_failures += 1
+                self._reconnect_failure = exc
+                log.warning("client.reconnect_failed", name=self.name, error=str(exc))
+                raise
+        log.info("client.reconnected", name=self.name, address=self.address)
+        if self._ended:  # closed while it reconnected
+            await self.aclose()
+            raise self._closed_error()
+
+    async def _call(
+        self,
+        op: Op,
+        args: dict[str, Any],
+        data: bytes = b"",
+        orphan: _Orphan | None = None,
+        *,
+        epoch: int | None = None,
+    ) -> Reply:
+        # ``epoch``: the connection whose lease, block or channel ``args`` name; such a
+        # call fails once that connection is gone, and never reconnects.
+        if epoch is None:
+            await self._ready()
+        else:
+            self._check_epoch(epoch)
         loop = self._check_loop()
         proto = self._proto
+        assert proto is not None
+        current = self._epoch
         req_id = next(self._ids)
         frame = self._conn.send(Request(req_id, op, args, data))
         fut: asyncio.Future[Reply] = loop.create_future()
@@ -576,13 +753,13 @@ class Client:
         try:
             if not proto._can_write.is_set():
                 await proto.drain()
-            return await fut
+            reply = await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 # The reply arrived, but the task was cancelled before it resumed: treat
                 # it like a reply that arrives after the cancellation (free the block,
                 # release the lease, keep the message for the next recv).
-                if fut.exception() is None and orphan is not None:
+                if fut.exception() is None and orphan is not None and self._epoch == current:
                     orphan(fut.result())
             else:
                 fut.cancel()  # a reply that comes later goes to the orphan handler
@@ -590,14 +767,20 @@ class Client:
                     # parked (answered, or never waits) makes the CANCEL a no-op
                     self._send_nowait(Op.CANCEL, {"target": req_id})
             raise
+        if self._epoch != current:  # the reply came, then the connection was lost: what
+            self._check_epoch(current)  # it granted (a block, a lease) went with it
+        return reply
 
     def _return_lease(self, reply: Reply) -> None:
         """Orphan handler: a lease granted to a call cancelled meanwhile goes back."""
         self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
 
-    def _send_nowait(self, op: Op, args: dict[str, Any]) -> None:
-        """Fire a request whose reply nobody awaits."""
+    def _send_nowait(self, op: Op, args: dict[str, Any], *, epoch: int | None = None) -> None:
+        """Fire a request whose reply nobody awaits (not if connection ``epoch``, which
+        the ids in ``args`` belong to, is gone)."""
         if self._closed or self._closing or self._proto is None or self._proto.transport is None:
+            return
+        if epoch is not None and epoch != self._epoch:
             return
         req_id = next(self._ids)
         frame = self._conn.send(Request(req_id, op, args))
@@ -605,6 +788,27 @@ class Client:
         self._proto.transport.write(frame)
 
     # -- blocks ------------------------------------------------------------------
+    def _bid(self, block: BlockLike) -> int:
+        """``block``'s id, checked: not one this client held on a connection it lost."""
+        bid = _block_id(block)
+        if bid in self._stale:
+            raise BlockNotFound(
+                f"block {bid} belonged to client {self.name!r}'s connection to the "
+                f"coordinator at {self.address}, which was lost (the coordinator ended or "
+                "restarted): its data is gone with it; allocate a new block (or get the "
+                "object again)"
+            )
+        return bid
+
+    def _issued(self, bid: int) -> None:
+        """Block ``bid`` was handed to this process on the live connection."""
+        self._stale.pop(bid, None)  # the new coordinator reused the id: it is valid again
+        if self._reconnect:
+            self._held[bid] = None
+            self._held.move_to_end(bid)
+            if len(self._held) > _MAX_REFS:
+                self._held.popitem(last=False)
+
     async def alloc(self, size: int | str) -> Block:
         """Allocate a block of ``size`` bytes (capacity: the next power of two).
 
@@ -626,18 +830,19 @@ class Client:
         reply = await self._call(Op.ALLOC, {"size": size}, orphan=orphan)
         r = reply.result
         self._sizes[r["block"]] = r["size"]
+        self._issued(r["block"])
         return Block(r["block"], r["size"], r["capacity"], self.name)
 
     async def free(self, block: BlockLike) -> None:
         """Give ``block`` back to the pool; its id is never valid again."""
-        bid = _block_id(block)
+        bid = self._bid(block)
         await self._call(Op.FREE, {"block": bid})
         self._sizes.pop(bid, None)
 
     async def free_many(self, blocks: Iterable[BlockLike]) -> None:
         """Free several blocks in one request: all of them or, if one cannot be freed
         (unknown, leased, being sent), none, and that block's error is raised."""
-        ids = [_block_id(b) for b in blocks]
+        ids = [self._bid(b) for b in blocks]
         check_batch(len(ids), "blocks per free_many")
         await self._call(Op.FREE_MANY, {"blocks": ids})
         for bid in ids:
@@ -647,7 +852,7 @@ class Client:
         self, block: BlockLike, data: bytes | bytearray | memoryview, offset: int = 0
     ) -> int:
         """Write ``data`` into ``block`` at ``offset``; returns the bytes written."""
-        bid = _block_id(block)
+        bid = self._bid(block)
         _check_offset(offset)
         view = memoryview(data).cast("B")
         n = view.nbytes
@@ -662,7 +867,7 @@ class Client:
 
     async def read(self, block: BlockLike, offset: int = 0, size: int | None = None) -> bytes:
         """Read ``size`` bytes of ``block`` from ``offset`` (to the end by default)."""
-        bid = _block_id(block)
+        bid = self._bid(block)
         _check_offset(offset)
         if size is None:
             known = block.size if isinstance(block, Block) else self._sizes.get(bid)
@@ -704,7 +909,7 @@ class Client:
             async with client.lease(block, "w") as view:
                 view[:5] = b"HELLO"
         """
-        bid = _block_id(block)
+        bid = self._bid(block)
         mode = check_mode("lease", mode)
         if codec is not None:
             if mode != "r":
@@ -749,7 +954,7 @@ class Client:
         the block here after the send; ``move=False`` keeps it. ``nowait`` and
         ``wait_for_peer`` apply to local sends only.
         """
-        bid = _block_id(block)
+        bid = self._bid(block)
         if isinstance(to, str) and "/" in to:  # node/name: a remote send (see _link/link.py)
             split_target(to)  # the node's name and the process's, each to its own limit
         else:
@@ -828,6 +1033,7 @@ class Client:
     ) -> Message:
         """A received block, now this process's: its size is remembered for reads."""
         self._sizes[bid] = size
+        self._issued(bid)
         return Message(Block(bid, size, capacity, owner), sender, header, topic or None)
 
     async def messages(self) -> AsyncIterator[Message]:
@@ -871,41 +1077,42 @@ class Client:
             self._send_nowait(Op.CHANNEL_CLOSE, {"channel": reply.result["channel"]})
 
         r = (await self._call(Op.CHANNEL_OPEN, args, orphan=orphan)).result
-        end = await self._channel_end(r, to, sender=True)
+        end = await self._channel_end(r, to, sender=True, epoch=self._epoch)
         assert isinstance(end, ChannelSender)
         return end
 
     async def accept_channel(self) -> ChannelReceiver:
         """Wait for the next channel another process opened to this one (oldest
         first) and return its receiving end (see :class:`ChannelReceiver`)."""
-        if self._accepted:
+        if self._accepted:  # (emptied when a connection is lost: these are the live one's)
             reply = self._accepted.popleft()
         else:
             reply = await self._call(Op.CHANNEL_ACCEPT, {}, orphan=self._accepted.append)
+        epoch = self._epoch
         r = reply.result
         try:
-            end = await self._channel_end(r, r["sender"], sender=False)
+            end = await self._channel_end(r, r["sender"], sender=False, epoch=epoch)
         except asyncio.CancelledError:
             # cancelled while it mapped the ring: the channel is still this process's
             # to take, like a message a cancelled recv() already had
-            if not self._closed:
+            if not self._closed and self._epoch == epoch:
                 self._accepted.appendleft(reply)
             raise
         assert isinstance(end, ChannelReceiver)
         return end
 
     async def _channel_end(
-        self, r: dict[str, Any], peer: str, *, sender: bool
+        self, r: dict[str, Any], peer: str, *, sender: bool, epoch: int
     ) -> ChannelSender | ChannelReceiver:
-        """Map the channel's ring and fetch its eventfds; closes the channel on failure."""
+        """Map the channel's ring (of connection ``epoch``) and fetch its eventfds;
+        closes the channel on failure."""
         chan = r["channel"]
         fds: list[int] = []
         try:
-            seg = await self._segment(r["segment"])
-            fds = await self._attach([], channel=chan)
+            seg = await self._segment(r["segment"], epoch)
+            fds = await self._attach([], channel=chan, epoch=epoch)
             await _prefault(seg.mm, r["offset"], r["size"])  # (stops if the client closed)
-            if self._closed:
-                raise self._closed_error()
+            self._check_epoch(epoch)
             block = seg.buffer[r["offset"] : r["offset"] + r["size"]]
             try:
                 ring = RingWriter(block) if sender else RingReader(block)
@@ -923,18 +1130,21 @@ class Client:
         except asyncio.CancelledError:
             close_fds(fds)
             if sender:  # a receiver's accept keeps the channel for the next accept
-                self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan})
+                self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan}, epoch=epoch)
             raise
         except BaseException:
             close_fds(fds)
-            self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan})
+            self._send_nowait(Op.CHANNEL_CLOSE, {"channel": chan}, epoch=epoch)
             raise
         self._channels[chan] = end
         log.debug("channel.ready", channel=chan, peer=peer, sender=sender, size=r["size"])
         return end
 
     def _channel_closed(self, end: _End) -> None:
-        if self._channels.pop(end.id, None) is not None:
+        # (an end of a lost connection is not in _channels: the next connection may have
+        # a channel of the same id, which this must not close)
+        if self._channels.get(end.id) is end:
+            del self._channels[end.id]
             self._send_nowait(Op.CHANNEL_CLOSE, {"channel": end.id})
 
     # -- copy, rights, publish/subscribe -----------------------------------------
@@ -956,8 +1166,8 @@ class Client:
         >>> await client.copy(block, dst)   # doctest: +SKIP
         """
         args = {
-            "src": _block_id(src),
-            "dst": _block_id(dst),
+            "src": self._bid(src),
+            "dst": self._bid(dst),
             "src_offset": src_offset,
             "dst_offset": dst_offset,
             "size": 0 if size is None else size,
@@ -974,13 +1184,13 @@ class Client:
         then holds the block too, until it frees it. Only the owner may grant."""
         _check_name(to, "process name")
         check_mode("grant", mode)
-        await self._call(Op.GRANT, {"block": _block_id(block), "to": to, "mode": mode})
+        await self._call(Op.GRANT, {"block": self._bid(block), "to": to, "mode": mode})
 
     async def revoke(self, block: BlockLike, to: str) -> None:
         """Take back what :meth:`grant` (or a ``move=False`` send) gave ``to``. Refused
         while ``to`` holds a lease on the block. Only the owner may revoke."""
         _check_name(to, "process name")
-        await self._call(Op.REVOKE, {"block": _block_id(block), "to": to})
+        await self._call(Op.REVOKE, {"block": self._bid(block), "to": to})
 
     async def subscribe(self, topic: str) -> None:
         """Receive, through :meth:`recv`, every block published to ``topic``."""
@@ -1007,7 +1217,7 @@ class Client:
         many subscribers got it; with none, the block is freed at once. Cancelling a
         publish that waits for room withdraws the deliveries not yet made (those made
         stay) and leaves the block this process's."""
-        bid = _block_id(block)
+        bid = self._bid(block)
         _check_name(topic, "topic")
         args = {"block": bid, "topic": topic, "header": self._check_header(header)}
         args["nowait"] = bool(nowait)
@@ -1054,8 +1264,9 @@ class Client:
                 self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
             r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
+            epoch = self._epoch
             try:
-                seg = await self._segment(r["segment"])
+                seg = await self._segment(r["segment"], epoch)
                 with seg.buffer[r["offset"] : r["offset"] + n] as dst:
                     enc.write_into(dst)
                 args = {
@@ -1065,16 +1276,17 @@ class Client:
                     "name": name or "",
                     "cacheable": bool(cacheable),
                 }
-                c = (await self._call(Op.COMMIT, args)).result
+                c = (await self._call(Op.COMMIT, args, epoch=epoch)).result
             except BaseException:
                 # Each undo on its own: a COMMIT that was done before the cancellation
                 # already ended the lease, and the block must still be freed.
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(BlockIPCError):
-                        await self._call(Op.RELEASE, {"lease": r["lease"]})
+                        await self._call(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
                     with contextlib.suppress(BlockIPCError):
-                        await self._call(Op.FREE, {"block": r["block"]})
+                        await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
                 raise
+        self._issued(r["block"])
         if name is None:
             self._sizes[r["block"]] = r["size"]
         self._remember(name or r["block"], r["block"], c["slot"], c["generation"], codec)
@@ -1093,12 +1305,11 @@ class Client:
             key: int | str = block_or_name
             args = {"block": 0, "name": block_or_name}
         else:
-            key = _block_id(block_or_name)
+            key = self._bid(block_or_name)
             args = {"block": key, "name": ""}
         if codec is not None:
             get_codec(codec)
-        if self._closed:  # a hit must not outlive the connection (nor a fork)
-            raise self._closed_error()
+        await self._ready()  # a hit must not outlive the connection (nor a fork)
         self._check_loop()
         ref = self._refs.get(key)
         if ref is not None and self._gens is not None:
@@ -1118,14 +1329,16 @@ class Client:
         self._cache_misses += 1
 
         r = (await self._call(Op.GET, args, orphan=self._return_lease)).result
+        epoch = self._epoch
         try:
-            seg = await self._segment(r["segment"])
+            seg = await self._segment(r["segment"], epoch)
             c = codec or r["codec"]
             n = r["meta"].get("nbytes", r["size"])
             with seg.buffer[r["offset"] : r["offset"] + n] as src:
                 entry = _cache_entry(c, src, r["meta"].get("codec", {}))
         finally:
-            self._send_nowait(Op.RELEASE, {"lease": r["lease"]})
+            self._send_nowait(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
+        self._issued(r["block"])
         self._remember(key, r["block"], r["slot"], r["generation"], r["codec"])
         self._cache.put((r["block"], r["generation"], c), entry, n, group=r["block"])
         return _materialize(c, entry)
@@ -1214,13 +1427,14 @@ class Lease:
         self.mode = mode
         self.codec = codec
         self._lease_id: int | None = None
+        self._epoch = 0  # the connection that granted it
         self._view: memoryview | None = None
 
     async def __aenter__(self) -> Any:
         if self._lease_id is not None:
             raise BlockIPCError("this lease is already held")
         client = self._client
-
+        client._bid(self.block)  # made before the connection was lost, entered after
         if self.codec is None:
             reply = await client._call(
                 Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=client._return_lease
@@ -1230,9 +1444,9 @@ class Lease:
                 Op.GET, {"block": self.block, "name": ""}, orphan=client._return_lease
             )
         r = reply.result
-        self._lease_id = r["lease"]
+        self._lease_id, self._epoch = r["lease"], client._epoch
         try:
-            seg = await client._segment(r["segment"])
+            seg = await client._segment(r["segment"], self._epoch)
             view = seg.buffer[r["offset"] : r["offset"] + r["size"]]
         except BaseException:
             await self._release()
@@ -1287,7 +1501,7 @@ class Lease:
         if lease_id is None:
             return
         with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
-            await self._client._call(Op.RELEASE, {"lease": lease_id})
+            await self._client._call(Op.RELEASE, {"lease": lease_id}, epoch=self._epoch)
 
 
 def _cache_entry(codec: str, src: memoryview, meta: dict[str, Any]) -> tuple[bool, Any]:
@@ -1326,8 +1540,9 @@ class _Connect:
         return self._open().__await__()
 
     async def _open(self) -> Client:
-        await self._client._open()
-        return self._client
+        client = self._client
+        await client._open(retry=client._retry, within=client._timeout)
+        return client
 
     async def __aenter__(self) -> Client:
         return await self._open()
@@ -1395,6 +1610,66 @@ async def _connect_unix(
     return stream
 
 
+def _retryable(address: str, exc: BaseException | None) -> bool:
+    """Whether a failed connect is one that waiting may cure: no socket yet (the
+    coordinator has not started, or is restarting), a socket nobody listens on (left
+    by one that ended), a full listen backlog. Not a directory or another file."""
+    if isinstance(exc, FileNotFoundError | BlockingIOError):
+        return True
+    if isinstance(exc, ConnectionRefusedError):
+        try:
+            return stat.S_ISSOCK(os.stat(address).st_mode)
+        except OSError:  # removed meanwhile: the next attempt says what it is
+            return True
+    return False
+
+
+async def _connect_retrying(address: str, *, retry: bool, within: float | None) -> UNIXSocketStream:
+    """:func:`_connect_unix`, tried again (``retry``) with backoff while it fails in a
+    way that waiting may cure, for up to ``within`` seconds (``None``: until cancelled)."""
+    if not retry:
+        return await _connect_unix(address, _connect_failed)
+    deadline = math.inf if within is None else anyio.current_time() + within
+    delay = _BACKOFF_FIRST
+    while True:
+        try:
+            return await _connect_unix(address, _connect_failed)
+        except ConnectionClosed as exc:
+            if not _retryable(address, exc.__cause__):
+                raise
+            last = exc
+        now = anyio.current_time()
+        if now >= deadline:
+            raise ConnectionClosed(
+                f"no coordinator at {address} within {within:g} s (the last attempt: {last})"
+            ) from last
+        if delay == _BACKOFF_FIRST:
+            log.debug("client.waiting_for_coordinator", address=address, error=str(last))
+        # jittered: the workers of a web server restarted together do not knock together
+        await anyio.sleep(min(delay * random.uniform(0.5, 1.0), deadline - now))
+        delay = min(delay * 2, _BACKOFF_MAX)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout > 0:  # (NaN too)
+        raise ValueError(
+            f"timeout must be a positive number of seconds (None for no limit), not {timeout!r}"
+        )
+    return float(timeout)
+
+
+def _check_flag(value: object, what: str) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
 def _connect_failed(address: str, exc: OSError) -> ConnectionClosed:
     """Why connecting to ``address`` failed, in words that say what to do."""
     start = (
@@ -1431,6 +1706,9 @@ def connect(
     inbox_messages: int = DEFAULT_INBOX_MESSAGES,
     inbox_bytes: int | str | None = None,
     cache_size: int | str = DEFAULT_CACHE_SIZE,
+    timeout: float | None = None,
+    retry: bool = False,
+    reconnect: bool = False,
 ) -> _Connect:
     """Connect to the coordinator at ``address`` and register as ``name``.
 
@@ -1447,8 +1725,30 @@ def connect(
     A name held by a live connection raises :class:`NameTaken`; an address that is not
     a coordinator's socket raises :class:`ConnectionClosed` saying why (a ``tcp://``
     address raises :class:`InvalidRequest`: those are for links between coordinators).
+
+    ``timeout`` (seconds, default none) bounds the whole connect, handshake included.
+    ``retry=True`` waits for a coordinator that is not listening yet (no socket, or a
+    refused connect) instead of failing at once: it tries again with backoff until
+    ``timeout`` (with none, until cancelled), then raises :class:`ConnectionClosed`
+    ("no coordinator at PATH within T s").
+
+    ``reconnect=True`` keeps the client usable across a coordinator restart: calls in
+    flight when the connection is lost raise :class:`ConnectionClosed`, and the next
+    call connects again under the same name (retrying for up to ``timeout``, or
+    :data:`RECONNECT_TIMEOUT` seconds) and maps the new pool. Everything the old
+    coordinator held is gone: blocks, leases, messages and channel ends of the old
+    connection raise (:class:`BlockNotFound`, :class:`ConnectionClosed`), named
+    objects must be put again and topics subscribed again. ``client.closed`` stays
+    False until :meth:`Client.close`.
+
+    >>> client = await blockipc.connect(  # doctest: +SKIP
+    ...     path, "web", timeout=30, retry=True, reconnect=True
+    ... )
     """
     _check_name(name, "process name")
+    timeout = _check_timeout(timeout)
+    retry = _check_flag(retry, "retry")
+    reconnect = _check_flag(reconnect, "reconnect")
     path = os.fspath(address)
     if isinstance(path, str) and "://" in path:
         scheme = path.split("://", 1)[0]
@@ -1466,5 +1766,8 @@ def connect(
             inbox_messages=inbox_messages,
             inbox_bytes=inbox_bytes,
             cache_size=cache_size,
+            timeout=timeout,
+            retry=retry,
+            reconnect=reconnect,
         )
     )
