@@ -211,16 +211,11 @@ async def test_a_lease_held_across_a_restart_is_dead(sock: Path) -> None:
         await client.close()
 
 
-@pytest.mark.xfail(
-    reason="every coordinator numbers blocks from 1: a Block of the lost connection names "
-    "the new block of the same id (the fix is instance-unique ids in _core/routing.py)",
-    strict=True,
-)
 async def test_an_old_block_never_names_a_new_one(sock: Path) -> None:
     async with coordinator(sock):
         client = await blockipc.connect(sock, unique_name("c"), reconnect=True)
-    try:
         old = await client.alloc(4096)
+    try:
         async with coordinator(sock):
             new = await client.alloc(4096)
             await client.write(new, b"new data")

@@ -64,6 +64,10 @@ __all__ = [
     "Waiter",
 ]
 
+FIRST_BLOCK_MAX = 1 << 48
+"""Highest first block id (a coordinator picks its own at random below it): far below
+``MAX_INT``, so that the ids that follow never run out."""
+
 Need = Literal["r", "w", "own"]
 _RANK = {"r": 1, "w": 2, "own": 3}
 
@@ -228,7 +232,12 @@ class RoutingTable:
     100
     """
 
-    def __init__(self, on_bump: Callable[[BlockRecord], None] | None = None) -> None:
+    def __init__(
+        self, on_bump: Callable[[BlockRecord], None] | None = None, first_block: int = 1
+    ) -> None:
+        """``first_block``: the id of the first block; a coordinator starts its table at
+        a random one, so that no block id of one coordinator names a block of the next
+        (a client that reconnected after a restart may still hold old ids)."""
         self._on_bump = on_bump
         self.names: dict[str, BlockRecord] = {}
         # named cacheable objects, least recently used first
@@ -237,7 +246,9 @@ class RoutingTable:
         self.processes: dict[str, ProcessRecord] = {}
         self.topics: dict[str, set[ProcessRecord]] = {}
         self.channels: dict[int, ChannelRecord] = {}
-        self._next_block = 1
+        if not 0 < first_block <= FIRST_BLOCK_MAX:
+            raise ValueError(f"first_block must be 1 to {FIRST_BLOCK_MAX}, not {first_block}")
+        self._next_block = first_block
         self._next_lease = 1
         self._next_channel = 1
         self._next_key = 1

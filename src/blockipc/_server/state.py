@@ -17,6 +17,7 @@ implement.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .._core.limits import MAX_HEADER, Quotas
 from .._core.protocol import MAX_FRAME_SIZE, ErrorReply, Op, Reply, Request
 from .._core.routing import (
+    FIRST_BLOCK_MAX,
     BlockRecord,
     Delivery,
     Grant,
@@ -124,7 +126,9 @@ class ServerState:
     ) -> None:
         self.handlers = handlers
         self.quotas = quotas or Quotas()
-        self.table = RoutingTable(on_bump=self._publish_generation)
+        # block ids of its own: none of them names a block of an earlier coordinator
+        first = secrets.randbelow(FIRST_BLOCK_MAX) + 1
+        self.table = RoutingTable(on_bump=self._publish_generation, first_block=first)
         self.pool = pool
         self.gens = gens
         self.link: Link | None = None
