@@ -253,7 +253,7 @@ class _Authenticator(AsyncioAuthenticator):
     def callback(self, domain: str, key: bytes) -> bool:
         node = self.link.trusted_node(key)
         if node is None:  # (rate-limited: anyone who reaches the port can cause it)
-            self.link.log_limit.warning(
+            self.link.refusal_limit.warning(
                 log,
                 "link.refused",
                 node=self.link.config.node,
@@ -572,6 +572,10 @@ class Link:
         # blocks from each node: [received, received bytes, refused], for LinkStats
         self._inbound: dict[str, list[int]] = {}
         self.log_limit = RateLimiter()  # of what a peer can cause at will
+        # refused handshakes, one limiter per kind (a limiter counts by event name): a
+        # flood of plain connects must not hide an unknown key's refusal, nor the reverse
+        self.refusal_limit = RateLimiter()
+        self.handshake_limit = RateLimiter()
 
     # -- keys --------------------------------------------------------------------
     def trusted_node(self, public_key: bytes) -> str | None:
@@ -702,7 +706,7 @@ class Link:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 if event["event"] in _HANDSHAKE_FAILED:
-                    self.log_limit.warning(
+                    self.handshake_limit.warning(
                         log,
                         "link.refused",
                         node=self.config.node,
