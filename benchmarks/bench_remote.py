@@ -107,6 +107,7 @@ async def role_coord(cpu: str, sock: str, node: str, listen: str, peer: str, key
         listen=listen or None,
         peers={"b": peer} if peer else {},
         keys=keys or None,
+        insecure=not keys,  # plain: no keys, insecure (else the default key directory)
     ) as coord:
         say(event="ready", link=coord.link_address)
         await coord.serve_forever()

@@ -406,7 +406,8 @@ def _random_buffer(seed: int, size: int = 32 << 20) -> bytes:
 async def node(
     path: str, pool_size: str, name: str, listen: str, peers: str, keys: str, timeout: str
 ) -> None:
-    """A coordinator with a link: ``listen``/``keys`` of ``-`` mean none, ``peers`` JSON."""
+    """A coordinator with a link: ``listen`` of ``-`` means none, ``keys`` of ``-`` the
+    default key directory and ``plain`` no CURVE (insecure), ``peers`` JSON."""
     import blockipc
 
     async with blockipc.Coordinator(
@@ -415,7 +416,8 @@ async def node(
         node=name,
         listen=None if listen == "-" else listen,
         peers=json.loads(peers),
-        keys=None if keys == "-" else keys,
+        keys=None if keys in ("-", "plain") else keys,
+        insecure=keys == "plain",
         link_timeout=float(timeout),
     ) as coord:
         report("ready", address=coord.address, link_address=coord.link_address)

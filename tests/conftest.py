@@ -28,6 +28,7 @@ import uvloop
 
 import blockipc
 from _procs import wait_until
+from blockipc._link.keys import KEYS_ENV
 from blockipc.testing import assert_pool_clean, isolated_coordinator, shm_files, unique_name
 
 # the shared helpers' asserts explain themselves as a test's do (test modules import it later)
@@ -43,6 +44,18 @@ def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     return LOOP_FACTORIES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_key_dir() -> Iterator[Path]:
+    """Nodes started without ``keys`` make and use the default key directory: this
+    session's own (``$BLOCKIPC_KEYS``, inherited by child processes), never the real
+    ``~/.config/blockipc/keys``."""
+    path = Path(tempfile.mkdtemp(prefix="bipc-keys-"))  # (mode 0700)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEYS_ENV, str(path))
+        yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # -- leak checks -------------------------------------------------------------------

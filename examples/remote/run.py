@@ -2,8 +2,9 @@
 loopback, a producer on ``a`` sending to ``b/consumer``, a consumer on ``b``.
 
 Each coordinator is a ``blockipc serve`` process of its own, as it would be on two
-hosts; ``--curve`` makes a key pair per node (``blockipc keygen``) and links them with
-CURVE authentication and encryption. The producer and consumer are the scripts of the
+hosts, linked with CURVE authentication and encryption: by default with the keys each
+node makes in this user's key directory, with ``--curve`` with a key pair per node made
+by ``blockipc keygen`` in a directory of the run's own. The producer and consumer are the scripts of the
 local example (``examples/producer.py`` and ``examples/consumer.py``): a remote send
 differs only by the receiver's name, ``--to b/consumer``.
 """
@@ -45,7 +46,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=8, help="blocks to send")
     parser.add_argument("--sizes", default="64,4096,1048576,16777216")
-    parser.add_argument("--curve", action="store_true", help="CURVE keys (blockipc keygen)")
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="a key directory of its own (blockipc keygen), not the user's default one",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="blockipc-remote-"))
@@ -75,7 +80,8 @@ def main() -> int:
         wait_for_socket(b_sock, servers[0])
         wait_for_socket(a_sock, servers[1])
         print(f"run: node a ({a_sock}) -> node b ({b_sock}, tcp://127.0.0.1:{port})", flush=True)
-        print(f"run: link {'CURVE (keys in ' + str(tmp / 'keys') + ')' if args.curve else 'plain'}")
+        where = tmp / "keys" if args.curve else "this user's default key directory"
+        print(f"run: link CURVE (keys in {where})")
         count = ["--count", str(args.count)]
         send = ["--to", "b/consumer", "--sizes", args.sizes, *count]
         clients.append(

@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument(
         "--keys",
         metavar="DIR",
-        help="CURVE keys (blockipc keygen): NODE.key_secret, and PEER.key of every trusted peer",
+        help="CURVE keys (blockipc keygen): NODE.key_secret, and PEER.key of every trusted peer "
+        "(default: this user's key directory, $BLOCKIPC_KEYS or ~/.config/blockipc/keys, "
+        "made with this node's pair at its first start)",
     )
     link.add_argument(
         "--link-timeout",
@@ -130,12 +132,17 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a plain (unauthenticated, unencrypted) link on non-loopback addresses",
+        help="a plain link (no --keys): unauthenticated and unencrypted, open to anyone who "
+        "reaches the port, any local user included",
     )
 
     keygen = sub.add_parser("keygen", help="write a node's CURVE key pair (pyzmq's format)")
     keygen.add_argument("name", help="the node name: writes NAME.key and NAME.key_secret (0600)")
-    keygen.add_argument("--dir", required=True, help="the key directory (created 0700)")
+    keygen.add_argument(
+        "--dir",
+        help="the key directory, created 0700 (default: this user's, $BLOCKIPC_KEYS or "
+        "~/.config/blockipc/keys)",
+    )
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     stats = sub.add_parser("stats", help="print a running coordinator's pool statistics")
@@ -284,9 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return run(lambda: _serve(args))
         if args.command == "keygen":
-            from ._link.keys import keygen
+            from ._link.keys import default_key_dir, keygen
 
-            public, secret = keygen(args.name, args.dir, force=args.force)
+            where = default_key_dir() if args.dir is None else args.dir
+            public, secret = keygen(args.name, where, force=args.force)
             print(f"public key: {public}\nsecret key: {secret} (mode 0600, keep it on this host)")
             return 0
         return run(lambda: _stats(args))

@@ -35,6 +35,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import blockipc
+from _foreign import NOBODY, needs_root
 from _helpers import free_port
 from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
@@ -58,7 +59,7 @@ from blockipc._core.linkwire import (
     peek_seqs,
 )
 from blockipc._exceptions import ProtocolError
-from blockipc._link.keys import keygen, load_keys
+from blockipc._link.keys import KEYS_ENV, default_key_dir, ensure_keys, keygen, load_keys
 from blockipc.testing import assert_pool_clean, capture_logs
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -78,8 +79,8 @@ def decode_block(head: list[bytes], size: int) -> object:
 
 @contextlib.asynccontextmanager
 async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.asyncio.Socket]:
-    """A DEALER on a node's link port, to write link frames by hand (with ``keys``,
-    a node's CURVE keys, as that node)."""
+    """A DEALER on node ``b``'s link port, to write link frames by hand (with ``keys``,
+    a node's CURVE keys, as that node; without, plain: the node must be ``insecure``)."""
     ctx = zmq.asyncio.Context()
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
@@ -139,32 +140,27 @@ async def pair(
 
 # -- sans-IO: configuration, frames, send state ----------------------------------------
 @pytest.mark.parametrize(
-    ("listen", "peers", "insecure", "keys", "ok"),
+    ("listen", "peers", "insecure", "keys", "plain"),
     [
-        ("tcp://127.0.0.1:0", {}, False, None, True),
-        ("tcp://[::1]:7100", {"b": "tcp://localhost:7100"}, False, None, True),
-        ("tcp://0.0.0.0:0", {}, False, None, False),
-        ("tcp://*:7100", {}, False, None, False),
-        (None, {"b": "tcp://10.1.2.3:7100"}, False, None, False),
+        ("tcp://127.0.0.1:0", {}, False, None, False),
+        ("tcp://[::1]:7100", {"b": "tcp://localhost:7100"}, False, None, False),
+        ("tcp://0.0.0.0:0", {"b": "tcp://10.1.2.3:7100"}, False, None, False),
+        ("tcp://127.0.0.1:0", {}, True, None, True),
         ("tcp://0.0.0.0:0", {"b": "tcp://10.1.2.3:7100"}, True, None, True),
-        ("tcp://0.0.0.0:0", {"b": "tcp://10.1.2.3:7100"}, False, "keys", True),
+        ("tcp://0.0.0.0:0", {"b": "tcp://10.1.2.3:7100"}, True, "keys", False),
     ],
 )
-def test_plain_link_only_on_loopback(
-    listen: str | None, peers: dict[str, str], insecure: bool, keys: str | None, ok: bool
+def test_plain_link_only_with_insecure(
+    listen: str | None, peers: dict[str, str], insecure: bool, keys: str | None, plain: bool
 ) -> None:
-    if ok:
-        cfg = make_config("a", listen, peers, keys, 5.0, insecure)
-        assert cfg is not None and cfg.node == "a"
-    else:
-        with pytest.raises(InvalidRequest, match="non-loopback"):
-            make_config("a", listen, peers, keys, 5.0, insecure)
+    # CURVE on every address (the default key directory without keys); plain, on
+    # loopback too, only with insecure and no keys
+    cfg = make_config("a", listen, peers, keys, 5.0, insecure)
+    assert cfg is not None and cfg.node == "a" and cfg.plain is plain
 
 
-def test_coordinator_refuses_plain_public_listen_before_binding() -> None:
+def test_coordinator_checks_link_config_before_binding() -> None:
     # a configuration check: the constructor raises, nothing is created or bound
-    with pytest.raises(InvalidRequest, match=r"tcp://0\.0\.0\.0:0"):
-        blockipc.Coordinator(node="a", listen="tcp://0.0.0.0:0")
     with pytest.raises(InvalidRequest, match="node name"):
         blockipc.Coordinator(listen="tcp://127.0.0.1:0")
     for bad in ("tcp://127.0.0.1", "udp://127.0.0.1:1", "tcp://127.0.0.1:99999"):
@@ -439,7 +435,7 @@ def test_serve_cli_link_flags(tmp_path: Path) -> None:
     refused = subprocess.run(
         [
             *(sys.executable, "-m", "blockipc", "serve", "--socket", str(tmp_path / "s")),
-            *("--node", "a", "--listen", "tcp://0.0.0.0:0"),
+            *("--node", "a", "--listen", "tcp://127.0.0.1:0", "--keys", str(tmp_path / "no")),
         ],
         env=env,
         capture_output=True,
@@ -448,7 +444,7 @@ def test_serve_cli_link_flags(tmp_path: Path) -> None:
         timeout=30,
     )
     assert refused.returncode == 1
-    assert "non-loopback" in refused.stderr and "--insecure" in refused.stderr
+    assert "key directory" in refused.stderr and "does not exist" in refused.stderr
     assert not (tmp_path / "s").exists()
 
 
@@ -864,7 +860,10 @@ async def test_received_blocks_get_their_generation_slot_and_evict_cacheables() 
 
 
 async def test_tcp_listener_serves_link_frames_only() -> None:
-    async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+    # (a plain link, insecure: what is tested is what its frames may do)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
         assert b.link_address is not None
         host, port = b.link_address.removeprefix("tcp://").rsplit(":", 1)
         async with blockipc.connect(b.address, name="consumer"):
@@ -909,7 +908,10 @@ async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
     or replaced): the node refuses or delivers each one whole, keeps serving, and a
     well-formed block after them arrives; nothing stays allocated."""
     rng = random.Random(20261125)
-    async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+    # (a plain link, insecure: what is tested is what its frames may do)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
         assert b.link_address is not None
         async with blockipc.connect(b.address, name="consumer") as consumer:
             async with raw_dealer(b.link_address) as dealer:
@@ -955,7 +957,10 @@ async def test_garbage_on_the_link_port_leaves_the_node_serving() -> None:
 
 
 async def test_one_message_of_several_blocks_is_delivered_block_by_block() -> None:
-    async with blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+    # (a plain link, insecure: what is tested is what its frames may do)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
         assert b.link_address is not None
         async with (
             blockipc.connect(b.address, name="consumer") as consumer,
@@ -999,8 +1004,10 @@ async def test_one_message_of_several_blocks_is_delivered_block_by_block() -> No
 # -- real processes ------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def start_node(
-    short_dir: Path, name: str, port: int, peers: dict[str, str], keys: Path | None, pool: str
+    short_dir: Path, name: str, port: int, peers: dict[str, str], keys: Path | str | None, pool: str
 ) -> AsyncIterator[Child]:
+    """A node in a child process: ``keys`` a key directory, ``None`` the default one,
+    ``"plain"`` none (insecure)."""
     async with spawn(
         "node",
         short_dir / f"{name}.sock",
@@ -1039,7 +1046,7 @@ async def test_a_frame_over_the_routers_bound_is_refused_unread(short_dir: Path)
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     async with (
-        start_node(short_dir, "b", port, {}, None, "16MiB") as b,
+        start_node(short_dir, "b", port, {}, "plain", "16MiB") as b,
         spawn("remote_consumer", short_dir / "b.sock", "consumer", 1, 0) as consumer,
     ):
         await consumer.expect("ready")
@@ -1359,9 +1366,12 @@ async def test_a_255_character_name_is_reachable_from_another_node() -> None:
     for bad in (f"{node_b}b/{name}", f"{node_b}/{name}c"):
         with pytest.raises(InvalidRequest):
             split_target(bad)
-    async with blockipc.Coordinator(pool_size="8MiB", node=node_b, listen="tcp://127.0.0.1:0") as b:
+    # (insecure: a 255-character node name is too long for its key file's name)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node=node_b, listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
         async with blockipc.Coordinator(
-            pool_size="8MiB", node=node_a, peers={node_b: str(b.link_address)}
+            pool_size="8MiB", node=node_a, peers={node_b: str(b.link_address)}, insecure=True
         ) as a:
             async with (
                 blockipc.connect(a.address, name=sender) as producer,
@@ -1393,3 +1403,231 @@ async def test_a_255_character_name_is_reachable_from_another_node() -> None:
         # refused before any request: a client that is closed says so all the same
         with pytest.raises(InvalidRequest, match="process name"):
             await producer.send(1, to=f"{node_b}/{name}c")
+
+
+# -- keys by default (issue 14, item 6) ----------------------------------------------------
+# A TCP port on loopback is open to every local user: a node without keys uses this
+# user's default key directory (CURVE), and a plain link needs insecure=True.
+
+# Everything is imported before setuid: the venv may not be readable by nobody.
+_LINK_INTRUDER = """
+import json, os, sys, zmq
+endpoint, server_key = sys.argv[1], sys.argv[2].encode()
+messages = [[bytes.fromhex(f) for f in m.split(",")] for m in sys.argv[3].split(";")]
+try:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+except OSError as exc:
+    print(json.dumps({"event": "cannot_setuid", "error": str(exc)}), flush=True)
+    sys.exit(0)
+acks = {}
+for how in ("plain", "curve"):  # curve: a key of its own, and the node's public key
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    if how == "curve":
+        dealer.curve_publickey, dealer.curve_secretkey = zmq.curve_keypair()
+        dealer.curve_serverkey = server_key
+    dealer.connect(endpoint)
+    for message in messages:
+        dealer.send_multipart(message)
+    acks[how] = 0
+    while dealer.poll(1500):
+        dealer.recv_multipart()
+        acks[how] += 1
+    dealer.close(linger=0)
+    ctx.term()
+print(json.dumps({"event": "acks", "uid": os.getuid(), "acks": acks}), flush=True)
+"""
+
+
+async def forge_as_nobody(endpoint: str, server_key: bytes, count: int) -> dict[str, int]:
+    """As uid nobody, send ``count`` blocks forged as ``a/producer`` to ``b/consumer``,
+    once over a plain DEALER and once over CURVE with a key of its own: the acks each
+    got back. Skips the test if this process cannot switch uid."""
+    messages = [
+        [*encode_block(i, "a", "producer", "consumer", 6, {"forged": i}), b"forged"]
+        for i in range(count)
+    ]
+    arg = ";".join(",".join(f.hex() for f in m) for m in messages)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LINK_INTRUDER,
+        endpoint,
+        server_key.decode(),
+        arg,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        with anyio.fail_after(30):
+            out, _ = await proc.communicate()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.communicate()
+    assert proc.returncode == 0, f"the intruder failed ({proc.returncode}): {out!r}"
+    result = json.loads(out)
+    if result["event"] == "cannot_setuid":
+        pytest.skip(f"cannot switch to uid {NOBODY}: {result['error']}")
+    assert result["uid"] == NOBODY
+    acks: dict[str, int] = result["acks"]
+    return acks
+
+
+@needs_root
+async def test_another_uid_gets_no_block_into_a_default_node() -> None:
+    """A node started with defaults: uid nobody forges 20 blocks as ``a/producer``, over
+    a plain DEALER and over CURVE with a key of its own (it knows the node's public key):
+    not one is acknowledged or delivered, both are refused and logged; a node of this
+    user, also with defaults, delivers right after."""
+    ensure_keys(default_key_dir(), "b")  # (what b does at its start)
+    b_public = load_keys(default_key_dir(), "b").public
+    with capture_logs() as logs:
+        async with blockipc.Coordinator(
+            pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0"
+        ) as b:
+            assert b.link_address is not None
+            async with blockipc.connect(b.address, name="consumer") as consumer:
+                acks = await forge_as_nobody(b.link_address, b_public, 20)
+                assert acks == {"plain": 0, "curve": 0}
+                assert b.stats().links == ()  # not one block was even counted as refused
+                async with (
+                    blockipc.Coordinator(
+                        pool_size="8MiB", node="a", peers={"b": b.link_address}
+                    ) as a,
+                    blockipc.connect(a.address, name="producer") as producer,
+                ):
+                    block = await producer.alloc(4)
+                    await producer.write(block, b"real")
+                    await producer.send(block, to="b/consumer", header={"real": True})
+                    msg = await consumer.recv()  # the first and only block: the real one
+                    assert (msg.sender, msg.header) == ("a/producer", {"real": True})
+                    assert await consumer.read(msg.block) == b"real"
+                    await consumer.free(msg.block)
+                    assert b.stats().links == (
+                        LinkStats("a", "inbound", received=1, received_bytes=4),
+                    )
+            await wait_until(lambda: not b.stats().processes)
+            assert_pool_clean(b)
+    refusals = [e for e in logs if e["event"] == "link.refused" and e["node"] == "b"]
+    assert any("unknown CURVE public key" in e["reason"] for e in refusals)
+    assert any("without CURVE" in e["reason"] for e in refusals)
+
+
+async def test_two_default_nodes_of_one_user_trust_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keys given: the first node to start makes the user's key directory (0700) and
+    its pair; it waits for the other's key, which appears when that one starts; then
+    both send to each other over CURVE."""
+    home = tmp_path / "keys"
+    monkeypatch.setenv(KEYS_ENV, str(home))
+    port_a, port_b = free_port(), free_port()
+    with capture_logs() as logs:
+        async with blockipc.Coordinator(
+            pool_size="8MiB",
+            node="a",
+            listen=f"tcp://127.0.0.1:{port_a}",
+            peers={"b": f"tcp://127.0.0.1:{port_b}"},
+            link_timeout=20,
+        ) as a:
+            assert stat.S_IMODE(home.stat().st_mode) == 0o700
+            assert sorted(p.name for p in home.iterdir()) == ["a.key", "a.key_secret"]
+            assert stat.S_IMODE((home / "a.key_secret").stat().st_mode) == 0o600
+            async with (
+                blockipc.connect(a.address, name="pa") as pa,
+                blockipc.Coordinator(
+                    pool_size="8MiB",
+                    node="b",
+                    listen=f"tcp://127.0.0.1:{port_b}",
+                    peers={"a": f"tcp://127.0.0.1:{port_a}"},
+                    link_timeout=20,
+                ) as b,
+                blockipc.connect(b.address, name="pb") as pb,
+            ):
+                for src, dst, to in ((pa, pb, "b/pb"), (pb, pa, "a/pa")):
+                    block = await src.alloc(5)
+                    await src.write(block, b"hello")
+                    await src.send(block, to=to)
+                    msg = await dst.recv()
+                    assert msg.sender == f"{'a' if to.startswith('b/') else 'b'}/{src.name}"
+                    assert await dst.read(msg.block) == b"hello"
+                    await dst.free(msg.block)
+            await wait_until(lambda: not a.stats().processes)
+            assert_pool_clean(a)
+    assert sorted(p.name for p in home.iterdir()) == [
+        "a.key",
+        "a.key_secret",
+        "b.key",
+        "b.key_secret",
+    ]
+    started = [e for e in logs if e["event"] == "link.started"]
+    assert [(e["node"], e["curve"], e["keys"]) for e in started] == [
+        ("a", True, str(home)),
+        ("b", True, str(home)),
+    ]
+    assert any(e["event"] == "link.waiting_key" and e["peer"] == "b" for e in logs)
+
+
+async def test_a_plain_link_needs_insecure() -> None:
+    """A plain DEALER of this very user: refused by a node started with defaults,
+    delivered by one started ``insecure=True`` (as before, on loopback)."""
+    with capture_logs() as logs:
+        async with (
+            blockipc.Coordinator(pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0") as b,
+            blockipc.connect(b.address, name="consumer") as consumer,
+        ):
+            assert b.link_address is not None
+            async with raw_dealer(b.link_address) as dealer:
+                await dealer.send_multipart([*encode_block(1, "x", "p", "consumer", 2, {}), b"hi"])
+                with anyio.move_on_after(1.0) as scope:
+                    await dealer.recv_multipart()
+                assert scope.cancelled_caught  # no ack: the handshake never completed
+                with anyio.move_on_after(0.2) as scope:
+                    await consumer.recv()
+                assert scope.cancelled_caught  # nothing was delivered
+    assert any(e["event"] == "link.refused" and "without CURVE" in e["reason"] for e in logs)
+    async with blockipc.Coordinator(
+        pool_size="8MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
+        assert b.link_address is not None
+        async with (
+            blockipc.connect(b.address, name="consumer") as consumer,
+            raw_dealer(b.link_address) as dealer,
+        ):
+            await dealer.send_multipart([*encode_block(1, "x", "p", "consumer", 2, {}), b"hi"])
+            with anyio.fail_after(5):
+                ack = decode_ack(await dealer.recv_multipart())
+            assert (ack.seq, ack.error()) == (1, None)
+            msg = await consumer.recv()
+            assert (msg.sender, await consumer.read(msg.block)) == ("x/p", b"hi")
+            await consumer.free(msg.block)
+        await wait_until(lambda: not b.stats().processes)
+        assert_pool_clean(b)
+
+
+def test_default_key_dir_and_its_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEYS_ENV)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_key_dir() == tmp_path / "cfg" / "blockipc" / "keys"
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative")  # not absolute: ignored (XDG spec)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_key_dir() == tmp_path / "home" / ".config" / "blockipc" / "keys"
+    monkeypatch.setenv(KEYS_ENV, str(tmp_path / "k"))
+    assert default_key_dir() == tmp_path / "k"
+    # made once: a second start keeps the pair
+    ensure_keys(tmp_path / "k", "a")
+    first = load_keys(tmp_path / "k", "a")
+    ensure_keys(tmp_path / "k", "a")
+    assert load_keys(tmp_path / "k", "a") == first
+    assert list((tmp_path / "k").iterdir()) != [] and not list((tmp_path / "k").glob(".keygen-*"))
+    # a directory another user could write a trusted key into is refused
+    os.chmod(tmp_path / "k", 0o770)
+    with pytest.raises(blockipc.BlockIPCError, match="not private"):
+        ensure_keys(tmp_path / "k", "b")
+    with pytest.raises(blockipc.BlockIPCError, match="too long"):
+        ensure_keys(tmp_path / "other", "n" * 250)

@@ -198,9 +198,15 @@ class LinkConfig:
     listen: Endpoint | None
     peers: dict[str, Endpoint]
     keys: Path | None
+    """The key directory; ``None``: the default one, or none at all with ``insecure``."""
     timeout: float
     insecure: bool
     io_nice: int = IO_NICE
+
+    @property
+    def plain(self) -> bool:
+        """No CURVE: ``insecure`` and no ``keys`` (the only way to a plain link)."""
+        return self.insecure and self.keys is None
 
 
 def make_config(
@@ -217,9 +223,10 @@ def make_config(
     ``io_nice`` (0 to 19) is added to the nice value of the receiving node's libzmq I/O
     thread (see ``_link/link.py``); 0 leaves it alone.
 
-    Without ``keys``, a plain link may only listen on and connect to loopback
-    addresses unless ``insecure`` is true: traffic would otherwise cross a network
-    unauthenticated and unencrypted.
+    Every link uses CURVE unless ``insecure`` is true: with ``keys``, that key
+    directory; without, this user's default one (made at the node's first start, see
+    ``_link/keys.py``). A plain link, with ``insecure`` and no ``keys``, accepts blocks
+    from anyone who can reach its port, on loopback too (any local user).
     """
     if node is None:
         if listen is not None or peers or keys is not None:
@@ -239,15 +246,6 @@ def make_config(
         if name == node:
             raise InvalidRequest(f"peer {name!r} has this node's own name")
         parsed[name] = parse_endpoint(address)
-    if keys is None and not insecure:
-        exposed = [f"listen={where}"] if where is not None and not where.loopback else []
-        exposed += [f"peer {n}={e}" for n, e in parsed.items() if not e.loopback]
-        if exposed:
-            raise InvalidRequest(
-                f"refusing a plain link on a non-loopback address ({', '.join(exposed)}): "
-                "pass keys=DIR (CURVE authentication and encryption, see `blockipc keygen`) "
-                "or insecure=True (--insecure) to allow an unauthenticated, unencrypted link"
-            )
     return LinkConfig(
         node,
         where,

@@ -40,12 +40,29 @@ the requests of the acks of one pump with one write per sending process. The rec
 answers the blocks of each message it read with one ``ACKS`` message, at once, so the
 sender's window refills while the receiver goes on reading.
 
-*Security.* With ``keys``, both sockets use CURVE (authenticated, encrypted); the ROUTER
-accepts only the public keys found in the key directory, checked by pyzmq's asyncio
-ZAP authenticator, and every block must come from the node its key belongs to. With
-``IMMEDIATE`` set, nothing is queued for a peer that has not completed the handshake,
-so a refused node never receives a byte of block data. The TCP listener understands
-link frames only: local clients are served on the Unix socket alone.
+*Security.* Both sockets use CURVE (authenticated, encrypted) unless the node was
+started ``insecure`` without ``keys``; the ROUTER accepts only the public keys found in
+the key directory, checked by pyzmq's asyncio ZAP authenticator, and every block must
+come from the node its key belongs to. With ``IMMEDIATE`` set, nothing is queued for a
+peer that has not completed the handshake, so a refused node never receives a byte of
+block data. The TCP listener understands link frames only: local clients are served on
+the Unix socket alone.
+
+*Keys by default.* A TCP port, on loopback too, is open to every local user: SO_PEERCRED
+and a 0600 socket, which keep other users off the Unix socket, do not exist for TCP
+(the peer's uid of a loopback connection could be looked up in ``/proc/net/tcp``, but
+not on another host, and not without a race). So a node given no ``keys`` uses this
+user's default key directory (``_link/keys.py``: ``$BLOCKIPC_KEYS``, else
+``~/.config/blockipc/keys``, mode 0700), making it and its own key pair at its first
+start as ssh makes host keys. Two nodes of one user on one host (the common test and
+demo case) then trust each other with nothing to set up, and another uid, who can read
+neither the directory nor a secret key in it, is refused at the handshake
+(``link.refused``). Trust is read from the directory when a key it does not know
+connects, and a peer whose public key is not there yet (its node has not started once)
+is waited for like an unreachable one, up to ``link_timeout`` per send: nodes may start
+in any order. For nodes on other hosts, copy each ``NAME.key`` into the others'
+directories (or pass ``keys=DIR``). A plain link is only made with ``insecure=True`` and
+no ``keys``: it delivers blocks from whoever reaches the port, under any node name.
 
 Structlog events: ``link.started``, ``link.connected``, ``link.disconnected``,
 ``link.refused``, ``link.handshake_failed``, ``link.send_failed``,
@@ -57,6 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import os
 import sys
 import time
@@ -101,7 +119,7 @@ from .._exceptions import (
 from .._log import RateLimiter, get_logger
 from .._types import LinkStats
 from .host import LinkHost, ReplyTo, Requester
-from .keys import NodeKeys, load_keys
+from .keys import NodeKeys, default_key_dir, ensure_keys, load_keys, load_trusted
 
 __all__ = ["Link"]
 
@@ -227,24 +245,25 @@ class _Incoming:
 class _Authenticator(AsyncioAuthenticator):
     """pyzmq's asyncio ZAP handler: CURVE keys in the key directory, by node name."""
 
-    def __init__(self, context: zmq.asyncio.Context, keys: NodeKeys) -> None:
+    def __init__(self, context: zmq.asyncio.Context, link: Link) -> None:
         super().__init__(context)
-        self.keys = keys
+        self.link = link
         self.configure_curve_callback("*", self)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        node = self.keys.node_of(key)
-        if node is None:
-            log.warning(
+        node = self.link.trusted_node(key)
+        if node is None:  # (rate-limited: anyone who reaches the port can cause it)
+            self.link.refusal_limit.warning(
+                log,
                 "link.refused",
-                node=self.keys.node,
+                node=self.link.config.node,
                 reason="unknown CURVE public key (not in the key directory)",
                 key=key.decode("ascii", "replace"),
             )
         return node is not None
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        return self.keys.node_of(z85.encode(client_public_key)) or ""
+        return self.link.trusted_node(z85.encode(client_public_key)) or ""
 
 
 class _Peer:
@@ -318,6 +337,8 @@ class _Peer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.link.keys is not None and self.server_key is None:
+            await self._await_key()
         while True:
             sock, monitor = self._socket()
             self._reset.clear()
@@ -346,6 +367,22 @@ class _Peer:
                 sock.close(linger=0)
                 self.link.finish_all(self.state.down(time.monotonic()))
             log.info("link.reset", node=self.link.config.node, peer=self.name)
+
+    async def _await_key(self) -> None:
+        """Wait for the peer's public key to appear in the (default) key directory:
+        meanwhile sends wait for it as for an unreachable node, up to link_timeout."""
+        hint = (
+            f"no public key for node {self.name!r} in {self.link.key_dir} yet: start that "
+            f"node once on this host, or copy its {self.name}.key there"
+        )
+        self.state.hint = hint
+        log.info("link.waiting_key", node=self.link.config.node, peer=self.name, reason=hint)
+        tick = min(0.1, self.link.config.timeout / 4)
+        while (key := self.link.peer_key(self.name)) is None:
+            await asyncio.sleep(tick)
+            self.link.finish_all(self.state.expire(time.monotonic()))
+        self.server_key = key
+        self.state.hint = None
 
     async def _guard(self, coro: Any) -> None:
         """Run one of the peer's loops; a bug in it resets the socket, never stalls."""
@@ -495,7 +532,8 @@ class Link:
         self.host = host
         self.config = config
         self.keys: NodeKeys | None = None
-        if config.keys is not None:
+        self.key_dir = config.keys
+        if config.keys is not None:  # a directory of the user's: every key must be there
             self.keys = load_keys(config.keys, config.node)
             for peer in config.peers:
                 if peer not in self.keys.trusted:
@@ -503,6 +541,10 @@ class Link:
                         f"no public key for peer {peer!r}: {config.keys / (peer + '.key')} "
                         "is missing"
                     )
+        elif not config.plain:  # the default directory: made at the first start
+            self.key_dir = default_key_dir()
+            ensure_keys(self.key_dir, config.node)
+            self.keys = load_keys(self.key_dir, config.node)
         _tune_malloc()
         self.ctx = zmq.asyncio.Context()
         self.address: str | None = None
@@ -529,7 +571,45 @@ class Link:
         self._closing = False
         # blocks from each node: [received, received bytes, refused], for LinkStats
         self._inbound: dict[str, list[int]] = {}
-        self._log_limit = RateLimiter()  # of what a peer can cause at will
+        self.log_limit = RateLimiter()  # of what a peer can cause at will
+        # refused handshakes, one limiter per kind (a limiter counts by event name): a
+        # flood of plain connects must not hide an unknown key's refusal, nor the reverse
+        self.refusal_limit = RateLimiter()
+        self.handshake_limit = RateLimiter()
+
+    # -- keys --------------------------------------------------------------------
+    def trusted_node(self, public_key: bytes) -> str | None:
+        """The node whose public key (z85) is ``public_key``; on a miss the key
+        directory is read again (a node of this user may have made its pair since)."""
+        keys = self.keys
+        if keys is None:
+            return None
+        node = keys.node_of(public_key)
+        if node is None and self._reload_trusted():
+            node = self.keys.node_of(public_key) if self.keys is not None else None
+        return node
+
+    def peer_key(self, name: str) -> bytes | None:
+        """Peer ``name``'s public key, read again from the key directory on a miss."""
+        if self.keys is None:
+            return None
+        key = self.keys.trusted.get(name)
+        if key is None and self._reload_trusted():
+            key = self.keys.trusted.get(name)
+        return key
+
+    def _reload_trusted(self) -> bool:
+        if self.keys is None or self.key_dir is None:
+            return False
+        try:
+            trusted = load_trusted(self.key_dir)
+        except BlockIPCError as exc:  # (a file being written): the old set stays
+            log.debug("link.keys_unreadable", node=self.config.node, error=str(exc))
+            return False
+        if trusted == self.keys.trusted:
+            return False
+        self.keys = dataclasses.replace(self.keys, trusted=trusted)
+        return True
 
     # -- lifecycle ---------------------------------------------------------------
     def tune(self, sock: zmq.Socket[bytes]) -> None:
@@ -544,13 +624,13 @@ class Link:
 
     async def start(self) -> None:
         cfg = self.config
+        before = _io_threads()  # (the context's first socket starts its I/O thread)
         try:
             if self.keys is not None:
-                self._auth = _Authenticator(self.ctx, self.keys)
+                self._auth = _Authenticator(self.ctx, self)
                 self._auth.start()
             if cfg.listen is not None:
-                before = _io_threads()
-                router = _plain_socket(self.ctx, zmq.ROUTER)  # (starts the I/O thread)
+                router = _plain_socket(self.ctx, zmq.ROUTER)
                 self._router = router
                 self.tune(router)
                 router.rcvhwm = 64
@@ -571,7 +651,7 @@ class Link:
                 self._spawn(self._watch_router(router))
                 await self._lower_io_priority(before)
             for name, endpoint in cfg.peers.items():
-                key = None if self.keys is None else self.keys.trusted[name]
+                key = None if self.keys is None else self.keys.trusted.get(name)
                 peer = _Peer(self, name, endpoint.zmq(bind=False), key)
                 self._peers[name] = peer
                 peer.start()
@@ -585,6 +665,7 @@ class Link:
             listen=self.address,
             peers={n: str(e) for n, e in cfg.peers.items()},
             curve=self.keys is not None,
+            keys=None if self.key_dir is None else str(self.key_dir),
         )
 
     async def _lower_io_priority(self, before: set[int]) -> None:
@@ -616,12 +697,25 @@ class Link:
     async def _watch_router(self, router: zmq.Socket[bytes]) -> None:
         """Log the ends of inbound connections (rate-limited: a peer can reconnect at
         will). libzmq gives no reason; one is a frame over the ROUTER's bound."""
-        monitor = cast("zmq.asyncio.Socket", router.get_monitor_socket(zmq.Event.DISCONNECTED))
+        events = zmq.Event.DISCONNECTED
+        if self.keys is not None:  # (an AUTH failure is logged by the ZAP handler)
+            events |= zmq.Event.HANDSHAKE_FAILED_PROTOCOL | zmq.Event.HANDSHAKE_FAILED_NO_DETAIL
+        monitor = cast("zmq.asyncio.Socket", router.get_monitor_socket(events))
         bound = _int_opt(router, zmq.MAXMSGSIZE)
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
-                self._log_limit.log(
+                if event["event"] in _HANDSHAKE_FAILED:
+                    self.handshake_limit.warning(
+                        log,
+                        "link.refused",
+                        node=self.config.node,
+                        endpoint=event["endpoint"].decode("utf-8", "replace"),
+                        reason="the CURVE handshake failed: a peer without CURVE (a plain "
+                        "link), or one that does not have this node's public key",
+                    )
+                    continue
+                self.log_limit.log(
                     log,
                     "info",
                     "link.peer_disconnected",
