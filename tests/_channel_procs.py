@@ -118,7 +118,37 @@ async def chan_burst(
             await anyio.sleep_forever()
 
 
+async def chan_offers(address: str, name: str, to: str, count: str, capacity: str) -> None:
+    """Open ``count`` channels to ``to`` (which need not accept them), send one message
+    in each, report "opened" and sleep until killed."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        ids = []
+        for i in range(int(count)):
+            tx = await client.open_channel(to, capacity=capacity, wait_for_peer=20)
+            await tx.send(b"offered", header={"i": i}, nowait=True)
+            ids.append(tx.id)
+        report("opened", channels=ids)
+        await anyio.sleep_forever()
+
+
+async def chan_leave(address: str, name: str, to: str, count: str) -> None:
+    """Open a channel to ``to``, send ``count`` messages, then close the client with the
+    channel still open (a clean close of every end), report "left" and sleep."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        tx = await client.open_channel(to, capacity="64KiB", wait_for_peer=20)
+        for i in range(int(count)):
+            await tx.send(b"m%d" % i, header={"i": i}, nowait=True)
+    report("left", channel=tx.id)
+    await anyio.sleep_forever()
+
+
 _procs.ROLES.update(
+    chan_offers=chan_offers,
+    chan_leave=chan_leave,
     chan_producer=chan_producer,
     chan_consumer=chan_consumer,
     chan_burst=chan_burst,

@@ -13,18 +13,20 @@ import msgpack
 import pytest
 
 from _procs import ROOT
-from blockipc import InvalidRequest, OutOfBounds
+from blockipc import InvalidRequest, OutOfBounds, QuotaExceeded
 from blockipc._core.limits import (
     MAX_BATCH,
     MAX_HEADER,
     MAX_INT,
     MAX_NAME,
+    MAX_OFFERS,
     MODES,
     check_batch,
     check_header_size,
     check_mode,
     check_name,
     check_node_name,
+    check_offers,
     check_process_name,
     check_range,
     is_process_name,
@@ -179,6 +181,25 @@ def test_check_header_size_refuses() -> None:
         check_header_size(MAX_HEADER + 1)
 
 
+def test_the_header_rule_names_what_it_bounds() -> None:
+    # a named object's codec meta follows the header rule (every GET echoes it)
+    with pytest.raises(InvalidRequest, match=f"^codec meta is {MAX_HEADER + 1} bytes encoded"):
+        pack_header(_header_of(MAX_HEADER + 1), "codec meta")
+    with pytest.raises(InvalidRequest, match=r"^codec meta must be a dict"):
+        pack_header([1], "codec meta")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pending", "ok"), [(0, True), (MAX_OFFERS - 1, True), (MAX_OFFERS, False)]
+)
+def test_check_offers(pending: int, ok: bool) -> None:
+    if ok:
+        check_offers(pending, "consumer")
+    else:
+        with pytest.raises(QuotaExceeded, match=f"'consumer' has {pending} channels offered"):
+            check_offers(pending, "consumer")
+
+
 def test_max_int_is_what_msgpack_carries_signed() -> None:
     assert msgpack.unpackb(msgpack.packb(MAX_INT)) == MAX_INT == 2**63 - 1
 
@@ -213,7 +234,7 @@ RULES: dict[str, tuple[str, str]] = {
         "_core/limits.py",
     ),
     "a limit's constant (MAX_*)": (
-        r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH)\s*(?::[^=]*)?=(?!=)",
+        r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH|OFFERS)\s*(?::[^=]*)?=(?!=)",
         "_core/limits.py",
     ),
 }

@@ -24,13 +24,17 @@ from hypothesis.stateful import (
 
 from blockipc._core.ring import (
     CTL_SIZE,
+    W_CONSUMER_ABORTED,
     W_HEAD,
+    W_PRODUCER_ABORTED,
+    W_PRODUCER_CLOSED,
     W_TAIL,
     WRAP,
     RingReader,
     RingWriter,
     init_ring,
     mark_closed,
+    published,
     record_size,
 )
 from blockipc._exceptions import ProtocolError
@@ -89,6 +93,42 @@ def test_init_and_layout() -> None:
     assert w.consumer_closed
     w.release()
     r.release()
+
+
+@pytest.mark.parametrize("producer", [True, False])
+def test_an_end_gone_without_closing_is_marked_aborted(producer: bool) -> None:
+    # the coordinator's hand: aborted (an end gone that had not closed), then closed
+    buf, w, r = make_ring(4096)
+    assert not (r.producer_aborted or w.consumer_aborted)
+    assert mark_closed(memoryview(buf), producer=producer, gone=True)
+    assert (r.producer_closed, r.producer_aborted) == (producer, producer)
+    assert (w.consumer_closed, w.consumer_aborted) == (not producer, not producer)
+
+
+def test_an_end_that_closed_itself_stays_closed_cleanly() -> None:
+    buf, w, r = make_ring(4096)
+    w.close()  # then its process went
+    assert not mark_closed(memoryview(buf), producer=True, gone=True)
+    assert r.producer_closed and not r.producer_aborted
+    assert not mark_closed(memoryview(buf), producer=False)  # a CHANNEL_CLOSE: clean
+    assert w.consumer_closed and not w.consumer_aborted
+
+
+@pytest.mark.parametrize("word", [W_PRODUCER_ABORTED, W_CONSUMER_ABORTED])
+@pytest.mark.parametrize("value", [2, 1 << 63, (1 << 64) - 1])
+def test_a_scribbled_aborted_word_is_a_protocol_error(word: int, value: int) -> None:
+    buf, w, r = make_ring(4096)
+    set_ctl_word(buf, word, value)
+    with pytest.raises(ProtocolError, match="aborted word holds"):
+        _ = r.producer_aborted if word == W_PRODUCER_ABORTED else w.consumer_aborted
+
+
+def test_published_says_whether_the_producer_wrote_anything() -> None:
+    buf, w, _ = make_ring(4096)
+    assert not published(memoryview(buf))
+    assert send(w, b"x")
+    assert published(memoryview(buf))
+    assert ctl_word(buf, W_PRODUCER_CLOSED) == 0
 
 
 def test_init_rejects_a_tiny_block_and_attach_rejects_a_foreign_one() -> None:

@@ -12,6 +12,7 @@ import anyio
 
 import blockipc
 from _helpers import raw_hello
+from _procs import wait_until
 from blockipc._core.protocol import (
     MAX_LIST,
     MAX_STR,
@@ -54,27 +55,32 @@ async def test_stats_and_peers_with_more_names_than_a_frame_lists(
 async def test_a_reply_that_breaks_its_schema_is_an_error_reply(
     coord: blockipc.Coordinator, client: blockipc.Client
 ) -> None:
-    # A lease mode of 1000 characters fits the request, but the coordinator's error
-    # message quotes it whole: longer than a frame's strings may be. The coordinator's
-    # protocol refuses that reply; the request gets an internal error instead, it is
-    # logged, and the connection goes on.
-    block = await client.alloc(100)
-    stream, conn = await raw_hello(coord.address, unique_name("raw"))
+    # A handler bug: a reply that breaks its own schema. (No request can make one any
+    # more: an error message that quotes a long field is cut to fit, see
+    # tests/server/test_field_bounds.py; so the bug is played by hand, on the session
+    # of a RECV that waits.) The coordinator's protocol refuses that reply; the request
+    # gets an internal error instead, it is logged, and the connection goes on.
+    name = unique_name("raw")
+    stream, conn = await raw_hello(coord.address, name)
     async with stream:
+        await stream.send(conn.send(Request(2, Op.RECV)))
+        state = coord._state
+        proc = state.table.processes[name]
+        await wait_until(lambda: bool(state.sessions[proc.key].recv_waits))
+        session = state.sessions[proc.key]
+        wait = session.recv_waits.popleft()
+        wait.unpark()
         with capture_logs() as logs:
-            await stream.send(
-                conn.send(Request(2, Op.LEASE, {"block": block.id, "mode": "x" * 1000}))
-            )
+            session.reply(Reply(2, Op.RECV, {"message": "x" * (MAX_STR + 1)}))
             with anyio.fail_after(5):
                 error, _ = await receive_event(stream, conn)
         assert isinstance(error, ErrorReply), error
-        assert (error.req_id, error.op, error.code) == (2, Op.LEASE, ErrorCode.INTERNAL)
+        assert (error.req_id, error.op, error.code) == (2, Op.RECV, ErrorCode.INTERNAL)
         assert error.message.startswith("internal error: the coordinator's reply does not fit")
-        assert "'message'" in error.message and len(error.message) <= MAX_STR
+        assert len(error.message) <= MAX_STR
         [event] = [e for e in logs if e["event"] == "coordinator.reply_refused"]
-        assert event["op"] == "LEASE" and event["log_level"] == "error"
+        assert event["op"] == "RECV" and event["log_level"] == "error"
         await stream.send(conn.send(Request(3, Op.PEERS)))
         with anyio.fail_after(5):
             peers, _ = await receive_event(stream, conn)
         assert isinstance(peers, Reply) and client.name in peers.result["names"]
-    await client.free(block)

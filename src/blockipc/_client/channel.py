@@ -265,7 +265,8 @@ class ChannelSender(_End):
         while True:
             self._check_open()
             if ring.consumer_closed:
-                raise PeerUnreachable(f"{self.peer!r} closed channel {self.id}")
+                how = "ended without closing" if ring.consumer_aborted else "closed"
+                raise PeerUnreachable(f"{self.peer!r} {how} channel {self.id}")
             at = ring.reserve(size, header)
             if at is not None:
                 return at
@@ -453,7 +454,9 @@ class ChannelReceiver(_End):
     """The receiving end of a channel, from :meth:`blockipc.Client.accept_channel`.
 
     ``await recv()`` returns the next :class:`ChannelMessage` (``async for`` works too
-    and ends when the sender has closed and everything was read). Release each
+    and ends when the sender has closed and everything was read; when the sender's
+    process ended without closing, it raises :class:`PeerUnreachable` after the last
+    message instead, so a stream cut short never looks complete). Release each
     message when done with it; its room in the ring is reused in order.
     """
 
@@ -492,7 +495,9 @@ class ChannelReceiver(_End):
 
     async def recv(self) -> ChannelMessage:
         """The next message; waits for one. Raises :class:`ChannelClosed` once the
-        sender closed the channel and every message it sent was received."""
+        sender closed the channel and every message it sent was received, and
+        :class:`PeerUnreachable` instead when the sender's process ended without closing
+        it (killed mid-stream: what it sent may be incomplete)."""
         if self._closed is None and _thread_id() == self._thread:
             msg = self._next()
             if msg is not None:
@@ -512,6 +517,12 @@ class ChannelReceiver(_End):
                 msg = self._next()
                 if msg is not None:
                     return msg
+                if ring.producer_aborted:  # set before closed: seen with it
+                    raise PeerUnreachable(
+                        f"{self.peer!r} ended without closing channel {self.id} (its process "
+                        "died or exited): every message it sent was received, but the "
+                        "stream may be cut short"
+                    )
                 raise ChannelClosed(f"{self.peer!r} closed channel {self.id}")
             bell.arm()
             ring.set_want_data(True)

@@ -548,6 +548,12 @@ class Client:
         self._check_loop()
         self._ended = self._closing = True
         proto = self._proto
+        # channel ends close first, in their rings: a clean close, which the peer sees
+        # as the end of a complete stream (the coordinator marks ends it finds open when
+        # the connection goes as aborted: a process that died mid-stream)
+        closing = ConnectionClosed(f"client {self.name!r} is closed")
+        for end in list(self._channels.values()):
+            end._shutdown(closing)
         try:
             if proto is not None and not proto.lost:
                 with anyio.move_on_after(1.0, shield=True):

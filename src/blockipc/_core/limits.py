@@ -15,7 +15,9 @@ Each rule below has this one home; the other modules import it rather than resta
 * **ints**: block ids, offsets, sizes and every int field of a frame are ``0`` to
   :data:`MAX_INT`; a range inside a block is checked by :func:`check_range`.
 * **message headers**: a dict with str keys, at most :data:`MAX_HEADER` bytes encoded
-  (:func:`pack_header`, :func:`check_header_size`).
+  (:func:`pack_header`, :func:`check_header_size`); a named object's codec ``meta``
+  (COMMIT, echoed by every GET) follows the same rule, so no reply that carries one
+  can outgrow a frame.
 * **frames**: a string field holds at most :data:`MAX_STR` characters, a list field at
   most :data:`MAX_LIST` items; the protocol's schema applies them to every frame sent
   and received. A batch (RECV_MANY, FREE_MANY) has 1 to :data:`MAX_BATCH` items
@@ -24,6 +26,9 @@ Each rule below has this one home; the other modules import it rather than resta
   the processes of one uid connected at once.
 * **waiting**: one connection has at most :data:`MAX_PARKED` requests waiting at once
   (the coordinator's parking registry refuses the next with ``QuotaExceeded``).
+* **channel offers**: a process has at most :data:`MAX_OFFERS` channels opened to it
+  that it has not accepted yet (:func:`check_offers`: the next ``open_channel`` to it is
+  refused with ``QuotaExceeded``, nothing allocated).
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -48,6 +53,7 @@ __all__ = [
     "MAX_INT",
     "MAX_LIST",
     "MAX_NAME",
+    "MAX_OFFERS",
     "MAX_PARKED",
     "MAX_STR",
     "MODES",
@@ -58,6 +64,7 @@ __all__ = [
     "check_mode",
     "check_name",
     "check_node_name",
+    "check_offers",
     "check_process_name",
     "check_range",
     "is_process_name",
@@ -164,20 +171,21 @@ def check_range(block: int, offset: int, size: int, block_size: int) -> None:
 # -- message headers ---------------------------------------------------------------
 MAX_HEADER: Final = 16 * 1024
 """Largest message header (msgpack-encoded) a send, a publish, a channel record or a
-link block may carry."""
+link block may carry; also the largest codec ``meta`` a named object may record."""
 
 
-def check_header_size(nbytes: int) -> None:
-    """Raise :class:`InvalidRequest` if an encoded header of ``nbytes`` is over
-    :data:`MAX_HEADER`."""
+def check_header_size(nbytes: int, what: str = "header") -> None:
+    """Raise :class:`InvalidRequest` if ``what`` (a header, or what follows the header
+    rule: a codec meta) is over :data:`MAX_HEADER` at ``nbytes`` encoded."""
     if nbytes > MAX_HEADER:
-        raise InvalidRequest(f"header is {nbytes} bytes encoded; the limit is {MAX_HEADER}")
+        raise InvalidRequest(f"{what} is {nbytes} bytes encoded; the limit is {MAX_HEADER}")
 
 
-def pack_header(header: dict[str, Any] | None) -> bytes:
+def pack_header(header: dict[str, Any] | None, what: str = "header") -> bytes:
     """A message header, checked and encoded: a dict with str keys that msgpack encodes
     and decodes back with strict map keys (what every receiver does), at most
-    :data:`MAX_HEADER` bytes. ``None`` is the empty header.
+    :data:`MAX_HEADER` bytes. ``None`` is the empty header. ``what`` names the dict in
+    errors (``"codec meta"``: a named object's meta follows the same rule).
 
     >>> pack_header({"k": 1})
     b'\\x81\\xa1k\\x01'
@@ -186,15 +194,15 @@ def pack_header(header: dict[str, Any] | None) -> bytes:
     """
     hdr = {} if header is None else header
     if not isinstance(hdr, dict):
-        raise InvalidRequest("header must be a dict")
+        raise InvalidRequest(f"{what} must be a dict")
     if not all(type(key) is str for key in hdr):  # the wire protocol requires it
-        raise InvalidRequest("header keys must be str")
+        raise InvalidRequest(f"{what} keys must be str")
     try:
         packed: bytes = msgpack.packb(hdr, use_bin_type=True)
         msgpack.unpackb(packed, raw=False, strict_map_key=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"header cannot be sent: {exc}") from exc
-    check_header_size(len(packed))
+        raise InvalidRequest(f"{what} cannot be sent: {exc}") from exc
+    check_header_size(len(packed), what)
     return packed
 
 
@@ -263,6 +271,22 @@ class Quotas:
                 f"{connected} processes of this user are connected, the coordinator's "
                 "quota (max_connections)"
             )
+
+
+# -- channel offers ----------------------------------------------------------------
+MAX_OFFERS: Final = 64
+"""Most channels opened to one process that it has not accepted yet (each holds a ring
+in the pool and two eventfds in the coordinator)."""
+
+
+def check_offers(pending: int, to: str) -> None:
+    """Raise :class:`QuotaExceeded` if ``to`` already has :data:`MAX_OFFERS` channels
+    offered that it has not accepted (``pending`` of them)."""
+    if pending >= MAX_OFFERS:
+        raise QuotaExceeded(
+            f"{to!r:.80} has {pending} channels offered it has not accepted (the limit is "
+            f"{MAX_OFFERS}); nothing was opened: it must accept some first"
+        )
 
 
 def check_batch(count: int, what: str) -> int:

@@ -21,7 +21,17 @@ side emits what the other would refuse; a frame that fails it is refused with a
 :class:`ProtocolError` and the connection is untouched (nothing was sent). The hot
 frames' fixed structs (below) are checked on send by ``struct`` alone: types and
 0..2**64-1, not the 2**63-1 bound the receiver checks (measured: +13-28% on such a send).
-Lists hold at most ``MAX_LIST`` items; :func:`fit_lists` cuts a reply's lists to it.
+Lists hold at most ``MAX_LIST`` items; :func:`fit_lists` cuts a reply's lists to it, and
+to :data:`REPLY_LISTS_BUDGET` encoded bytes together, so a reply that lists the pool's
+names or processes always fits a frame, however long they are (RECV_MANY's batches keep
+to the same budget, counting each message with :func:`message_bound`).
+
+Every variable-size field is bounded: a str by ``MAX_STR`` characters, bytes (a token)
+by 64, a list by its item limit, and a dict (a message header, a codec meta) by the
+header rule of ``_core/limits.py`` (``MAX_HEADER`` encoded), which its op's handler
+applies (``pack_header``): the schema checks its shape, not its size, so that a hot
+SEND does not encode its header twice. ``tests/core/test_field_bounds.py`` checks that
+every reply stays under ``MAX_FRAME_SIZE`` whatever its requests held.
 
 Every request carries a client-chosen id and gets exactly one reply (a ``Reply`` or an
 ``ErrorReply``) with the same id, so requests pipeline and replies come back in
@@ -41,6 +51,7 @@ on it raises the same :class:`ProtocolError`. Incomplete input is bounded by
 
 from __future__ import annotations
 
+import bisect
 import enum
 import reprlib
 import struct
@@ -50,7 +61,7 @@ from typing import Any, Final, NamedTuple, NoReturn
 import msgpack
 
 from .._exceptions import ProtocolError
-from .limits import MAX_BATCH, MAX_INT, MAX_LIST, MAX_STR
+from .limits import MAX_BATCH, MAX_HEADER, MAX_INT, MAX_LIST, MAX_STR
 
 __all__ = [
     "CANCELLED",
@@ -59,7 +70,9 @@ __all__ = [
     "MAX_LIST",
     "MAX_STR",
     "fit_lists",
+    "message_bound",
     "MAX_FRAME_SIZE",
+    "REPLY_LISTS_BUDGET",
     "NEED_DATA",
     "NeedData",
     "PROTOCOL_VERSION",
@@ -78,6 +91,10 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("<IBBII")
 _BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
 MAX_FRAME_SIZE: Final = (1 << 20) + 65536
+REPLY_LISTS_BUDGET: Final = MAX_FRAME_SIZE - 65536
+"""Encoded bytes the list fields of one reply may take together, at most: what
+:func:`fit_lists` cuts to, and what one RECV_MANY batch counts against (the other 64 KiB
+of a frame hold the header and the reply's other fields)."""
 _MAX_TOKEN: Final = 64  # bytes of a HELLO token
 CANCELLED: Final = 0
 """Error code of a request dropped by a ``CANCEL``; never raised to users as such."""
@@ -505,21 +522,61 @@ def _refuse(kind: Kind, op: Op, req_id: int, why: str) -> NoReturn:
     raise ProtocolError(f"{_sending(kind, op, req_id)}: {why}")
 
 
+def _encoded_bound(value: Any) -> int:
+    """At least the bytes msgpack takes for ``value`` (a str, an int >= 0, a bool, bytes,
+    or a list of them): the list items of a reply, counted without encoding them."""
+    if type(value) is str:
+        return 5 + len(value.encode("utf-8", "surrogatepass"))
+    if type(value) is list:
+        return 5 + sum(_encoded_bound(v) for v in value)
+    if type(value) is bytes:
+        return 5 + len(value)
+    if type(value) is int:
+        return 1 if value < 128 else 3 if value < 65536 else 5 if value < 1 << 32 else 9
+    return 1  # a bool
+
+
+def message_bound(owner: str, sender: str, topic: str, header: dict[str, Any]) -> int:
+    """At least the bytes one message of a RECV_MANY reply takes encoded: its five ints,
+    its three names and its header, counted at the header rule's largest (a non-empty
+    header) since it is not encoded here."""
+    return 5 + 5 * 9 + _encoded_bound([owner, sender, topic]) + (MAX_HEADER if header else 1)
+
+
 def fit_lists(op: Op, result: dict[str, Any]) -> dict[str, Any]:
     """``result`` of a reply to ``op`` with every list field cut to the protocol's limit
-    for it (:data:`MAX_LIST` items), the first items kept; ``result`` is left as it is.
+    for it (:data:`MAX_LIST` items) and the list fields together to
+    :data:`REPLY_LISTS_BUDGET` encoded bytes (shared out: what a short list leaves, the
+    longer ones get), the first items kept; ``result`` is left as it is.
 
     What a reply that may list more than a frame carries (STATS, PEERS) does: the
-    coordinator sorts, then fits, so a reply never breaks its schema for its length.
+    coordinator sorts, then fits, so a reply never breaks its schema or outgrows a
+    frame for its length, however many or long the names it lists.
 
     >>> len(fit_lists(Op.PEERS, {"names": ["p"] * 5000})["names"])
     4096
+    >>> len(fit_lists(Op.PEERS, {"names": ["p" * 255] * 4096})["names"])
+    4032
     """
     fitted = dict(result)
+    sizes: list[tuple[int, str, list[int]]] = []  # total, name, size of each prefix
     for name, kind in _SCHEMAS[(Kind.REPLY, op)][0].items():
         limit = _LIST_LIMITS.get(kind)
-        if limit is not None and name in fitted and len(fitted[name]) > limit:
-            fitted[name] = fitted[name][:limit]
+        if limit is None or name not in fitted:
+            continue
+        prefix, total = [], 0
+        for item in fitted[name][:limit]:
+            total += _encoded_bound(item)
+            prefix.append(total)
+        sizes.append((total, name, prefix))
+    # the budget shared out, the smallest lists first: what one leaves, the others get
+    remaining = REPLY_LISTS_BUDGET
+    for i, (total, name, prefix) in enumerate(sorted(sizes)):
+        share = remaining // (len(sizes) - i)
+        count = len(prefix) if total <= share else bisect.bisect_right(prefix, share)
+        if count < len(fitted[name]):
+            fitted[name] = fitted[name][:count]
+        remaining -= prefix[count - 1] if count else 0
     return fitted
 
 

@@ -14,11 +14,17 @@ words, the rest is the data area of ``size`` bytes (a multiple of 8)::
     word 0  magic            word 8   head       (producer)   word 16  tail      (consumer)
     word 1  data size        word 9   want_space (producer)   word 17  want_data (consumer)
     word 2  version          word 10  closed     (producer)   word 18  closed    (consumer)
+                             word 11  aborted    (producer)   word 19  aborted   (consumer)
 
 Each word has exactly one writer (the coordinator writes a ``closed`` word only for an
-end whose process is gone), and the producer's and the consumer's words sit on
-different cache lines. ``head`` and ``tail`` count bytes ever published and released;
-a position in the data area is ``count % size``. A record is 8-aligned::
+end whose process is gone, and the ``aborted`` words only), and the producer's and the
+consumer's words sit on different cache lines. An end that closes sets its ``closed``
+word itself; one whose process ended without closing is marked by the coordinator
+(:func:`mark_closed` with ``aborted``): ``aborted`` (``1``), then ``closed``, so a reader
+that sees ``closed`` sees ``aborted`` too, and can tell a stream cut short (a producer
+killed mid-stream) from a complete one. A reader accepts only ``0`` or ``1`` there.
+``head`` and ``tail`` count bytes ever published and released; a position in the data
+area is ``count % size``. A record is 8-aligned::
 
     u32 payload_len | u32 header_len | header (msgpack, padded to 8) | payload (padded to 8)
 
@@ -53,6 +59,8 @@ __all__ = [
     "RingWriter",
     "fence",
     "init_ring",
+    "mark_closed",
+    "published",
     "record_size",
     "supported",
 ]
@@ -67,8 +75,8 @@ _unpack_prefix: Final = _PREFIX.unpack_from
 
 # word indexes of the control page (u64 each)
 W_MAGIC, W_SIZE, W_VERSION = 0, 1, 2
-W_HEAD, W_WANT_SPACE, W_PRODUCER_CLOSED = 8, 9, 10
-W_TAIL, W_WANT_DATA, W_CONSUMER_CLOSED = 16, 17, 18
+W_HEAD, W_WANT_SPACE, W_PRODUCER_CLOSED, W_PRODUCER_ABORTED = 8, 9, 10, 11
+W_TAIL, W_WANT_DATA, W_CONSUMER_CLOSED, W_CONSUMER_ABORTED = 16, 17, 18, 19
 
 _fence_lock = threading.Lock()
 
@@ -139,6 +147,22 @@ class _Ring:
     @property
     def consumer_closed(self) -> bool:
         return bool(self.ctl[W_CONSUMER_CLOSED])
+
+    def _aborted(self, word: int, end: str) -> bool:
+        value = self.ctl[word]
+        if value > 1:
+            raise ProtocolError(f"the {end}'s aborted word holds {value}: ring corrupted")
+        return value == 1
+
+    @property
+    def producer_aborted(self) -> bool:
+        """The producer's process ended without closing (read once ``closed`` is seen)."""
+        return self._aborted(W_PRODUCER_ABORTED, "producer")
+
+    @property
+    def consumer_aborted(self) -> bool:
+        """The consumer's process ended without closing (read once ``closed`` is seen)."""
+        return self._aborted(W_CONSUMER_ABORTED, "consumer")
 
 
 class RingWriter(_Ring):
@@ -292,10 +316,28 @@ class RingReader(_Ring):
         self.ctl[W_CONSUMER_CLOSED] = 1
 
 
-def mark_closed(block: memoryview, *, producer: bool) -> None:
-    """The coordinator's hand on a ring whose end's process is gone."""
+def mark_closed(block: memoryview, *, producer: bool, gone: bool = False) -> bool:
+    """The coordinator's hand on a ring whose end closed, or whose process is ``gone``.
+    Returns whether that end was aborted: gone without having closed itself in the ring
+    (then marked ``aborted``, so the other end does not take the stream for complete;
+    an end that closed itself, e.g. its client's ``aclose()``, stays closed cleanly)."""
+    ctl = block[:CTL_SIZE].cast("Q")
+    closed = W_PRODUCER_CLOSED if producer else W_CONSUMER_CLOSED
+    try:
+        aborted = gone and not ctl[closed]
+        if aborted:
+            ctl[W_PRODUCER_ABORTED if producer else W_CONSUMER_ABORTED] = 1
+        ctl[closed] = 1  # after aborted: TSO keeps the two stores in this order
+        return aborted
+    finally:
+        ctl.release()
+
+
+def published(block: memoryview) -> bool:
+    """Whether the producer of the ring in ``block`` has published anything yet (the
+    coordinator's look: a ring never accepted and empty can go without losing a message)."""
     ctl = block[:CTL_SIZE].cast("Q")
     try:
-        ctl[W_PRODUCER_CLOSED if producer else W_CONSUMER_CLOSED] = 1
+        return bool(ctl[W_HEAD])
     finally:
         ctl.release()

@@ -34,6 +34,7 @@ kept. ``take`` pops the next message and admits queued deliveries that now fit.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -522,6 +523,17 @@ class RoutingTable:
         if chan is None or (chan.receiver is proc and not chan.accepted):
             raise AccessDenied(f"this process is not an open end of channel {channel}")
         return chan
+
+    def withdraw_offer(self, chan: ChannelRecord) -> None:
+        """``chan``, never accepted, is no longer offered: its receiver's end goes too
+        (that process never learned of it), so closing the sender's end frees the ring."""
+        receiver = chan.receiver
+        if chan.accepted or receiver is None:
+            return
+        with contextlib.suppress(ValueError):
+            receiver.channel_offers.remove(chan)
+        receiver.channels.pop(chan.id, None)
+        chan.receiver = None
 
     def close_channel_end(self, chan: ChannelRecord, proc: ProcessRecord) -> bool:
         """``proc``'s end of ``chan`` is closed; True when that was the last end and

@@ -2,9 +2,10 @@
 
 Runs once per connection, synchronously, from the listener's ``finally`` (so that no
 cancellation can cut it short): the session's parked requests abandon themselves, its
-channel ends close, and the routing table's ``unregister`` decides the rest, which
-:meth:`ServerState.settle` applies. Deliveries to the process that were still queued
-fail with :class:`PeerUnreachable`.
+channel ends close (aborted, in the ring, unless the client had closed them there;
+its offers not accepted yet and so aborted are withdrawn), and the routing table's
+``unregister`` decides the rest, which :meth:`ServerState.settle` applies. Deliveries
+to the process that were still queued fail with :class:`PeerUnreachable`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
         for entry in list(session.parked.values()):
             entry.abandon()
         session.parked.clear()
-    for chan in list(proc.channels.values()):
-        end_channel(state, chan, proc)
+    for chan in list(proc.channels.values()):  # those it did not close in the ring: aborted
+        end_channel(state, chan, proc, gone=True)
     outcome = state.table.unregister(proc)
     freed = state.settle(outcome)
     exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")

@@ -59,8 +59,9 @@ def block_fields(rec: BlockRecord) -> dict[str, int]:
 
 
 def error_reply(req: Request, exc: BlockIPCError) -> ErrorReply:
-    """The answer to ``req`` that raises ``exc`` (its class, by wire code) in the client."""
-    return ErrorReply(req.req_id, req.op, exc.code, str(exc))
+    """The answer to ``req`` that raises ``exc`` (its class, by wire code) in the client;
+    its message cut to what a frame's str field holds (it may quote a request's fields)."""
+    return ErrorReply(req.req_id, req.op, exc.code, str(exc)[:MAX_STR])
 
 
 class ParkedEntry(Protocol):

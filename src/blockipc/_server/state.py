@@ -22,8 +22,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from .._core.limits import MAX_HEADER, Quotas
-from .._core.protocol import MAX_FRAME_SIZE, ErrorReply, Op, Reply, Request
+from .._core.limits import Quotas
+from .._core.protocol import REPLY_LISTS_BUDGET, ErrorReply, Op, Reply, Request, message_bound
 from .._core.routing import (
     FIRST_BLOCK_MAX,
     BlockRecord,
@@ -234,10 +234,11 @@ class ServerState:
             return
         messages: list[list[Any]] = []
         admitted = []
-        budget = MAX_FRAME_SIZE // 2  # a reply must stay under the frame limit, so count
-        # each message at its largest: 1 KiB of fields and names, plus a full header
+        budget = REPLY_LISTS_BUDGET  # a reply must stay under the frame limit, so count
+        # each message at its largest (its names as they are, a header as the largest)
         while proc.inbox and len(messages) < req.args["max"]:
-            budget -= 1024 + (MAX_HEADER if proc.inbox[0].header else 0)
+            first = proc.inbox[0]
+            budget -= message_bound(first.block.owner_name, first.sender, first.topic, first.header)
             if messages and budget < 0:
                 break
             entry, more = self.table.take(proc)

@@ -1,13 +1,21 @@
 """Channels: CHANNEL_OPEN (a ring in a block of its own and two eventfds, offered to
 the receiver), CHANNEL_ACCEPT, CHANNEL_CLOSE; and ending one end of a channel, which
-reclaim does too."""
+reclaim does too.
+
+An offer (a channel not accepted yet) never outlives its use: a process has at most
+``MAX_OFFERS`` of them (``check_offers``), and one whose opener disconnects, or closes
+it before anything was sent, is withdrawn and its ring freed at once. One closed with
+messages in it waits for the receiver, as a message in an inbox does. An end whose
+process disconnects without closing is marked aborted in the ring, so the other end
+can tell a stream cut short from one closed cleanly."""
 
 from __future__ import annotations
 
 import os
 
+from ..._core.limits import check_offers
 from ..._core.protocol import Op, Reply, Request
-from ..._core.ring import CTL_SIZE, init_ring, mark_closed
+from ..._core.ring import CTL_SIZE, init_ring, mark_closed, published
 from ..._core.ring import supported as ring_supported
 from ..._core.routing import ChannelRecord, ProcessRecord
 from ..._exceptions import InvalidRequest
@@ -41,6 +49,7 @@ def channel_open(state: ServerState, session: Session, req: Request) -> None:
         return
     if to is session.proc:
         raise InvalidRequest("a channel needs two processes (within one, use a queue)")
+    check_offers(len(to.channel_offers), to.name)
     alloc, slot = state.allocate(session.proc, a["capacity"])
     try:
         view = pool.view(alloc.segment, alloc.offset, a["capacity"])
@@ -98,16 +107,24 @@ def channel_close(state: ServerState, session: Session, req: Request) -> None:
     session.reply(Reply(req.req_id, Op.CHANNEL_CLOSE))
 
 
-def end_channel(state: ServerState, chan: ChannelRecord, proc: ProcessRecord) -> None:
-    """``proc``'s end of ``chan`` closed (or its process ended): say so in the ring,
-    wake the other end, and free the ring once both ends are gone."""
+def end_channel(
+    state: ServerState, chan: ChannelRecord, proc: ProcessRecord, *, gone: bool = False
+) -> None:
+    """``proc``'s end of ``chan`` closed (or, ``gone``, its process ended: aborted
+    unless that end had closed itself in the ring): say so in the ring, wake the other
+    end, and free the ring once both ends are gone. A channel never accepted is
+    withdrawn when its sender goes (its ring freed now), unless the sender closed it
+    with messages in it, which wait for the receiver."""
     rec, (data_bell, space_bell) = chan.block, state.bells[chan.id]
     view = state.pool.view(rec.segment, rec.offset, rec.size)
     try:
+        aborted = False
         for producer, bell in ((True, data_bell), (False, space_bell)):
             if (chan.sender if producer else chan.receiver) is proc:
-                mark_closed(view, producer=producer)
+                aborted |= mark_closed(view, producer=producer, gone=gone)
                 os.eventfd_write(bell, 1)  # the other end sleeps on this one
+        if chan.sender is proc and not chan.accepted and (aborted or not published(view)):
+            state.table.withdraw_offer(chan)
     finally:
         view.release()
     if state.table.close_channel_end(chan, proc):

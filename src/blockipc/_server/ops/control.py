@@ -106,12 +106,12 @@ class RemoteSend(Parked):
 
 def remote_send(state: ServerState, session: Session, req: Request) -> None:
     link = state.link
+    pack_header(req.args["header"])  # invalid whatever the link's state
     if link is None:
         raise PeerUnreachable(
             f"cannot send to {req.args['to']!r}: this coordinator has no link "
             "(start it with node=..., peers=...)"
         )
-    pack_header(req.args["header"])
     entry = RemoteSend(state, session, req, link)
     entry.park()  # before the link may answer it (a node known to refuse: at once)
     try:

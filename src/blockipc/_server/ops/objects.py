@@ -4,7 +4,7 @@ and the name bound), GET (a read lease by name), TOUCH, DELETE."""
 from __future__ import annotations
 
 from ..._core.codecs import CODEC_NAMES
-from ..._core.limits import check_name
+from ..._core.limits import check_name, pack_header
 from ..._core.protocol import Op, Reply, Request
 from ..._exceptions import AccessDenied, BlockNotFound, InvalidRequest
 from ..session import Session, block_fields
@@ -22,6 +22,9 @@ def put(state: ServerState, session: Session, req: Request) -> None:
 
 
 def commit(state: ServerState, session: Session, req: Request) -> None:
+    """Second half of ``put``: record the codec and its meta (bounded like a header:
+    every GET echoes it), end the write lease, bind the name. Refused before anything
+    changed when a field is wrong (the client still holds its lease)."""
     a = req.args
     proc = session.proc
     lease = state.table.find_lease(proc, a["lease"])
@@ -33,6 +36,7 @@ def commit(state: ServerState, session: Session, req: Request) -> None:
     name = a["name"]
     if name:  # "" commits an object with no name
         check_name(name, "object name")
+    pack_header(a["meta"], "codec meta")
     rec.codec, rec.meta = a["codec"], a["meta"]
     ended = state.table.end_lease(lease)  # bumps the generation before we answer
     if name:
