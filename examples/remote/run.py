@@ -5,8 +5,9 @@ Each coordinator is a ``blockipc serve`` process of its own, as it would be on t
 hosts, linked with CURVE authentication and encryption: by default with the keys each
 node makes in this user's key directory, with ``--curve`` with a key pair per node made
 by ``blockipc keygen`` in a directory of the run's own. The producer and consumer are
-the scripts of the local example (``examples/producer.py`` and ``examples/consumer.py``): a remote send
-differs only by the receiver's name, ``--to b/consumer``.
+the scripts of the local example (``examples/producer.py`` and
+``examples/consumer.py``): a remote send differs only by the receiver's name,
+``--to b/consumer``.
 """
 
 from __future__ import annotations
