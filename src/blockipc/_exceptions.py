@@ -139,7 +139,9 @@ class NameTaken(BlockIPCError):
 class QuotaExceeded(BlockIPCError):
     """Raised when a request would take a connection past one of its bounds: more than
     ``MAX_PARKED`` (4096) requests waiting at once (``recv``, contended leases, sends to
-    full inboxes, ...). Nothing was done; answer some of them first."""
+    full inboxes, ...), an ``open_channel`` to a process that already has ``MAX_OFFERS``
+    (64) channels offered it has not accepted, or a quota the coordinator was given
+    (``max_client_bytes``, ``max_client_blocks``, ``max_connections``). Nothing was done."""
 
     code = 13
 

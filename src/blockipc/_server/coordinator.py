@@ -79,9 +79,10 @@ class Coordinator:
     With a ``node`` name it is also a node of a link for remote sends (see ``_link/link.py``):
     ``listen="tcp://HOST:PORT"`` accepts peers (port 0 picks one: ``coord.link_address``),
     ``peers={"b": "tcp://HOST:PORT"}`` are the nodes it sends to (``to="b/name"``),
-    ``keys=DIR`` turns on CURVE (``blockipc keygen``), ``link_timeout`` bounds how long a
-    send waits for an unreachable node, and without keys only loopback addresses are
-    accepted unless ``insecure=True``. A node that listens lowers its libzmq I/O
+    links use CURVE: with ``keys=DIR`` the key pairs there (``blockipc keygen``), else
+    the user's key directory, where a node makes its pair at first start (plain links
+    only with ``insecure=True``); ``link_timeout`` bounds how long a send waits for an
+    unreachable node. A node that listens lowers its libzmq I/O
     thread's scheduling priority by ``link_io_nice`` (default 10; 0 leaves it): on a
     busy CPU the loop that copies received blocks into the pool then runs before the
     I/O thread reads further ahead::
