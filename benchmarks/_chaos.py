@@ -125,3 +125,11 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError
+
+
+def leak_count(leaks: dict[str, int]) -> int:
+    """Things left behind: every block, lease, channel, process, name, fd and file
+    counts one; bytes still in use (``used_bytes``) count one in all (accounting)."""
+    return sum(abs(v) for k, v in leaks.items() if k != "used_bytes") + bool(
+        leaks.get("used_bytes")
+    )

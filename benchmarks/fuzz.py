@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _chaos import SRC, MiB, check_payload, fd_count, payload, rss, serve, wait_for
+from _chaos import SRC, MiB, check_payload, fd_count, leak_count, payload, rss, serve, wait_for
 
 sys.path.insert(0, str(SRC))
 import anyio
@@ -553,9 +553,7 @@ async def session(address: str, pid: int, args: argparse.Namespace) -> int:
     )
     detail = ", ".join(f"{k} {v}" for k, v in leaks.items())
     leaks["/dev/shm"] = len(shm_files() - shm_before)
-    print(
-        f"leaks once everyone left: {sum(leaks.values())} ({detail}, /dev/shm {leaks['/dev/shm']})"
-    )
+    print(f"leaks once everyone left: {leak_count(leaks)} ({detail}, /dev/shm {leaks['/dev/shm']})")
     failures += fuzz.errors + good.failures
     if good.verified != good.attempted or not good.attempted:
         failures.append(f"good client verified {good.verified}/{good.attempted}")

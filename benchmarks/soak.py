@@ -45,6 +45,7 @@ from _chaos import (
     child_env,
     fd_count,
     human_bytes,
+    leak_count,
     payload,
     rss,
     serve,
@@ -522,7 +523,7 @@ class Driver:
         print(f"bytes verified: {verified:,} ({human_bytes(verified)})")
         print(f"mismatches: {mismatches}")
         print(f"unexpected errors: {errors}, stuck operations: {stuck}")
-        n_leaks = sum(abs(v) for v in leaks.values()) if leaks else -1
+        n_leaks = leak_count(leaks) if leaks else -1
         detail = ", ".join(f"{k} {v}" for k, v in leaks.items())
         print(
             f"leaks: {n_leaks if leaks else 'not checked'} ({detail}; "
