@@ -391,8 +391,15 @@ class Driver:
             proc.wait()
             self.kills += 1
         else:
-            self.crashes.append(f"worker {slot}.{self.incarnation[slot]} exited {proc.returncode}")
+            self.crashed(slot)
         self.start(slot)
+
+    def crashed(self, slot: int, what: str = "exited") -> None:
+        """A worker ended on its own: a failure, with the end of what it printed."""
+        n = self.incarnation[slot]
+        tail = (self.tmp / f"w{slot}.{n}.log").read_text(errors="replace")[-3000:]
+        code = self.procs[slot].returncode
+        self.crashes.append(f"worker {slot}.{n} {what} (exit status {code})\n{tail}")
 
     def run(self, coord: subprocess.Popen[bytes]) -> int:
         args = self.args
@@ -415,9 +422,7 @@ class Driver:
         while (now := time.monotonic()) < end and coord.poll() is None:
             for slot, proc in self.procs.items():
                 if proc.poll() is not None:  # died on its own
-                    self.crashes.append(
-                        f"worker {slot}.{self.incarnation[slot]} exited {proc.returncode}"
-                    )
+                    self.crashed(slot)
                     self.start(slot)
             if now >= next_kill:
                 self.kill(self.rng.randrange(args.workers))
@@ -441,13 +446,16 @@ class Driver:
                 proc.kill()
                 proc.wait()
             if proc.returncode != 0:
-                failures.append(f"worker {slot} ended with exit status {proc.returncode}")
+                self.crashed(slot, "failed at the stop")
         failures += self.crashes
 
         leaks = asyncio.run(self.leftovers(coord))
         wait_for(lambda: fd_count(coord.pid) <= fds_before, 10)
         leaks["fds"] = fd_count(coord.pid) - fds_before
-        leaks["/dev/shm"] = len(shm_files() - shm_before)
+        new_files = shm_files() - shm_before
+        leaks["/dev/shm"] = len(new_files)
+        if new_files:  # (any process on the machine may have made them: named here)
+            print(f"new in /dev/shm: {sorted(new_files)}")
         return self.report(elapsed, failures, leaks, fds_before, len(shm_before), rss_before, coord)
 
     async def warm_up(self) -> None:
@@ -544,9 +552,10 @@ class Driver:
         for failure in failures:
             print(f"FAIL: {failure}")
         if failures:
-            log = (self.tmp / "serve.log").read_text(errors="replace")
+            text = (self.tmp / "serve.log").read_text(errors="replace")
+            log = [line for line in text.splitlines() if "[info" not in line][-40:]
             if log:
-                print(f"--- blockipc serve's output ---\n{log[-4000:]}")
+                print("--- blockipc serve's output (warnings and errors) ---\n" + "\n".join(log))
         print("result:", "FAIL" if failures else "PASS", flush=True)
         return 1 if failures else 0
 
