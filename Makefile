@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.created
 BASE_STAMP := $(VENV)/.installed-base
 DEV_STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench soak fuzz lint clean
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
+
+# chaos soak: 8 worker processes doing every operation with checksums while random ones
+# are kill -9ed and restarted, 10 minutes; then no leak (benchmarks/soak.py --help)
+soak: $(DEV_STAMP)
+	$(BIN)/python benchmarks/soak.py --seconds 600 --workers 8
+
+# 100,000 malformed, random and mutated frames at a live coordinator while a good client
+# verifies its work (benchmarks/fuzz.py --help)
+fuzz: $(DEV_STAMP)
+	$(BIN)/python benchmarks/fuzz.py --frames 100000
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
