@@ -160,6 +160,7 @@ was given no ``timeout``."""
 _BACKOFF_FIRST: Final = 0.01
 _BACKOFF_MAX: Final = 0.5
 _Orphan = Callable[[Reply], None]
+_LEASING: Final = frozenset({Op.LEASE, Op.GET})  # calls whose reply may grant a lease
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
 
@@ -332,6 +333,11 @@ class Client:
         self._conn = Connection(Role.CLIENT)
         self._proto: _ClientProtocol | None = None
         self._pending: dict[int, tuple[asyncio.Future[Reply] | None, _Orphan | None]] = {}
+        # cancelled LEASE/GET calls whose reply has not come (request id -> block): a
+        # free of that block waits for it, so that the lease it may grant is released
+        # first (the coordinator refuses to free a block its holder still leases)
+        self._unsettled: dict[int, int] = {}
+        self._settling: list[asyncio.Future[None]] = []
         self._ids = itertools.count(1)
         self._segments: dict[int, _Segment] = {}
         self._token = b""
@@ -627,6 +633,8 @@ class Client:
             self._touch_timer = None
         self._touched.clear()
         pending, self._pending = self._pending, {}
+        self._unsettled.clear()
+        self._wake_settling()
         if self._proto is not None:
             self._proto.busy = None
         for fut, _orphan in pending.values():
@@ -688,7 +696,9 @@ class Client:
             self._proto.busy = None  # nothing waits: held weakly again
         if fut is None or fut.done():
             if orphan is not None and isinstance(event, Reply):
-                orphan(event)
+                orphan(event)  # (a RELEASE it sends is written before a free that waits)
+            if self._unsettled and self._unsettled.pop(event.req_id, None) is not None:
+                self._wake_settling()
             return
         if isinstance(event, ErrorReply):
             fut.set_exception(error_from_code(event.code, event.message))
@@ -772,10 +782,26 @@ class Client:
                 if req_id in self._pending:  # whatever it is: a request that is not
                     # parked (answered, or never waits) makes the CANCEL a no-op
                     self._send_nowait(Op.CANCEL, {"target": req_id})
+                    if op in _LEASING and args.get("block"):
+                        self._unsettled[req_id] = args["block"]  # its reply is to come
             raise
         if self._epoch != current:  # the reply came, then the connection was lost: what
             self._check_epoch(current)  # it granted (a block, a lease) went with it
         return reply
+
+    async def _settle(self, blocks: Iterable[int]) -> None:
+        """Wait until no cancelled lease call on ``blocks`` awaits its reply."""
+        wanted = set(blocks)
+        while self._unsettled and not wanted.isdisjoint(self._unsettled.values()):
+            waiter = asyncio.get_running_loop().create_future()
+            self._settling.append(waiter)
+            await waiter
+
+    def _wake_settling(self) -> None:
+        waiters, self._settling = self._settling, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _return_lease(self, reply: Reply) -> None:
         """Orphan handler: a lease granted to a call cancelled meanwhile goes back."""
@@ -842,6 +868,8 @@ class Client:
     async def free(self, block: BlockLike) -> None:
         """Give ``block`` back to the pool; its id is never valid again."""
         bid = self._bid(block)
+        if self._unsettled:
+            await self._settle((bid,))
         await self._call(Op.FREE, {"block": bid})
         self._sizes.pop(bid, None)
 
@@ -850,6 +878,8 @@ class Client:
         (unknown, leased, being sent), none, and that block's error is raised."""
         ids = [self._bid(b) for b in blocks]
         check_batch(len(ids), "blocks per free_many")
+        if self._unsettled:
+            await self._settle(ids)
         await self._call(Op.FREE_MANY, {"blocks": ids})
         for bid in ids:
             self._sizes.pop(bid, None)

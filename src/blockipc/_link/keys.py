@@ -75,12 +75,17 @@ def ensure_keys(directory: str | os.PathLike[str], node: str) -> None:
         enter it (whoever can write to it could add a key it trusts).
     """
     check_node_name(node)
-    if len(os.fsencode(f"{node}.key_secret")) > 255:  # NAME_MAX
+    root = Path(directory)
+    probe = root.absolute()
+    while not probe.is_dir() and probe != probe.parent:  # (the directory may be made below)
+        probe = probe.parent
+    name_max = os.pathconf(probe, "PC_NAME_MAX")
+    if len(os.fsencode(f"{node}.key_secret")) > name_max:  # the file system's NAME_MAX
         raise BlockIPCError(
             f"node name {node[:20]!r}... is too long for its key file ({node}.key_secret "
-            "must fit in 255 bytes): use a shorter name, or insecure=True (a plain link)"
+            f"must fit in {name_max} bytes): use a shorter name, or insecure=True (a plain "
+            "link)"
         )
-    root = Path(directory)
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = root.stat()
