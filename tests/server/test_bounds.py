@@ -94,3 +94,36 @@ async def test_a_connection_has_at_most_max_parked_requests_waiting(
     await client.send(block, to=client.name)  # room again
     msg = await client.recv()
     await client.free(msg.block)
+
+
+async def test_a_client_whose_parked_answers_pile_up_unread_is_closed(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    # 80 routed reads of 1 MiB park behind another client's write lease, their replies
+    # never read; when the lease ends they are all answered at once: past MAX_UNSENT
+    # (64 MiB) unsent the coordinator closes that connection instead of buffering more
+    block = await client.alloc(MiB)
+    stream, conn = await raw_hello(coord.address, "hog")
+    try:
+        await client.grant(block, "hog", "r")
+        with blockipc.testing.capture_logs() as logs:
+            async with client.lease(block, "w"):
+                args = {"block": block.id, "offset": 0, "size": MiB}
+                reads = [conn.send(Request(10 + i, Op.READ, args)) for i in range(80)]
+                await stream.send(b"".join(reads))
+                session = next(s for s in coord._state.sessions.values() if s.proc.name == "hog")
+                for _ in range(200):
+                    if len(session.parked) == 80:
+                        break
+                    await anyio.sleep(0.02)
+                assert len(session.parked) == 80
+            # the lease ended: 80 MiB of answers for a client that reads none of them
+            for _ in range(200):
+                if "hog" not in coord.stats().processes:
+                    break
+                await anyio.sleep(0.02)
+        assert "hog" not in coord.stats().processes
+        assert [e for e in logs if e["event"] == "client.not_reading"]
+    finally:
+        await stream.aclose()
+    await client.free(block)
