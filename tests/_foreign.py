@@ -139,11 +139,12 @@ print(json.dumps({"event": "answer", "answer": answer.hex()}), flush=True)
 """
 
 
-async def say_as_nobody(path: Path, data: bytes) -> bytes:
-    """Connect to ``path`` as ``nobody``, send ``data`` and return everything the server
-    answers until it hangs up. Skips the test if this process cannot switch uid."""
+async def run_intruder(script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` (code that switches to ``nobody`` first, then prints one JSON
+    object) in a child process and return that object; killed on the way out. Skips the
+    test if the child could not switch uid (it printed ``cannot_setuid``)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _INTRUDER, str(path), data.hex(), stdout=asyncio.subprocess.PIPE
+        sys.executable, "-c", script, *args, stdout=asyncio.subprocess.PIPE
     )
     try:
         with anyio.fail_after(30):
@@ -158,4 +159,11 @@ async def say_as_nobody(path: Path, data: bytes) -> bytes:
     result: dict[str, Any] = json.loads(out)
     if result["event"] == "cannot_setuid":
         pytest.skip(f"cannot switch to uid {NOBODY}: {result['error']}")
+    return result
+
+
+async def say_as_nobody(path: Path, data: bytes) -> bytes:
+    """Connect to ``path`` as ``nobody``, send ``data`` and return everything the server
+    answers until it hangs up. Skips the test if this process cannot switch uid."""
+    result = await run_intruder(_INTRUDER, str(path), data.hex())
     return bytes.fromhex(result["answer"])

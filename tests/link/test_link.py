@@ -35,7 +35,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import blockipc
-from _foreign import NOBODY, needs_root
+from _foreign import NOBODY, needs_root, run_intruder
 from _helpers import free_port
 from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
@@ -1451,28 +1451,7 @@ async def forge_as_nobody(endpoint: str, server_key: bytes, count: int) -> dict[
         for i in range(count)
     ]
     arg = ";".join(",".join(f.hex() for f in m) for m in messages)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _LINK_INTRUDER,
-        endpoint,
-        server_key.decode(),
-        arg,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        with anyio.fail_after(30):
-            out, _ = await proc.communicate()
-    finally:
-        with anyio.CancelScope(shield=True):
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.communicate()
-    assert proc.returncode == 0, f"the intruder failed ({proc.returncode}): {out!r}"
-    result = json.loads(out)
-    if result["event"] == "cannot_setuid":
-        pytest.skip(f"cannot switch to uid {NOBODY}: {result['error']}")
+    result = await run_intruder(_LINK_INTRUDER, endpoint, server_key.decode(), arg)
     assert result["uid"] == NOBODY
     acks: dict[str, int] = result["acks"]
     return acks
