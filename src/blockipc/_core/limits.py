@@ -39,6 +39,7 @@ message) stays in that module.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -263,12 +264,16 @@ class Quotas:
                 f"its quota of {self.max_bytes} (max_client_bytes)"
             )
 
-    def check_connect(self, connected: int) -> None:
-        """Raise :class:`QuotaExceeded` if one more process of a uid with ``connected``
-        processes connected may not connect."""
-        if self.max_connections is not None and connected >= self.max_connections:
+    def check_connect(self, uid: int, connected: Iterable[int]) -> None:
+        """Raise :class:`QuotaExceeded` if one more process of ``uid`` may not connect;
+        ``connected`` are the uids of the processes connected now (read only when
+        there is such a quota)."""
+        if self.max_connections is None:
+            return
+        count = sum(other == uid for other in connected)
+        if count >= self.max_connections:
             raise QuotaExceeded(
-                f"{connected} processes of this user are connected, the coordinator's "
+                f"{count} processes of this user are connected, the coordinator's "
                 "quota (max_connections)"
             )
 

@@ -257,7 +257,7 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
                 f"protocol version {args['version']} is not supported "
                 f"(this coordinator speaks {PROTOCOL_VERSION})"
             )
-        state.quotas.check_connect(sum(p.uid == uid for p in state.table.processes.values()))
+        state.quotas.check_connect(uid, (p.uid for p in state.table.processes.values()))
         proc = state.table.register(
             args["name"],
             pid=pid,

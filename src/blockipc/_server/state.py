@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._core.limits import Quotas
@@ -187,14 +187,15 @@ class ServerState:
 
     def deliveries_done(
         self,
-        deliveries: Iterable[Delivery],
+        deliveries: Sequence[Delivery],
         error: BlockIPCError | None = None,
         *,
         wake: bool = True,
     ) -> None:
         """Answer the senders of queued deliveries that reached their inbox (``error``
         None; then wake the receivers) or never will."""
-        deliveries = list(deliveries)
+        if not deliveries:  # (every RECV asks, and almost always nothing was queued)
+            return
         for d in deliveries:
             cast(DeliveryToken, d.token).done(error)
         if wake and error is None:
