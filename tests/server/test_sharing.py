@@ -570,6 +570,44 @@ async def test_publish_fans_out_and_frees_after_the_last_subscriber(
         assert coord.stats().blocks == 0
 
 
+async def test_wildcard_subscriptions_receive_matching_topics_once(
+    coord: blockipc.Coordinator, owner: blockipc.Client
+) -> None:
+    """``*`` is one word, ``#`` any number; a process matching by several subscriptions
+    gets one message; a published topic with a wildcard word is refused, block kept."""
+    base = unique_name("frames")
+    async with connected(coord, "one") as one, connected(coord, "deep") as deep:
+        await one.subscribe(f"{base}.*")
+        await deep.subscribe(f"{base}.#")
+        await deep.subscribe(f"{base}.*")  # matches too: still one message each
+        for topic, expected in (
+            (f"{base}.cam1", 2),
+            (f"{base}.cam1.left", 1),
+            (base, 1),
+            (f"{base}x.cam1", 0),
+        ):
+            assert await owner.publish(await owner.alloc(10), topic) == expected, topic
+        with anyio.fail_after(10):
+            got = {"one": [await one.recv()], "deep": [await deep.recv() for _ in range(3)]}
+        assert {k: [m.topic for m in v] for k, v in got.items()} == {
+            "one": [f"{base}.cam1"],
+            "deep": [f"{base}.cam1", f"{base}.cam1.left", base],
+        }
+        for c in (one, deep):
+            with anyio.move_on_after(0.05):
+                await c.recv()
+                pytest.fail("a second message for one publish")
+        block = await owner.alloc(10)
+        with pytest.raises(InvalidRequest, match="wildcard"):
+            await owner.publish(block, f"{base}.*")
+        await owner.write(block, b"still mine")  # nothing was sent
+        await owner.free(block)
+        for c, msgs in ((one, got["one"]), (deep, got["deep"])):
+            for msg in msgs:
+                await c.free(msg.block)
+    assert coord.stats().blocks == 0
+
+
 async def test_publish_with_no_subscribers_frees_the_block(
     coord: blockipc.Coordinator, owner: blockipc.Client
 ) -> None:

@@ -1229,7 +1229,14 @@ class Client:
         await self._call(Op.REVOKE, {"block": self._bid(block), "to": to})
 
     async def subscribe(self, topic: str) -> None:
-        """Receive, through :meth:`recv`, every block published to ``topic``."""
+        """Receive, through :meth:`recv`, every block published to ``topic``.
+
+        ``topic`` may be a pattern of dot-separated words, as in AMQP topic exchanges: a
+        whole word ``*`` matches exactly one word, ``#`` any number of words (none
+        included): ``"frames.*"`` receives ``"frames.cam1"``, ``"frames.#"`` also
+        ``"frames"`` and ``"frames.cam1.left"``. A process whose subscriptions match a
+        publish several times receives it once. At most ``MAX_SUBSCRIPTIONS`` (1024)
+        subscriptions per process (:class:`QuotaExceeded`)."""
         _check_name(topic, "topic")
         await self._call(Op.SUBSCRIBE, {"topic": topic})
 
@@ -1250,7 +1257,9 @@ class Client:
         process) with a read grant, and give up this process's hold: the block is freed
         once every subscriber has freed it. Waits for room in full inboxes
         (``nowait=True`` raises :class:`InboxFull` and delivers nothing). Returns how
-        many subscribers got it; with none, the block is freed at once. Cancelling a
+        many subscribers got it; with none, the block is freed at once. ``topic`` names
+        one topic: a whole word ``*`` or ``#`` in it raises :class:`InvalidRequest`
+        (wildcards are for :meth:`subscribe`). Cancelling a
         publish that waits for room withdraws the deliveries not yet made (those made
         stay) and leaves the block this process's."""
         bid = self._bid(block)

@@ -29,6 +29,9 @@ Each rule below has this one home; the other modules import it rather than resta
 * **channel offers**: a process has at most :data:`MAX_OFFERS` channels opened to it
   that it has not accepted yet (:func:`check_offers`: the next ``open_channel`` to it is
   refused with ``QuotaExceeded``, nothing allocated).
+* **subscriptions**: a process subscribes to at most :data:`MAX_SUBSCRIPTIONS` topics or
+  patterns at once (:func:`check_subscriptions`: the next is refused with
+  ``QuotaExceeded``).
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -57,6 +60,7 @@ __all__ = [
     "MAX_OFFERS",
     "MAX_PARKED",
     "MAX_STR",
+    "MAX_SUBSCRIPTIONS",
     "MODES",
     "Mode",
     "Quotas",
@@ -68,6 +72,7 @@ __all__ = [
     "check_offers",
     "check_process_name",
     "check_range",
+    "check_subscriptions",
     "is_process_name",
     "pack_header",
     "split_target",
@@ -291,6 +296,21 @@ def check_offers(pending: int, to: str) -> None:
         raise QuotaExceeded(
             f"{to!r:.80} has {pending} channels offered it has not accepted (the limit is "
             f"{MAX_OFFERS}); nothing was opened: it must accept some first"
+        )
+
+
+MAX_SUBSCRIPTIONS: Final = 1024
+"""Topics and patterns one process is subscribed to at once, at most (each costs the
+coordinator a set entry and, for a pattern, trie nodes, as long as it lasts)."""
+
+
+def check_subscriptions(current: int, name: str) -> None:
+    """Raise :class:`QuotaExceeded` if process ``name`` already has ``current`` >=
+    :data:`MAX_SUBSCRIPTIONS` subscriptions."""
+    if current >= MAX_SUBSCRIPTIONS:
+        raise QuotaExceeded(
+            f"{name!r:.80} is subscribed to {current} topics or patterns (the limit is "
+            f"{MAX_SUBSCRIPTIONS}): unsubscribe some first"
         )
 
 

@@ -48,7 +48,8 @@ from .._exceptions import (
     NameTaken,
     PeerUnreachable,
 )
-from .limits import Mode, check_mode, check_process_name, check_range
+from .limits import Mode, check_mode, check_process_name, check_range, check_subscriptions
+from .topics import Subscriptions, check_pattern, check_topic
 
 __all__ = [
     "BlockRecord",
@@ -245,7 +246,7 @@ class RoutingTable:
         self.evictable: OrderedDict[str, None] = OrderedDict()
         self.blocks: dict[int, BlockRecord] = {}
         self.processes: dict[str, ProcessRecord] = {}
-        self.topics: dict[str, set[ProcessRecord]] = {}
+        self.topics: Subscriptions[ProcessRecord] = Subscriptions()
         self.channels: dict[int, ChannelRecord] = {}
         if not 0 < first_block <= FIRST_BLOCK_MAX:
             raise ValueError(f"first_block must be 1 to {FIRST_BLOCK_MAX}, not {first_block}")
@@ -676,19 +677,23 @@ class RoutingTable:
 
     # -- topics ------------------------------------------------------------------
     def subscribe(self, proc: ProcessRecord, topic: str) -> None:
-        self.topics.setdefault(topic, set()).add(proc)
+        """Subscribe ``proc`` to ``topic``, a topic or a wildcard pattern (``_core.topics``);
+        at most :data:`MAX_SUBSCRIPTIONS` of them per process."""
+        check_pattern(topic)
+        if topic in proc.topics:
+            return
+        check_subscriptions(len(proc.topics), proc.name)
+        self.topics.add(topic, proc)
         proc.topics.add(topic)
 
     def unsubscribe(self, proc: ProcessRecord, topic: str) -> None:
-        subs = self.topics.get(topic)
-        if subs is not None:
-            subs.discard(proc)
-            if not subs:
-                del self.topics[topic]
+        self.topics.discard(topic, proc)
         proc.topics.discard(topic)
 
     def subscribers(self, topic: str) -> list[ProcessRecord]:
-        return sorted(self.topics.get(topic, ()), key=lambda p: p.key)
+        """Every process whose subscription matches the published ``topic``, once each."""
+        check_topic(topic)
+        return sorted(self.topics.match(topic), key=lambda p: p.key)
 
     # -- named objects -----------------------------------------------------------
     def find_name(self, name: str) -> BlockRecord:
