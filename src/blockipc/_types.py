@@ -40,9 +40,11 @@ class Message:
     after a shared send (``move=False``) where this process has a read grant, nobody
     (``""``) after a publish. ``sender`` is the sending process's name, ``header`` the
     small dict it attached, ``topic`` the topic of a published block (else ``None``).
+    ``block`` is None for a header sent or published alone (``send(None, to,
+    header=...)``: an event).
     """
 
-    block: Block
+    block: Block | None
     sender: str
     header: dict[str, Any] = field(default_factory=dict)
     topic: str | None = None

@@ -101,6 +101,7 @@ from .._core.limits import (
 )
 from .._core.limits import check_name as _check_name
 from .._core.protocol import (
+    NO_BLOCK,
     PROTOCOL_VERSION,
     Connection,
     ErrorReply,
@@ -961,7 +962,7 @@ class Client:
 
     async def send(
         self,
-        block: BlockLike,
+        block: BlockLike | None,
         to: str,
         *,
         header: dict[str, Any] | None = None,
@@ -983,6 +984,10 @@ class Client:
         seconds for it to register. Each sender's messages arrive in order. Cancelling a
         send that waits (for room or for its peer) withdraws it: the block stays here.
 
+        ``block=None`` sends the header alone (an event: no block to allocate, free or
+        lease; the receiver's :attr:`Message.block` is None), with the same order,
+        inbox bound and waiting as a block; local receivers only.
+
         ``to="node/name"`` sends to a process on another node through the coordinators'
         link: the block's bytes travel to that node's pool, and the call returns once
         the remote coordinator has put the whole block in the receiver's inbox (it
@@ -990,7 +995,7 @@ class Client:
         the block here after the send; ``move=False`` keeps it. ``nowait`` and
         ``wait_for_peer`` apply to local sends only.
         """
-        bid = self._bid(block)
+        bid = NO_BLOCK if block is None else self._bid(block)
         if isinstance(to, str) and "/" in to:  # node/name: a remote send (see _link/link.py)
             split_target(to)  # the node's name and the process's, each to its own limit
         else:
@@ -999,6 +1004,8 @@ class Client:
         if "/" in to:
             if nowait or wait_for_peer is not None:
                 raise InvalidRequest("nowait and wait_for_peer apply to local sends only")
+            if block is None:
+                raise InvalidRequest("a header alone (block=None) goes to local processes only")
             remote = {"block": bid, "to": to, "header": hdr, "move": bool(move)}
             await self._call(Op.REMOTE_SEND, remote)
             if move:
@@ -1013,7 +1020,7 @@ class Client:
             "wait_ms": _wait_ms(wait_for_peer),
         }
         await self._call(Op.SEND, args)
-        if move:
+        if move and block is not None:
             self._sizes.pop(bid, None)
 
     async def recv(self) -> Message:
@@ -1067,7 +1074,10 @@ class Client:
         header: dict[str, Any],
         topic: str,
     ) -> Message:
-        """A received block, now this process's: its size is remembered for reads."""
+        """A received block, now this process's: its size is remembered for reads
+        (``NO_BLOCK``: a header alone)."""
+        if bid == NO_BLOCK:
+            return Message(None, sender, header, topic or None)
         self._sizes[bid] = size
         self._issued(bid)
         return Message(Block(bid, size, capacity, owner), sender, header, topic or None)
@@ -1247,7 +1257,7 @@ class Client:
 
     async def publish(
         self,
-        block: BlockLike,
+        block: BlockLike | None,
         topic: str,
         *,
         header: dict[str, Any] | None = None,
@@ -1259,15 +1269,17 @@ class Client:
         (``nowait=True`` raises :class:`InboxFull` and delivers nothing). Returns how
         many subscribers got it; with none, the block is freed at once. ``topic`` names
         one topic: a whole word ``*`` or ``#`` in it raises :class:`InvalidRequest`
-        (wildcards are for :meth:`subscribe`). Cancelling a
+        (wildcards are for :meth:`subscribe`). ``block=None`` publishes the header
+        alone (an event). Cancelling a
         publish that waits for room withdraws the deliveries not yet made (those made
         stay) and leaves the block this process's."""
-        bid = self._bid(block)
+        bid = NO_BLOCK if block is None else self._bid(block)
         _check_name(topic, "topic")
         args = {"block": bid, "topic": topic, "header": self._check_header(header)}
         args["nowait"] = bool(nowait)
         delivered: int = (await self._call(Op.PUBLISH, args)).result["delivered"]
-        self._sizes.pop(bid, None)
+        if block is not None:
+            self._sizes.pop(bid, None)
         return delivered
 
     async def peers(self) -> list[str]:

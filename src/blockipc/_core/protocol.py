@@ -75,6 +75,7 @@ __all__ = [
     "REPLY_LISTS_BUDGET",
     "NEED_DATA",
     "NeedData",
+    "NO_BLOCK",
     "PROTOCOL_VERSION",
     "Connection",
     "ErrorReply",
@@ -88,6 +89,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
+NO_BLOCK: Final = 0
+"""The block id of a SEND or PUBLISH that carries a header alone, and of its message in
+RECV and RECV_MANY replies (with size, capacity, segment and offset 0, no owner): block
+ids start at 1."""
 HEADER: Final = struct.Struct("<IBBII")
 _BODY_FIXED: Final = HEADER.size - 4  # kind, op, req_id, meta_len
 MAX_FRAME_SIZE: Final = (1 << 20) + 65536

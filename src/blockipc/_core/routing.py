@@ -26,10 +26,10 @@ leases of *other* processes: it queues behind them like a short lease of its own
 process's own leases never block its own routed requests, so a task holding a write
 lease may still call ``read``/``write`` on the block without deadlocking itself.
 
-Inboxes. ``offer`` puts a delivery (a moved block, a shared block, a published block)
-into the receiver's inbox if it has room (message and byte limits), else queues it
-behind the deliveries already waiting for that receiver, so each sender's order is
-kept. ``take`` pops the next message and admits queued deliveries that now fit.
+Inboxes. ``offer`` puts a delivery (a moved block, a shared block, a published block,
+or a header alone) into the receiver's inbox if it has room (message and byte limits),
+else queues it behind the deliveries already waiting for that receiver, so each
+sender's order is kept. ``take`` pops the next message and admits queued deliveries that now fit.
 """
 
 from __future__ import annotations
@@ -168,23 +168,40 @@ class ChannelRecord:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    block: BlockRecord
+    """A message in an inbox: a block (None: a header-only message) and its envelope."""
+
+    block: BlockRecord | None
     sender: str
     header: dict[str, Any]
     topic: str = ""
 
+    @property
+    def size(self) -> int:
+        """What the message counts against the inbox's bytes: its block's size."""
+        return 0 if self.block is None else self.block.size
+
 
 @dataclass(eq=False, slots=True)
 class Delivery:
-    """A block on its way into ``to``'s inbox: moved, or shared with a read grant."""
+    """A block on its way into ``to``'s inbox: moved, or shared with a read grant; or a
+    header alone (``block`` None)."""
 
-    block: BlockRecord
+    block: BlockRecord | None
     sender: ProcessRecord
     to: ProcessRecord
     header: dict[str, Any]
     move: bool
     token: Hashable
     topic: str = ""
+
+    @property
+    def size(self) -> int:
+        return 0 if self.block is None else self.block.size
+
+    def in_transit(self, step: int) -> None:
+        """Count the delivery's block in transit (``+1``: queued) or no longer (``-1``)."""
+        if self.block is not None:
+            self.block.in_transit += step
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,10 +320,10 @@ class RoutingTable:
             if any(d.sender is proc for d in other.pending):
                 for d in other.pending:
                     if d.sender is proc:
-                        d.block.in_transit -= 1
+                        d.in_transit(-1)
                 other.pending = deque(d for d in other.pending if d.sender is not proc)
         for d in failed:
-            d.block.in_transit -= 1
+            d.in_transit(-1)
         proc.inbox.clear()
         proc.inbox_used = 0
         removed: list[BlockRecord] = []
@@ -567,7 +584,7 @@ class RoutingTable:
         """Deliver now if ``delivery.to`` has room (True), else queue it (False), or with
         ``nowait`` raise :class:`InboxFull`."""
         to = delivery.to
-        if not to.pending and self._fits(to, delivery.block.size):
+        if not to.pending and self._fits(to, delivery.size):
             self._apply(delivery)
             return True
         if nowait:
@@ -576,7 +593,7 @@ class RoutingTable:
                 f"{to.inbox_used} bytes)"
             )
         to.pending.append(delivery)
-        delivery.block.in_transit += 1
+        delivery.in_transit(+1)
         return False
 
     def has_room(self, to: ProcessRecord, size: int) -> bool:
@@ -589,14 +606,14 @@ class RoutingTable:
         for d in to.pending:
             if d.token == token:
                 to.pending.remove(d)
-                d.block.in_transit -= 1
+                d.in_transit(-1)
                 return d
         return None
 
     def take(self, proc: ProcessRecord) -> tuple[InboxEntry, list[Delivery]]:
         """Pop ``proc``'s next message; returns it and the deliveries admitted after."""
         entry = proc.inbox.popleft()
-        proc.inbox_used -= entry.block.size
+        proc.inbox_used -= entry.size
         return entry, self._admit(proc)
 
     @staticmethod
@@ -608,16 +625,18 @@ class RoutingTable:
 
     def _admit(self, to: ProcessRecord) -> list[Delivery]:
         admitted = []
-        while to.pending and self._fits(to, to.pending[0].block.size):
+        while to.pending and self._fits(to, to.pending[0].size):
             delivery = to.pending.popleft()
-            delivery.block.in_transit -= 1
+            delivery.in_transit(-1)
             self._apply(delivery)
             admitted.append(delivery)
         return admitted
 
     def _apply(self, d: Delivery) -> None:
         rec, to = d.block, d.to
-        if d.move:
+        if rec is None:  # a header alone
+            pass
+        elif d.move:
             if rec.owner is not None:
                 _unhold(rec.owner, rec)
             rec.grants.pop(to.key, None)
@@ -626,8 +645,9 @@ class RoutingTable:
         elif rec.owner is not to and rec.grants.get(to.key, (to, "r"))[1] != "w":
             rec.grants[to.key] = (to, "r")
             _hold(to, rec)
-        to.inbox.append(InboxEntry(rec, d.sender.name, d.header, d.topic))
-        to.inbox_used += rec.size
+        entry = InboxEntry(rec, d.sender.name, d.header, d.topic)
+        to.inbox.append(entry)
+        to.inbox_used += entry.size
 
     # -- transfers to other nodes ------------------------------------------------
     def start_transfer(

@@ -26,7 +26,7 @@ from typing import Protocol, cast
 import anyio
 
 from .._core.limits import IDLE_FRAME_TIMEOUT, MAX_STR
-from .._core.protocol import Connection, ErrorReply, Event, NeedData, Request
+from .._core.protocol import NO_BLOCK, Connection, ErrorReply, Event, NeedData, Request
 from .._core.routing import BlockRecord, ProcessRecord
 from .._exceptions import BlockIPCError, ErrorCode, ProtocolError
 from .._log import get_logger
@@ -47,8 +47,10 @@ MAX_UNSENT = 64 << 20
 and only its parked requests' answers could still grow them (``client.not_reading``)."""
 
 
-def block_fields(rec: BlockRecord) -> dict[str, int]:
-    """The fields of a reply that names a block."""
+def block_fields(rec: BlockRecord | None) -> dict[str, int]:
+    """The fields of a reply that names a block (None: a header-only message's)."""
+    if rec is None:
+        return dict.fromkeys(("size", "capacity", "segment", "offset"), 0) | {"block": NO_BLOCK}
     return {
         "block": rec.id,
         "size": rec.size,

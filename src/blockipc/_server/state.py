@@ -225,7 +225,7 @@ class ServerState:
             rec = entry.block
             fields = {
                 **block_fields(rec),
-                "owner": rec.owner_name,
+                "owner": "" if rec is None else rec.owner_name,
                 "sender": entry.sender,
                 "header": entry.header,
                 "topic": entry.topic,
@@ -239,19 +239,20 @@ class ServerState:
         # each message at its largest (its names as they are, a header as the largest)
         while proc.inbox and len(messages) < req.args["max"]:
             first = proc.inbox[0]
-            budget -= message_bound(first.block.owner_name, first.sender, first.topic, first.header)
+            owner = "" if first.block is None else first.block.owner_name
+            budget -= message_bound(owner, first.sender, first.topic, first.header)
             if messages and budget < 0:
                 break
             entry, more = self.table.take(proc)
-            rec = entry.block
+            f = block_fields(entry.block)
             messages.append(
                 [
-                    rec.id,
-                    rec.size,
-                    rec.capacity,
-                    rec.segment,
-                    rec.offset,
-                    rec.owner_name,
+                    f["block"],
+                    f["size"],
+                    f["capacity"],
+                    f["segment"],
+                    f["offset"],
+                    "" if entry.block is None else entry.block.owner_name,
                     entry.sender,
                     entry.header,
                     entry.topic,

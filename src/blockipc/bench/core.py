@@ -274,6 +274,7 @@ async def _blockipc_client_role(conn: Pipe, arg: dict[str, Any]) -> None:
             for i in range(args["warmup"] + args["n"]):
                 await client.send(block, to="bench-b", header={"t0": time.perf_counter_ns()})
                 msg = await client.recv()
+                assert msg.block is not None  # (the peer sends blocks only)
                 block = msg.block
                 if i >= args["warmup"]:
                     samples.append(msg.header["elapsed"])
@@ -507,13 +508,14 @@ async def _tp_blockipc_consumer_role(conn: Pipe, arg: dict[str, Any]) -> None:
             async def worker() -> None:
                 nonlocal end
                 for _ in todo:
-                    msg = await client.recv()
-                    if msg.block.size <= _SMALL_IO:
-                        read_once(await client.read(msg.block))
+                    block = (await client.recv()).block
+                    assert block is not None  # (the producers send blocks only)
+                    if block.size <= _SMALL_IO:
+                        read_once(await client.read(block))
                     else:
-                        async with client.lease(msg.block, "r") as view:
+                        async with client.lease(block, "r") as view:
                             read_once(view)
-                    await client.free(msg.block)
+                    await client.free(block)
                     end = max(end, time.perf_counter_ns())
 
             await asyncio.gather(*(worker() for _ in range(min(args["depth"], args["n"]))))

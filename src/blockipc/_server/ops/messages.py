@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..._core.limits import check_batch, pack_header
-from ..._core.protocol import Op, Reply, Request
+from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.routing import Delivery, ProcessRecord
 from ..._exceptions import BlockIPCError, PeerUnreachable
 from ..parking import Parked, Queued, wait_for_peer
@@ -47,14 +47,18 @@ def receiver(state: ServerState, session: Session, req: Request) -> ProcessRecor
 
 
 def send(state: ServerState, session: Session, req: Request) -> None:
+    """SEND a block (moved, or shared with a read grant) or, with block ``NO_BLOCK``, a
+    header alone, into the receiver's inbox; parked while it is full."""
     a = req.args
-    move = a["move"]
-    rec = state.table.lookup(session.proc, a["block"], "own" if move else "r")
+    move = a["move"] and a["block"] != NO_BLOCK
+    rec = None
+    if a["block"] != NO_BLOCK:
+        rec = state.table.lookup(session.proc, a["block"], "own" if move else "r")
     pack_header(a["header"])
     to = receiver(state, session, req)
     if to is None:  # parked until it registers
         return
-    if move:
+    if rec is not None and move:
         state.table.check_movable(session.proc, rec)
     token = QueuedSend(state, session, req, to)
     token.park()

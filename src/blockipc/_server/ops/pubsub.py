@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..._core.limits import check_name, pack_header
-from ..._core.protocol import Op, Reply, Request
+from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.routing import NOTHING, BlockRecord, Delivery, ProcessRecord
 from ..._exceptions import AccessDenied, BlockIPCError, InboxFull
 from ..parking import Parked
@@ -19,7 +19,7 @@ class Fanout(Parked):
     """A publish in progress: answered when every subscriber's inbox took the block;
     parked while parts of it wait for room."""
 
-    block: BlockRecord
+    block: BlockRecord | None  # None: a header alone
     remaining: int
     delivered: int = 0
     waiting: list[tuple[ProcessRecord, FanoutPart]] = field(default_factory=list)
@@ -43,7 +43,7 @@ class Fanout(Parked):
         if self.withdrawn:  # what was delivered stays delivered; the block stays too
             session.reply(self.cancelled())
             return
-        if rec.id in state.table.blocks and rec.id in session.proc.blocks:
+        if rec is not None and rec.id in state.table.blocks and rec.id in session.proc.blocks:
             try:
                 outcome = state.table.release_hold(session.proc, rec)
             except AccessDenied:  # it leased or sent the block meanwhile: it keeps it
@@ -80,17 +80,21 @@ def publish(state: ServerState, session: Session, req: Request) -> None:
     """Give every subscriber a read grant and an inbox message; the publisher's own
     hold ends once every inbox took it, so the block is freed after the last
     subscriber frees it (a publisher that leased or sent the block meanwhile keeps
-    its hold, and frees the block itself)."""
+    its hold, and frees the block itself). Block ``NO_BLOCK``: a header alone."""
     a = req.args
     table = state.table
     topic = _topic(req)
     proc = session.proc
-    rec = table.lookup(proc, a["block"], "own")
+    rec = None
+    if a["block"] != NO_BLOCK:
+        rec = table.lookup(proc, a["block"], "own")
     pack_header(a["header"])
-    table.check_movable(proc, rec)
+    if rec is not None:
+        table.check_movable(proc, rec)
     subs = [p for p in table.subscribers(topic) if p is not proc]
     if a["nowait"]:
-        full = [p.name for p in subs if not table.has_room(p, rec.size)]
+        size = 0 if rec is None else rec.size
+        full = [p.name for p in subs if not table.has_room(p, size)]
         if full:
             raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
     fanout = Fanout(state, session, req, rec, remaining=len(subs) + 1)
