@@ -131,7 +131,8 @@ class InboxFull(BlockIPCError):
 class NameTaken(BlockIPCError):
     """Raised when ``connect`` asks for a process name that a live connection holds:
     pick another name, or close the other client first (its name is free again as soon
-    as its connection ends)."""
+    as its connection ends); and by ``put(..., name=..., if_absent=True)`` when an
+    object is bound to that name already (nothing was stored)."""
 
     code = 12
 

@@ -212,6 +212,8 @@ async def test_a_commit_replacing_an_object_a_reader_leases_frees_the_old_after_
                     "meta": {},
                     "name": name,
                     "cacheable": False,
+                    "if_absent": False,
+                    "ttl_ms": 0,
                 },
             )
             return {**made, **done}
@@ -270,7 +272,15 @@ async def test_a_lease_wait_on_a_block_gone_with_its_last_holder_is_answered(
         await owner.call(Op.GRANT, {"block": made["block"], "to": grantee.name, "mode": "w"})
         await owner.call(
             Op.COMMIT,
-            {"lease": made["lease"], "codec": "raw", "meta": {}, "name": name, "cacheable": False},
+            {
+                "lease": made["lease"],
+                "codec": "raw",
+                "meta": {},
+                "name": name,
+                "cacheable": False,
+                "if_absent": False,
+                "ttl_ms": 0,
+            },
         )
         await grantee.call(Op.LEASE, {"block": made["block"], "mode": "w"})
         get = await reader.send(Op.GET, {"block": 0, "name": name})

@@ -437,6 +437,8 @@ async def test_the_coordinator_applies_the_shared_limits(coord: blockipc.Coordin
                     "meta": {},
                     "name": long_name,
                     "cacheable": False,
+                    "if_absent": False,
+                    "ttl_ms": 0,
                 },
                 f"object name '{long_name[:10]}",
             ),

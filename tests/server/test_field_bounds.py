@@ -164,7 +164,11 @@ DICT_CASES = [
     (Op.SEND, "header", {"to": "", "move": False, "nowait": True, "wait_ms": 0}),
     (Op.PUBLISH, "header", {"topic": "t", "nowait": True}),
     (Op.REMOTE_SEND, "header", {"to": "b/x", "move": False}),
-    (Op.COMMIT, "meta", {"codec": "raw", "name": "", "cacheable": False}),
+    (
+        Op.COMMIT,
+        "meta",
+        {"codec": "raw", "name": "", "cacheable": False, "if_absent": False, "ttl_ms": 0},
+    ),
 ]
 
 

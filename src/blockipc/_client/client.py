@@ -73,6 +73,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import inspect
 import itertools
 import math
 import mmap
@@ -197,6 +198,15 @@ async def _prefault(mm: mmap.mmap, offset: int, size: int) -> None:
         except OSError:  # an older kernel: the pages fault in on first use instead
             return
         await asyncio.sleep(0)
+
+
+def _ttl_ms(ttl: float | None) -> int:
+    """A named object's ``ttl`` seconds on the wire: milliseconds, 0 for none."""
+    if ttl is None:
+        return 0
+    if not 0 < ttl < 1e9:
+        raise InvalidRequest(f"ttl must be > 0 seconds (or None), not {ttl}")
+    return max(1, int(ttl * 1000))
 
 
 def _wait_ms(wait_for_peer: float | None) -> int:
@@ -1296,6 +1306,8 @@ class Client:
         *,
         name: str | None = None,
         cacheable: bool = False,
+        if_absent: bool = False,
+        ttl: float | None = None,
     ) -> Block:
         """Encode ``obj`` with ``codec`` into a new block and record the codec with it.
 
@@ -1308,10 +1320,16 @@ class Client:
         Without a name the block is this process's, like :meth:`alloc`. An object the
         codec cannot encode raises :class:`CodecError` and leaves no block behind.
 
+        ``if_absent=True`` binds the name only if nothing is bound to it (else
+        :class:`NameTaken`, and nothing is stored); ``ttl`` (seconds) unbinds it that
+        long after this put, as :meth:`delete` would (a later put of the name sets
+        its own ttl, or none). Both apply to named objects only.
+
         >>> await client.put(weights, codec="numpy", name="weights")  # doctest: +SKIP
         """
         if name is not None:
             _check_name(name, "object name")
+        ttl_ms = _ttl_ms(ttl)
         enc = get_codec(codec).prepare(obj)
         with enc:
             n = enc.nbytes
@@ -1332,6 +1350,8 @@ class Client:
                     "meta": {"nbytes": n, "codec": enc.meta},
                     "name": name or "",
                     "cacheable": bool(cacheable),
+                    "if_absent": bool(if_absent),
+                    "ttl_ms": ttl_ms,
                 }
                 c = (await self._call(Op.COMMIT, args, epoch=epoch)).result
             except BaseException:
@@ -1399,6 +1419,58 @@ class Client:
         self._remember(key, r["block"], r["slot"], r["generation"], r["codec"])
         self._cache.put((r["block"], r["generation"], c), entry, n, group=r["block"])
         return _materialize(c, entry)
+
+    async def get_or_put(
+        self,
+        name: str,
+        factory: Callable[[], Any],
+        codec: str = DEFAULT_CODEC,
+        *,
+        cacheable: bool = False,
+        ttl: float | None = None,
+    ) -> Any:
+        """The object bound to ``name``; if there is none, ``factory()`` (a function, or
+        an async one) computes it, and it is :meth:`put` under ``name`` with ``codec``,
+        ``cacheable`` and ``ttl``, **once across all processes**: while one caller's
+        factory runs, every other caller of ``get_or_put(name, ...)``, here or in
+        another process, waits for its result (single flight; no thundering herd).
+
+        The caller whose factory ran gets the factory's return value; the others get
+        the stored object, decoded as :meth:`get` does. If that factory raises, the
+        exception is raised in its caller only and the next waiter runs its own factory;
+        so does it if the computing process dies or is cancelled: a waiter never waits
+        for a caller that is gone. Waiting has no timeout of its own: wrap the call in
+        ``asyncio.timeout`` (cancelling a waiter withdraws it). A process computes at
+        most ``MAX_CLAIMS`` (256) names at once (:class:`QuotaExceeded`).
+
+        >>> page = await client.get_or_put("page:/", render, codec="raw")  # doctest: +SKIP
+        """
+        _check_name(name, "object name")
+        _ttl_ms(ttl)
+        while True:
+            try:
+                return await self.get(name)
+            except BlockNotFound:
+                pass
+
+            def orphan(reply: Reply) -> None:  # cancelled after the claim passed to it
+                if reply.result["claimed"]:
+                    self._send_nowait(Op.UNCLAIM, {"name": name})
+
+            reply = await self._call(Op.CLAIM, {"name": name}, orphan=orphan)
+            if not reply.result["claimed"]:
+                continue  # bound meanwhile: read it (or claim again if it went already)
+            epoch = self._epoch
+            try:
+                value = factory()
+                if inspect.isawaitable(value):
+                    value = await value
+                await self.put(value, codec, name=name, cacheable=cacheable, ttl=ttl)
+            except BaseException:
+                with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
+                    await self._call(Op.UNCLAIM, {"name": name}, epoch=epoch)
+                raise
+            return value
 
     async def delete(self, name: str) -> None:
         """Unbind ``name``; its block is freed once no reader leases it."""

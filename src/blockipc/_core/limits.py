@@ -32,6 +32,8 @@ Each rule below has this one home; the other modules import it rather than resta
 * **subscriptions**: a process subscribes to at most :data:`MAX_SUBSCRIPTIONS` topics or
   patterns at once (:func:`check_subscriptions`: the next is refused with
   ``QuotaExceeded``).
+* **claims**: a process holds at most :data:`MAX_CLAIMS` claims on object names at once
+  (``get_or_put``; :func:`check_claims`: the next is refused with ``QuotaExceeded``).
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -53,6 +55,7 @@ from .._exceptions import InvalidRequest, OutOfBounds, QuotaExceeded
 __all__ = [
     "IDLE_FRAME_TIMEOUT",
     "MAX_BATCH",
+    "MAX_CLAIMS",
     "MAX_HEADER",
     "MAX_INT",
     "MAX_LIST",
@@ -65,6 +68,7 @@ __all__ = [
     "Mode",
     "Quotas",
     "check_batch",
+    "check_claims",
     "check_header_size",
     "check_mode",
     "check_name",
@@ -311,6 +315,20 @@ def check_subscriptions(current: int, name: str) -> None:
         raise QuotaExceeded(
             f"{name!r:.80} is subscribed to {current} topics or patterns (the limit is "
             f"{MAX_SUBSCRIPTIONS}): unsubscribe some first"
+        )
+
+
+MAX_CLAIMS: Final = 256
+"""Names one process may hold claims on at once (``get_or_put`` computing them)."""
+
+
+def check_claims(held: int) -> None:
+    """Raise :class:`QuotaExceeded` if a process already holds ``held`` >=
+    :data:`MAX_CLAIMS` claims on object names."""
+    if held >= MAX_CLAIMS:
+        raise QuotaExceeded(
+            f"this process already computes {held} named objects (get_or_put; the limit "
+            f"is {MAX_CLAIMS}): let some finish first"
         )
 
 

@@ -141,6 +141,8 @@ class Op(enum.IntEnum):
     GET = 32
     DELETE = 33
     TOUCH = 34  # blocks a client's own cache served: the pool's LRU order sees those uses
+    CLAIM = 35  # get_or_put: compute a missing named object, or wait for who does
+    UNCLAIM = 36  # give such a claim up (the factory raised, or was cancelled)
     # remote sends through the coordinators' link (40-49)
     REMOTE_SEND = 40
     # channels: rings in the pool that messages cross without the coordinator (50-59)
@@ -330,11 +332,26 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REQUEST, Op.PUT): ({"size": int}, False),
     (Kind.REPLY, Op.PUT): ({"lease": int, **_BLOCK_FIELDS}, False),
     (Kind.REQUEST, Op.COMMIT): (
-        {"lease": int, "codec": str, "meta": dict, "name": str, "cacheable": bool},
+        # if_absent: refuse (NameTaken) if the name is bound; ttl_ms: unbind it after
+        # that long (0: never)
+        {
+            "lease": int,
+            "codec": str,
+            "meta": dict,
+            "name": str,
+            "cacheable": bool,
+            "if_absent": bool,
+            "ttl_ms": int,
+        },
         False,
     ),
     (Kind.REPLY, Op.COMMIT): ({"generation": int, "slot": int}, False),
     (Kind.REQUEST, Op.GET): ({"block": int, "name": str}, False),
+    # claimed: this process computes the object now; else it is bound (GET it)
+    (Kind.REQUEST, Op.CLAIM): ({"name": str}, False),
+    (Kind.REPLY, Op.CLAIM): ({"claimed": bool}, False),
+    (Kind.REQUEST, Op.UNCLAIM): ({"name": str}, False),
+    (Kind.REPLY, Op.UNCLAIM): ({}, False),
     (Kind.REPLY, Op.GET): (
         {
             "lease": int,

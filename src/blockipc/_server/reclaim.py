@@ -16,6 +16,7 @@ from .._core.routing import ProcessRecord
 from .._exceptions import PeerUnreachable
 from .._log import get_logger
 from .ops.channels import end_channel
+from .ops.objects import claims_released
 from .session import Session
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
         session.parked.clear()
     for chan in list(proc.channels.values()):  # those it did not close in the ring: aborted
         end_channel(state, chan, proc, gone=True)
+    claims_released(state, proc)  # (its own waits for claims went with its parked)
     outcome = state.table.unregister(proc)
     freed = state.settle(outcome)
     exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")

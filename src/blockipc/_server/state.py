@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from .._core.claims import Claims
 from .._core.limits import Quotas
 from .._core.protocol import REPLY_LISTS_BUDGET, ErrorReply, Op, Reply, Request, message_bound
 from .._core.routing import (
@@ -137,6 +138,9 @@ class ServerState:
         self.tokens: dict[bytes, ProcessRecord] = {}  # session token -> process (ATTACH)
         self.bells: dict[int, tuple[int, int]] = {}  # channel -> (data, space) eventfds
         self.peer_waits = PeerWaits()
+        # get_or_put: who computes which missing name, and who waits for it
+        self.claims: Claims[ProcessRecord, ParkedEntry] = Claims()
+        self.expiry: dict[str, asyncio.TimerHandle] = {}  # name -> its ttl's timer
         self.cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
         self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
 

@@ -1,15 +1,99 @@
 """Named objects and codecs: PUT (a new block under a write lease), COMMIT (its codec,
-and the name bound), GET (a read lease by name), TOUCH, DELETE."""
+and the name bound, maybe only if absent, maybe for a time), GET (a read lease by name),
+TOUCH, DELETE; CLAIM and UNCLAIM, with which ``get_or_put`` has one process compute a
+missing object while the others wait (the rules: ``_core/claims.py``)."""
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
 
 from ..._core.codecs import CODEC_NAMES
 from ..._core.limits import check_name, pack_header
 from ..._core.protocol import Op, Reply, Request
-from ..._exceptions import AccessDenied, BlockNotFound, InvalidRequest
+from ..._core.routing import BlockRecord, ProcessRecord
+from ..._exceptions import AccessDenied, BlockNotFound, InvalidRequest, NameTaken
+from ..parking import Parked
 from ..session import Session, block_fields
 from ..state import ServerState
 from .blocks import lease_or_wait
+
+
+@dataclass(eq=False, slots=True)
+class ClaimWait(Parked):
+    """A CLAIM waiting behind another process's claim on ``name``: answered
+    ``claimed=False`` once the name is bound, ``claimed=True`` if the claim passes to it."""
+
+    name: str
+
+    def answer(self, claimed: bool) -> None:
+        self.unpark()
+        self.session.reply(Reply(self.request.req_id, Op.CLAIM, {"claimed": claimed}))
+
+    def cancel(self) -> None:
+        self.abandon()
+        self.session.reply(self.cancelled())
+
+    def abandon(self) -> None:
+        self.unpark()
+        self.state.claims.withdraw(self.name, self)
+
+
+def claim(state: ServerState, session: Session, req: Request) -> None:
+    name = check_name(req.args["name"], "object name")
+    if name in state.table.names:
+        session.reply(Reply(req.req_id, Op.CLAIM, {"claimed": False}))
+    elif state.claims.claim(name, session.proc):
+        session.reply(Reply(req.req_id, Op.CLAIM, {"claimed": True}))
+    else:
+        wait = ClaimWait(state, session, req, name)
+        wait.park()
+        state.claims.wait(name, session.proc, wait)
+
+
+def unclaim(state: ServerState, session: Session, req: Request) -> None:
+    name = check_name(req.args["name"], "object name")
+    session.reply(Reply(req.req_id, Op.UNCLAIM))
+    _hand_over(state.claims.release(name, session.proc))
+
+
+def claims_released(state: ServerState, proc: ProcessRecord) -> None:
+    """``proc``'s process ended: each claim it held passes to its next waiter."""
+    for token in state.claims.drop_holder(proc):
+        _hand_over(token)
+
+
+def _hand_over(token: object) -> None:
+    if isinstance(token, ClaimWait):
+        token.answer(True)
+
+
+def _bound(state: ServerState, name: str) -> None:
+    """``name`` was bound: whoever waited for its claim reads it now."""
+    for token in state.claims.resolve(name):
+        if isinstance(token, ClaimWait):
+            token.answer(False)
+
+
+def _set_expiry(state: ServerState, name: str, rec: BlockRecord, ttl_ms: int) -> None:
+    """``name`` (bound to ``rec`` now) is unbound after ``ttl_ms`` (0: never): the timer
+    of its previous binding, if any, goes."""
+    old = state.expiry.pop(name, None)
+    if old is not None:
+        old.cancel()
+    if not ttl_ms:
+        return
+    table = state.table
+    if len(state.expiry) > 2 * len(table.names) + 1024:  # timers of names evicted since
+        for gone in [n for n in state.expiry if n not in table.names]:
+            state.expiry.pop(gone).cancel()
+
+    def expire() -> None:
+        state.expiry.pop(name, None)
+        if table.names.get(name) is rec:
+            state.settle(table.unbind(name))
+
+    state.expiry[name] = asyncio.get_running_loop().call_later(ttl_ms / 1000, expire)
 
 
 def put(state: ServerState, session: Session, req: Request) -> None:
@@ -36,13 +120,20 @@ def commit(state: ServerState, session: Session, req: Request) -> None:
     name = a["name"]
     if name:  # "" commits an object with no name
         check_name(name, "object name")
+        if a["if_absent"] and name in state.table.names:
+            raise NameTaken(f"an object named {name!r:.80} exists (put with if_absent=True)")
+    elif a["if_absent"] or a["ttl_ms"]:
+        raise InvalidRequest("if_absent and ttl apply to named objects only")
     pack_header(a["meta"], "codec meta")
     rec.codec, rec.meta = a["codec"], a["meta"]
     ended = state.table.end_lease(lease)  # bumps the generation before we answer
     if name:
         state.settle(state.table.bind(proc, rec, name, cacheable=a["cacheable"]))
+        _set_expiry(state, name, rec, a["ttl_ms"])
     session.reply(Reply(req.req_id, Op.COMMIT, {"generation": rec.generation, "slot": rec.slot}))
     state.settle(ended)
+    if name:
+        _bound(state, name)
 
 
 def get(state: ServerState, session: Session, req: Request) -> None:
@@ -68,6 +159,9 @@ def touch(state: ServerState, session: Session, req: Request) -> None:
 
 def delete(state: ServerState, session: Session, req: Request) -> None:
     outcome = state.table.unbind(req.args["name"])
+    timer = state.expiry.pop(req.args["name"], None)
+    if timer is not None:
+        timer.cancel()
     session.reply(Reply(req.req_id, Op.DELETE))
     state.settle(outcome)
 
@@ -78,4 +172,6 @@ HANDLERS = {
     Op.GET: get,
     Op.TOUCH: touch,
     Op.DELETE: delete,
+    Op.CLAIM: claim,
+    Op.UNCLAIM: unclaim,
 }
