@@ -58,11 +58,12 @@ def lifespan(
     environment variable, read at startup, as ``blockipc serve`` and ``blockipc stats``
     read it); the worker registers as ``f"{name}-{os.getpid()}"``
     (``name`` defaults to ``"web"``). ``connect_kwargs`` go to :func:`blockipc.connect`
-    (``cache_size=``, ``inbox_messages=``, ...); unless they say otherwise, the client
-    waits for the coordinator and survives its restarts (``retry=True``,
-    ``reconnect=True``, ``timeout=10``). While the app runs, the client is
-    ``app.state.blockipc``; on shutdown it is closed and removed. With neither an
-    address nor the variable, startup raises :class:`~blockipc.InvalidRequest`.
+    (``cache_size=``, ``inbox_messages=``, ``access="r"`` for workers that only read,
+    ...); unless they say otherwise, the client waits for the coordinator and survives
+    its restarts (``retry=True``, ``reconnect=True``, ``timeout=10``). While the app
+    runs, the client is ``app.state.blockipc``; on shutdown it is closed and removed.
+    With neither an address nor the variable, startup raises
+    :class:`~blockipc.InvalidRequest`.
 
     >>> life = blockipc.asgi.lifespan("/tmp/b.sock", cache_size="256MiB")  # doctest: +SKIP
     >>> app = Starlette(routes=routes, lifespan=life)  # doctest: +SKIP

@@ -102,6 +102,7 @@ from .._core.limits import (
 )
 from .._core.limits import check_name as _check_name
 from .._core.protocol import (
+    ACCESS_MODES,
     NO_BLOCK,
     PROTOCOL_VERSION,
     Connection,
@@ -111,6 +112,7 @@ from .._core.protocol import (
     Reply,
     Request,
     Role,
+    read_only_refusal,
 )
 from .._core.ring import RingReader, RingWriter
 from .._core.sizes import parse_size
@@ -219,13 +221,15 @@ def _wait_ms(wait_for_peer: float | None) -> int:
 
 
 class _Segment:
-    """A pool segment mapped into this process."""
+    """A pool segment mapped into this process: read-write, or (``writable=False``, a
+    read-only connection's, whose fd is ``O_RDONLY``) ``PROT_READ`` only."""
 
     __slots__ = ("buffer", "mm", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, *, writable: bool = True) -> None:
         self.size = size
-        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prot = mmap.PROT_READ | mmap.PROT_WRITE if writable else mmap.PROT_READ
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
         self.buffer = memoryview(self.mm)
 
     def close(self) -> None:
@@ -322,9 +326,12 @@ class Client:
         timeout: float | None = None,
         retry: bool = False,
         reconnect: bool = False,
+        access: Literal["r", "rw"] = "rw",
     ) -> None:
         self.address = address
         self.name = name
+        self._access: Literal["r", "rw"] = access
+        self._read_only = access == "r"
         # decoded get() results by (block, generation, codec); checked against the
         # coordinator's generation table on every hit, so never stale
         self._cache: LRUCache[tuple[int, int, str], tuple[bool, Any]] = LRUCache(
@@ -412,6 +419,7 @@ class Client:
                     "pid": os.getpid(),
                     "inbox_messages": self._inbox_limits[0],
                     "inbox_bytes": self._inbox_limits[1],
+                    "access": self._access,
                 },
             )
             await send_frame(stream, self._conn.send(hello))
@@ -459,7 +467,7 @@ class Client:
                 )
             for (seg_id, size), fd in zip(segments, fds, strict=True):
                 if seg_id not in self._segments:
-                    self._segments[seg_id] = _Segment(fd, size)
+                    self._segments[seg_id] = _Segment(fd, size, writable=not self._read_only)
         finally:
             close_fds(fds)
 
@@ -583,6 +591,17 @@ class Client:
             log.debug("client.closed", name=self.name)
 
     close = aclose
+
+    @property
+    def access(self) -> Literal["r", "rw"]:
+        """``"rw"``, or ``"r"`` for a read-only connection (``connect(..., access="r")``):
+        its segments are mapped ``PROT_READ`` from read-only fds, and what would write a
+        block or hand data on raises :class:`AccessDenied`.
+
+        >>> client.access  # doctest: +SKIP
+        'rw'
+        """
+        return self._access
 
     @property
     def closed(self) -> bool:
@@ -762,6 +781,10 @@ class Client:
     ) -> Reply:
         # ``epoch``: the connection whose lease, block or channel ``args`` name; such a
         # call fails once that connection is gone, and never reconnects.
+        # A read-only connection's write is refused here, before a byte is sent; the
+        # coordinator's check of the same rule (in ServerState.handle) is the one that counts.
+        if self._read_only and (refusal := read_only_refusal(op, args)) is not None:
+            raise AccessDenied(refusal)
         if epoch is None:
             await self._ready()
         else:
@@ -1838,6 +1861,7 @@ def connect(
     timeout: float | None = None,
     retry: bool = False,
     reconnect: bool = False,
+    access: Literal["r", "rw"] = "rw",
 ) -> _Connect:
     """Connect to the coordinator at ``address`` and register as ``name``.
 
@@ -1873,11 +1897,30 @@ def connect(
     >>> client = await blockipc.connect(  # doctest: +SKIP
     ...     path, "web", timeout=30, retry=True, reconnect=True
     ... )
+
+    ``access="r"`` connects read-only, for a process that only reads (``"rw"``, the
+    default, reads and writes). The coordinator passes it the pool's segments as
+    read-only fds, mapped ``PROT_READ``: through them it can neither write a byte, nor
+    truncate a segment, nor punch a hole in one (bugs that would corrupt other
+    processes' blocks). It may read, take read leases, ``get``, ``recv``,
+    ``subscribe``, free the blocks it received and ask for ``stats``; what writes a
+    block or hands data on (``alloc``, ``write``, write leases, ``copy``, ``put``,
+    ``delete``, ``send``, ``publish``, ``grant``, opening or accepting a channel)
+    raises :class:`AccessDenied`, refused by the coordinator. This guards against a
+    reader's bugs, not a hostile process of the same user (see ``docs/reliability.md``).
+    Any other value raises :class:`ValueError`.
+
+    >>> reader = await blockipc.connect(path, "dashboard", access="r")  # doctest: +SKIP
     """
     _check_name(name, "process name")
     timeout = _check_timeout(timeout)
     retry = _check_flag(retry, "retry")
     reconnect = _check_flag(reconnect, "reconnect")
+    if access not in ACCESS_MODES:
+        raise ValueError(
+            f"access must be one of {', '.join(map(repr, ACCESS_MODES))} "
+            f"(read-write, read-only), not {access!r}"
+        )
     path = os.fspath(address)
     if isinstance(path, str) and "://" in path:
         scheme = path.split("://", 1)[0]
@@ -1898,5 +1941,6 @@ def connect(
             timeout=timeout,
             retry=retry,
             reconnect=reconnect,
+            access=access,
         )
     )

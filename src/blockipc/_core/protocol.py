@@ -14,7 +14,9 @@ A frame is a fixed little-endian header followed by two parts::
 
 ``meta`` is a msgpack map whose keys and value types are fixed per (kind, op) in the
 ``_SCHEMAS`` table and checked field by field on receipt: missing, unknown or
-ill-typed fields are protocol errors. ``data`` is raw bytes, allowed only where the
+ill-typed fields are protocol errors (but for a field added later with a default in
+``_DEFAULTS``, e.g. HELLO's ``access``, which a frame may leave out: it then holds the
+default, on both ends). ``data`` is raw bytes, allowed only where the
 table says so (a WRITE request, a READ reply). There is no pickle on the wire.
 ``send`` makes the same check (``_check_frame``) before it encodes a frame, so neither
 side emits what the other would refuse; a frame that fails it is refused with a
@@ -32,6 +34,12 @@ header rule of ``_core/limits.py`` (``MAX_HEADER`` encoded), which its op's hand
 applies (``pack_header``): the schema checks its shape, not its size, so that a hot
 SEND does not encode its header twice. ``tests/core/test_field_bounds.py`` checks that
 every reply stays under ``MAX_FRAME_SIZE`` whatever its requests held.
+
+Access: a connection is read-write (``access="rw"``, the default) or read-only
+(``"r"``, said in HELLO). :func:`read_only_refusal` is the one home of which requests
+need write access (they write a block's bytes or hand data on); the coordinator checks
+it for every request of a read-only connection before any handler runs, and the client
+checks it too, before it sends.
 
 Every request carries a client-chosen id and gets exactly one reply (a ``Reply`` or an
 ``ErrorReply``) with the same id, so requests pipeline and replies come back in
@@ -72,6 +80,8 @@ __all__ = [
     "fit_lists",
     "message_bound",
     "MAX_FRAME_SIZE",
+    "ACCESS_MODES",
+    "read_only_refusal",
     "REPLY_LISTS_BUDGET",
     "NEED_DATA",
     "NeedData",
@@ -259,7 +269,14 @@ _BLOCK_FIELDS: Final[_Schema] = {
 # (kind, op) -> (schema of meta, data allowed)
 _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REQUEST, Op.HELLO): (
-        {"version": int, "name": str, "pid": int, "inbox_messages": int, "inbox_bytes": int},
+        {
+            "version": int,
+            "name": str,
+            "pid": int,
+            "inbox_messages": int,
+            "inbox_bytes": int,
+            "access": str,  # "rw" or "r" (ACCESS_MODES): a read-only connection
+        },
         False,
     ),
     (Kind.REPLY, Op.HELLO): (
@@ -389,6 +406,77 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.BYE): ({}, False),
 }
 _ERROR_SCHEMA: Final[_Schema] = {"code": int, "message": str}
+_DEFAULTS: Final[dict[tuple[Kind, Op], dict[str, Any]]] = {
+    # fields added after a frame's first version: a frame without them holds these
+    (Kind.REQUEST, Op.HELLO): {"access": "rw"},
+}
+
+ACCESS_MODES: Final = ("rw", "r")
+"""What a connection may be (HELLO's ``access``): read-write, or read-only."""
+
+# The requests a read-only connection may not make, and why: each writes a block's bytes
+# (or makes a block it could not fill) or hands data on to another process. LEASE is
+# here for its "w" mode only (see read_only_refusal). Everything in _READ_ONLY_OK (reads,
+# read leases, get, recv, subscribe, free, release, revoke, stats, ...) is allowed; every
+# op is in one of the two (tests/server/test_access_check.py), so a new op is decided.
+_NEEDS_WRITE: Final[dict[Op, str]] = {
+    Op.ALLOC: "ALLOC refused (a new block it could not fill)",
+    Op.WRITE: "WRITE refused",
+    Op.LEASE: "a write LEASE refused",
+    Op.COPY: "COPY refused (it writes into a block)",
+    Op.PUT: "PUT refused (it writes a new block)",
+    Op.COMMIT: "COMMIT refused (it binds what a PUT wrote)",
+    Op.DELETE: "DELETE refused (it unbinds a name other processes read)",
+    Op.CLAIM: "CLAIM refused (get_or_put: it computes an object to put)",
+    Op.SEND: "SEND refused (it hands a block on)",
+    Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",
+    Op.PUBLISH: "PUBLISH refused (it hands a block on)",
+    Op.GRANT: "GRANT refused (it hands a block on)",
+    Op.CHANNEL_OPEN: "CHANNEL_OPEN refused (a channel's sender writes its ring)",
+    Op.CHANNEL_ACCEPT: (
+        "CHANNEL_ACCEPT refused (a channel's receiver writes the ring's read position "
+        "in the pool; receive blocks with recv() instead)"
+    ),
+}
+_READ_ONLY_OK: Final = frozenset(
+    {
+        Op.HELLO,
+        Op.ATTACH,
+        Op.FREE,
+        Op.READ,
+        Op.RELEASE,
+        Op.RECV,
+        Op.STATS,
+        Op.CANCEL,
+        Op.BYE,
+        Op.REVOKE,
+        Op.SUBSCRIBE,
+        Op.UNSUBSCRIBE,
+        Op.PEERS,
+        Op.RECV_MANY,
+        Op.FREE_MANY,
+        Op.GET,
+        Op.TOUCH,
+        Op.UNCLAIM,
+        Op.CHANNEL_CLOSE,
+    }
+)
+
+
+def read_only_refusal(op: Op, args: dict[str, Any]) -> str | None:
+    """Why a read-only connection (``access="r"``) may not make request ``op`` with
+    ``args``, or ``None`` when it may: the one rule of which requests need write access.
+
+    >>> read_only_refusal(Op.WRITE, {"block": 1, "offset": 0})
+    "this connection is read-only (access='r'): WRITE refused"
+    >>> read_only_refusal(Op.LEASE, {"block": 1, "mode": "r"}) is None
+    True
+    """
+    why = _NEEDS_WRITE.get(op)
+    if why is None or (op is Op.LEASE and args.get("mode") == "r"):
+        return None
+    return f"this connection is read-only (access='r'): {why}"
+
 
 # Frames whose fields are all ints (the hot path: READ, WRITE, ALLOC, FREE, LEASE,
 # RELEASE, ...) carry their meta as a fixed little-endian struct of u64 in schema order
@@ -533,6 +621,14 @@ def _check_frame(
     if data and not data_ok:
         raise ProtocolError(f"{where()}: unexpected data")
     return _validate(meta, schema, where)
+
+
+def _with_defaults(kind: Kind, op: Op, meta: Any) -> Any:
+    """``meta`` with the fields ``_DEFAULTS`` gives its frame filled in where missing."""
+    defaults = _DEFAULTS.get((kind, op))
+    if defaults is None or type(meta) is not dict:
+        return meta
+    return {**defaults, **meta}
 
 
 def _sending(kind: Kind, op: Op, req_id: int) -> str:
@@ -720,7 +816,7 @@ class Connection:
         def where() -> str:
             return f"{kind.name} {op.name} #{req_id}"
 
-        fields = _check_frame(schema, data_ok, meta, data, where)
+        fields = _check_frame(schema, data_ok, _with_defaults(kind, op, meta), data, where)
         if kind is Kind.ERROR:
             return ErrorReply(req_id, op, fields["code"], fields["message"])
         if kind is Kind.REQUEST:
@@ -790,6 +886,7 @@ class Connection:
             if data and not data_ok:
                 _refuse(kind, op, req_id, "unexpected data")
         else:
+            meta = _with_defaults(kind, op, meta)
             _check_frame(schema, data_ok, meta, data, lambda: _sending(kind, op, req_id))
             try:
                 packed = self._packer.pack(meta)

@@ -13,6 +13,12 @@ One anyio task per connection. It checks the peer's uid with ``SO_PEERCRED``, re
 segments added later or for a channel's eventfds), registers the process, passes the
 segment fds with ``SCM_RIGHTS``, then hands the socket to a :class:`Session` and waits
 for the connection to end; its ``finally`` reclaims what the process held.
+
+A process that says ``access="r"`` in ``HELLO`` is recorded as read-only
+(``state.read_only``) for its whole connection, its ``ATTACH`` side connections
+included: every segment fd it is passed is a fresh ``O_RDONLY`` open of the segment
+(:meth:`~.._shm.pool.Segment.open_read_only`), closed here once sent, and
+:meth:`ServerState.handle` refuses its requests that need write access.
 """
 
 from __future__ import annotations
@@ -34,10 +40,20 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, UNIXSocketStream
 
 from .._core.limits import IDLE_FRAME_TIMEOUT
-from .._core.protocol import PROTOCOL_VERSION, Connection, Event, Op, Reply, Request, Role
+from .._core.protocol import (
+    ACCESS_MODES,
+    PROTOCOL_VERSION,
+    Connection,
+    Event,
+    Op,
+    Reply,
+    Request,
+    Role,
+)
 from .._exceptions import AccessDenied, BlockIPCError, ConnectionClosed, ProtocolError
 from .._handshake import (
     MAX_FDS,
+    close_fds,
     peer_credentials,
     receive_event,
     send_frame,
@@ -50,6 +66,8 @@ from .reclaim import reclaim
 from .session import Session, error_reply
 
 if TYPE_CHECKING:
+    from .._core.routing import ProcessRecord
+    from .._shm.pool import Segment
     from .state import ServerState
 
 __all__ = [
@@ -257,6 +275,11 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
                 f"protocol version {args['version']} is not supported "
                 f"(this coordinator speaks {PROTOCOL_VERSION})"
             )
+        if args["access"] not in ACCESS_MODES:
+            raise ProtocolError(
+                f"access must be one of {', '.join(map(repr, ACCESS_MODES))}, "
+                f"not {args['access']!r}"
+            )
         state.quotas.check_connect(uid, (p.uid for p in state.table.processes.values()))
         proc = state.table.register(
             args["name"],
@@ -271,6 +294,8 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
         return
     token = secrets.token_bytes(16)
     state.tokens[token] = proc
+    if args["access"] == "r":
+        state.read_only.add(proc.key)
     session: Session | None = None
     try:
         pool = state.pool
@@ -287,8 +312,7 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
                 "gen_size": state.gens.size,
             },
         )
-        fds = [*(s.fd for s in segments), state.gens.fd]
-        await send_frame(stream, conn.send(welcome), fds)
+        await _send_with_segments(state, proc, stream, conn.send(welcome), segments, state.gens.fd)
         sock = await take_socket(stream)
         loop = asyncio.get_running_loop()
         session = Session(state.handle, conn, proc, idle_frame_timeout)
@@ -304,6 +328,7 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
         state.retry_peer_waits(proc.name)
         await session.closed.wait()
     finally:
+        state.read_only.discard(proc.key)
         reclaim(state, proc, token, session)  # synchronous: cancellation cannot cut it short
 
 
@@ -325,7 +350,7 @@ async def _attach(
             Op.ATTACH,
             {"segments": [[s.id, s.size] for s in segments], "bells": len(bells)},
         )
-        await send_frame(stream, conn.send(reply), [*(s.fd for s in segments), *bells])
+        await _send_with_segments(state, proc, stream, conn.send(reply), segments, *bells)
     except ConnectionClosed:
         log.debug("client.closed_during_attach", name=proc.name if proc else None)
     except AccessDenied as exc:
@@ -333,3 +358,25 @@ async def _attach(
     except ProtocolError as exc:
         log.warning("protocol.error", phase="attach", error=str(exc))
         await send_frame(stream, conn.send(error_reply(req, exc)))
+
+
+async def _send_with_segments(
+    state: ServerState,
+    proc: ProcessRecord,
+    stream: UNIXSocketStream,
+    frame: bytes,
+    segments: list[Segment],
+    *more_fds: int,
+) -> None:
+    """Send ``frame`` with the fds of ``segments`` (then ``more_fds``): the segments'
+    own to a read-write process, fresh read-only ones (closed once sent) to a
+    read-only process."""
+    if proc.key not in state.read_only:
+        await send_frame(stream, frame, [*(s.fd for s in segments), *more_fds])
+        return
+    opened: list[int] = []
+    try:
+        opened.extend(seg.open_read_only() for seg in segments)  # (kept as made: closed below)
+        await send_frame(stream, frame, [*opened, *more_fds])
+    finally:
+        close_fds(opened)

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._core.claims import Claims
 from .._core.limits import Quotas
-from .._core.protocol import REPLY_LISTS_BUDGET, ErrorReply, Op, Reply, Request, message_bound
+from .._core.protocol import (
+    REPLY_LISTS_BUDGET,
+    ErrorReply,
+    Op,
+    Reply,
+    Request,
+    message_bound,
+    read_only_refusal,
+)
 from .._core.routing import (
     FIRST_BLOCK_MAX,
     BlockRecord,
@@ -35,7 +43,7 @@ from .._core.routing import (
     ProcessRecord,
     RoutingTable,
 )
-from .._exceptions import BlockIPCError, ErrorCode, InvalidRequest, PoolExhausted
+from .._exceptions import AccessDenied, BlockIPCError, ErrorCode, InvalidRequest, PoolExhausted
 from .._log import get_logger
 from .._shm.generations import GenerationTable
 from .._shm.pool import Allocation, Pool
@@ -136,6 +144,10 @@ class ServerState:
         self.tg: TaskGroup | None = None  # the running task group: large copies run in it
         self.sessions: dict[int, Session] = {}  # process record key -> session
         self.tokens: dict[bytes, ProcessRecord] = {}  # session token -> process (ATTACH)
+        # processes connected read-only (access="r"), by record key: set by the listener
+        # at HELLO (their ATTACH side connections too get read-only fds), dropped when
+        # their connection ends; handle() refuses what read_only_refusal names
+        self.read_only: set[int] = set()
         self.bells: dict[int, tuple[int, int]] = {}  # channel -> (data, space) eventfds
         self.peer_waits = PeerWaits()
         # get_or_put: who computes which missing name, and who waits for it
@@ -146,8 +158,14 @@ class ServerState:
 
     # -- requests ----------------------------------------------------------------
     def handle(self, session: Session, req: Request) -> None:
-        """Answer ``req`` now, or park it; errors become error replies."""
+        """Answer ``req`` now, or park it; errors become error replies. A read-only
+        connection's request that needs write access is refused here, for every op
+        (the rule: :func:`~.._core.protocol.read_only_refusal`), before any handler."""
         try:
+            if self.read_only and session.proc.key in self.read_only:
+                refusal = read_only_refusal(req.op, req.args)
+                if refusal is not None:
+                    raise AccessDenied(refusal)
             self.handlers[req.op](self, session, req)
         except BlockIPCError as exc:
             session.reply(error_reply(req, exc))

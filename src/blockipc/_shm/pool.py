@@ -16,6 +16,14 @@ the process with ``SIGBUS``. Reserving up front turns a full machine into a
 sealed (``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``) so that no client holding the
 fd can truncate it under another process's mapping, which would also mean ``SIGBUS``.
 
+A read-write client gets the segment's own fd (``Segment.fd``); a read-only one
+(``connect(..., access="r")``) a fresh ``O_RDONLY`` open of it
+(:meth:`Segment.open_read_only`), which it can map ``PROT_READ`` only and can neither
+``ftruncate`` (``EINVAL``) nor ``fallocate`` (hole punching: ``EBADF``). The memfd's
+mode is 0400, so reopening such an fd read-write through ``/proc/PID/fd`` fails with
+``EACCES`` for a process that is not root, unless it first changes that mode (it can:
+the memfd is its uid's): this stops a reader's bugs, not a hostile process of the uid.
+
 The :class:`Pool` starts with one segment of ``pool_size`` bytes and, if
 ``max_pool_size`` allows, grows by adding segments (never by resizing one, since
 mappings in other processes could not follow). Blocks never span segments, so an
@@ -123,6 +131,7 @@ class Segment:
             fcntl.fcntl(
                 fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
             )
+            os.fchmod(fd, 0o400)  # a read-only fd cannot simply be reopened read-write
             mapping = mmap.mmap(
                 fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, **_MMAP_OPTIONS
             )
@@ -137,6 +146,13 @@ class Segment:
             os.close(fd)
             raise
         return cls(seg_id, size, fd, mapping, allocator)
+
+    def open_read_only(self) -> int:
+        """A new ``O_RDONLY`` fd of this segment, for a read-only client: mapped, it
+        reads; it cannot write, truncate or punch holes. The caller closes it."""
+        if self.fd < 0:
+            raise ValueError(f"segment {self.id} is closed")
+        return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
 
     @property
     def closed(self) -> bool:
