@@ -19,6 +19,14 @@ separated by :func:`~blockipc._core.ring.fence`, as are the other end's publish 
 at the announcement: one of the two always sees the other, so no wake-up is lost. A
 sleeping end still looks again every :data:`RECHECK` seconds, a bound on the damage a
 misbehaving peer can do, never the way a healthy channel makes progress.
+
+Views that outlive their message: a message's ``data`` is lent from a slice of the ring
+(:mod:`blockipc._client.views`), so its release knows whether an array or a slice made
+from it still lives. Such a message keeps its room: the receiver gives the ring back
+only up to it (the sender waits, as on a full ring) until the last export is gone, which
+a weak reference on the slice reports to the loop. The ring's block is held meanwhile,
+too: a receiver closed while a message of it is still exported tells the coordinator
+only once the export is gone (or its connection ends).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import copy
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -48,6 +57,7 @@ from .._exceptions import (
     WrongEventLoop,
 )
 from .._log import get_logger
+from .views import lend, reclaim
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
 
@@ -215,7 +225,11 @@ class _End:
             if _thread_id() != self._thread:
                 raise _wrong_loop()
             self._shutdown(ChannelClosed(f"channel {self.id} closed by this end"))
-            self._on_close(self)
+            self._closed_here()
+
+    def _closed_here(self) -> None:
+        """This end was closed by :meth:`aclose`: tell the coordinator."""
+        self._on_close(self)
 
     async def __aenter__(self) -> Self:
         return self
@@ -388,7 +402,19 @@ class ChannelMessage:
     """A message read from a channel: ``data`` is a read-only ``memoryview`` into the
     ring, valid until :meth:`release` (or the end of a ``with`` block)."""
 
-    __slots__ = ("_end", "_meta", "_receiver", "_released", "codec", "data", "header", "sender")
+    __slots__ = (
+        "_end",
+        "_meta",
+        "_pinned",
+        "_receiver",
+        "_released",
+        "_src",
+        "_watch",
+        "codec",
+        "data",
+        "header",
+        "sender",
+    )
 
     def __init__(
         self,
@@ -398,9 +424,13 @@ class ChannelMessage:
         end: int,
         codec: str | None = None,
         meta: dict[str, Any] | None = None,
+        src: memoryview | None = None,
     ) -> None:
         self._receiver = receiver
         self.data = data
+        self._src = src  # what data is lent from (see _client/views.py)
+        self._pinned = False  # released, but still exported: its room is kept
+        self._watch: weakref.ref[memoryview] | None = None
         self.header = header
         self.sender = receiver.peer
         self.codec = codec
@@ -422,7 +452,9 @@ class ChannelMessage:
     def view(self) -> Any:
         """The payload without a copy where the codec allows (``"numpy"``: a read-only
         array over the ring; ``"raw"`` or no codec: :attr:`data`), else decoded. Valid
-        only until :meth:`release`: the ring's room is reused after it.
+        only until :meth:`release`: an array (or slice) still alive then keeps the
+        message's room in the ring, holding the sender up, and logs
+        ``channel.view_exported``.
         """
         if self.codec is None:
             return self.data
@@ -472,18 +504,20 @@ class ChannelReceiver(_End):
         self._ring = ring
         self._view = ring.data.toreadonly()  # messages are read-only slices of it
         self._out: collections.deque[ChannelMessage] = collections.deque()
+        self._pins: set[ChannelMessage] = set()  # released while still exported (held here)
+        self._close_pending = False  # closed here; the coordinator is told when _pins is 0
 
     def _next(self) -> ChannelMessage | None:
         rec = self._ring.next()
         if rec is None:
             return None
         offset, length, header, end = rec
-        data = self._view[offset : offset + length]
+        src = self._view[offset : offset + length]
         if header:
             user, codec, meta = _decode_header(header)
-            msg = ChannelMessage(self, data, user, end, codec, meta)
+            msg = ChannelMessage(self, lend(src), user, end, codec, meta, src)
         else:
-            msg = ChannelMessage(self, data, {}, end)
+            msg = ChannelMessage(self, lend(src), {}, end, None, None, src)
         self._out.append(msg)
         return msg
 
@@ -550,25 +584,55 @@ class ChannelReceiver(_End):
             yield msg
 
     def _release(self, msg: ChannelMessage) -> None:
-        try:
-            msg.data.release()
-        except BufferError:
-            log.warning("channel.view_exported", channel=self.id, sender=self.peer)
+        self._reclaim(msg)
         out = self._out
-        if not out or out[0] is not msg or self._closed is not None:
+        if not out or out[0] is not msg or self._closed is not None or msg._pinned:
             return  # released out of order: the room comes back with the older ones
-        out.popleft()
-        ring = self._ring
-        if out:
-            end = msg._end
-            while out and out[0]._released:
-                end = out.popleft()._end
-            ring.release_to(end if out else ring.pos)
-        else:
-            ring.release_to(ring.pos)
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Give the ring back up to the first message not released, or still exported."""
+        out, ring = self._out, self._ring
+        end = 0
+        while out and out[0]._released and not out[0]._pinned:
+            end = out.popleft()._end
+        ring.release_to(end if out else ring.pos)
         fence()
         if ring.ctl[W_WANT_SPACE]:
             self._bell.ring_peer()
+
+    def _reclaim(self, msg: ChannelMessage) -> None:
+        """Release ``msg``'s view; if something made from it lives on, pin the message
+        (its room stays, see the module's docstring) until that is gone."""
+        src, msg._src = msg._src, None
+        if src is None or not reclaim(msg.data, src):
+            return
+        msg._pinned = True
+        self._pins.add(msg)
+        loop = self._bell._loop
+
+        def gone(_: object) -> None:  # in whatever thread dropped the last export
+            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to free
+                loop.call_soon_threadsafe(self._unpin, msg)
+
+        msg._watch = weakref.ref(src, gone)
+        log.warning(
+            "channel.view_exported",
+            channel=self.id,
+            sender=self.peer,
+            action="its room in the ring is kept (the sender waits) until the export is gone",
+        )
+
+    def _unpin(self, msg: ChannelMessage) -> None:
+        """The last export of ``msg`` is gone: its room may come back."""
+        msg._pinned, msg._watch = False, None
+        self._pins.discard(msg)
+        if self._closed is None:
+            if self._out and self._out[0]._released and not self._out[0]._pinned:
+                self._give_back()
+        elif self._close_pending and not self._pins:
+            self._close_pending = False
+            self._on_close(self)
 
     def _wake_sender(self) -> None:
         fence()
@@ -578,11 +642,19 @@ class ChannelReceiver(_End):
     def _mark_closed(self) -> None:
         self._ring.close()
 
+    def _closed_here(self) -> None:
+        # while a message's export lives, the coordinator keeps the ring: it is told of
+        # the close once the last one is gone (_unpin)
+        if self._pins:
+            self._close_pending = True
+        else:
+            self._on_close(self)
+
     def _release_views(self) -> None:
         for msg in self._out:
-            msg._released = True
-            with contextlib.suppress(BufferError):
-                msg.data.release()
+            if not msg._released:
+                msg._released = True
+                self._reclaim(msg)
         self._out.clear()
         self._view.release()
         self._ring.release()

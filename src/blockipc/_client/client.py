@@ -144,6 +144,7 @@ from .._shm.generations import GenerationView
 from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
 from ..cache import CacheStats, LRUCache
 from .channel import ChannelReceiver, ChannelSender, _Bell, _End
+from .views import lend, reclaim
 
 __all__ = ["Client", "Lease", "connect"]
 
@@ -1580,7 +1581,9 @@ class Lease:
         self.codec = codec
         self._lease_id: int | None = None
         self._epoch = 0  # the connection that granted it
-        self._view: memoryview | None = None
+        self._view: memoryview | None = None  # lent from _src (see _client/views.py)
+        self._src: memoryview | None = None
+        self._exported = False  # a view of it outlived the lease: RELEASE_EXPORTED says so
 
     async def __aenter__(self) -> Any:
         if self._lease_id is not None:
@@ -1599,13 +1602,14 @@ class Lease:
         self._lease_id, self._epoch = r["lease"], client._epoch
         try:
             seg = await client._segment(r["segment"], self._epoch)
-            view = seg.buffer[r["offset"] : r["offset"] + r["size"]]
+            src = seg.buffer[r["offset"] : r["offset"] + r["size"]]
         except BaseException:
             await self._release()
             raise
-        self._view = view if self.mode == "w" else view.toreadonly()
         if self.mode != "w":
-            view.release()
+            src, writable = src.toreadonly(), src
+            writable.release()
+        self._src, self._view = src, lend(src)
         client._leases.add(self)
         if self.codec is None:
             return self._view
@@ -1640,20 +1644,29 @@ class Lease:
 
     def _drop_view(self) -> None:
         self._client._leases.discard(self)
-        if self._view is not None:
-            try:
-                self._view.release()
-            except BufferError:
-                log.warning("lease.view_exported", block=self.block)
-            self._view = None
+        view, src = self._view, self._src
+        self._view = self._src = None
+        if view is not None and src is not None and reclaim(view, src):
+            # a slice, memoryview or array made from the view still reaches the block:
+            # RELEASE_EXPORTED says so, and the coordinator never hands that memory out again
+            # while this process is connected (see RoutingTable.mark_exported)
+            self._exported = True
+            log.warning(
+                "lease.view_exported",
+                block=self.block,
+                mode=self.mode,
+                action="the block's memory is kept out of the pool until this client closes",
+            )
 
     async def _release(self) -> None:
         self._drop_view()
         lease_id, self._lease_id = self._lease_id, None
         if lease_id is None:
             return
+        op = Op.RELEASE_EXPORTED if self._exported else Op.RELEASE
+        self._exported = False
         with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
-            await self._client._call(Op.RELEASE, {"lease": lease_id}, epoch=self._epoch)
+            await self._client._call(op, {"lease": lease_id}, epoch=self._epoch)
 
 
 def _cache_entry(codec: str, src: memoryview, meta: dict[str, Any]) -> tuple[bool, Any]:
@@ -1677,9 +1690,13 @@ def _materialize(codec: str, entry: tuple[bool, Any]) -> Any:
 
 
 def _decode_view(codec: str, view: memoryview, r: dict[str, Any]) -> Any:
+    """The leased object, over ``view`` (a lent view: whatever the codec makes from it
+    keeps the lease's source exported while it lives). The whole view goes to the codec
+    when the object fills it, so that ``codec="raw"`` returns the lease's own view, which
+    the lease releases, rather than a slice of it that would outlive the lease."""
     meta = r.get("meta", {})
     n = meta.get("nbytes", len(view))
-    return get_codec(codec).view(view[:n], meta.get("codec", {}))
+    return get_codec(codec).view(view if n == len(view) else view[:n], meta.get("codec", {}))
 
 
 class _Connect:

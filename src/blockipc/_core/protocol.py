@@ -145,6 +145,11 @@ class Op(enum.IntEnum):
     PEERS = 20
     RECV_MANY = 21
     FREE_MANY = 22
+    # a RELEASE whose lease's view outlived it (an array or slice made from it still
+    # lives): the coordinator keeps that block's memory out of the pool while this
+    # process is connected (see RoutingTable.mark_exported). An op of its own, not a
+    # field of RELEASE: every field of a frame is required, and RELEASE is a hot frame.
+    RELEASE_EXPORTED = 23
     # codecs and named objects (30-39)
     PUT = 30
     COMMIT = 31
@@ -306,6 +311,8 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.LEASE): ({"lease": int, **_BLOCK_FIELDS}, False),
     (Kind.REQUEST, Op.RELEASE): ({"lease": int}, False),
     (Kind.REPLY, Op.RELEASE): ({}, False),
+    (Kind.REQUEST, Op.RELEASE_EXPORTED): ({"lease": int}, False),
+    (Kind.REPLY, Op.RELEASE_EXPORTED): ({}, False),
     (Kind.REQUEST, Op.SEND): (
         # wait_ms: how long to wait for a receiver that has not registered yet (0: no wait)
         {"block": int, "to": str, "header": dict, "move": bool, "nowait": bool, "wait_ms": int},
@@ -458,6 +465,7 @@ _READ_ONLY_OK: Final = frozenset(
         Op.GET,
         Op.TOUCH,
         Op.UNCLAIM,
+        Op.RELEASE_EXPORTED,
         Op.CHANNEL_CLOSE,
     }
 )

@@ -26,10 +26,16 @@ leases of *other* processes: it queues behind them like a short lease of its own
 process's own leases never block its own routed requests, so a task holding a write
 lease may still call ``read``/``write`` on the block without deadlocking itself.
 
+Exports. A lease whose view outlived it in the client (a numpy array made from it, a
+slice) ends as any lease, but the block is marked as reachable by that process
+(``mark_exported``): whatever becomes of the block, its memory never goes back to the
+pool while that process is connected; it does when the process unregisters.
+
 Inboxes. ``offer`` puts a delivery (a moved block, a shared block, a published block,
 or a header alone) into the receiver's inbox if it has room (message and byte limits),
 else queues it behind the deliveries already waiting for that receiver, so each
-sender's order is kept. ``take`` pops the next message and admits queued deliveries that now fit.
+sender's order is kept. ``take`` pops the next message and admits queued deliveries
+that now fit.
 """
 
 from __future__ import annotations
@@ -93,6 +99,7 @@ class ProcessRecord:
     topics: set[str] = field(default_factory=set)
     channels: dict[int, ChannelRecord] = field(default_factory=dict)  # as either end
     channel_offers: deque[ChannelRecord] = field(default_factory=deque)  # not accepted yet
+    exports: list[BlockRecord] = field(default_factory=list)  # see mark_exported
 
 
 @dataclass(eq=False, slots=True)
@@ -137,6 +144,7 @@ class BlockRecord:
     cacheable: bool = False  # a named object the pool may evict under pressure
     doomed: bool = False  # no holder left, but readers still lease it: removed after them
     channel: int = 0  # the ring of this channel: held by it, no process has rights on it
+    exported: tuple[ProcessRecord, ...] = ()  # may still reach its bytes: see mark_exported
 
     @property
     def owner_name(self) -> str:
@@ -301,6 +309,7 @@ class RoutingTable:
         queued are the outcome's ``failed``."""
         if self.processes.get(proc.name) is proc:
             del self.processes[proc.name]
+        unexported = self._end_exports(proc)
         for topic in list(proc.topics):
             self.unsubscribe(proc, topic)
         grants: list[Grant] = []
@@ -326,7 +335,7 @@ class RoutingTable:
             d.in_transit(-1)
         proc.inbox.clear()
         proc.inbox_used = 0
-        removed: list[BlockRecord] = []
+        removed: list[BlockRecord] = unexported
         dropped: list[Waiter] = []
         for bid in sorted(proc.blocks):
             rec = self.blocks[bid]
@@ -449,13 +458,48 @@ class RoutingTable:
                 rec.doomed = True
                 self.bump(rec)
             return NOTHING
-        return Outcome((rec,), self._remove(rec))
+        return self._gone(rec)
 
     def reap(self, rec: BlockRecord) -> Outcome:
         """Remove a doomed block once its last lease ended."""
         if rec.doomed and not rec.leases and rec.id in self.blocks:
-            return Outcome((rec,), self._remove(rec))
+            return self._gone(rec)
         return NOTHING
+
+    def _gone(self, rec: BlockRecord) -> Outcome:
+        """Remove ``rec``; its memory goes back to the pool (the outcome's ``freed``)
+        unless a process may still reach it (:meth:`mark_exported`)."""
+        dropped = self._remove(rec)
+        if rec.exported:
+            for proc in rec.exported:  # what it keeps out of the pool counts as held
+                proc.held_bytes += rec.capacity
+            return Outcome((), dropped)
+        return Outcome((rec,), dropped)
+
+    # -- views that outlived their lease -------------------------------------------
+    def mark_exported(self, lease: Lease) -> None:
+        """A view of ``lease`` outlived it in its holder's process (an array or a slice
+        made from it still lives there), so that process may read and write the block's
+        bytes for as long as it stays connected: the block's memory must never become
+        another block's meanwhile. The block lives on as it would (freed, moved, named,
+        doomed); when it is removed, its memory stays out of the pool (counted in the
+        process's held bytes, which a quota bounds) until the last such process
+        unregisters."""
+        rec, proc = lease.block, lease.holder
+        if proc not in rec.exported:
+            rec.exported = (*rec.exported, proc)
+            proc.exports.append(rec)
+
+    def _end_exports(self, proc: ProcessRecord) -> list[BlockRecord]:
+        """``proc`` is going: it reaches no block any more. Returns the removed blocks
+        that only its exports kept out of the pool (free their memory now)."""
+        freed = []
+        for rec in proc.exports:
+            rec.exported = tuple(p for p in rec.exported if p is not proc)
+            if not rec.exported and self.blocks.get(rec.id) is not rec:
+                freed.append(rec)
+        proc.exports.clear()
+        return freed
 
     def bump(self, rec: BlockRecord) -> None:
         """The block's bytes or life changed: move its generation on (and publish it)."""
@@ -769,7 +813,12 @@ class RoutingTable:
         is the outcome's one ``freed``), or None if there is none."""
         for name in self.evictable:
             rec = self.names[name]
-            if not rec.leases and not rec.waiters and not rec.held_by_process():
+            if (
+                not rec.leases
+                and not rec.waiters
+                and not rec.held_by_process()
+                and not rec.exported  # its memory would not come back
+            ):
                 return name, self.unbind(name)
         return None
 

@@ -1,4 +1,5 @@
-"""Blocks: ALLOC, FREE, FREE_MANY, routed READ and WRITE, LEASE, RELEASE, GRANT, REVOKE;
+"""Blocks: ALLOC, FREE, FREE_MANY, routed READ and WRITE, LEASE, RELEASE (and
+RELEASE_EXPORTED), GRANT, REVOKE;
 and the lease wait that LEASE, GET and a contended routed READ/WRITE park as."""
 
 from __future__ import annotations
@@ -154,9 +155,14 @@ def lease(state: ServerState, session: Session, req: Request) -> None:
 
 
 def release(state: ServerState, session: Session, req: Request) -> None:
+    """RELEASE, and RELEASE_EXPORTED: the same, for a lease whose view outlived it (the
+    block is marked first, so that a doomed block this lease was the last of stays out
+    of the pool too)."""
     found = state.table.find_lease(session.proc, req.args["lease"])
+    if req.op is Op.RELEASE_EXPORTED:
+        state.table.mark_exported(found)
     outcome = state.table.end_lease(found)
-    session.reply(Reply(req.req_id, Op.RELEASE))
+    session.reply(Reply(req.req_id, req.op))
     state.settle(outcome)
 
 
@@ -182,6 +188,7 @@ HANDLERS = {
     Op.WRITE: routed,
     Op.LEASE: lease,
     Op.RELEASE: release,
+    Op.RELEASE_EXPORTED: release,
     Op.GRANT: grant,
     Op.REVOKE: revoke,
 }
