@@ -16,6 +16,7 @@ from .._core.routing import ProcessRecord
 from .._exceptions import PeerUnreachable
 from .._log import get_logger
 from .ops.channels import end_channel
+from .ops.queues import give_back_jobs
 from .session import Session
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
         session.parked.clear()
     for chan in list(proc.channels.values()):  # those it did not close in the ring: aborted
         end_channel(state, chan, proc, gone=True)
+    give_back_jobs(state, proc)  # taken jobs not acked: back to their queues at once
     outcome = state.table.unregister(proc)
     freed = state.settle(outcome)
     exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._core.limits import Quotas
 from .._core.protocol import REPLY_LISTS_BUDGET, ErrorReply, Op, Reply, Request, message_bound
+from .._core.queues import QueueTable
 from .._core.routing import (
     FIRST_BLOCK_MAX,
     BlockRecord,
@@ -137,6 +138,7 @@ class ServerState:
         self.tokens: dict[bytes, ProcessRecord] = {}  # session token -> process (ATTACH)
         self.bells: dict[int, tuple[int, int]] = {}  # channel -> (data, space) eventfds
         self.peer_waits = PeerWaits()
+        self.queues = QueueTable(self.table)  # work queues (ops/queues.py)
         self.cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
         self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
 
@@ -345,6 +347,7 @@ class ServerState:
             usage=tuple(self._usage(p) for _, p in sorted(table.processes.items())),
             names_total=len(table.names),
             processes_total=len(table.processes),
+            queues=tuple(self.queues.stats()),
         )
 
     def _usage(self, proc: ProcessRecord) -> ProcessStats:
