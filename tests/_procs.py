@@ -632,5 +632,44 @@ async def _agent_op(client: Any, op: str, a: dict[str, Any]) -> Any:
 ROLES.update(obj_agent=obj_agent)
 
 
+# -- work queues -----------------------------------------------------------------------
+async def queue_producer(address: str, name: str, queue: str, count: str) -> None:
+    """Enqueue ``count`` jobs ``[name, i]`` (json) with the header ``{"i": i}``."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        for i in range(int(count)):
+            await client.enqueue(queue, [name, i], codec="json", header={"i": i})
+        report("done", count=int(count))
+
+
+async def queue_consumer(address: str, name: str, queue: str, hold: str) -> None:
+    """Take jobs and ack them, reporting each (``done``) after its ack, until a job
+    ``"stop"``. With ``hold`` = ``"N:K"``: ack N jobs, then take K more and report them
+    (``holding``) without acking, and sleep until killed."""
+    import blockipc
+
+    acks, keep = map(int, hold.split(":")) if hold != "-" else (-1, 0)
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        while acks != 0:
+            job = await client.take(queue)
+            value = job.value
+            await job.ack()
+            if value == "stop":
+                report("stopped")
+                return
+            assert job.header == {"i": value[1]}, (job.header, value)
+            report("done", job=value, attempts=job.attempts, producer=job.producer)
+            acks -= 1
+        held = [await client.take(queue) for _ in range(keep)]
+        report("holding", jobs=[job.value for job in held])
+        await anyio.sleep_forever()
+
+
+ROLES.update(queue_producer=queue_producer, queue_consumer=queue_consumer)
+
+
 if __name__ == "__main__":
     main()

@@ -41,7 +41,7 @@ def test_errors_share_one_hierarchy() -> None:
 
 
 def test_public_methods_are_typed() -> None:
-    for cls in (blockipc.Client, blockipc.Coordinator, blockipc.Lease):
+    for cls in (blockipc.Client, blockipc.Coordinator, blockipc.Lease, blockipc.Job):
         for name, fn in inspect.getmembers(cls, inspect.isfunction):
             if name.startswith("_") and name not in ("__aenter__", "__aexit__"):
                 continue

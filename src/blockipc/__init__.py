@@ -15,6 +15,7 @@ from ._client.channel import ChannelSender as ChannelSender
 from ._client.client import Client as Client
 from ._client.client import Lease as Lease
 from ._client.client import connect as connect
+from ._client.jobs import Job as Job
 from ._core.sizes import parse_size as parse_size
 from ._exceptions import AccessDenied as AccessDenied
 from ._exceptions import BlockIPCError as BlockIPCError
@@ -40,6 +41,7 @@ from ._types import BlockLike as BlockLike
 from ._types import LinkStats as LinkStats
 from ._types import Message as Message
 from ._types import ProcessStats as ProcessStats
+from ._types import QueueStats as QueueStats
 from ._types import Stats as Stats
 from ._version import __version__ as __version__
 
@@ -49,6 +51,7 @@ __all__ = (
     "connect",
     "Client",
     "Lease",
+    "Job",
     "ChannelSender",
     "ChannelReceiver",
     "ChannelMessage",
@@ -60,6 +63,7 @@ __all__ = (
     "Message",
     "LinkStats",
     "ProcessStats",
+    "QueueStats",
     "Stats",
     "parse_size",
     # errors

@@ -249,7 +249,7 @@ def _without_process(stats: Stats, name: str) -> Stats:
 def _stats_lines(stats: Stats) -> Iterator[str]:
     """``blockipc stats`` for people: sizes in binary units, names comma-separated."""
     for field in dataclasses.fields(stats):
-        if field.name in ("links", "usage"):  # a line per item, below
+        if field.name in ("links", "usage", "queues"):  # a line per item, below
             continue
         value = getattr(stats, field.name)
         if isinstance(value, tuple):
@@ -264,6 +264,12 @@ def _stats_lines(stats: Stats) -> Iterator[str]:
             f"process {proc.name} (pid {proc.pid}): {proc.blocks} blocks held, "
             f"{format_size(proc.owned_bytes)} owned, {proc.leases} leases, inbox {proc.inbox} "
             f"({format_size(proc.inbox_bytes)}), {proc.channels} channels"
+        )
+    for q in stats.queues:  # one line per work queue
+        yield (
+            f"queue {q.name}: {q.depth} waiting (maxsize {q.maxsize}), {q.in_flight} in "
+            f"flight, {q.enqueued} enqueued, {q.acked} acked, {q.redelivered} redelivered, "
+            f"{q.dead_lettered} dead-lettered"
         )
     for link in stats.links:  # one line per node of the link
         yield (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Block", "BlockLike", "Message", "Stats"]
+__all__ = ["Block", "BlockLike", "Message", "QueueStats", "Stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +94,29 @@ class ProcessStats:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    """One work queue (see :attr:`Stats.queues` and :meth:`Client.enqueue`).
+
+    ``depth`` jobs wait in it and ``in_flight`` are taken and not acked yet; the
+    counters run from the coordinator's start: jobs ``enqueued``, ``acked``,
+    ``redelivered`` (given back by a nack or a consumer that went, and queued again) and
+    ``dead_lettered`` (moved to the queue ``dead_letter`` after ``max_attempts`` failed
+    deliveries; ``None``: never). ``maxsize`` bounds ``depth`` for producers.
+    """
+
+    name: str
+    depth: int = 0
+    in_flight: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    enqueued: int = 0
+    acked: int = 0
+    maxsize: int = 0
+    max_attempts: int | None = None
+    dead_letter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A snapshot of the coordinator's pool and admin space (see :meth:`Client.stats`).
 
@@ -130,3 +153,6 @@ class Stats:
     """How many named objects there are: ``len(names)``, unless more than 4096."""
     processes_total: int = 0
     """How many processes are connected: ``len(processes)``, unless more than 4096."""
+    queues: tuple[QueueStats, ...] = ()
+    """The work queues, sorted by name: see :class:`QueueStats`. From
+    :meth:`Client.stats`, those that fit one frame beside the other lists."""

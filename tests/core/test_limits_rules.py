@@ -15,11 +15,13 @@ import pytest
 from _procs import ROOT
 from blockipc import InvalidRequest, OutOfBounds, QuotaExceeded
 from blockipc._core.limits import (
+    MAX_ATTEMPTS,
     MAX_BATCH,
     MAX_HEADER,
     MAX_INT,
     MAX_NAME,
     MAX_OFFERS,
+    MAX_QUEUE_SIZE,
     MODES,
     check_batch,
     check_header_size,
@@ -28,6 +30,7 @@ from blockipc._core.limits import (
     check_node_name,
     check_offers,
     check_process_name,
+    check_queue_settings,
     check_range,
     is_process_name,
     pack_header,
@@ -200,6 +203,28 @@ def test_check_offers(pending: int, ok: bool) -> None:
             check_offers(pending, "consumer")
 
 
+@pytest.mark.parametrize(
+    ("maxsize", "max_attempts", "match"),
+    [
+        (1, 1, None),
+        (MAX_QUEUE_SIZE, MAX_ATTEMPTS, None),
+        (64, None, None),  # never dead-lettered
+        (0, 5, "maxsize must be 1 to"),
+        (MAX_QUEUE_SIZE + 1, 5, "maxsize must be 1 to"),
+        (True, 5, "maxsize must be 1 to"),
+        (64, 0, "max_attempts must be 1 to"),
+        (64, MAX_ATTEMPTS + 1, "max_attempts must be 1 to"),
+        (64, 2.0, "max_attempts must be 1 to"),
+    ],
+)
+def test_check_queue_settings(maxsize: Any, max_attempts: Any, match: str | None) -> None:
+    if match is None:
+        check_queue_settings(maxsize, max_attempts)
+    else:
+        with pytest.raises(InvalidRequest, match=match):
+            check_queue_settings(maxsize, max_attempts)
+
+
 def test_max_int_is_what_msgpack_carries_signed() -> None:
     assert msgpack.unpackb(msgpack.packb(MAX_INT)) == MAX_INT == 2**63 - 1
 
@@ -234,7 +259,10 @@ RULES: dict[str, tuple[str, str]] = {
         "_core/limits.py",
     ),
     "a limit's constant (MAX_*)": (
-        r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH|OFFERS)\s*(?::[^=]*)?=(?!=)",
+        (
+            r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH|OFFERS|QUEUES|QUEUE_SIZE"
+            r"|ATTEMPTS)\s*(?::[^=]*)?=(?!=)"
+        ),
         "_core/limits.py",
     ),
 }

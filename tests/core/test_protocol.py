@@ -29,6 +29,7 @@ from blockipc._core.protocol import (
     _MAX_TOKEN,
     _MSGLIST,
     _PROCLIST,
+    _QUEUELIST,
     _SCHEMAS,
     _SEGLIST,
     _STRLIST,
@@ -80,6 +81,7 @@ EXAMPLES: dict[Any, Any] = {
     _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
     _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
     _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1]],
+    _QUEUELIST: [["jobs", "jobs.dead", 3, 1, 0, 0, 9, 5, 1024, 5]],
 }
 
 # Largest and smallest values that must still be accepted.
@@ -94,6 +96,7 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _SEGLIST: [[], [[0, MAX_INT]], [[0, 1]] * MAX_LIST],
     _LINKLIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["b", "up", *[0] * 8]] * MAX_LIST],
     _PROCLIST: [[], [["x" * MAX_STR, *[MAX_INT] * 7]], [["p", *[0] * 7]] * MAX_LIST],
+    _QUEUELIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["q", "", *[0] * 8]] * MAX_LIST],
     _MSGLIST: [
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
         [[MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR]],
@@ -144,6 +147,15 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [["p", *[0] * 6, True]],
         [["x" * (MAX_STR + 1), *[0] * 7]],
         [["p", *[0] * 7]] * (MAX_LIST + 1),
+    ],
+    _QUEUELIST: [
+        None,
+        [["q", "d", *[0] * 7]],  # 9 items
+        [["q", 1, *[0] * 8]],  # an int where the dead-letter queue goes
+        [["q", "d", -1, *[0] * 7]],
+        [["q", "d", *[0] * 7, None]],
+        [["x" * (MAX_STR + 1), "d", *[0] * 8]],
+        [["q", "d", *[0] * 8]] * (MAX_LIST + 1),
     ],
     _MSGLIST: [
         [],  # a reply carries at least one message
@@ -366,6 +378,9 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
         st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
     ),
     _PROCLIST: st.lists(st.tuples(st.text(max_size=8), *[_UINT] * 7).map(list), max_size=3),
+    _QUEUELIST: st.lists(
+        st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
+    ),
     _MSGLIST: st.lists(
         st.tuples(
             _UINT,

@@ -51,7 +51,7 @@ for name in modules:
 protocol = sys.modules["blockipc._core.protocol"]
 client = protocol.Connection(protocol.Role.CLIENT)
 server = protocol.Connection(protocol.Role.SERVER)
-args = {"version": 1, "name": "a", "pid": 1, "inbox_messages": 8, "inbox_bytes": 8}
+args = {"version": 1, "name": "a", "pid": 1, "inbox_messages": 8, "inbox_bytes": 8, "access": "r"}
 hello = protocol.Request(1, protocol.Op.HELLO, args)
 server.receive_data(client.send(hello))
 assert server.next_event() == hello

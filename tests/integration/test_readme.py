@@ -204,9 +204,11 @@ def stats_sample() -> Check:
         shown = [
             line.split()[0]
             for line in block.text.splitlines()
-            if line and not line.startswith(("process ", "link "))
+            if line and not line.startswith(("process ", "link ", "queue "))
         ]
-        fields = [f.name for f in dataclasses.fields(Stats) if f.name not in ("links", "usage")]
+        fields = [
+            f.name for f in dataclasses.fields(Stats) if f.name not in ("links", "usage", "queues")
+        ]
         assert shown == fields, (shown, fields)
 
     return check
@@ -230,6 +232,7 @@ CHECKS: dict[tuple[str, str], Check] = {
         expect="producer {'kind': 'greeting'} b'hello'"
     ),
     ("Channels: streams without the coordinator", "open_channel"): fragment("channel"),
+    ("Work queues", "declare_queue"): script(expect="[0, 2] {'image': 1} 0\n0 1 1"),
     ("Objects, codecs and the cache", 'codec="numpy", name="weights"'): fragment("objects"),
     ("Command line", "blockipc serve"): synopsis(),
     ("Command line", "pool_size        256.0 MiB"): stats_sample(),

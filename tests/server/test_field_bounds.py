@@ -68,6 +68,7 @@ DICT_FIELDS = {
     (Op.PUBLISH, "header"),
     (Op.REMOTE_SEND, "header"),
     (Op.COMMIT, "meta"),
+    (Op.ENQUEUE, "header"),
 }
 
 
@@ -144,6 +145,7 @@ def test_fitted_stats_and_peers_fit_a_frame(item: str) -> None:
     stats["processes"] = stats["names"] = [item] * (MAX_LIST + 1)
     stats["links"] = [[item, item, *range(8)]] * (MAX_LIST + 1)
     stats["usage"] = [[item, *range(7)]] * (MAX_LIST + 1)
+    stats["queues"] = [[item, item, *range(8)]] * (MAX_LIST + 1)
     for req_id, op, result in ((2, Op.STATS, stats), (3, Op.PEERS, {"names": stats["names"]})):
         server.receive_data(client.send(Request(req_id, op)))
         server.next_event()
@@ -169,6 +171,7 @@ DICT_CASES = [
         "meta",
         {"codec": "raw", "name": "", "cacheable": False, "if_absent": False, "ttl_ms": 0},
     ),
+    (Op.ENQUEUE, "header", {"queue": "", "nowait": True}),
 ]
 
 
@@ -219,12 +222,15 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
         args = {**args, "block": made["block"]}
         if "to" in args:
             args["to"] = args["to"] or other.name
+        if "queue" in args:
+            args["queue"] = unique_name("queue")
     before = coord.stats()
     error = await raw.call(op, {**args, field: big})
     assert isinstance(error, ErrorReply) and error.code == InvalidRequest.code, error
     assert "bytes encoded; the limit is" in error.message
     after = coord.stats()
     assert (after.blocks, after.leases, after.names) == (before.blocks, before.leases, ())
+    assert after.queues == before.queues  # (ENQUEUE: not even its queue was made)
     if op is Op.COMMIT:  # nothing bound; the lease is still the client's to end
         got = await raw.call(Op.GET, {"block": 0, "name": args["name"]})
         assert isinstance(got, ErrorReply) and got.code == BlockNotFound.code

@@ -92,10 +92,13 @@ from anyio.abc import SocketAttribute, UNIXSocketStream
 
 from .._core.codecs import DEFAULT_CODEC, get_codec
 from .._core.limits import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE_SIZE,
     MAX_INT,
     MAX_LIST,
     check_batch,
     check_mode,
+    check_queue_settings,
     check_range,
     pack_header,
     split_target,
@@ -141,9 +144,10 @@ from .._handshake import (
 )
 from .._log import get_logger
 from .._shm.generations import GenerationView
-from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, Stats
+from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, QueueStats, Stats
 from ..cache import CacheStats, LRUCache
 from .channel import ChannelReceiver, ChannelSender, _Bell, _End
+from .jobs import Job
 from .views import lend, reclaim
 
 __all__ = ["Client", "Lease", "connect"]
@@ -1126,6 +1130,113 @@ class Client:
                     return
                 raise
 
+    # -- work queues -------------------------------------------------------------
+    async def declare_queue(
+        self,
+        name: str,
+        *,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+        dead_letter: str | None = None,
+    ) -> None:
+        """Create the work queue ``name`` with these settings, or change those of the
+        queue of that name (the last declare wins; the jobs in it stay). A queue used
+        before it was declared has the defaults.
+
+        ``maxsize`` bounds the jobs waiting in it (taken jobs do not count): a full
+        queue makes :meth:`enqueue` wait. A job whose delivery failed ``max_attempts``
+        times (a :meth:`Job.nack`, a consumer that closed or died with it) goes to the
+        queue ``dead_letter`` (by default ``name + ".dead"``, created with this one);
+        ``max_attempts=None`` puts a failed job back for ever.
+
+        >>> await client.declare_queue("jobs", maxsize=64, max_attempts=3)  # doctest: +SKIP
+        """
+        _check_name(name, "queue name")
+        check_queue_settings(maxsize, max_attempts)
+        if dead_letter is not None:
+            _check_name(dead_letter, "dead-letter queue name")
+        args = {
+            "queue": name,
+            "maxsize": maxsize,
+            "max_attempts": max_attempts or 0,
+            "dead_letter": dead_letter or "",
+        }
+        await self._call(Op.QUEUE_DECLARE, args)
+
+    async def enqueue(
+        self,
+        queue: str,
+        obj: object,
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> int:
+        """Add a job to the work queue ``queue`` (created with the default settings
+        if it does not exist); one consumer's :meth:`take` will get it. Returns the
+        job's id.
+
+        ``obj`` is encoded with ``codec`` into a new block, as :meth:`put` does; a
+        :class:`Block` is moved into the queue as it is (zero-copy; it must be this
+        process's alone, and its recorded codec goes with it). ``header`` is a small
+        dict the consumer gets with the job. When the queue is full the call waits for
+        room (``nowait=True`` raises :class:`InboxFull` instead); cancelling it then
+        withdraws the job (a :class:`Block` stays this process's).
+
+        >>> await client.enqueue("jobs", {"url": url}, codec="json")  # doctest: +SKIP
+        """
+        _check_name(queue, "queue name")
+        hdr = self._check_header(header)
+        if isinstance(obj, Block):
+            bid = self._bid(obj)
+            args = {"block": bid, "queue": queue, "header": hdr, "nowait": bool(nowait)}
+            job: int = (await self._call(Op.ENQUEUE, args)).result["job"]
+            self._sizes.pop(bid, None)
+            return job
+        block = await self.put(obj, codec)
+        args = {"block": block.id, "queue": queue, "header": hdr, "nowait": bool(nowait)}
+        try:
+            job = (await self._call(Op.ENQUEUE, args)).result["job"]
+        except BaseException:
+            # not enqueued (or enqueued just before a cancellation: then the free fails)
+            with anyio.CancelScope(shield=True), contextlib.suppress(BlockIPCError):
+                await self.free(block)
+            raise
+        self._sizes.pop(block.id, None)
+        return job
+
+    async def take(
+        self,
+        queue: str,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the issue's API, as queue.Queue.get
+    ) -> Job:
+        """Wait for the next job of the work queue ``queue`` (FIFO; any number of
+        consumers compete for its jobs, each job goes to one). The job is this
+        process's until it answers it with :meth:`Job.ack` or :meth:`Job.nack`; if
+        this client closes or its process dies first, the job goes back to the queue at
+        once. ``timeout`` (seconds) raises :class:`TimeoutError` when no job came;
+        cancelling the call leaves the queue as it was.
+
+        >>> job = await client.take("jobs")  # doctest: +SKIP
+        """
+        _check_name(queue, "queue name")
+        seconds = _check_timeout(timeout)
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator handed it
+            self._send_nowait(Op.NACK, {"job": reply.result["job"], "failed": False})
+
+        with anyio.fail_after(seconds):
+            reply = await self._call(Op.TAKE, {"queue": queue}, orphan=orphan)
+        epoch, r = self._epoch, reply.result
+        try:
+            seg = await self._segment(r["segment"], epoch)
+        except BaseException:
+            orphan(reply)
+            raise
+        self._issued(r["block"])
+        self._sizes[r["block"]] = r["size"]
+        return Job(self, epoch, seg.buffer, r)
+
     # -- channels ----------------------------------------------------------------
     async def open_channel(
         self,
@@ -1536,6 +1647,7 @@ class Client:
         r["names"] = tuple(r["names"])
         r["links"] = tuple(LinkStats(*link) for link in r["links"])
         r["usage"] = tuple(ProcessStats(*usage) for usage in r["usage"])
+        r["queues"] = tuple(_queue_stats(*row) for row in r["queues"])
         r["cache_hits"] += self._cache_hits
         r["cache_misses"] += self._cache_misses
         r["cache_evictions"] += self._cache.statistics().evictions
@@ -1667,6 +1779,23 @@ class Lease:
         self._exported = False
         with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
             await self._client._call(op, {"lease": lease_id}, epoch=self._epoch)
+
+
+def _queue_stats(name: str, dead_letter: str, *counts: int) -> QueueStats:
+    """A queue's row of a STATS reply (``ops/queues.queue_row``) as :class:`QueueStats`."""
+    depth, in_flight, redelivered, dead_lettered, enqueued, acked, maxsize, attempts = counts
+    return QueueStats(
+        name,
+        depth=depth,
+        in_flight=in_flight,
+        redelivered=redelivered,
+        dead_lettered=dead_lettered,
+        enqueued=enqueued,
+        acked=acked,
+        maxsize=maxsize,
+        max_attempts=attempts or None,
+        dead_letter=dead_letter or None,
+    )
 
 
 def _cache_entry(codec: str, src: memoryview, meta: dict[str, Any]) -> tuple[bool, Any]:

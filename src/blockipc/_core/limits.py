@@ -34,6 +34,12 @@ Each rule below has this one home; the other modules import it rather than resta
   ``QuotaExceeded``).
 * **claims**: a process holds at most :data:`MAX_CLAIMS` claims on object names at once
   (``get_or_put``; :func:`check_claims`: the next is refused with ``QuotaExceeded``).
+* **work queues**: a queue's name is a name (:func:`check_name`); it holds at most
+  ``maxsize`` jobs waiting (1 to :data:`MAX_QUEUE_SIZE`, default
+  :data:`DEFAULT_QUEUE_SIZE`), and a job is dead-lettered after ``max_attempts``
+  failed deliveries (1 to :data:`MAX_ATTEMPTS`, default :data:`DEFAULT_MAX_ATTEMPTS`;
+  ``None``: never) (:func:`check_queue_settings`); a coordinator has at most
+  :data:`MAX_QUEUES` queues.
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -53,7 +59,10 @@ import msgpack
 from .._exceptions import InvalidRequest, OutOfBounds, QuotaExceeded
 
 __all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_QUEUE_SIZE",
     "IDLE_FRAME_TIMEOUT",
+    "MAX_ATTEMPTS",
     "MAX_BATCH",
     "MAX_CLAIMS",
     "MAX_HEADER",
@@ -62,6 +71,8 @@ __all__ = [
     "MAX_NAME",
     "MAX_OFFERS",
     "MAX_PARKED",
+    "MAX_QUEUES",
+    "MAX_QUEUE_SIZE",
     "MAX_STR",
     "MAX_SUBSCRIPTIONS",
     "MODES",
@@ -75,6 +86,7 @@ __all__ = [
     "check_node_name",
     "check_offers",
     "check_process_name",
+    "check_queue_settings",
     "check_range",
     "check_subscriptions",
     "is_process_name",
@@ -338,6 +350,37 @@ def check_batch(count: int, what: str) -> int:
     if not 1 <= count <= MAX_BATCH:
         raise InvalidRequest(f"{what} must be 1 to {MAX_BATCH}, not {count}")
     return count
+
+
+# -- work queues -------------------------------------------------------------------
+DEFAULT_QUEUE_SIZE: Final = 1024
+"""Jobs a work queue holds waiting when it was not declared with a ``maxsize``."""
+MAX_QUEUE_SIZE: Final = 1 << 20
+"""Largest ``maxsize`` of a work queue (jobs waiting in it)."""
+DEFAULT_MAX_ATTEMPTS: Final = 5
+"""Failed deliveries (a nack, a consumer gone) after which a job is dead-lettered,
+when its queue was not declared with a ``max_attempts``."""
+MAX_ATTEMPTS: Final = 1_000_000
+"""Largest ``max_attempts`` of a work queue."""
+MAX_QUEUES: Final = 1024
+"""Most work queues one coordinator holds (dead-letter queues included)."""
+
+
+def check_queue_settings(maxsize: object, max_attempts: object) -> None:
+    """Raise :class:`InvalidRequest` unless ``maxsize`` is an int of 1 to
+    :data:`MAX_QUEUE_SIZE` and ``max_attempts`` one of 1 to :data:`MAX_ATTEMPTS` or
+    ``None`` (never dead-letter).
+
+    >>> check_queue_settings(64, None)
+    """
+    if type(maxsize) is not int or not 1 <= maxsize <= MAX_QUEUE_SIZE:
+        raise InvalidRequest(f"a queue's maxsize must be 1 to {MAX_QUEUE_SIZE}, not {maxsize!r}")
+    if max_attempts is not None and (
+        type(max_attempts) is not int or not 1 <= max_attempts <= MAX_ATTEMPTS
+    ):
+        raise InvalidRequest(
+            f"a queue's max_attempts must be 1 to {MAX_ATTEMPTS} or None, not {max_attempts!r}"
+        )
 
 
 # -- stalls ------------------------------------------------------------------------

@@ -164,6 +164,12 @@ class Op(enum.IntEnum):
     CHANNEL_OPEN = 50
     CHANNEL_ACCEPT = 51
     CHANNEL_CLOSE = 52
+    # work queues: competing consumers, at-least-once (60-69)
+    QUEUE_DECLARE = 60
+    ENQUEUE = 61
+    TAKE = 62
+    ACK = 63
+    NACK = 64
 
 
 class Role(enum.Enum):
@@ -230,7 +236,8 @@ _INTLIST: Final = "intlist"
 _LINKLIST: Final = "linklist"  # [[node, state, 8 counters], ...]: Stats.links
 _PROCLIST: Final = "proclist"  # [[name, pid, 6 counters], ...]: Stats.usage
 # rows of a few strings, then ints: (strings, ints) per row
-_ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 7)}
+_QUEUELIST: Final = "queuelist"  # [[name, dead_letter, 8 counters], ...]: Stats.queues
+_ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 7), _QUEUELIST: (2, 8)}
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
 # the most items a list field of each type holds: checked by _check_value, applied by fit_lists
@@ -240,6 +247,7 @@ _LIST_LIMITS: Final[dict[str, int]] = {
     _INTLIST: MAX_LIST,
     _LINKLIST: MAX_LIST,
     _PROCLIST: MAX_LIST,
+    _QUEUELIST: MAX_LIST,
     _MSGLIST: MAX_BATCH,
 }
 _Schema = dict[str, Any]
@@ -262,6 +270,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "usage": _PROCLIST,
     "names_total": int,  # names and processes (and usage) hold MAX_LIST of these at most
     "processes_total": int,
+    "queues": _QUEUELIST,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -405,6 +414,37 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.CHANNEL_ACCEPT): ({"channel": int, "sender": str, **_BLOCK_FIELDS}, False),
     (Kind.REQUEST, Op.CHANNEL_CLOSE): ({"channel": int}, False),
     (Kind.REPLY, Op.CHANNEL_CLOSE): ({}, False),
+    # max_attempts 0: never dead-lettered; dead_letter "": the default name
+    (Kind.REQUEST, Op.QUEUE_DECLARE): (
+        {"queue": str, "maxsize": int, "max_attempts": int, "dead_letter": str},
+        False,
+    ),
+    (Kind.REPLY, Op.QUEUE_DECLARE): ({}, False),
+    (Kind.REQUEST, Op.ENQUEUE): (
+        {"block": int, "queue": str, "header": dict, "nowait": bool},
+        False,
+    ),
+    (Kind.REPLY, Op.ENQUEUE): ({"job": int}, False),
+    (Kind.REQUEST, Op.TAKE): ({"queue": str}, False),
+    (Kind.REPLY, Op.TAKE): (
+        {
+            "job": int,
+            **_BLOCK_FIELDS,
+            "lease": int,
+            "codec": str,
+            "meta": dict,
+            "header": dict,
+            "attempts": int,
+            "queue": str,
+            "producer": str,
+        },
+        False,
+    ),
+    (Kind.REQUEST, Op.ACK): ({"job": int}, False),
+    (Kind.REPLY, Op.ACK): ({}, False),
+    # failed False: a take whose caller was cancelled gives its job back, not counted
+    (Kind.REQUEST, Op.NACK): ({"job": int, "failed": bool}, False),
+    (Kind.REPLY, Op.NACK): ({}, False),
     (Kind.REQUEST, Op.STATS): ({}, False),
     (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
     (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),
@@ -435,6 +475,8 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.COMMIT: "COMMIT refused (it binds what a PUT wrote)",
     Op.DELETE: "DELETE refused (it unbinds a name other processes read)",
     Op.CLAIM: "CLAIM refused (get_or_put: it computes an object to put)",
+    Op.ENQUEUE: "ENQUEUE refused (it hands a block on)",
+    Op.QUEUE_DECLARE: "QUEUE_DECLARE refused (it changes a queue other processes use)",
     Op.SEND: "SEND refused (it hands a block on)",
     Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",
     Op.PUBLISH: "PUBLISH refused (it hands a block on)",
@@ -466,6 +508,9 @@ _READ_ONLY_OK: Final = frozenset(
         Op.TOUCH,
         Op.UNCLAIM,
         Op.RELEASE_EXPORTED,
+        Op.TAKE,  # a read-only consumer of a work queue reads its jobs, acks or nacks them
+        Op.ACK,
+        Op.NACK,
         Op.CHANNEL_CLOSE,
     }
 )

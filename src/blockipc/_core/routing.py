@@ -145,6 +145,7 @@ class BlockRecord:
     doomed: bool = False  # no holder left, but readers still lease it: removed after them
     channel: int = 0  # the ring of this channel: held by it, no process has rights on it
     exported: tuple[ProcessRecord, ...] = ()  # may still reach its bytes: see mark_exported
+    job: int = 0  # a work queue's job (see _core/queues.py): held by it until acked
 
     @property
     def owner_name(self) -> str:
@@ -158,7 +159,13 @@ class BlockRecord:
         return self.owner is not None or bool(self.grants)
 
     def held(self) -> bool:
-        return self.owner is not None or bool(self.grants) or bool(self.name) or bool(self.channel)
+        return (
+            self.owner is not None
+            or bool(self.grants)
+            or bool(self.name)
+            or bool(self.channel)
+            or bool(self.job)
+        )
 
 
 @dataclass(eq=False, slots=True)
@@ -416,6 +423,8 @@ class RoutingTable:
             )
         if rec.channel:
             return f"block {rec.id} is the ring of channel {rec.channel}: closing its ends frees it"
+        if rec.job:
+            return f"block {rec.id} is a job in a work queue: take() it, then ack() or nack() it"
         if rec.owner is None:
             return f"block {rec.id} is held by other processes (its owner let it go)"
         return f"block {rec.id} belongs to another process ({rec.owner.name!r})"
@@ -692,6 +701,65 @@ class RoutingTable:
         entry = InboxEntry(rec, d.sender.name, d.header, d.topic)
         to.inbox.append(entry)
         to.inbox_used += entry.size
+
+    # -- work queues -------------------------------------------------------------
+    # The queue's rules are in _core/queues.py; what they change of holds and leases is
+    # here. A queued job's block is held by the job (``job``, like a channel's ring): no
+    # process has rights on it. A taken job's block is also held by its consumer, with a
+    # read grant and a read lease, until the consumer acks it, nacks it or goes.
+    def queue_job(self, proc: ProcessRecord, rec: BlockRecord, job: int) -> None:
+        """``proc``, ``rec``'s owner, gives it to job ``job`` of a work queue. Refused,
+        before anything changes, while the block is shared (another process's grant or
+        lease), in transit, or under leases of ``proc``'s own."""
+        self.check_movable(proc, rec)
+        if rec.grants or rec.leases or rec.job:
+            raise AccessDenied(
+                f"block {rec.id} is shared with other processes; a job's block must be "
+                "this process's alone (revoke its grants first)"
+            )
+        _unhold(proc, rec)
+        rec.owner = None
+        rec.job = job
+
+    def lend_job(self, rec: BlockRecord, consumer: ProcessRecord) -> tuple[Lease, bool]:
+        """``consumer`` took the job holding ``rec``: it gets a read grant (unless it
+        holds one) and a read lease, granted now (nobody may write a job's block).
+        Returns the lease and whether the grant is the job's (to drop on its return)."""
+        added = consumer.key not in rec.grants and rec.owner is not consumer
+        if added:
+            rec.grants[consumer.key] = (consumer, "r")
+            _hold(consumer, rec)
+        return self._grant(rec, Waiter(consumer, "r", None, False)), added
+
+    @staticmethod
+    def check_job_return(rec: BlockRecord, consumer: ProcessRecord, lease: Lease) -> None:
+        """Raise why ``consumer`` may not hand a taken job's block back now: a lease of
+        its own on it besides the job's, or a send of it still waiting for an inbox."""
+        if any(other.holder is consumer and other is not lease for other in rec.leases.values()):
+            raise AccessDenied(
+                f"block {rec.id} has active lease(s) of yours; end them before ack or nack"
+            )
+        if rec.in_transit:
+            raise AccessDenied(f"block {rec.id} is being sent; ack or nack it once delivered")
+
+    def return_job(
+        self, rec: BlockRecord, consumer: ProcessRecord, lease: Lease, granted: bool
+    ) -> None:
+        """The job holding ``rec`` goes back to its queue: ``consumer``'s lease ends, and
+        its grant if the job gave it (the job still holds the block)."""
+        self._drop_lease(lease)
+        if granted and consumer.key in rec.grants:
+            del rec.grants[consumer.key]
+            _unhold(consumer, rec)
+
+    def end_job(
+        self, rec: BlockRecord, consumer: ProcessRecord, lease: Lease, granted: bool
+    ) -> Outcome:
+        """The job holding ``rec`` is done (acked): as :meth:`return_job`, and the job
+        lets go; the block is freed unless another process holds it."""
+        self.return_job(rec, consumer, lease, granted)
+        rec.job = 0
+        return self._let_go(rec)
 
     # -- transfers to other nodes ------------------------------------------------
     def start_transfer(

@@ -17,6 +17,7 @@ from .._exceptions import PeerUnreachable
 from .._log import get_logger
 from .ops.channels import end_channel
 from .ops.objects import claims_released
+from .ops.queues import give_back_jobs
 from .session import Session
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
     for chan in list(proc.channels.values()):  # those it did not close in the ring: aborted
         end_channel(state, chan, proc, gone=True)
     claims_released(state, proc)  # (its own waits for claims went with its parked)
+    give_back_jobs(state, proc)  # taken jobs not acked: back to their queues at once
     outcome = state.table.unregister(proc)
     freed = state.settle(outcome)
     exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")

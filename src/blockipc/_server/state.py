@@ -33,6 +33,7 @@ from .._core.protocol import (
     message_bound,
     read_only_refusal,
 )
+from .._core.queues import QueueTable
 from .._core.routing import (
     FIRST_BLOCK_MAX,
     BlockRecord,
@@ -153,6 +154,7 @@ class ServerState:
         # get_or_put: who computes which missing name, and who waits for it
         self.claims: Claims[ProcessRecord, ParkedEntry] = Claims()
         self.expiry: dict[str, asyncio.TimerHandle] = {}  # name -> its ttl's timer
+        self.queues = QueueTable(self.table)  # work queues (ops/queues.py)
         self.cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
         self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
 
@@ -368,6 +370,7 @@ class ServerState:
             usage=tuple(self._usage(p) for _, p in sorted(table.processes.items())),
             names_total=len(table.names),
             processes_total=len(table.processes),
+            queues=tuple(self.queues.stats()),
         )
 
     def _usage(self, proc: ProcessRecord) -> ProcessStats:

@@ -15,11 +15,20 @@ from types import ModuleType
 
 from ..._core.protocol import Op
 from ..state import Handler
-from . import blocks, channels, control, copy, messages, objects, pubsub
+from . import blocks, channels, control, copy, messages, objects, pubsub, queues
 
 __all__ = ["GROUPS", "HANDLERS", "merge"]
 
-GROUPS: tuple[ModuleType, ...] = (blocks, copy, messages, pubsub, objects, channels, control)
+GROUPS: tuple[ModuleType, ...] = (
+    blocks,
+    copy,
+    messages,
+    pubsub,
+    objects,
+    channels,
+    control,
+    queues,
+)
 
 
 def merge(groups: tuple[ModuleType, ...]) -> dict[Op, Handler]:

@@ -13,6 +13,7 @@ from ..._exceptions import PeerUnreachable
 from ..parking import Parked
 from ..session import Session
 from ..state import ServerState
+from .queues import queue_row
 
 if TYPE_CHECKING:
     from ..._link.link import Link, Outgoing
@@ -41,6 +42,7 @@ def stats(state: ServerState, session: Session, req: Request) -> None:
     fields["names"] = list(s.names)
     fields["links"] = [list(dataclasses.astuple(link)) for link in s.links]
     fields["usage"] = [list(dataclasses.astuple(usage)) for usage in s.usage]
+    fields["queues"] = [queue_row(q) for q in s.queues]
     # sorted lists, of which a frame carries the first 4096: the *_total fields count all
     session.reply(Reply(req.req_id, Op.STATS, fit_lists(Op.STATS, fields)))
 

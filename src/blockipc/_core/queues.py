@@ -1,0 +1,337 @@
+"""Work queues: competing consumers, at-least-once delivery, no I/O.
+
+Theory of operation
+-------------------
+A work queue is a FIFO of *jobs*, local to one coordinator. A job is a block with a
+header: ``enqueue`` moves the producer's block into the queue (the producer gives it
+up), ``take`` hands the oldest job to one consumer, which holds the block (a read grant
+and a read lease, :meth:`RoutingTable.lend_job`) until it answers:
+
+* ``ack``: the job is done and its block is freed (unless the consumer shared it);
+* ``nack``, or the consumer's process ends (closed, crashed, ``kill -9``): the job goes
+  back to the *front* of its queue at once with one more failed attempt, so the next
+  ``take`` gets it (``redelivered`` counts these). A job that has failed
+  ``max_attempts`` times goes to the back of its queue's *dead-letter queue* instead
+  (``dead_lettered``), with its attempts counted afresh there.
+
+So a job leaves the system only by an ack: at least once, never lost to a dead worker.
+
+Waiting. A ``take`` on an empty queue queues its *token* here (FIFO among consumers),
+and a job that arrives is handed to the first one (:class:`Handed`: the caller answers
+it). A queue is bounded by ``maxsize`` jobs waiting (taken jobs do not count); an
+``enqueue`` to a full queue queues its token as a *putter*, and each take that makes
+room lets the first putter go (:meth:`QueueTable.next_putter`). Jobs given back and
+dead-lettered always get in, past ``maxsize``: they hold their memory already.
+
+Settings. A queue is created by :meth:`QueueTable.declare` or, with the defaults, on
+first use by ``enqueue`` or ``take``. A queue with ``max_attempts`` has a dead-letter
+queue, by default its name with :data:`DEAD_SUFFIX`; it is created with the queue (so
+that dead-lettering never fails), with the default size and no ``max_attempts`` of its
+own unless it was declared. Declaring an existing queue changes its settings (the last
+declare wins); the jobs in it stay. Queues live as long as their coordinator.
+
+Holds and leases change only in the routing table; this module decides when, and calls
+its work-queue methods.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .._exceptions import BlockNotFound, InvalidRequest, QuotaExceeded
+from .._types import QueueStats
+from .limits import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE_SIZE,
+    MAX_QUEUES,
+    check_name,
+    check_queue_settings,
+)
+from .routing import BlockRecord, Lease, Outcome, ProcessRecord, RoutingTable
+
+__all__ = ["DEAD_SUFFIX", "Handed", "JobRecord", "QueueRecord", "QueueTable", "dead_letter_name"]
+
+DEAD_SUFFIX = ".dead"
+"""A queue's default dead-letter queue is its name with this suffix: ``jobs.dead``."""
+
+
+def dead_letter_name(queue: str) -> str:
+    """The default dead-letter queue of ``queue``; :class:`InvalidRequest` when that
+    name would be too long (declare the queue with a ``dead_letter`` of its own).
+
+    >>> dead_letter_name("jobs")
+    'jobs.dead'
+    """
+    name = queue + DEAD_SUFFIX
+    try:
+        return check_name(name, "dead-letter queue name")
+    except InvalidRequest:
+        raise InvalidRequest(
+            f"queue name {queue!r:.80} is too long for its default dead-letter queue "
+            f"(its name + {DEAD_SUFFIX!r}): declare it with dead_letter=... "
+            "or max_attempts=None"
+        ) from None
+
+
+@dataclass(eq=False, slots=True)
+class JobRecord:
+    """One job: its block, where it is, and how often it failed."""
+
+    id: int
+    block: BlockRecord
+    queue: QueueRecord
+    header: dict[str, Any]
+    producer: str
+    attempts: int = 0  # failed deliveries (nack, consumer gone) in this queue
+    consumer: ProcessRecord | None = None  # while taken
+    lease: Lease | None = None  # the consumer's read lease, while taken
+    granted: bool = False  # the consumer's read grant is the job's (dropped on return)
+
+
+@dataclass(eq=False, slots=True)
+class QueueRecord:
+    """One work queue: its settings, its jobs, who waits on it, its counters."""
+
+    name: str
+    maxsize: int
+    max_attempts: int | None  # None: never dead-lettered
+    dead_letter: str  # "" when max_attempts is None
+    declared: bool = False
+    ready: deque[JobRecord] = field(default_factory=deque)
+    taken: dict[int, JobRecord] = field(default_factory=dict)
+    takers: deque[tuple[ProcessRecord, Hashable]] = field(default_factory=deque)
+    putters: deque[Hashable] = field(default_factory=deque)
+    enqueued: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            self.name,
+            depth=len(self.ready),
+            in_flight=len(self.taken),
+            redelivered=self.redelivered,
+            dead_lettered=self.dead_lettered,
+            enqueued=self.enqueued,
+            acked=self.acked,
+            maxsize=self.maxsize,
+            max_attempts=self.max_attempts,
+            dead_letter=self.dead_letter or None,
+        )
+
+
+class Handed(NamedTuple):
+    """A waiting take (its ``token``) that got ``job``: the caller answers it."""
+
+    token: Hashable
+    job: JobRecord
+
+
+class QueueTable:
+    """The work queues of one coordinator, over its routing table.
+
+    >>> table = RoutingTable()
+    >>> queues = QueueTable(table)
+    >>> producer = table.register("producer", pid=1, uid=0)
+    >>> consumer = table.register("consumer", pid=2, uid=0)
+    >>> rec = table.add_block(producer, segment=0, offset=0, capacity=4096, size=5)
+    >>> q = queues.queue("jobs")
+    >>> queues.enqueue(producer, rec, q, {}) is None  # nobody waits: it is queued
+    True
+    >>> job = queues.take(consumer, q, token="t1")
+    >>> queues.ack(consumer, job.id).freed == (rec,)
+    True
+    """
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
+        self.queues: dict[str, QueueRecord] = {}
+        self.by_consumer: dict[int, dict[int, JobRecord]] = {}  # process key -> taken jobs
+        self._next_job = 1
+
+    # -- settings ----------------------------------------------------------------
+    def declare(
+        self,
+        name: str,
+        *,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+        max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+        dead_letter: str | None = None,
+    ) -> QueueRecord:
+        """Create the queue ``name``, or change its settings (see the module's
+        docstring); its dead-letter queue is created with it if need be."""
+        check_name(name, "queue name")
+        check_queue_settings(maxsize, max_attempts)
+        dead = ""
+        if max_attempts is not None:
+            dead = dead_letter_name(name) if dead_letter is None else dead_letter
+            check_name(dead, "dead-letter queue name")
+            if dead == name:
+                raise InvalidRequest(f"queue {name!r:.80} cannot be its own dead-letter queue")
+        new = [n for n in dict.fromkeys((name, dead)) if n and n not in self.queues]
+        if len(self.queues) + len(new) > MAX_QUEUES:
+            raise QuotaExceeded(
+                f"this coordinator holds {len(self.queues)} work queues, its limit "
+                f"({MAX_QUEUES}); nothing was created"
+            )
+        if dead and dead not in self.queues:
+            self.queues[dead] = QueueRecord(dead, DEFAULT_QUEUE_SIZE, None, "")
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = QueueRecord(name, maxsize, max_attempts, dead)
+        q.maxsize, q.max_attempts, q.dead_letter = maxsize, max_attempts, dead
+        q.declared = True
+        return q
+
+    def queue(self, name: str) -> QueueRecord:
+        """The queue ``name``, created with the default settings if there is none."""
+        q = self.queues.get(name)
+        if q is None:
+            check_name(name, "queue name")
+            q = self.declare(name)
+            q.declared = False
+        return q
+
+    # -- producers ---------------------------------------------------------------
+    @staticmethod
+    def has_room(q: QueueRecord) -> bool:
+        """Whether an enqueue may go now: no putter waits before it, and the queue has
+        fewer than ``maxsize`` jobs waiting."""
+        return not q.putters and len(q.ready) < q.maxsize
+
+    def enqueue(
+        self, proc: ProcessRecord, rec: BlockRecord, q: QueueRecord, header: dict[str, Any]
+    ) -> Handed | None:
+        """``proc`` moves its block ``rec`` into ``q`` as a new job (whether there is
+        room is the caller's question: :meth:`has_room`). Returns the waiting take it
+        went to, if one waited."""
+        job = JobRecord(self._next_job, rec, q, header, proc.name)
+        self.table.queue_job(proc, rec, job.id)  # raises if it may not, nothing changed
+        self._next_job += 1
+        q.enqueued += 1
+        q.ready.append(job)
+        handed = self._dispatch(q)
+        return handed[0] if handed else None
+
+    def park_putter(self, q: QueueRecord, token: Hashable) -> None:
+        q.putters.append(token)
+
+    def withdraw_putter(self, q: QueueRecord, token: Hashable) -> None:
+        if token in q.putters:
+            q.putters.remove(token)
+
+    @staticmethod
+    def next_putter(q: QueueRecord) -> Hashable | None:
+        """The first waiting enqueue, out of the queue, if there is room for it now."""
+        if q.putters and len(q.ready) < q.maxsize:
+            return q.putters.popleft()
+        return None
+
+    # -- consumers ---------------------------------------------------------------
+    def take(self, proc: ProcessRecord, q: QueueRecord, token: Hashable) -> JobRecord | None:
+        """The oldest job of ``q``, now ``proc``'s; or None, and ``token`` waits."""
+        if q.ready and not q.takers:
+            return self._lend(q.ready.popleft(), proc)
+        q.takers.append((proc, token))
+        return None
+
+    def withdraw_taker(self, q: QueueRecord, token: Hashable) -> None:
+        for entry in q.takers:
+            if entry[1] is token:
+                q.takers.remove(entry)
+                return
+
+    def find(self, proc: ProcessRecord, job_id: int) -> JobRecord:
+        job = self.by_consumer.get(proc.key, {}).get(job_id)
+        if job is None:
+            raise BlockNotFound(
+                f"job {job_id} is not taken by this process (acked, nacked, or never taken)"
+            )
+        return job
+
+    def ack(self, proc: ProcessRecord, job_id: int) -> Outcome:
+        """``proc`` is done with the job: it leaves the system; its block is the
+        outcome's ``freed`` unless another process holds it."""
+        job = self.find(proc, job_id)
+        assert job.lease is not None
+        self.table.check_job_return(job.block, proc, job.lease)
+        self._untake(job, proc)
+        job.queue.acked += 1
+        return self.table.end_job(job.block, proc, job.lease, job.granted)
+
+    def nack(self, proc: ProcessRecord, job_id: int, *, failed: bool = True) -> list[Handed]:
+        """``proc`` gives the job back (``failed``: a failed attempt; else, a take
+        whose caller was cancelled, not counted). Returns the waiting takes served."""
+        job = self.find(proc, job_id)
+        assert job.lease is not None
+        self.table.check_job_return(job.block, proc, job.lease)
+        return self._give_back([job], proc, failed=failed)
+
+    def release_consumer(self, proc: ProcessRecord) -> tuple[int, list[Handed]]:
+        """``proc`` is gone: every job it took goes back at once, a failed attempt
+        each, oldest first. Returns how many, and the waiting takes served."""
+        jobs = sorted(self.by_consumer.get(proc.key, {}).values(), key=lambda j: j.id)
+        for q in self.queues.values():  # (its waiting takes are withdrawn already)
+            if any(p is proc for p, _ in q.takers):
+                q.takers = deque(e for e in q.takers if e[0] is not proc)
+        return len(jobs), self._give_back(jobs, proc, failed=True)
+
+    # -- the rules ---------------------------------------------------------------
+    def _lend(self, job: JobRecord, proc: ProcessRecord) -> JobRecord:
+        job.lease, job.granted = self.table.lend_job(job.block, proc)
+        job.consumer = proc
+        job.queue.taken[job.id] = job
+        self.by_consumer.setdefault(proc.key, {})[job.id] = job
+        return job
+
+    def _untake(self, job: JobRecord, proc: ProcessRecord) -> None:
+        job.queue.taken.pop(job.id, None)
+        mine = self.by_consumer.get(proc.key)
+        if mine is not None:
+            mine.pop(job.id, None)
+            if not mine:
+                del self.by_consumer[proc.key]
+        job.consumer = None
+
+    def _give_back(
+        self, jobs: list[JobRecord], proc: ProcessRecord, *, failed: bool
+    ) -> list[Handed]:
+        touched: dict[int, QueueRecord] = {}
+        back: list[JobRecord] = []
+        for job in jobs:
+            assert job.lease is not None
+            self._untake(job, proc)
+            self.table.return_job(job.block, proc, job.lease, job.granted)
+            job.lease, job.granted = None, False
+            q = job.queue
+            touched[id(q)] = q
+            if failed:
+                job.attempts += 1
+            if failed and q.max_attempts is not None and job.attempts >= q.max_attempts:
+                dead = self.queues[q.dead_letter]  # created with q (or by its declare)
+                q.dead_lettered += 1
+                job.queue, job.attempts = dead, 0
+                dead.ready.append(job)
+                touched[id(dead)] = dead
+            else:
+                q.redelivered += 1
+                back.append(job)
+        for job in reversed(back):  # each to the front: the oldest ends up first
+            job.queue.ready.appendleft(job)
+        return [h for q in touched.values() for h in self._dispatch(q)]
+
+    def _dispatch(self, q: QueueRecord) -> list[Handed]:
+        """Hand ``q``'s waiting jobs to its waiting takes, in order."""
+        handed = []
+        while q.ready and q.takers:
+            proc, token = q.takers.popleft()
+            handed.append(Handed(token, self._lend(q.ready.popleft(), proc)))
+        return handed
+
+    def stats(self) -> list[QueueStats]:
+        """Every queue, sorted by name."""
+        return [q.stats() for _, q in sorted(self.queues.items())]

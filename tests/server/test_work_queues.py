@@ -1,0 +1,200 @@
+"""Work queues on a live coordinator (``_server/ops/queues.py``), clients in this process:
+nack and dead letters, bounds (waiting, ``nowait``, cancelling), a consumer that closes
+with jobs in hand, waiting takes, and what a consumer may do with a job's block."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import blockipc
+from _helpers import connected
+from _procs import wait_until
+from blockipc import AccessDenied, InboxFull, InvalidRequest
+from blockipc.testing import unique_name
+
+
+def queue_stats(stats: blockipc.Stats, name: str) -> blockipc.QueueStats:
+    return next(q for q in stats.queues if q.name == name)
+
+
+async def test_nack_then_dead_letter(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    await client.declare_queue(name, max_attempts=2)
+    job_id = await client.enqueue(name, {"n": 1}, codec="json", header={"h": "x"})
+    first = await other.take(name)
+    assert (first.id, first.value, first.header) == (job_id, {"n": 1}, {"h": "x"})
+    assert first.attempts == 0
+    assert (first.producer, first.queue, first.codec) == (client.name, name, "json")
+    await first.nack()
+    second = await other.take(name)
+    assert (second.id, second.value, second.attempts) == (job_id, {"n": 1}, 1)
+    await second.nack()  # its second failure: to the dead-letter queue
+    q = queue_stats(await client.stats(), name)
+    assert (q.depth, q.in_flight, q.redelivered, q.dead_lettered) == (0, 0, 1, 1)
+    assert (q.max_attempts, q.dead_letter) == (2, name + ".dead")
+    dead = await client.take(name + ".dead")
+    assert (dead.id, dead.value, dead.attempts, dead.queue) == (job_id, {"n": 1}, 0, name + ".dead")
+    before = coord.stats().blocks
+    await dead.ack()
+    assert coord.stats().blocks == before - 1  # acked: its block is freed
+    assert queue_stats(coord.stats(), name + ".dead").acked == 1
+    with pytest.raises(InvalidRequest, match="acked already"):
+        await dead.ack()
+
+
+async def test_a_full_queue_makes_enqueue_wait(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    await client.declare_queue(name, maxsize=1)
+    await client.enqueue(name, b"one", codec="raw")
+    blocks = coord.stats().blocks
+    with pytest.raises(InboxFull, match="is full"):
+        await client.enqueue(name, b"two", codec="raw", nowait=True)
+    assert coord.stats().blocks == blocks  # the block made for it is freed again
+    # waiting, then cancelled: withdrawn, and its block freed
+    waiting = asyncio.create_task(client.enqueue(name, b"two", codec="raw"))
+    await wait_until(lambda: coord.stats().blocks == blocks + 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await wait_until(lambda: coord.stats().blocks == blocks)
+    # a Block of this process's waits too; a take makes room and it goes in
+    block = await client.alloc(100)
+    await client.write(block, b"three")
+    waiting = asyncio.create_task(client.enqueue(name, block))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    job = await other.take(name)
+    assert job.value == b"one"
+    await job.ack()
+    await asyncio.wait_for(waiting, 5)
+    job = await other.take(name)
+    assert job.value[:5] == b"three" and len(job.value) == 100  # raw: the whole block
+    await job.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.enqueued, q.acked, q.depth, q.maxsize) == (2, 2, 0, 1)
+
+
+async def test_a_cancelled_enqueue_of_a_block_leaves_it_here(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    await client.declare_queue(name, maxsize=1)
+    await client.enqueue(name, b"one")
+    block = await client.alloc(10)
+    waiting = asyncio.create_task(client.enqueue(name, block))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await client.write(block, b"still mine")
+    await client.free(block)
+    job = await client.take(name)
+    await job.ack()
+
+
+async def test_a_consumer_that_closes_gives_its_jobs_back(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    for i in range(3):
+        await client.enqueue(name, i)
+    async with connected(coord, "worker") as worker:
+        held = [await worker.take(name) for _ in range(2)]
+        assert [j.value for j in held] == [0, 1]
+        waiting = asyncio.create_task(client.take(name))
+        third = await asyncio.wait_for(waiting, 5)
+        assert third.value == 2
+        waiting = asyncio.create_task(client.take(name))  # nothing left: it waits
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    # closed with two jobs in hand: the waiting take gets the oldest at once
+    job = await asyncio.wait_for(waiting, 5)
+    assert (job.value, job.attempts) == (0, 1)
+    again = await client.take(name)
+    assert (again.value, again.attempts) == (1, 1)
+    q = queue_stats(await client.stats(), name)
+    assert (q.redelivered, q.in_flight, q.depth) == (2, 3, 0)
+    for j in (job, again, third):
+        await j.ack()
+
+
+async def test_take_timeout_and_cancel_leave_the_queue_as_it_was(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    with pytest.raises(TimeoutError):
+        await other.take(name, timeout=0.05)
+    task = asyncio.create_task(other.take(name))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await client.enqueue(name, "x")
+    q = queue_stats(coord.stats(), name)
+    assert (q.depth, q.in_flight) == (1, 0)  # no withdrawn take got it
+    job = await other.take(name, timeout=5)
+    assert (job.value, job.attempts) == ("x", 0)
+    await job.ack()
+
+
+async def test_what_a_consumer_may_do_with_a_jobs_block(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    block = await client.alloc(5)
+    await client.write(block, b"hello")
+    await client.enqueue(name, block)
+    with pytest.raises(AccessDenied, match="a job in a work queue"):
+        await client.read(block)  # moved into the queue: no longer the producer's
+    job = await other.take(name)
+    async with other.lease(job.block, "r") as view:  # zero-copy, read-only
+        assert bytes(view) == b"hello"
+        with pytest.raises(AccessDenied, match="end them before ack"):
+            await job.ack()
+    assert await other.read(job.block) == b"hello"
+    with pytest.raises(AccessDenied):
+        await other.write(job.block, b"x")
+    with pytest.raises(AccessDenied):
+        await other.free(job.block)  # (its lease is the job's: ack frees it)
+    await job.ack()
+    with pytest.raises(InvalidRequest, match="before its value was read"):
+        _ = job.value
+
+
+async def test_only_a_block_of_this_process_alone_is_enqueued(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    block = await client.alloc(5)
+    await client.grant(block, other.name)
+    with pytest.raises(AccessDenied, match="shared with other processes"):
+        await client.enqueue(name, block)
+    assert queue_stats(coord.stats(), name).enqueued == 0
+    await client.revoke(block, other.name)
+    await client.enqueue(name, block)
+    job = await other.take(name)
+    await job.ack()
+
+
+async def test_competing_consumers_share_a_queue_in_order(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    async with connected(coord, "a") as a, connected(coord, "b") as b:
+        queues = coord._state.queues.queues
+        takes = []
+        for n, c in enumerate((a, b, a, b), 1):  # one after another: in a known order
+            takes.append(asyncio.create_task(c.take(name)))
+            await wait_until(lambda n=n: name in queues and len(queues[name].takers) == n)
+        for i in range(4):
+            await client.enqueue(name, i)
+        jobs = [await t for t in takes]
+        assert [j.value for j in jobs] == [0, 1, 2, 3]  # the takes in the order they came
+        for j in jobs:
+            await j.ack()
