@@ -72,6 +72,10 @@ def test_subscriptions_agree_with_the_reference(pats: list[str], tops: list[str]
     subs: Subscriptions[int] = Subscriptions()
     for i, pattern in enumerate(pats):
         subs.add(pattern, i)
+    grouped: dict[str, set[int]] = {}
+    for i, pattern in enumerate(pats):
+        grouped.setdefault(pattern, set()).add(i)
+    assert dict(subs.items()) == grouped
     for topic in tops:
         expected = {i for i, p in enumerate(pats) if reference(p.split("."), topic.split("."))}
         assert subs.match(topic) == expected

@@ -100,6 +100,7 @@ class ProcessRecord:
     channels: dict[int, ChannelRecord] = field(default_factory=dict)  # as either end
     channel_offers: deque[ChannelRecord] = field(default_factory=deque)  # not accepted yet
     exports: list[BlockRecord] = field(default_factory=list)  # see mark_exported
+    gone: bool = False  # unregistered: what it still holds is being reclaimed
 
 
 @dataclass(eq=False, slots=True)
@@ -149,7 +150,9 @@ class BlockRecord:
 
     @property
     def owner_name(self) -> str:
-        return self.owner.name if self.owner is not None else ""
+        """The owner's name; ``""`` for none, or for a process that is gone (its name
+        may already be a new process's, which does not own this block)."""
+        return self.owner.name if self.owner is not None and not self.owner.gone else ""
 
     def holders(self) -> list[ProcessRecord]:
         procs = [p for p, _ in self.grants.values()]
@@ -310,23 +313,29 @@ class RoutingTable:
         self.processes[name] = proc
         return proc
 
-    def unregister(self, proc: ProcessRecord) -> Outcome:
-        """Remove ``proc``: end its leases, drop its waits, holds, subscriptions and
-        queued deliveries (to it and from it). Deliveries to it that were still
-        queued are the outcome's ``failed``."""
+    def unregister(self, proc: ProcessRecord, *, limit: int | None = None) -> Outcome:
+        """Remove ``proc``, which has disconnected.
+
+        At once, whatever ``limit`` says: it is marked ``gone`` and leaves every lookup
+        (its name is free again: a restarted process may register it), its
+        subscriptions, its lease waits, its queued deliveries (to it and from it) and
+        its inbox go, and the waiters its waits held up are granted. So nothing is ever
+        granted or delivered to it after this call. Then its leases end and its holds
+        drop: all of them, or with ``limit`` at most that many blocks' worth, the rest
+        being left to :meth:`reclaim_some` (while :meth:`reclaim_left` is not 0), so
+        that a process that held many blocks is reclaimed in slices. Deliveries to it
+        that were still queued are the outcome's ``failed``; its ``leases`` counts every
+        lease ``proc`` held, ended now or later."""
+        proc.gone = True
         if self.processes.get(proc.name) is proc:
             del self.processes[proc.name]
         unexported = self._end_exports(proc)
         for topic in list(proc.topics):
             self.unsubscribe(proc, topic)
-        grants: list[Grant] = []
         reclaimed = len(proc.leases)
         touched: list[BlockRecord] = []
-        for lease in list(proc.leases.values()):
-            self._drop_lease(lease)
-            touched.append(lease.block)
         for rec in self.blocks.values():
-            if any(w.holder is proc for w in rec.waiters):
+            if rec.waiters and any(w.holder is proc for w in rec.waiters):
                 rec.waiters = deque(w for w in rec.waiters if w.holder is not proc)
                 touched.append(rec)
         # deliveries waiting for this process's inbox fail; its own queued sends vanish
@@ -342,26 +351,69 @@ class RoutingTable:
             d.in_transit(-1)
         proc.inbox.clear()
         proc.inbox_used = 0
-        removed: list[BlockRecord] = unexported
-        dropped: list[Waiter] = []
-        for bid in sorted(proc.blocks):
-            rec = self.blocks[bid]
-            self._drop_hold(rec, proc)
-            out = self._let_go(rec)
-            dropped.extend(out.dropped)
-            removed.extend(out.freed)
-        proc.blocks.clear()
-        proc.held_bytes = 0
-        for rec in touched:
-            out = self.reap(rec)
-            dropped.extend(out.dropped)
-            removed.extend(out.freed)
-            if not out.freed and rec.id in self.blocks:
+        grants: list[Grant] = []
+        for rec in touched:  # (one it holds or leases is granted when that hold ends)
+            if rec.id not in proc.blocks and not self._leased_by(rec, proc):
                 grants.extend(self._grant_waiters(rec))
         admitted: list[Delivery] = []
         for other in self.processes.values():
             admitted.extend(self._admit(other))
-        return Outcome(removed, dropped, grants, admitted, failed, reclaimed)
+        rest = self.reclaim_some(proc, limit)
+        return Outcome(
+            [*unexported, *rest.freed],
+            rest.dropped,
+            [*grants, *rest.grants],
+            admitted,
+            failed,
+            reclaimed,
+        )
+
+    def reclaim_some(self, proc: ProcessRecord, limit: int | None = None) -> Outcome:
+        """End the leases and drop the holds of ``proc``, which :meth:`unregister`
+        removed, on at most ``limit`` more blocks (``None``: all of them). The blocks
+        no one holds now are the outcome's ``freed`` (or, leased by readers, doomed),
+        the waits on them its ``dropped``, the leases its end made possible its
+        ``grants``. The same as one call with no ``limit``, however it is sliced."""
+        budget = self.reclaim_left(proc) if limit is None else limit
+        removed: list[BlockRecord] = []
+        dropped: list[Waiter] = []
+        grants: list[Grant] = []
+        while budget > 0 and (proc.leases or proc.blocks):
+            budget -= 1
+            if proc.leases:  # a block it leases: end its leases on it, then its hold
+                _, lease = proc.leases.popitem()
+                rec = lease.block
+                for other in [x for x in rec.leases.values() if x.holder is proc]:
+                    self._drop_lease(other)
+                self._drop_lease(lease)
+                held = rec.id in proc.blocks
+                _unhold(proc, rec)
+            else:  # (popped: a set iterated from its start after removals is slow)
+                rec = self.blocks[proc.blocks.pop()]
+                proc.held_bytes -= rec.capacity
+                held = True
+            if held:
+                self._drop_hold(rec, proc)
+                out = self._let_go(rec)
+                dropped.extend(out.dropped)
+                removed.extend(out.freed)
+            out = self.reap(rec)
+            dropped.extend(out.dropped)
+            removed.extend(out.freed)
+            if rec.waiters and rec.id in self.blocks:
+                grants.extend(self._grant_waiters(rec))
+        return Outcome(removed, dropped, grants)
+
+    @staticmethod
+    def reclaim_left(proc: ProcessRecord) -> int:
+        """How many blocks ``proc`` still leases or holds: for a process that
+        :meth:`unregister` removed, what :meth:`reclaim_some` has still to do (at
+        most; a block it both leases and holds is one)."""
+        return len(proc.leases) + len(proc.blocks)
+
+    @staticmethod
+    def _leased_by(rec: BlockRecord, proc: ProcessRecord) -> bool:
+        return any(lease.holder is proc for lease in rec.leases.values())
 
     def find_process(self, name: str) -> ProcessRecord:
         try:
@@ -427,6 +479,8 @@ class RoutingTable:
             return f"block {rec.id} is a job in a work queue: take() it, then ack() or nack() it"
         if rec.owner is None:
             return f"block {rec.id} is held by other processes (its owner let it go)"
+        if rec.owner.gone:
+            return f"block {rec.id} belonged to a process that disconnected (being reclaimed)"
         return f"block {rec.id} belongs to another process ({rec.owner.name!r})"
 
     @staticmethod

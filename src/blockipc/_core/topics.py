@@ -25,7 +25,7 @@ trie's nodes times the topic's words, never an exponential search.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -89,7 +89,7 @@ class Subscriptions(Generic[T]):
     def __init__(self) -> None:
         self._exact: dict[str, set[T]] = {}
         self._root: _Node[T] = _Node()
-        self._patterns = 0
+        self._patterns: dict[str, set[T]] = {}  # (also in the trie, for match)
 
     def add(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
@@ -98,9 +98,8 @@ class Subscriptions(Generic[T]):
         node = self._root
         for word in pattern.split("."):
             node = node.children.setdefault(word, _Node())
-        if sub not in node.subs:
-            node.subs.add(sub)
-            self._patterns += 1
+        node.subs.add(sub)
+        self._patterns.setdefault(pattern, set()).add(sub)
 
     def discard(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
@@ -119,7 +118,10 @@ class Subscriptions(Generic[T]):
         if sub not in path[-1].subs:
             return
         path[-1].subs.discard(sub)
-        self._patterns -= 1
+        subs = self._patterns[pattern]
+        subs.discard(sub)
+        if not subs:
+            del self._patterns[pattern]
         words = pattern.split(".")
         for depth in range(len(words), 0, -1):  # prune the nodes nobody needs any more
             node = path[depth]
@@ -155,5 +157,10 @@ class Subscriptions(Generic[T]):
             if rest is not None:  # '#' takes 0, 1, ... n - i words
                 todo.extend((rest, j) for j in range(i, n + 1))
 
+    def items(self) -> Iterator[tuple[str, set[T]]]:
+        """Every topic and pattern subscribed to, with its subscribers."""
+        yield from self._exact.items()
+        yield from self._patterns.items()
+
     def __len__(self) -> int:
-        return sum(map(len, self._exact.values())) + self._patterns
+        return sum(map(len, self._exact.values())) + sum(map(len, self._patterns.values()))

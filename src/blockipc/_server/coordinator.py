@@ -7,7 +7,8 @@ The parts, in the order a request meets them (``docs/architecture.md`` has the m
 - :mod:`.listener` accepts a connection, checks the peer's uid (``SO_PEERCRED``),
   runs the handshake on the raw socket (register, pass segment fds), hands the socket
   to a :class:`~.session.Session` and, when the connection ends, has :mod:`.reclaim`
-  give back everything the process held, shielded from cancellation;
+  give back everything the process held, shielded from cancellation (a process that
+  held many blocks in slices, serving the others between them);
 - a :class:`~.session.Session` (an asyncio/uvloop ``BufferedProtocol``) parses requests
   in its ``buffer_updated`` callback, so a pipelined burst is answered in one write, and
   passes each to :meth:`ServerState.handle <.state.ServerState.handle>`;
@@ -276,7 +277,8 @@ class Coordinator:
 
     async def aclose(self) -> None:
         """Close every connection (pending client awaits raise ``ConnectionClosed``),
-        free the pool and remove the socket. Idempotent."""
+        finish the reclaims in progress, free the pool and remove the socket.
+        Idempotent."""
         if os.getpid() != self._pid:
             # A forked child unwinding the parent's stack (async with exits after
             # os.fork()): the socket, the sessions and the loop's epoll set are the
@@ -297,6 +299,9 @@ class Coordinator:
                 with anyio.CancelScope(shield=True):
                     await self._runner
         finally:
+            if self._state is not None:  # (every connection has ended: none starts one)
+                with anyio.CancelScope(shield=True):
+                    await self._state.finish_reclaims()
             if self._state is not None:
                 for bells in self._state.bells.values():
                     for fd in bells:

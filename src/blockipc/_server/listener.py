@@ -329,7 +329,9 @@ async def _serve(state: ServerState, stream: UNIXSocketStream, idle_frame_timeou
         await session.closed.wait()
     finally:
         state.read_only.discard(proc.key)
-        reclaim(state, proc, token, session)  # synchronous: cancellation cannot cut it short
+        # synchronous, so cancellation cannot cut it short; what a process that held
+        # many blocks leaves after one slice, a task of the state's gives back
+        reclaim(state, proc, token, session)
 
 
 async def _attach(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._core.claims import Claims
-from .._core.limits import Quotas
+from .._core.limits import RECLAIM_SLICE, Quotas
 from .._core.protocol import (
     REPLY_LISTS_BUDGET,
     ErrorReply,
@@ -156,6 +156,9 @@ class ServerState:
         self.expiry: dict[str, asyncio.TimerHandle] = {}  # name -> its ttl's timer
         self.queues = QueueTable(self.table)  # work queues (ops/queues.py)
         self.cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
+        # process key -> the task reclaiming the rest of what it held (reclaim.py)
+        self.reclaims: dict[int, asyncio.Task[None]] = {}
+        self.reclaim_slice = RECLAIM_SLICE  # blocks given back per step of a reclaim
         self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
 
     # -- requests ----------------------------------------------------------------
@@ -348,9 +351,20 @@ class ServerState:
     def _publish_generation(self, rec: BlockRecord) -> None:
         self.gens.set(rec.slot, rec.generation)
 
+    # -- reclaims ----------------------------------------------------------------
+    async def finish_reclaims(self) -> None:
+        """Wait until every reclaim in progress has given back all it had to (the
+        coordinator's close, before it frees the pool); cancelling this wait cancels
+        none of them."""
+        while self.reclaims:
+            await asyncio.wait(list(self.reclaims.values()))
+
     # -- stats -------------------------------------------------------------------
     def stats(self) -> Stats:
-        """The pool and admin space now: every process and name."""
+        """The pool and admin space now: every process and name. A process that
+        disconnected is in neither ``processes`` nor ``usage`` (its name is free at
+        once); while its reclaim is in progress, what it still held counts in
+        ``blocks``, ``used_bytes`` and ``leases``."""
         pool, table = self.pool, self.table
         return Stats(
             pool_size=pool.size,
