@@ -202,6 +202,26 @@ async def holder(address: str, name: str) -> None:
                 await anyio.sleep_forever()
 
 
+async def lease_writer(address: str, name: str, block: str, data: str) -> None:
+    """Report ``ready``; once ``block`` is granted to this process (tried until it is),
+    take a write lease on it, write ``data`` through the view, report ``written``, and
+    sleep with the lease held until killed."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        while True:
+            try:
+                lease = client.lease(int(block), "w")
+                view = await lease.__aenter__()
+                break
+            except blockipc.AccessDenied:
+                await anyio.sleep(0.01)
+        view[: len(data)] = data.encode()
+        report("written")
+        await anyio.sleep_forever()
+
+
 async def sender(address: str, name: str, to: str, size: str) -> None:
     """Send one block to ``to``, report it, then sleep until killed."""
     import blockipc
@@ -247,6 +267,7 @@ async def coordinator(path: str, pool_size: str) -> None:
 
 
 ROLES = {
+    "lease_writer": lease_writer,
     "producer": producer,
     "consumer": consumer,
     "holder": holder,

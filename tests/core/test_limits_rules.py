@@ -260,8 +260,9 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "a limit's constant (MAX_*)": (
         (
-            r"^\s*_?MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH|OFFERS|QUEUES|QUEUE_SIZE"
-            r"|ATTEMPTS)\s*(?::[^=]*)?=(?!=)"
+            r"^\s*_?(?:MAX_(?:NAME|TOPIC|INT|HEADER|LIST|BATCH|STR|TOUCH|OFFERS|QUEUES"
+            r"|QUEUE_SIZE|ATTEMPTS|SUBSCRIPTIONS|CLAIMS|PARKED)|RECLAIM_SLICE)"
+            r"\s*(?::[^=]*)?=(?!=)"
         ),
         "_core/limits.py",
     ),

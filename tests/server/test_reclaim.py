@@ -15,6 +15,7 @@ from anyio.abc import UNIXSocketStream
 
 import blockipc
 from _helpers import connected, raw_hello
+from _procs import spawn
 from blockipc._core.limits import RECLAIM_SLICE
 from blockipc._core.protocol import Connection, Op, Reply, Request
 from blockipc._handshake import receive_event
@@ -170,3 +171,24 @@ async def test_closing_the_coordinator_during_a_reclaim_leaks_nothing() -> None:
     (event,) = _disconnects(logs)
     assert event["blocks_freed"] == HOG_BLOCKS
     assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+
+
+async def test_a_write_lease_ended_by_a_disconnect_moves_the_generation_on(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    """A grantee that wrote through its write lease's view and was killed: the block's
+    generation moves on as a released write lease's does, so the owner's cached ``get``
+    is not served stale."""
+    block = await client.alloc(16)
+    await client.write(block, b"old")
+    assert await client.get(block) == b"old" + bytes(13)  # cached at this generation
+    name = unique_name("writer")
+    async with spawn("lease_writer", coord.address, name, block.id, "new") as writer:
+        await writer.expect("ready")
+        await client.grant(block, to=name, mode="w")
+        await writer.expect("written")
+        writer.kill()
+        await writer.wait()
+    await _turns_until(lambda: name not in coord.stats().processes)
+    assert await client.get(block) == b"new" + bytes(13)
+    await client.free(block)

@@ -383,9 +383,13 @@ class RoutingTable:
             if proc.leases:  # a block it leases: end its leases on it, then its hold
                 _, lease = proc.leases.popitem()
                 rec = lease.block
-                for other in [x for x in rec.leases.values() if x.holder is proc]:
-                    self._drop_lease(other)
-                self._drop_lease(lease)
+                ended = [x for x in rec.leases.values() if x.holder is proc]  # (lease too)
+                for each in ended:
+                    self._drop_lease(each)
+                if rec.id in self.blocks and any(
+                    x.mode == "w" and not x.transient for x in ended
+                ):  # it may have written through its view, as release() knows
+                    self.bump(rec)
                 held = rec.id in proc.blocks
                 _unhold(proc, rec)
             else:  # (popped: a set iterated from its start after removals is slow)

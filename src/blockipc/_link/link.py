@@ -125,7 +125,7 @@ __all__ = ["Link"]
 
 log = get_logger("blockipc.link")
 
-MAX_PARKED: Final = 512 << 20
+MAX_PARKED_BYTES: Final = 512 << 20
 """The receiver stops reading its socket while this many bytes wait for delivery."""
 THREAD_COPY: Final = 2 << 20
 """Blocks from this size up are copied into the pool in a worker thread."""
@@ -937,7 +937,7 @@ class Link:
         self._pumping = True
         try:
             while True:
-                if self._parked > MAX_PARKED:
+                if self._parked > MAX_PARKED_BYTES:
                     if self._reading:
                         loop.remove_reader(self._router_fd)
                         self._reading = False
