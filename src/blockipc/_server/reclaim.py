@@ -3,7 +3,8 @@
 Runs once per connection, synchronously, from the listener's ``finally`` (so that no
 cancellation can cut it short): the session's parked requests abandon themselves, its
 channel ends close (aborted, in the ring, unless the client had closed them there;
-its offers not accepted yet and so aborted are withdrawn), and the routing table's
+its offers not accepted yet and so aborted are withdrawn), the requests it had not
+answered as a responder fail (``PeerUnreachable``), and the routing table's
 ``unregister`` decides the rest, which :meth:`ServerState.settle` applies. Deliveries
 to the process that were still queued fail with :class:`PeerUnreachable`.
 """
@@ -18,6 +19,7 @@ from .._log import get_logger
 from .ops.channels import end_channel
 from .ops.objects import claims_released
 from .ops.queues import give_back_jobs
+from .ops.requests import requests_released
 from .session import Session
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
         end_channel(state, chan, proc, gone=True)
     claims_released(state, proc)  # (its own waits for claims went with its parked)
     give_back_jobs(state, proc)  # taken jobs not acked: back to their queues at once
+    requests_released(state, proc)  # requests to it, queued or in hand: failed at once
     outcome = state.table.unregister(proc)
     freed = state.settle(outcome)
     exc = PeerUnreachable(f"{proc.name!r} disconnected before the block was delivered")
