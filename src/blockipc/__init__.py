@@ -16,6 +16,7 @@ from ._client.client import Client as Client
 from ._client.client import Lease as Lease
 from ._client.client import connect as connect
 from ._client.jobs import Job as Job
+from ._client.requests import IncomingRequest as IncomingRequest
 from ._core.sizes import parse_size as parse_size
 from ._exceptions import AccessDenied as AccessDenied
 from ._exceptions import BlockIPCError as BlockIPCError
@@ -31,6 +32,7 @@ from ._exceptions import PeerUnreachable as PeerUnreachable
 from ._exceptions import PoolExhausted as PoolExhausted
 from ._exceptions import ProtocolError as ProtocolError
 from ._exceptions import QuotaExceeded as QuotaExceeded
+from ._exceptions import RemoteError as RemoteError
 from ._exceptions import UsedAfterFork as UsedAfterFork
 from ._exceptions import WrongEventLoop as WrongEventLoop
 from ._log import configure_logging as configure_logging
@@ -52,6 +54,7 @@ __all__ = (
     "Client",
     "Lease",
     "Job",
+    "IncomingRequest",
     "ChannelSender",
     "ChannelReceiver",
     "ChannelMessage",
@@ -83,4 +86,5 @@ __all__ = (
     "WrongEventLoop",
     "NameTaken",
     "QuotaExceeded",
+    "RemoteError",
 )

@@ -25,6 +25,8 @@ __all__ = [
     "PeerUnreachable",
     "PoolExhausted",
     "ProtocolError",
+    "QuotaExceeded",
+    "RemoteError",
     "UsedAfterFork",
     "WrongEventLoop",
     "error_from_code",
@@ -147,6 +149,16 @@ class QuotaExceeded(BlockIPCError):
     code = 13
 
 
+class RemoteError(BlockIPCError):
+    """Raised when the responder of a :meth:`Client.request` answered it with
+    ``req.fail(error)`` (in the requester): the message names the responder and carries
+    what it said (``"'svc' failed the request: ValueError: bad input"``). The
+    responder's exception itself stays in its process: only its type's name and
+    message travel."""
+
+    code = 14
+
+
 class ErrorCode(enum.IntEnum):
     """Wire codes of the errors a coordinator reports."""
 
@@ -163,6 +175,7 @@ class ErrorCode(enum.IntEnum):
     INBOX_FULL = InboxFull.code
     NAME_TAKEN = NameTaken.code
     QUOTA_EXCEEDED = QuotaExceeded.code
+    REMOTE_ERROR = RemoteError.code
 
 
 _BY_CODE: dict[int, type[BlockIPCError]] = {
@@ -181,6 +194,7 @@ _BY_CODE: dict[int, type[BlockIPCError]] = {
         InboxFull,
         NameTaken,
         QuotaExceeded,
+        RemoteError,
     )
 }
 

@@ -233,6 +233,9 @@ CHECKS: dict[tuple[str, str], Check] = {
     ),
     ("Channels: streams without the coordinator", "open_channel"): fragment("channel"),
     ("Work queues", "declare_queue"): script(expect="[0, 2] {'image': 1} 0\n0 1 1"),
+    ("Request/reply", "adder.requests()"): script(
+        expect="6\n'adder' failed the request: ValueError: numbers only"
+    ),
     ("Objects, codecs and the cache", 'codec="numpy", name="weights"'): fragment("objects"),
     ("Command line", "blockipc serve"): synopsis(),
     ("Command line", "pool_size        256.0 MiB"): stats_sample(),

@@ -69,6 +69,8 @@ DICT_FIELDS = {
     (Op.REMOTE_SEND, "header"),
     (Op.COMMIT, "meta"),
     (Op.ENQUEUE, "header"),
+    (Op.REQUEST, "meta"),
+    (Op.RESPOND, "meta"),
 }
 
 
@@ -172,6 +174,8 @@ DICT_CASES = [
         {"codec": "raw", "name": "", "cacheable": False, "if_absent": False, "ttl_ms": 0},
     ),
     (Op.ENQUEUE, "header", {"queue": "", "nowait": True}),
+    (Op.REQUEST, "meta", {"to": "", "codec": "raw", "wait_ms": 0}),
+    (Op.RESPOND, "meta", {"request": 1, "codec": "raw", "error": 0, "message": ""}),
 ]
 
 

@@ -94,6 +94,7 @@ from .._core.codecs import DEFAULT_CODEC, get_codec
 from .._core.limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
+    MAX_INLINE_PAYLOAD,
     MAX_INT,
     MAX_LIST,
     check_batch,
@@ -127,6 +128,7 @@ from .._exceptions import (
     ConnectionClosed,
     InvalidRequest,
     OutOfBounds,
+    PeerUnreachable,
     PoolExhausted,
     ProtocolError,
     UsedAfterFork,
@@ -148,6 +150,7 @@ from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, QueueSt
 from ..cache import CacheStats, LRUCache
 from .channel import ChannelReceiver, ChannelSender, _Bell, _End
 from .jobs import Job
+from .requests import IncomingRequest, Payload, decode_payload
 from .views import lend, reclaim
 
 __all__ = ["Client", "Lease", "connect"]
@@ -1129,6 +1132,159 @@ class Client:
                 if self._closing:
                     return
                 raise
+
+    # -- request/reply -----------------------------------------------------------
+    async def request(
+        self,
+        to: str,
+        obj: object,
+        codec: str = DEFAULT_CODEC,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- the issue's API, as take()
+        wait_for_peer: float | None = None,
+    ) -> Any:
+        """Ask the process registered as ``to`` (its responder, which receives with
+        :meth:`requests`) and return its reply, decoded with the codec it chose.
+
+        ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
+        encoded, it travels inside the request's frame; a larger one is put in a block
+        that moves to the responder (zero-copy), as a :class:`Block` of this process's
+        does as it is. Any number of requests may be in flight at once, to one
+        responder or several.
+
+        :raises RemoteError: the responder answered with ``req.fail(error)``.
+        :raises PeerUnreachable: nobody is registered as ``to`` (at once, or after
+            waiting up to ``wait_for_peer`` seconds for it), or the responder closed or
+            died before it answered: at once, not at the timeout.
+        :raises InboxFull: the responder has ``MAX_QUEUED_REQUESTS`` requests it has not
+            received yet; nothing was sent.
+        :raises TimeoutError: no reply within ``timeout`` seconds; the request is
+            withdrawn (a reply that comes later is dropped). Cancelling does the same.
+
+        A :class:`Block` sent is the responder's once it has received the request (it
+        stays this process's if the request failed before that).
+
+        >>> total = await client.request("adder", [1, 2, 3], timeout=5)  # doctest: +SKIP
+        """
+        _check_name(to, "responder name")
+        if "/" in to:
+            raise InvalidRequest("request/reply reaches the processes of this coordinator only")
+        seconds = _check_timeout(timeout)
+        wait_ms = _wait_ms(wait_for_peer)
+
+        def orphan(reply: Reply) -> None:  # cancelled after the reply came: its block is ours
+            if reply.result["block"] != NO_BLOCK:
+                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+        if seconds is not None:  # (a cancel scope costs a tenth of a round trip)
+            with anyio.fail_after(seconds):
+                return await self._request(to, obj, codec, wait_ms, orphan)
+        return await self._request(to, obj, codec, wait_ms, orphan)
+
+    async def _request(
+        self, to: str, obj: object, codec: str, wait_ms: int, orphan: _Orphan
+    ) -> Any:
+        bid, c, meta, data, made = await self._outgoing(obj, codec)
+        args = {"to": to, "block": bid, "codec": c, "meta": meta, "wait_ms": wait_ms}
+        try:
+            reply = await self._call(Op.REQUEST, args, data, orphan=orphan)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._drop_made(made)
+            raise
+        if bid != NO_BLOCK:
+            self._sizes.pop(bid, None)
+        return await self._reply_value(reply, self._epoch)
+
+    async def next_request(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 -- as take()
+    ) -> IncomingRequest:
+        """Wait for the next request to this process (in arrival order) and return it;
+        answer it with :meth:`IncomingRequest.reply` or :meth:`IncomingRequest.fail`.
+        ``timeout`` (seconds) raises :class:`TimeoutError` when none came; cancelling
+        the call leaves the requests as they were.
+
+        :raises QuotaExceeded: this process holds ``MAX_IN_HAND`` (1024) requests it
+            has not answered.
+        """
+        seconds = _check_timeout(timeout)
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator handed it one
+            self._send_nowait(
+                Op.RESPOND,
+                {
+                    "request": reply.result["request"],
+                    "block": NO_BLOCK,
+                    "codec": "",
+                    "meta": {},
+                    "error": PeerUnreachable.code,
+                    "message": "stopped receiving before it read the request",
+                },
+            )
+
+        if seconds is None:
+            reply = await self._call(Op.SERVE, {}, orphan=orphan)
+        else:
+            with anyio.fail_after(seconds):
+                reply = await self._call(Op.SERVE, {}, orphan=orphan)
+        epoch, r = self._epoch, reply.result
+        segment = None
+        if r["block"] != NO_BLOCK:
+            try:
+                segment = (await self._segment(r["segment"], epoch)).buffer
+            except BaseException:
+                orphan(reply)
+                raise
+            self._issued(r["block"])
+            self._sizes[r["block"]] = r["size"]
+        return IncomingRequest(self, epoch, segment, r, reply.data)
+
+    async def requests(self) -> AsyncIterator[IncomingRequest]:
+        """``async for req in client.requests():`` the requests to this process, in
+        arrival order, until this client is closed (see :meth:`next_request`)::
+
+            async for req in client.requests():
+                await req.reply(handle(req.value))
+        """
+        while True:
+            try:
+                yield await self.next_request()
+            except ConnectionClosed:
+                if self._closing:
+                    return
+                raise
+
+    async def _outgoing(self, obj: object, codec: str) -> Payload:
+        """``obj`` as a payload: a :class:`Block` as it is; else encoded, inline up to
+        ``MAX_INLINE_PAYLOAD`` bytes, or put in a new block (returned as made)."""
+        if isinstance(obj, Block):
+            return self._bid(obj), "", {}, b"", None
+        with get_codec(codec).prepare(obj) as enc:
+            if enc.nbytes <= MAX_INLINE_PAYLOAD:
+                return NO_BLOCK, codec, enc.meta, enc.tobytes(), None
+        block = await self.put(obj, codec)
+        return block.id, "", {}, b"", block
+
+    async def _drop_made(self, block: Block | None) -> None:
+        """Free a block :meth:`_outgoing` made, if the payload did not go (or it went,
+        and the free fails: the other side has it)."""
+        if block is not None:
+            with contextlib.suppress(BlockIPCError):
+                await self.free(block)
+
+    async def _reply_value(self, reply: Reply, epoch: int) -> Any:
+        """The object a REQUEST's reply carries; a block is ours: read, then freed."""
+        r = reply.result
+        if r["block"] == NO_BLOCK:
+            return decode_payload(r["codec"], r["meta"], reply.data)
+        try:
+            seg = await self._segment(r["segment"], epoch)
+            n = r["meta"].get("nbytes", r["size"])
+            with seg.buffer[r["offset"] : r["offset"] + n] as src:
+                return get_codec(r["codec"]).decode(src, r["meta"].get("codec", {}))
+        finally:
+            self._send_nowait(Op.FREE, {"block": r["block"]}, epoch=epoch)
 
     # -- work queues -------------------------------------------------------------
     async def declare_queue(

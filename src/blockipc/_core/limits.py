@@ -43,6 +43,12 @@ Each rule below has this one home; the other modules import it rather than resta
 * **reclaim**: a process that disconnects is out of every lookup at once, and what
   it held goes back :data:`RECLAIM_SLICE` blocks at a time, the coordinator serving the
   other clients between slices (one that held no more than that, at once).
+* **request/reply**: a request's or a reply's payload travels inside its frame when
+  it is at most :data:`MAX_INLINE_PAYLOAD` bytes encoded, else as a block; a responder
+  has at most :data:`MAX_QUEUED_REQUESTS` requests waiting that it has not received
+  (the next request to it raises ``InboxFull``) and at most :data:`MAX_IN_HAND`
+  received and not answered (its next receive raises ``QuotaExceeded``)
+  (:func:`check_queued_requests`, :func:`check_in_hand`).
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -59,7 +65,7 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-from .._exceptions import InvalidRequest, OutOfBounds, QuotaExceeded
+from .._exceptions import InboxFull, InvalidRequest, OutOfBounds, QuotaExceeded
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -69,12 +75,15 @@ __all__ = [
     "MAX_BATCH",
     "MAX_CLAIMS",
     "MAX_HEADER",
+    "MAX_INLINE_PAYLOAD",
+    "MAX_IN_HAND",
     "MAX_INT",
     "MAX_LIST",
     "MAX_NAME",
     "MAX_OFFERS",
     "MAX_PARKED",
     "MAX_QUEUES",
+    "MAX_QUEUED_REQUESTS",
     "MAX_QUEUE_SIZE",
     "MAX_STR",
     "MAX_SUBSCRIPTIONS",
@@ -85,12 +94,14 @@ __all__ = [
     "check_batch",
     "check_claims",
     "check_header_size",
+    "check_in_hand",
     "check_mode",
     "check_name",
     "check_node_name",
     "check_offers",
     "check_process_name",
     "check_queue_settings",
+    "check_queued_requests",
     "check_range",
     "check_subscriptions",
     "is_process_name",
@@ -384,6 +395,37 @@ def check_queue_settings(maxsize: object, max_attempts: object) -> None:
     ):
         raise InvalidRequest(
             f"a queue's max_attempts must be 1 to {MAX_ATTEMPTS} or None, not {max_attempts!r}"
+        )
+
+
+# -- request/reply -----------------------------------------------------------------
+MAX_INLINE_PAYLOAD: Final = 64 * 1024
+"""Encoded bytes of a request's or a reply's payload that travel inside its frame, at
+most; a larger payload goes as a block of the pool, moved to the other side (zero-copy)."""
+MAX_QUEUED_REQUESTS: Final = 1024
+"""Requests waiting for one responder that it has not received yet, at most (each
+holds its inline payload in the coordinator, or a block in transit)."""
+MAX_IN_HAND: Final = 1024
+"""Requests one responder has received and not answered yet, at most."""
+
+
+def check_queued_requests(queued: int, to: str) -> None:
+    """Raise :class:`InboxFull` if responder ``to`` already has ``queued`` >=
+    :data:`MAX_QUEUED_REQUESTS` requests waiting that it has not received."""
+    if queued >= MAX_QUEUED_REQUESTS:
+        raise InboxFull(
+            f"{to!r:.80} has {queued} requests waiting that it has not received (the "
+            f"limit is {MAX_QUEUED_REQUESTS}); nothing was sent: try again later"
+        )
+
+
+def check_in_hand(in_hand: int) -> None:
+    """Raise :class:`QuotaExceeded` if a responder already holds ``in_hand`` >=
+    :data:`MAX_IN_HAND` requests it has received and not answered."""
+    if in_hand >= MAX_IN_HAND:
+        raise QuotaExceeded(
+            f"this process holds {in_hand} requests it has not answered (the limit is "
+            f"{MAX_IN_HAND}): reply to (or fail) some first"
         )
 
 

@@ -170,6 +170,10 @@ class Op(enum.IntEnum):
     TAKE = 62
     ACK = 63
     NACK = 64
+    # request/reply: a request routed to a responder, answered by its reply (70-79)
+    REQUEST = 70  # the requester's: answered with the reply (or the responder's failure)
+    SERVE = 71  # the responder's: answered with the next request to it
+    RESPOND = 72  # the responder's answer to a request it received
 
 
 class Role(enum.Enum):
@@ -445,6 +449,34 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     # failed False: a take whose caller was cancelled gives its job back, not counted
     (Kind.REQUEST, Op.NACK): ({"job": int, "failed": bool}, False),
     (Kind.REPLY, Op.NACK): ({}, False),
+    # A payload is the frame's data when ``block`` is NO_BLOCK (at most
+    # MAX_INLINE_PAYLOAD bytes; ``codec`` and ``meta``, the codec's meta, decode it), else
+    # that block, moved to the other side (its recorded codec and meta decode it: the
+    # coordinator fills them in).
+    (Kind.REQUEST, Op.REQUEST): (
+        {"to": str, "block": int, "codec": str, "meta": dict, "wait_ms": int},
+        True,
+    ),
+    (Kind.REPLY, Op.REQUEST): ({**_BLOCK_FIELDS, "codec": str, "meta": dict}, True),
+    (Kind.REQUEST, Op.SERVE): ({}, False),
+    (Kind.REPLY, Op.SERVE): (
+        {"request": int, "sender": str, **_BLOCK_FIELDS, "codec": str, "meta": dict},
+        True,
+    ),
+    # error 0: a reply, its payload as a REQUEST's; else the error code the requester
+    # raises (RemoteError: req.fail(); PeerUnreachable) with ``message``, no payload
+    (Kind.REQUEST, Op.RESPOND): (
+        {
+            "request": int,
+            "block": int,
+            "codec": str,
+            "meta": dict,
+            "error": int,
+            "message": str,
+        },
+        True,
+    ),
+    (Kind.REPLY, Op.RESPOND): ({}, False),
     (Kind.REQUEST, Op.STATS): ({}, False),
     (Kind.REPLY, Op.STATS): (_STATS_FIELDS, False),
     (Kind.REQUEST, Op.CANCEL): ({"target": int}, False),
@@ -486,7 +518,11 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
         "CHANNEL_ACCEPT refused (a channel's receiver writes the ring's read position "
         "in the pool; receive blocks with recv() instead)"
     ),
+    # for a block only: an inline payload travels in the frame, never in the pool
+    Op.REQUEST: "a REQUEST carrying a block refused (it hands a block on; inline is allowed)",
+    Op.RESPOND: "a RESPOND carrying a block refused (it hands a block on; inline is allowed)",
 }
+_INLINE_OK: Final = frozenset({Op.REQUEST, Op.RESPOND})  # refused only with a block
 _READ_ONLY_OK: Final = frozenset(
     {
         Op.HELLO,
@@ -512,6 +548,7 @@ _READ_ONLY_OK: Final = frozenset(
         Op.ACK,
         Op.NACK,
         Op.CHANNEL_CLOSE,
+        Op.SERVE,  # a responder receives requests (its answer is RESPOND's to decide)
     }
 )
 
@@ -526,7 +563,11 @@ def read_only_refusal(op: Op, args: dict[str, Any]) -> str | None:
     True
     """
     why = _NEEDS_WRITE.get(op)
-    if why is None or (op is Op.LEASE and args.get("mode") == "r"):
+    if (
+        why is None
+        or (op is Op.LEASE and args.get("mode") == "r")
+        or (op in _INLINE_OK and args.get("block") == NO_BLOCK)
+    ):
         return None
     return f"this connection is read-only (access='r'): {why}"
 

@@ -819,6 +819,40 @@ class RoutingTable:
         rec.job = 0
         return self._let_go(rec)
 
+    # -- request/reply -----------------------------------------------------------
+    # The rules are in _core/requests.py; what they change of holds is here. A block a
+    # request or a reply carries moves from its sender to the other side, as a moving
+    # send does; while a request waits for its responder to receive it, its block stays
+    # the requester's, in transit (``carry``: nobody may move it, its owner may not free
+    # it), until it is handed over (``hand_over``) or the request is withdrawn
+    # (``uncarry``: it is the requester's again).
+    def carry(self, proc: ProcessRecord, rec: BlockRecord) -> None:
+        """``rec``, ``proc``'s, rides on a request waiting for its responder. Refused,
+        before anything changes, as :meth:`check_movable` says."""
+        self.check_movable(proc, rec)
+        rec.in_transit += 1
+
+    @staticmethod
+    def uncarry(rec: BlockRecord) -> None:
+        """The request that carried ``rec`` was withdrawn: it stays its owner's."""
+        rec.in_transit -= 1
+
+    def hand_over(
+        self, rec: BlockRecord, sender: ProcessRecord, to: ProcessRecord, *, carried: bool
+    ) -> None:
+        """``rec`` moves from ``sender`` to ``to`` (a request's block, to its responder;
+        a reply's, to its requester): ``to`` owns it now. A block not ``carried`` so far
+        is checked first, as :meth:`check_movable` says."""
+        if carried:
+            rec.in_transit -= 1
+        else:
+            self.check_movable(sender, rec)
+        if rec.owner is not None:
+            _unhold(rec.owner, rec)
+        rec.grants.pop(to.key, None)
+        rec.owner = to
+        _hold(to, rec)
+
     # -- transfers to other nodes ------------------------------------------------
     def start_transfer(
         self, proc: ProcessRecord, rec: BlockRecord, pin: ProcessRecord, *, move: bool

@@ -3,7 +3,8 @@
 Runs once per connection from the listener's ``finally``. The first part is
 synchronous, so no cancellation can cut it short: the session's parked requests abandon
 themselves, its channel ends close (aborted, in the ring, unless the client had closed
-them there; its offers not accepted yet and so aborted are withdrawn), and the routing
+them there; its offers not accepted yet and so aborted are withdrawn), the requests it
+had not answered as a responder fail (``PeerUnreachable``), and the routing
 table's ``unregister`` takes the process out of every lookup (nothing is granted or
 delivered to it after that, and its name is free for a restarted process) and gives
 back the first :data:`~.._core.limits.RECLAIM_SLICE` of its blocks;
@@ -30,6 +31,7 @@ from .._log import get_logger
 from .ops.channels import end_channel
 from .ops.objects import claims_released
 from .ops.queues import give_back_jobs
+from .ops.requests import requests_released
 from .session import Session
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ def reclaim(state: ServerState, proc: ProcessRecord, token: bytes, session: Sess
         end_channel(state, chan, proc, gone=True)
     claims_released(state, proc)  # (its own waits for claims went with its parked)
     give_back_jobs(state, proc)  # taken jobs not acked: back to their queues at once
+    requests_released(state, proc)  # requests to it, queued or in hand: failed at once
     outcome = state.table.unregister(proc, limit=state.reclaim_slice)
     progress = _Progress(leases=outcome.leases)
     _apply(state, outcome, progress)

@@ -34,6 +34,7 @@ from .._core.protocol import (
     read_only_refusal,
 )
 from .._core.queues import QueueTable
+from .._core.requests import RequestTable
 from .._core.routing import (
     FIRST_BLOCK_MAX,
     BlockRecord,
@@ -155,6 +156,7 @@ class ServerState:
         self.claims: Claims[ProcessRecord, ParkedEntry] = Claims()
         self.expiry: dict[str, asyncio.TimerHandle] = {}  # name -> its ttl's timer
         self.queues = QueueTable(self.table)  # work queues (ops/queues.py)
+        self.requests = RequestTable(self.table)  # request/reply (ops/requests.py)
         self.cache_counts = [0, 0, 0]  # gets by name found, not found; evictions
         # process key -> the task reclaiming the rest of what it held (reclaim.py)
         self.reclaims: dict[int, asyncio.Task[None]] = {}

@@ -15,7 +15,7 @@ from types import ModuleType
 
 from ..._core.protocol import Op
 from ..state import Handler
-from . import blocks, channels, control, copy, messages, objects, pubsub, queues
+from . import blocks, channels, control, copy, messages, objects, pubsub, queues, requests
 
 __all__ = ["GROUPS", "HANDLERS", "merge"]
 
@@ -28,6 +28,7 @@ GROUPS: tuple[ModuleType, ...] = (
     channels,
     control,
     queues,
+    requests,
 )
 
 

@@ -1,0 +1,308 @@
+"""Messaging patterns against what a user would pick instead (issue 15's benchmark).
+
+    python benchmarks/bench_patterns.py [--rounds 5] [--jobs 4000] [--big-jobs 400]
+
+**Work queue**: 4 producer and 4 consumer processes move jobs of 64 B and of 1 MiB
+through one queue: blockipc's (`enqueue`, `take`, `value`, `ack`: at-least-once, the
+payload in a block of the pool) side by side with one `multiprocessing.Queue` shared by
+the same processes (at-most-once, pickled through a pipe), and Redis Streams with a
+consumer group (`XADD`, `XREADGROUP`, `XACK`) when `redis-server` and the `redis`
+module are both present (else the row says it was skipped). The coordinator (and the
+Redis server) run in a process of their own. The workers are started once, and each
+round runs every contender in turn, rotating the order, so that the machine's drifts hit
+all alike; jobs/s is counted from the start signal to the last consumer's last job.
+Medians over the rounds, and the ratio to `multiprocessing.Queue`. Every queue holds
+at most 64 jobs waiting (a producer waits for room), so 1 MiB jobs fit the 256 MiB pool.
+
+Targets (issue 15): at least 2x `multiprocessing.Queue` at 1 MiB, at least 1x at 64 B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+PRODUCERS = CONSUMERS = 4
+MAXSIZE = 64  # jobs waiting in a queue, for every contender (64 MiB of 1 MiB jobs)
+SIZES = {"64 B": 64, "1 MiB": 1 << 20}
+
+
+# -- workers (each a process of its own, started once) ----------------------------------
+def worker(
+    role: str, index: int, address: str, mpq: Any, redis_port: int, conn: Connection
+) -> None:
+    """Run the parent's commands: ``(contender, size, jobs, queue)`` -> end time (ns)."""
+    import blockipc
+
+    async def main() -> None:
+        async with blockipc.connect(address, name=f"{role}{index}") as client:
+            conn.send("ready")
+            loop = asyncio.get_running_loop()
+            while True:
+                cmd = await loop.run_in_executor(None, conn.recv)
+                if cmd is None:
+                    return
+                contender, size, jobs, queue = cmd
+                conn.send("armed")
+                await loop.run_in_executor(None, conn.recv)  # the start signal
+                if contender == "blockipc":
+                    end = await _blockipc(client, role, size, jobs, queue)
+                elif contender == "mp.Queue":
+                    end = await loop.run_in_executor(None, _mp, mpq, role, size, jobs)
+                else:
+                    end = await loop.run_in_executor(
+                        None, _redis, redis_port, role, index, size, jobs, queue
+                    )
+                conn.send(end)
+
+    blockipc.run(main)
+
+
+async def _blockipc(client: Any, role: str, size: int, jobs: int, queue: str) -> int:
+    if role == "producer":
+        payload = bytes(size)
+        for _ in range(jobs):
+            await client.enqueue(queue, payload, codec="raw")
+        return time.perf_counter_ns()
+    end = time.perf_counter_ns()
+    while True:
+        job = await client.take(queue)
+        if job.header.get("stop"):
+            await job.ack()
+            return end
+        _ = job.value
+        await job.ack()
+        end = time.perf_counter_ns()
+
+
+def _mp(mpq: Any, role: str, size: int, jobs: int) -> int:
+    if role == "producer":
+        payload = bytes(size)
+        for _ in range(jobs):
+            mpq.put(payload)
+        return time.perf_counter_ns()
+    end = time.perf_counter_ns()
+    while (item := mpq.get()) is not None:
+        end = time.perf_counter_ns()
+        del item
+    return end
+
+
+def _redis(port: int, role: str, index: int, size: int, jobs: int, stream: str) -> int:
+    import redis
+
+    r = redis.Redis(port=port)
+    if role == "producer":
+        payload = bytes(size)
+        for _ in range(jobs):
+            r.xadd(stream, {"d": payload})
+        return time.perf_counter_ns()
+    end = time.perf_counter_ns()
+    while True:
+        got = r.xreadgroup("g", f"c{index}", {stream: ">"}, count=1, block=0)
+        for _, entries in got:
+            for entry_id, fields in entries:
+                r.xack(stream, "g", entry_id)
+                if b"stop" in fields:
+                    return end
+                end = time.perf_counter_ns()
+
+
+# -- the parent ----------------------------------------------------------------------
+@contextlib.contextmanager
+def coordinator(tmp: Path) -> Iterator[str]:
+    sock = tmp / "c.sock"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "blockipc", "serve", "--socket", str(sock)]
+    proc = subprocess.Popen([*cmd, "--pool-size", "256MiB"], env=env)
+    try:
+        while not sock.exists():
+            time.sleep(0.05)
+        yield str(sock)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[int | None]:
+    """A redis-server of its own, or None (with why) when it or the module is missing."""
+    exe = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        exe = None
+    if exe is None:
+        yield None
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_round(
+    pipes: list[tuple[str, Connection]],
+    contender: str,
+    size: int,
+    jobs: int,
+    queue: str,
+    stop: Any,
+) -> float:
+    """One contender once: jobs/s from the start signal to the last consumer's end."""
+    per = jobs // PRODUCERS
+    for role, pipe in pipes:
+        pipe.send((contender, size, per if role == "producer" else 0, queue))
+    for _, pipe in pipes:
+        assert pipe.recv() == "armed"
+    t0 = time.perf_counter_ns()
+    for _, pipe in pipes:
+        pipe.send("go")
+    ends = {}
+    for role, pipe in pipes:
+        if role == "producer":
+            ends[id(pipe)] = pipe.recv()
+    stop()  # one stop per consumer, after every job
+    for role, pipe in pipes:
+        if role == "consumer":
+            ends[id(pipe)] = pipe.recv()
+    return per * PRODUCERS / ((max(ends.values()) - t0) / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=4000, help="64 B jobs per round")
+    parser.add_argument("--big-jobs", type=int, default=400, help="1 MiB jobs per round")
+    args = parser.parse_args()
+    import blockipc
+
+    ctx = mp.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="bipc-patterns-") as tmpdir,
+        coordinator(Path(tmpdir)) as address,
+        redis_server(Path(tmpdir)) as redis_port,
+    ):
+        mpq = ctx.Queue(maxsize=MAXSIZE)
+        procs, pipes = [], []
+        for role, count in (("producer", PRODUCERS), ("consumer", CONSUMERS)):
+            for i in range(count):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=worker, args=(role, i, address, mpq, redis_port or 0, child))
+                p.start()
+                procs.append(p)
+                pipes.append((role, parent))
+        for _, pipe in pipes:
+            assert pipe.recv() == "ready"
+        contenders = ["blockipc", "mp.Queue"] + (["redis"] if redis_port else [])
+        results: dict[tuple[str, str], list[float]] = {}
+
+        async def declare(queue: str) -> None:
+            async with blockipc.connect(address, name=f"setup-{os.getpid()}") as c:
+                await c.declare_queue(queue, maxsize=MAXSIZE)
+
+        async def stop_blockipc(queue: str) -> None:
+            async with blockipc.connect(address, name=f"stopper-{os.getpid()}") as c:
+                for _ in range(CONSUMERS):
+                    await c.enqueue(queue, b"", codec="raw", header={"stop": True})
+
+        def stop_redis(stream: str) -> None:
+            import redis
+
+            r = redis.Redis(port=redis_port)
+            for _ in range(CONSUMERS):
+                r.xadd(stream, {"stop": b"1"})
+
+        def stopper(contender: str, queue: str) -> Any:
+            if contender == "blockipc":
+                return lambda: blockipc.run(lambda: stop_blockipc(queue))
+            if contender == "mp.Queue":
+                return lambda: [mpq.put(None) for _ in range(CONSUMERS)]
+            return lambda: stop_redis(queue)
+
+        try:
+            n = 0
+            for rnd in range(args.rounds + 1):  # round 0: a warm-up, not counted
+                for label, size in SIZES.items():
+                    jobs = args.jobs if size < 4096 else args.big_jobs
+                    order = (
+                        contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
+                    )
+                    for contender in order:
+                        n += 1
+                        queue = f"q{n}"
+                        if contender == "redis":
+                            import redis
+
+                            redis.Redis(port=redis_port).xgroup_create(
+                                queue, "g", id="0", mkstream=True
+                            )
+                        elif contender == "blockipc":
+                            blockipc.run(lambda q=queue: declare(q))
+                        rate = run_round(
+                            pipes, contender, size, jobs, queue, stopper(contender, queue)
+                        )
+                        if contender == "redis":
+                            redis.Redis(port=redis_port).delete(queue)
+                        if rnd:
+                            results.setdefault((label, contender), []).append(rate)
+                print(f"round {rnd}/{args.rounds} done", file=sys.stderr)
+        finally:
+            for _, pipe in pipes:
+                pipe.send(None)
+            for p in procs:
+                p.join(timeout=30)
+    print(
+        f"| work queue, {PRODUCERS} producers x {CONSUMERS} consumers | jobs/s (median) "
+        "| vs multiprocessing.Queue | target |"
+    )
+    print("|---|---|---|---|")
+    for label in SIZES:
+        base = statistics.median(results[(label, "mp.Queue")])
+        for contender in contenders:
+            rate = statistics.median(results[(label, contender)])
+            target = {"64 B": ">= 1x", "1 MiB": ">= 2x"}[label] if contender == "blockipc" else ""
+            print(f"| {label} {contender} | {rate:,.0f} | {rate / base:.2f}x | {target} |")
+    if not redis_port:
+        print("\nRedis Streams: skipped (no `redis-server` on PATH or no `redis` module).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""A request received by a responder (:meth:`Client.requests`): its value, block and
+sender, and the answer it owes its requester (:meth:`IncomingRequest.reply` or
+:meth:`IncomingRequest.fail`)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio
+
+from .._core.codecs import get_codec
+from .._core.limits import MAX_STR
+from .._core.protocol import NO_BLOCK, Op, Reply
+from .._exceptions import InvalidRequest, RemoteError
+from .._types import Block
+
+__all__ = ["IncomingRequest", "Payload", "decode_payload"]
+
+_UNSET: Any = object()
+
+Payload = tuple[int, str, dict[str, Any], bytes, Block | None]
+"""What goes out as a payload: block id (``NO_BLOCK``: inline), codec, codec meta,
+inline data, and the block made for it (to free if it does not go)."""
+
+
+def decode_payload(codec: str, meta: dict[str, Any], data: bytes | memoryview) -> Any:
+    """The object in an inline payload (``meta``: its codec's meta)."""
+    return get_codec(codec).decode(data, meta)
+
+
+class _Owner(Protocol):
+    """What a request needs of the :class:`Client` that received it."""
+
+    _sizes: dict[int, int]
+
+    async def _call(
+        self, op: Op, args: dict[str, Any], data: bytes = b"", *, epoch: int | None = None
+    ) -> Reply:
+        """Send a request of connection ``epoch`` and wait for its reply."""
+        ...
+
+    def _check_epoch(self, epoch: int) -> None:
+        """Raise unless connection ``epoch`` is the live one."""
+        ...
+
+    async def _outgoing(self, obj: object, codec: str) -> Payload:
+        """``obj`` made ready to go as a payload (a block put for it if large)."""
+        ...
+
+    async def _drop_made(self, block: Block | None) -> None:
+        """Free a block made for a payload that did not go."""
+        ...
+
+
+class IncomingRequest:
+    """A request received by :meth:`Client.requests` (or :meth:`Client.next_request`);
+    answer it once, with :meth:`reply` (the requester's :meth:`Client.request` returns
+    that object) or :meth:`fail` (it raises :class:`RemoteError` there).
+
+    ``value`` is the requester's object, decoded with its codec (a copy, the caller's).
+    ``block`` is the request's block when its payload was too large to travel inline
+    (else None): this process's until it answers, when it is freed, unless it is the
+    reply's payload (``req.reply(req.block)`` hands it back, zero-copy). ``sender`` is
+    the requester's name. A request this process never answers fails in its requester
+    when this client closes or its process dies (:class:`PeerUnreachable`)::
+
+        async for req in client.requests():
+            await req.reply({"sum": sum(req.value)})
+    """
+
+    __slots__ = (
+        "_answered",
+        "_client",
+        "_data",
+        "_epoch",
+        "_meta",
+        "_offset",
+        "_segment",
+        "_value",
+        "block",
+        "codec",
+        "id",
+        "sender",
+    )
+
+    def __init__(
+        self,
+        client: _Owner,
+        epoch: int,
+        segment: memoryview | None,
+        result: dict[str, Any],
+        data: bytes,
+    ) -> None:
+        r = result
+        self._client = client
+        self._epoch = epoch
+        self._segment = segment
+        self._offset: int = r["offset"]
+        self._meta: dict[str, Any] = r["meta"]
+        self._data = data
+        self._value: Any = _UNSET
+        self._answered = ""
+        self.id: int = r["request"]
+        """The request's id in the coordinator (unique while it lives)."""
+        self.sender: str = r["sender"]
+        """The requester's process name."""
+        self.codec: str = r["codec"]
+        """The codec the requester encoded ``value`` with (and the default of :meth:`reply`)."""
+        self.block: Block | None = (
+            None if r["block"] == NO_BLOCK else Block(r["block"], r["size"], r["capacity"], "")
+        )
+
+    def __repr__(self) -> str:
+        state = f", {self._answered}" if self._answered else ""
+        return f"<IncomingRequest {self.id} from {self.sender!r}{state}>"
+
+    @property
+    def value(self) -> Any:
+        """The requester's object, decoded once (a copy: it stays valid after the answer).
+
+        :raises CodecError: if the payload does not decode (:meth:`fail` the request).
+        :raises InvalidRequest: when a block's payload is first read after the answer.
+        """
+        if self._value is _UNSET:
+            if self.block is None:
+                self._value = decode_payload(self.codec, self._meta, self._data)
+                self._data = b""
+                return self._value
+            if self._answered:
+                raise InvalidRequest(
+                    f"request {self.id} was {self._answered} before its value was read: "
+                    "read req.value first"
+                )
+            assert self._segment is not None
+            self._client._check_epoch(self._epoch)  # its mapping went with the connection
+            n = self._meta.get("nbytes", self.block.size)
+            with self._segment[self._offset : self._offset + n] as src:
+                self._value = get_codec(self.codec).decode(src, self._meta.get("codec", {}))
+        return self._value
+
+    @property
+    def done(self) -> bool:
+        """Whether this request was answered (replied to or failed)."""
+        return bool(self._answered)
+
+    async def reply(self, obj: object, codec: str | None = None) -> None:
+        """Answer the request with ``obj``, encoded with ``codec`` (None: the request's
+        own codec): inline when small, else in a block moved to the requester (a
+        :class:`Block` of this process's goes as it is, zero-copy). If the requester
+        gave up meanwhile (its timeout, cancelled, gone), the reply is dropped.
+
+        :raises InvalidRequest: if the request was answered already.
+        """
+        self._check_open()
+        bid, c, meta, data, made = await self._client._outgoing(obj, codec or self.codec)
+        args = {"request": self.id, "block": bid, "codec": c, "meta": meta}
+        args |= {"error": 0, "message": ""}
+        try:
+            await self._client._call(Op.RESPOND, args, data, epoch=self._epoch)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._client._drop_made(made)
+            raise
+        self._done("replied")
+        if bid != NO_BLOCK:
+            self._client._sizes.pop(bid, None)
+
+    async def fail(self, error: BaseException | str) -> None:
+        """Answer the request with an error: the requester's :meth:`Client.request`
+        raises :class:`RemoteError` with this process's name, and ``error``'s type and
+        message (``"'svc' failed the request: ValueError: bad input"``).
+
+        :raises InvalidRequest: if the request was answered already.
+        """
+        self._check_open()
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+        else:
+            message = str(error)
+        args = {"request": self.id, "block": NO_BLOCK, "codec": "", "meta": {}}
+        args |= {"error": RemoteError.code, "message": message[:MAX_STR]}
+        await self._client._call(Op.RESPOND, args, epoch=self._epoch)
+        self._done("failed")
+
+    def _check_open(self) -> None:
+        if self._answered:
+            raise InvalidRequest(f"request {self.id} was {self._answered} already")
+
+    def _done(self, how: str) -> None:
+        self._answered = how
+        if self.block is not None:  # the coordinator freed it (or it was the reply)
+            self._client._sizes.pop(self.block.id, None)
