@@ -27,7 +27,7 @@ import pytest
 import blockipc
 from _procs import HERE, SRC, Child, codec_samples, same_value, sample_codec, wait_until
 from blockipc import BlockNotFound, CodecError, PoolExhausted
-from blockipc.testing import assert_pool_clean, isolated_coordinator, unique_name
+from blockipc.testing import assert_pool_clean, capture_logs, isolated_coordinator, unique_name
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -233,12 +233,15 @@ async def test_numpy_meta_mismatch_is_codec_error(client: blockipc.Client) -> No
 async def test_lease_with_codec_is_zero_copy(client: blockipc.Client) -> None:
     arr = np.arange(50_000, dtype=np.int32)
     block = await client.put(arr, "numpy", name="big")
-    async with client.lease(block, "r", codec="numpy") as view:
-        assert isinstance(view, np.ndarray) and not view.flags.writeable
-        assert np.array_equal(view, arr)
-        assert view.base is not None  # a view of shared memory, not a copy
-    async with client.lease(block, "r") as mv:  # a plain read lease on a named block
-        assert bytes(mv[:8]) == arr.tobytes()[:8]
+    with capture_logs() as logs:
+        async with client.lease(block, "r", codec="numpy") as view:
+            assert isinstance(view, np.ndarray) and not view.flags.writeable
+            assert np.array_equal(view, arr)
+            assert view.base is not None  # a view of shared memory, not a copy
+            del view  # the array must not outlive the lease (lease.view_exported)
+        async with client.lease(block, "r") as mv:  # a plain read lease on a named block
+            assert bytes(mv[:8]) == arr.tobytes()[:8]
+    assert not [e for e in logs if e["log_level"] == "warning"]
 
 
 # -- names ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import functools
 import os
 import threading
 import weakref
@@ -57,7 +58,7 @@ from .._exceptions import (
     WrongEventLoop,
 )
 from .._log import get_logger
-from .views import lend, reclaim
+from .views import lend, reclaim, watch
 
 __all__ = ["ChannelClosed", "ChannelMessage", "ChannelReceiver", "ChannelSender"]
 
@@ -609,13 +610,7 @@ class ChannelReceiver(_End):
             return
         msg._pinned = True
         self._pins.add(msg)
-        loop = self._bell._loop
-
-        def gone(_: object) -> None:  # in whatever thread dropped the last export
-            with contextlib.suppress(RuntimeError):  # the loop has ended: nothing to free
-                loop.call_soon_threadsafe(self._unpin, msg)
-
-        msg._watch = weakref.ref(src, gone)
+        msg._watch = watch(src, self._bell._loop, functools.partial(self._unpin, msg))
         log.warning(
             "channel.view_exported",
             channel=self.id,

@@ -73,6 +73,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import itertools
 import math
@@ -83,14 +84,14 @@ import socket
 import stat
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, NoReturn, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Self, cast
 
 import anyio
 from anyio.abc import SocketAttribute, UNIXSocketStream
 
-from .._core.codecs import DEFAULT_CODEC, get_codec
+from .._core.codecs import DEFAULT_CODEC, NumpyCodec, get_codec
 from .._core.limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
@@ -144,18 +145,22 @@ from .._handshake import (
     take_socket,
     trusted_peer,
 )
-from .._log import get_logger
+from .._log import RateLimiter, get_logger
 from .._shm.generations import GenerationView
 from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, QueueStats, Stats
 from ..cache import CacheStats, LRUCache
 from .channel import ChannelReceiver, ChannelSender, _Bell, _End
 from .jobs import Job
 from .requests import IncomingRequest, Payload, decode_payload
-from .views import lend, reclaim
+from .views import lend, reclaim, watch
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 __all__ = ["Client", "Lease", "connect"]
 
 log = get_logger("blockipc.client")
+_export_limit = RateLimiter()  # lease.view_exported: a loop of leases may cause it each time
 
 DEFAULT_INBOX_MESSAGES: Final = 1024
 DEFAULT_CACHE_SIZE: Final = "64MiB"
@@ -172,7 +177,7 @@ was given no ``timeout``."""
 _BACKOFF_FIRST: Final = 0.01
 _BACKOFF_MAX: Final = 0.5
 _Orphan = Callable[[Reply], None]
-_LEASING: Final = frozenset({Op.LEASE, Op.GET})  # calls whose reply may grant a lease
+_LEASING: Final = frozenset({Op.LEASE, Op.LEASE_CODEC, Op.GET})  # replies may grant a lease
 _Ref = tuple[int, int, int, str]  # block, generation slot, generation, recorded codec
 
 
@@ -375,6 +380,11 @@ class Client:
         self._error: BlockIPCError | None = None
         self._attach_lock = anyio.Lock()
         self._leases: set[Lease] = set()
+        # views of ended leases still exported, on this connection: block -> how many,
+        # and the weak references that say when each is gone (see _client/views.py)
+        self._exports: dict[int, int] = {}
+        self._watches: dict[int, weakref.ref[memoryview]] = {}
+        self._watch_ids = itertools.count()
         self._channels: dict[int, ChannelSender | ChannelReceiver] = {}
         self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
         self._pid = os.getpid()
@@ -682,6 +692,8 @@ class Client:
         for lease in list(self._leases):
             lease._drop_view()  # the coordinator reclaims the lease: the view must not outlive it
             lease._lease_id = None  # and its id means nothing (or another lease) on the next
+        self._exports.clear()  # the coordinator forgets them with the connection
+        self._watches.clear()
         for end in list(self._channels.values()):
             end._shutdown(self._closed_error())  # before the unmap: ends hold views
         self._channels.clear()
@@ -849,6 +861,29 @@ class Client:
         """Orphan handler: a lease granted to a call cancelled meanwhile goes back."""
         self._send_nowait(Op.RELEASE, {"lease": reply.result["lease"]})
 
+    def _view_exported(self, block: int, epoch: int, src: memoryview) -> None:
+        """A view of a lease on ``block`` (granted on connection ``epoch``) outlived the
+        lease: ``src`` stays exported while anything made from it lives. The lease ends
+        with RELEASE_EXPORTED (the coordinator keeps the memory out of the pool); once
+        the last such view of the block in this process is gone, UNEXPORT says so."""
+        if epoch != self._epoch or self._loop is None:
+            return  # that connection is gone, and the coordinator's marks with it
+        self._exports[block] = self._exports.get(block, 0) + 1
+        token = next(self._watch_ids)
+        gone = functools.partial(self._view_gone, token, block, epoch)
+        self._watches[token] = watch(src, self._loop, gone)
+
+    def _view_gone(self, token: int, block: int, epoch: int) -> None:
+        """On the loop: one exported view of ``block`` is gone (see _view_exported)."""
+        if self._watches.pop(token, None) is None or epoch != self._epoch:
+            return  # (cleared with its connection)
+        left = self._exports[block] - 1
+        if left:
+            self._exports[block] = left
+        else:
+            del self._exports[block]
+            self._send_nowait(Op.UNEXPORT, {"block": block}, epoch=epoch)
+
     def _send_nowait(self, op: Op, args: dict[str, Any], *, epoch: int | None = None) -> None:
         """Fire a request whose reply nobody awaits (not if connection ``epoch``, which
         the ids in ``args`` belong to, is gone)."""
@@ -895,8 +930,7 @@ class Client:
             raise TypeError(f"size must be an int or a size string, not {type(size).__name__}")
         if size <= 0:
             raise InvalidRequest(f"block size must be positive, not {size}")
-        if size > MAX_INT:
-            raise PoolExhausted(f"a block of {size} bytes is larger than any pool can hold")
+        _check_block_size(size)
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator allocated
             self._send_nowait(Op.FREE, {"block": reply.result["block"]})
@@ -986,13 +1020,30 @@ class Client:
 
             async with client.lease(block, "w") as view:
                 view[:5] = b"HELLO"
+
+        With ``codec``, the lease gives the object the block holds (the codec recorded
+        by :meth:`put` or :meth:`empty` must be that one, else :class:`CodecError`):
+        ``"numpy"`` an array over the block's own memory, read-only or, with ``"w"``,
+        writable (``"w"`` takes only the codecs that work in place, ``"raw"`` and
+        ``"numpy"``)::
+
+            frame = await client.empty((480, 640, 3), "uint8")
+            async with client.lease(frame, "w", codec="numpy") as arr:
+                arr[:] = camera.read()  # straight into shared memory
+
+        An array or slice made from the view should not outlive the lease (``del arr``
+        inside the ``async with``): one that does logs ``lease.view_exported`` and
+        keeps the block's memory out of the pool until it is gone.
         """
         bid = self._bid(block)
         mode = check_mode("lease", mode)
         if codec is not None:
-            if mode != "r":
-                raise InvalidRequest("a lease with a codec is read-only: use mode 'r'")
-            get_codec(codec)  # an unknown name fails here, before any request
+            codec_obj = get_codec(codec)  # an unknown name fails here, before any request
+            if mode != "r" and not codec_obj.in_place:
+                raise InvalidRequest(
+                    f"a write lease with codec={codec!r} cannot write the block in place: "
+                    "use codec='numpy' or 'raw', or put() a new object"
+                )
         return Lease(self, bid, mode, codec)
 
     # -- messages ----------------------------------------------------------------
@@ -1623,39 +1674,93 @@ class Client:
         ttl_ms = _ttl_ms(ttl)
         enc = get_codec(codec).prepare(obj)
         with enc:
-            n = enc.nbytes
+            return await self._store(
+                codec,
+                enc.nbytes,
+                enc.meta,
+                enc.write_into,
+                name=name or "",
+                cacheable=bool(cacheable),
+                if_absent=bool(if_absent),
+                ttl_ms=ttl_ms,
+            )
 
-            def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
-                self._return_lease(reply)
-                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+    async def empty(
+        self, shape: int | Sequence[int], dtype: npt.DTypeLike = float, *, order: str = "C"
+    ) -> Block:
+        """A new block sized for a numpy array of ``shape`` and ``dtype`` (anything
+        ``numpy.dtype`` takes), recorded with the ``"numpy"`` codec as :meth:`put` would
+        record such an array, and no bytes written: like ``numpy.empty``, the array
+        holds whatever the memory held until it is filled. Fill it in place under a
+        write lease; whoever reads it (:meth:`get`, or a lease with ``codec="numpy"``,
+        in this or another process it is sent or granted to) sees an array of that
+        shape and dtype::
 
-            r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
-            epoch = self._epoch
-            try:
+            frame = await client.empty((480, 640, 3), "uint8")
+            async with client.lease(frame, "w", codec="numpy") as arr:
+                arr[:] = 0  # writes the block's own memory: no copy
+                del arr
+            await client.send(frame, to="consumer")
+
+        The block is this process's, like :meth:`alloc` (:meth:`free` it when done).
+
+        :raises CodecError: if ``dtype`` is not a dtype numpy can record without
+            Python objects, ``shape`` not ints >= 0, or ``order`` not ``"C"`` or ``"F"``.
+        """
+        numpy_codec = get_codec("numpy")
+        assert isinstance(numpy_codec, NumpyCodec)
+        nbytes, meta = numpy_codec.describe(shape, dtype, order)
+        _check_block_size(max(nbytes, 1))
+        return await self._store("numpy", nbytes, meta, None, name="")
+
+    async def _store(
+        self,
+        codec: str,
+        nbytes: int,
+        meta: dict[str, Any],
+        write: Callable[[memoryview], None] | None,
+        *,
+        name: str,
+        cacheable: bool = False,
+        if_absent: bool = False,
+        ttl_ms: int = 0,
+    ) -> Block:
+        """PUT a new block of ``nbytes``, ``write`` into it (``None``: write nothing),
+        COMMIT it with ``codec`` and its ``meta`` (bound to ``name`` unless "")."""
+        n = nbytes
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
+            self._return_lease(reply)
+            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+        r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
+        epoch = self._epoch
+        try:
+            if write is not None:
                 seg = await self._segment(r["segment"], epoch)
                 with seg.buffer[r["offset"] : r["offset"] + n] as dst:
-                    enc.write_into(dst)
-                args = {
-                    "lease": r["lease"],
-                    "codec": codec,
-                    "meta": {"nbytes": n, "codec": enc.meta},
-                    "name": name or "",
-                    "cacheable": bool(cacheable),
-                    "if_absent": bool(if_absent),
-                    "ttl_ms": ttl_ms,
-                }
-                c = (await self._call(Op.COMMIT, args, epoch=epoch)).result
-            except BaseException:
-                # Each undo on its own: a COMMIT that was done before the cancellation
-                # already ended the lease, and the block must still be freed.
-                with anyio.CancelScope(shield=True):
-                    with contextlib.suppress(BlockIPCError):
-                        await self._call(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
-                    with contextlib.suppress(BlockIPCError):
-                        await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
-                raise
+                    write(dst)
+            args = {
+                "lease": r["lease"],
+                "codec": codec,
+                "meta": {"nbytes": n, "codec": meta},
+                "name": name,
+                "cacheable": cacheable,
+                "if_absent": if_absent,
+                "ttl_ms": ttl_ms,
+            }
+            c = (await self._call(Op.COMMIT, args, epoch=epoch)).result
+        except BaseException:
+            # Each undo on its own: a COMMIT that was done before the cancellation
+            # already ended the lease, and the block must still be freed.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(BlockIPCError):
+                    await self._call(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
+                with contextlib.suppress(BlockIPCError):
+                    await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
+            raise
         self._issued(r["block"])
-        if name is None:
+        if not name:
             self._sizes[r["block"]] = r["size"]
         self._remember(name or r["block"], r["block"], c["slot"], c["generation"], codec)
         return Block(r["block"], r["size"], r["capacity"], "" if name else self.name)
@@ -1862,9 +1967,11 @@ class Lease:
             reply = await client._call(
                 Op.LEASE, {"block": self.block, "mode": self.mode}, orphan=client._return_lease
             )
-        else:  # GET is a read lease that also says how the block is encoded
+        else:  # a lease whose reply also says how the block is encoded
             reply = await client._call(
-                Op.GET, {"block": self.block, "name": ""}, orphan=client._return_lease
+                Op.LEASE_CODEC,
+                {"block": self.block, "mode": self.mode},
+                orphan=client._return_lease,
             )
         r = reply.result
         self._lease_id, self._epoch = r["lease"], client._epoch
@@ -1916,14 +2023,20 @@ class Lease:
         self._view = self._src = None
         if view is not None and src is not None and reclaim(view, src):
             # a slice, memoryview or array made from the view still reaches the block:
-            # RELEASE_EXPORTED says so, and the coordinator never hands that memory out again
-            # while this process is connected (see RoutingTable.mark_exported)
+            # RELEASE_EXPORTED says so, and the coordinator never hands that memory out
+            # again until UNEXPORT says the last such view is gone, or this process
+            # disconnects (see RoutingTable.mark_exported)
             self._exported = True
-            log.warning(
+            self._client._view_exported(self.block, self._epoch, src)
+            _export_limit.warning(  # `async with lease(...) as arr` in a loop: each time
+                log,
                 "lease.view_exported",
                 block=self.block,
                 mode=self.mode,
-                action="the block's memory is kept out of the pool until this client closes",
+                action="the block's memory is kept out of the pool until the array (or "
+                "slice) made from the lease's view is gone, or this client closes",
+                hint="drop it before the lease ends (`del arr` inside the `async with`), "
+                "or take a copy that owns its memory (`get()`, `arr.copy()`)",
             )
 
     async def _release(self) -> None:
@@ -1935,6 +2048,12 @@ class Lease:
         self._exported = False
         with anyio.CancelScope(shield=True), contextlib.suppress(ConnectionClosed):
             await self._client._call(op, {"lease": lease_id}, epoch=self._epoch)
+
+
+def _check_block_size(size: int) -> None:
+    """Refuse, before any request, a block no pool can hold (nor a frame name)."""
+    if size > MAX_INT:
+        raise PoolExhausted(f"a block of {size} bytes is larger than any pool can hold")
 
 
 def _queue_stats(name: str, dead_letter: str, *counts: int) -> QueueStats:

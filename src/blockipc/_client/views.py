@@ -20,16 +20,22 @@ about 0.2 us per view more than a plain slice, where a private ``mmap`` per leas
 9-90 us (``benchmarks/export_views.py``).
 
 What a live export means is the caller's to decide: a lease tells the coordinator to
-keep the block's memory out of the pool until this process disconnects; a channel
-receiver keeps the message's room in its ring until the export is gone.
+keep the block's memory out of the pool, a channel receiver keeps the message's room in
+its ring. Both learn when the export is gone the same way, through :func:`watch`: once
+the last thing made from the lent view is collected, nothing holds the source any more,
+and a weak reference to it calls back (the lease then tells the coordinator, which may
+give the memory back; the receiver gives the room back).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
+from collections.abc import Callable
 from pickle import PickleBuffer
 
-__all__ = ["lend", "reclaim"]
+__all__ = ["lend", "reclaim", "watch"]
 
 
 def lend(src: memoryview) -> memoryview:
@@ -50,3 +56,21 @@ def reclaim(view: memoryview, src: memoryview) -> bool:
     except BufferError:
         return True
     return False
+
+
+def watch(
+    src: memoryview, loop: asyncio.AbstractEventLoop, gone: Callable[[], object]
+) -> weakref.ref[memoryview]:
+    """Call ``gone()`` on ``loop`` once ``src`` (a source :func:`reclaim` found still
+    exported, no longer referenced by the caller) is collected: the last export made
+    from its lent view is gone then. Keep the returned reference for as long as the
+    call is wanted (dropped, it never comes). The weak reference's callback runs in
+    whatever thread dropped the last export, or inside the garbage collector, so it
+    only schedules ``gone``; a closed loop gets nothing (what the call would have given
+    back went with it)."""
+
+    def fire(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has ended
+            loop.call_soon_threadsafe(gone)
+
+    return weakref.ref(src, fire)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import abc
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Self, final
 
 import msgpack
@@ -241,6 +241,9 @@ class Codec(abc.ABC):
     trusted_only: ClassVar[bool] = False
     """``True`` when decoding can run arbitrary code (``"pickle"``): decode only data
     written by processes you trust."""
+    in_place: ClassVar[bool] = False
+    """``True`` when :meth:`view` is the block's own memory (``"raw"``, ``"numpy"``): a
+    write lease may hand it out, and what is written through it is the block's."""
 
     @abc.abstractmethod
     def prepare(self, obj: object) -> Encoded:
@@ -283,6 +286,7 @@ class RawCodec(Codec):
     """
 
     name = "raw"
+    in_place = True
 
     def prepare(self, obj: object) -> Encoded:
         try:
@@ -436,6 +440,44 @@ class NumpyCodec(Codec):
     """
 
     name = "numpy"
+    in_place = True
+
+    def describe(
+        self, shape: int | Sequence[int], dtype: npt.DTypeLike, order: str = "C"
+    ) -> tuple[int, dict[str, Any]]:
+        """The size and ``meta`` of an array of ``shape`` and ``dtype`` (anything
+        ``numpy.dtype`` takes), as :meth:`prepare` would record them, with no array:
+        what :meth:`view` needs to make one over a block of that many bytes.
+
+            >>> get_codec("numpy").describe((2, 3), "<i2")
+            (12, {'dtype': '<i2', 'shape': [2, 3], 'order': 'C'})
+
+        A sub-array dtype adds its shape to the array's, as in ``numpy.empty``.
+
+        :raises CodecError: for what ``view`` would refuse (see :meth:`_check`): not a
+            dtype, an object dtype, a shape of other than ints >= 0, an order other
+            than ``"C"`` or ``"F"``.
+        """
+        _require_numpy()
+        import numpy as np
+
+        try:
+            dims = [_index(n) for n in (shape if isinstance(shape, Sequence) else [shape])]
+        except TypeError as exc:
+            raise CodecError(
+                f"numpy codec: a shape is an int or a sequence of ints, not {shape!r}"
+            ) from exc
+        try:
+            dt = np.dtype(dtype)
+            if dt.subdtype is not None:  # as numpy.empty: its shape is the array's last axes
+                dt, sub = dt.subdtype
+                dims += sub
+            descr = _descr_to_meta(np.lib.format.dtype_to_descr(dt))
+        except Exception as exc:  # TypeError, ValueError, ...
+            raise CodecError(f"numpy codec: {dtype!r} is not a dtype ({exc})") from exc
+        meta: dict[str, Any] = {"dtype": descr, "shape": dims, "order": order}
+        item = self._check(meta)[0].itemsize
+        return math.prod(dims) * item, meta
 
     def prepare(self, obj: object) -> Encoded:
         _require_numpy()
@@ -508,6 +550,20 @@ class NumpyCodec(Codec):
         """Check ``src`` and ``meta`` against each other; return what they describe."""
         meta = _check_meta(meta, self.name)
         data = _source(src, self.name)
+        dtype, shape, order = self._check(meta)
+        count = math.prod(shape)
+        if count * dtype.itemsize != data.nbytes:
+            raise CodecError(
+                f"numpy codec: meta describes {count} items of {dtype.itemsize} bytes, "
+                f"the data is {data.nbytes} bytes"
+            )
+        return data, dtype, shape, order
+
+    @staticmethod
+    def _check(
+        meta: Mapping[str, Any],
+    ) -> tuple[np.dtype[Any], list[int], Literal["C", "F"]]:
+        """The dtype, shape and order ``meta`` records, checked."""
         if "dtype" not in meta and "shape" not in meta:
             raise CodecError(
                 "numpy codec: no dtype or shape is recorded with these bytes (raw bytes, or "
@@ -528,13 +584,15 @@ class NumpyCodec(Codec):
         order = meta.get("order")
         if order not in ("C", "F"):
             raise CodecError(f"numpy codec: meta 'order' must be 'C' or 'F', got {order!r}")
-        count = math.prod(shape)
-        if count * dtype.itemsize != data.nbytes:
-            raise CodecError(
-                f"numpy codec: meta describes {count} items of {dtype.itemsize} bytes, "
-                f"the data is {data.nbytes} bytes"
-            )
-        return data, dtype, list(shape), order
+        return dtype, list(shape), order
+
+
+def _index(n: object) -> int:
+    """``n`` as an int if it is one (an int, a numpy integer: ``operator.index``)."""
+    index = getattr(type(n), "__index__", None)
+    if index is None:
+        raise TypeError(f"{type(n).__name__} is not an integer")
+    return int(index(n))
 
 
 def _descr_to_meta(descr: Any) -> Any:

@@ -121,6 +121,7 @@ class Kind(enum.IntEnum):
     ERROR = 3
 
 
+@enum.unique
 class Op(enum.IntEnum):
     HELLO = 1
     ATTACH = 2
@@ -146,10 +147,17 @@ class Op(enum.IntEnum):
     RECV_MANY = 21
     FREE_MANY = 22
     # a RELEASE whose lease's view outlived it (an array or slice made from it still
-    # lives): the coordinator keeps that block's memory out of the pool while this
-    # process is connected (see RoutingTable.mark_exported). An op of its own, not a
+    # lives): the coordinator keeps that block's memory out of the pool until UNEXPORT
+    # or this process disconnects (see RoutingTable.mark_exported). An op of its own, not a
     # field of RELEASE: every field of a frame is required, and RELEASE is a hot frame.
     RELEASE_EXPORTED = 23
+    # the last view of a block that outlived its leases in this process is gone (sent
+    # once per block, after its RELEASE_EXPORTED): the coordinator may give its memory
+    # back (see RoutingTable.unexport); fire and forget, like a RELEASE of a cancelled call
+    UNEXPORT = 28
+    # a LEASE whose reply also says how the block is encoded (its codec and meta, as
+    # GET's does): a lease with a codec, in either mode (LEASE's reply is a hot struct)
+    LEASE_CODEC = 29
     # codecs and named objects (30-39)
     PUT = 30
     COMMIT = 31
@@ -326,6 +334,21 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     (Kind.REPLY, Op.RELEASE): ({}, False),
     (Kind.REQUEST, Op.RELEASE_EXPORTED): ({"lease": int}, False),
     (Kind.REPLY, Op.RELEASE_EXPORTED): ({}, False),
+    (Kind.REQUEST, Op.UNEXPORT): ({"block": int}, False),
+    (Kind.REPLY, Op.UNEXPORT): ({}, False),
+    (Kind.REQUEST, Op.LEASE_CODEC): ({"block": int, "mode": str}, False),
+    (Kind.REPLY, Op.LEASE_CODEC): (
+        {
+            "lease": int,
+            **_BLOCK_FIELDS,
+            "owner": str,
+            "generation": int,
+            "slot": int,
+            "codec": str,
+            "meta": dict,
+        },
+        False,
+    ),
     (Kind.REQUEST, Op.SEND): (
         # wait_ms: how long to wait for a receiver that has not registered yet (0: no wait)
         {"block": int, "to": str, "header": dict, "move": bool, "nowait": bool, "wait_ms": int},
@@ -494,14 +517,16 @@ ACCESS_MODES: Final = ("rw", "r")
 """What a connection may be (HELLO's ``access``): read-write, or read-only."""
 
 # The requests a read-only connection may not make, and why: each writes a block's bytes
-# (or makes a block it could not fill) or hands data on to another process. LEASE is
-# here for its "w" mode only (see read_only_refusal). Everything in _READ_ONLY_OK (reads,
-# read leases, get, recv, subscribe, free, release, revoke, stats, ...) is allowed; every
-# op is in one of the two (tests/server/test_access_check.py), so a new op is decided.
+# (or makes a block it could not fill) or hands data on to another process. LEASE and
+# LEASE_CODEC are here for their "w" mode only (see read_only_refusal). Everything in
+# _READ_ONLY_OK (reads, read leases, get, recv, subscribe, free, release, unexport,
+# revoke, stats, ...) is allowed; every op is in one of the two
+# (tests/server/test_access_check.py), so a new op is decided.
 _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.ALLOC: "ALLOC refused (a new block it could not fill)",
     Op.WRITE: "WRITE refused",
     Op.LEASE: "a write LEASE refused",
+    Op.LEASE_CODEC: "a write LEASE_CODEC refused (a writable array over a block)",
     Op.COPY: "COPY refused (it writes into a block)",
     Op.PUT: "PUT refused (it writes a new block)",
     Op.COMMIT: "COMMIT refused (it binds what a PUT wrote)",
@@ -544,6 +569,7 @@ _READ_ONLY_OK: Final = frozenset(
         Op.TOUCH,
         Op.UNCLAIM,
         Op.RELEASE_EXPORTED,
+        Op.UNEXPORT,
         Op.TAKE,  # a read-only consumer of a work queue reads its jobs, acks or nacks them
         Op.ACK,
         Op.NACK,
@@ -551,6 +577,9 @@ _READ_ONLY_OK: Final = frozenset(
         Op.SERVE,  # a responder receives requests (its answer is RESPOND's to decide)
     }
 )
+
+
+_BY_MODE: Final = (Op.LEASE, Op.LEASE_CODEC)  # refused for a write lease only
 
 
 def read_only_refusal(op: Op, args: dict[str, Any]) -> str | None:
@@ -565,7 +594,7 @@ def read_only_refusal(op: Op, args: dict[str, Any]) -> str | None:
     why = _NEEDS_WRITE.get(op)
     if (
         why is None
-        or (op is Op.LEASE and args.get("mode") == "r")
+        or (op in _BY_MODE and args.get("mode") == "r")
         or (op in _INLINE_OK and args.get("block") == NO_BLOCK)
     ):
         return None

@@ -29,7 +29,8 @@ lease may still call ``read``/``write`` on the block without deadlocking itself.
 Exports. A lease whose view outlived it in the client (a numpy array made from it, a
 slice) ends as any lease, but the block is marked as reachable by that process
 (``mark_exported``): whatever becomes of the block, its memory never goes back to the
-pool while that process is connected; it does when the process unregisters.
+pool while that process may still reach it: until the process says the last such view
+is gone (``unexport``), or unregisters.
 
 Inboxes. ``offer`` puts a delivery (a moved block, a shared block, a published block,
 or a header alone) into the receiver's inbox if it has room (message and byte limits),
@@ -99,7 +100,7 @@ class ProcessRecord:
     topics: set[str] = field(default_factory=set)
     channels: dict[int, ChannelRecord] = field(default_factory=dict)  # as either end
     channel_offers: deque[ChannelRecord] = field(default_factory=deque)  # not accepted yet
-    exports: list[BlockRecord] = field(default_factory=list)  # see mark_exported
+    exports: dict[int, BlockRecord] = field(default_factory=dict)  # by id: see mark_exported
     gone: bool = False  # unregistered: what it still holds is being reclaimed
 
 
@@ -547,21 +548,35 @@ class RoutingTable:
     def mark_exported(self, lease: Lease) -> None:
         """A view of ``lease`` outlived it in its holder's process (an array or a slice
         made from it still lives there), so that process may read and write the block's
-        bytes for as long as it stays connected: the block's memory must never become
-        another block's meanwhile. The block lives on as it would (freed, moved, named,
-        doomed); when it is removed, its memory stays out of the pool (counted in the
-        process's held bytes, which a quota bounds) until the last such process
-        unregisters."""
+        bytes for as long as that lives (or it stays connected): the block's memory must
+        never become another block's meanwhile. The block lives on as it would (freed,
+        moved, named, doomed); when it is removed, its memory stays out of the pool
+        (counted in the process's held bytes, which a quota bounds) until the last such
+        process says no view of it is left (:meth:`unexport`) or unregisters."""
         rec, proc = lease.block, lease.holder
-        if proc not in rec.exported:
+        if rec.id not in proc.exports:
             rec.exported = (*rec.exported, proc)
-            proc.exports.append(rec)
+            proc.exports[rec.id] = rec
+
+    def unexport(self, proc: ProcessRecord, block_id: int) -> Outcome:
+        """``proc`` says nothing made from a view of block ``block_id`` lives in it any
+        more (it tells so only once the last one is gone). A block removed meanwhile
+        that no other process reaches is freed now (the outcome's ``freed``). A block
+        ``proc`` did not mark (or no longer reaches) is no error: nothing changes."""
+        rec = proc.exports.pop(block_id, None)
+        if rec is None:
+            return NOTHING
+        rec.exported = tuple(p for p in rec.exported if p is not proc)
+        if self.blocks.get(rec.id) is rec:  # still live: its memory is the block's
+            return NOTHING
+        proc.held_bytes -= rec.capacity  # counted as held since its removal (_gone)
+        return NOTHING if rec.exported else Outcome((rec,))
 
     def _end_exports(self, proc: ProcessRecord) -> list[BlockRecord]:
         """``proc`` is going: it reaches no block any more. Returns the removed blocks
         that only its exports kept out of the pool (free their memory now)."""
         freed = []
-        for rec in proc.exports:
+        for rec in proc.exports.values():
             rec.exported = tuple(p for p in rec.exported if p is not proc)
             if not rec.exported and self.blocks.get(rec.id) is not rec:
                 freed.append(rec)

@@ -1,6 +1,6 @@
-"""Blocks: ALLOC, FREE, FREE_MANY, routed READ and WRITE, LEASE, RELEASE (and
-RELEASE_EXPORTED), GRANT, REVOKE;
-and the lease wait that LEASE, GET and a contended routed READ/WRITE park as."""
+"""Blocks: ALLOC, FREE, FREE_MANY, routed READ and WRITE, LEASE (and LEASE_CODEC),
+RELEASE (and RELEASE_EXPORTED, UNEXPORT), GRANT, REVOKE;
+and the lease wait that LEASE, LEASE_CODEC, GET and a contended routed READ/WRITE park as."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MAX_INLINE = 1 << 20
 
 @dataclass(eq=False, slots=True)
 class LeaseWait(Parked):
-    """A LEASE, GET or routed READ/WRITE queued for a lease on ``block``; also the
+    """A LEASE, LEASE_CODEC, GET or routed READ/WRITE queued for a lease on ``block``; also the
     routing table's token for that queued lease."""
 
     block: BlockRecord
@@ -65,7 +65,7 @@ def complete(state: ServerState, wait: LeaseWait, lease: Lease) -> list[Grant]:
     if req.op is Op.LEASE:
         session.reply(Reply(req.req_id, Op.LEASE, {"lease": lease.id, **block_fields(rec)}))
         return []
-    if req.op is Op.GET:
+    if req.op is Op.GET or req.op is Op.LEASE_CODEC:
         fields = {
             "lease": lease.id,
             **block_fields(rec),
@@ -75,7 +75,7 @@ def complete(state: ServerState, wait: LeaseWait, lease: Lease) -> list[Grant]:
             "codec": rec.codec,
             "meta": rec.meta,
         }
-        session.reply(Reply(req.req_id, Op.GET, fields))
+        session.reply(Reply(req.req_id, req.op, fields))
         return []
     reply = perform(state, req, rec)
     outcome = state.table.end_lease(lease)  # transient: ends with the request
@@ -146,6 +146,7 @@ def routed(state: ServerState, session: Session, req: Request) -> None:
 
 
 def lease(state: ServerState, session: Session, req: Request) -> None:
+    """LEASE, and LEASE_CODEC: the same, answered with the block's codec and meta."""
     mode = check_mode("lease", req.args["mode"])
     if mode == "r":
         rec = state.table.readable(session.proc, req.args["block"])
@@ -163,6 +164,14 @@ def release(state: ServerState, session: Session, req: Request) -> None:
         state.table.mark_exported(found)
     outcome = state.table.end_lease(found)
     session.reply(Reply(req.req_id, req.op))
+    state.settle(outcome)
+
+
+def unexport(state: ServerState, session: Session, req: Request) -> None:
+    """UNEXPORT: no view of the block (marked by RELEASE_EXPORTED) is left in the
+    process; the memory of a block removed meanwhile may go back to the pool."""
+    outcome = state.table.unexport(session.proc, req.args["block"])
+    session.reply(Reply(req.req_id, Op.UNEXPORT))
     state.settle(outcome)
 
 
@@ -187,8 +196,10 @@ HANDLERS = {
     Op.READ: routed,
     Op.WRITE: routed,
     Op.LEASE: lease,
+    Op.LEASE_CODEC: lease,
     Op.RELEASE: release,
     Op.RELEASE_EXPORTED: release,
+    Op.UNEXPORT: unexport,
     Op.GRANT: grant,
     Op.REVOKE: revoke,
 }
