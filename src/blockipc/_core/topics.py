@@ -25,7 +25,7 @@ trie's nodes times the topic's words, never an exponential search.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -82,25 +82,40 @@ class _Node(Generic[T]):
 
 class Subscriptions(Generic[T]):
     """Who subscribed to what: ``add``/``discard`` a subscriber under a topic or a
-    pattern, ``match`` a published topic to everyone whose subscription matches it."""
+    pattern, ``match`` a published topic to everyone whose subscription matches it.
 
-    __slots__ = ("_exact", "_patterns", "_root")
+    ``on_change(pattern, present)``, when set, is called when ``pattern`` gets its first
+    subscriber (``present`` True) or loses its last (False): what a node tells its
+    linked peers it subscribes to (``_link/link.py``), whichever way the change came
+    (subscribe, unsubscribe, a process gone). :meth:`patterns` lists them all.
+    """
+
+    __slots__ = ("_exact", "_patterns", "_root", "on_change")
 
     def __init__(self) -> None:
         self._exact: dict[str, set[T]] = {}
         self._root: _Node[T] = _Node()
         self._patterns = 0
+        self.on_change: Callable[[str, bool], None] | None = None
 
     def add(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
-            self._exact.setdefault(pattern, set()).add(sub)
+            subs = self._exact.get(pattern)
+            if subs is None:
+                subs = self._exact[pattern] = set()
+                if self.on_change is not None:
+                    self.on_change(pattern, True)
+            subs.add(sub)
             return
         node = self._root
         for word in pattern.split("."):
             node = node.children.setdefault(word, _Node())
         if sub not in node.subs:
+            first = not node.subs
             node.subs.add(sub)
             self._patterns += 1
+            if first and self.on_change is not None:
+                self.on_change(pattern, True)
 
     def discard(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
@@ -109,6 +124,8 @@ class Subscriptions(Generic[T]):
                 subs.discard(sub)
                 if not subs:
                     del self._exact[pattern]
+                    if self.on_change is not None:
+                        self.on_change(pattern, False)
             return
         path = [self._root]
         for word in pattern.split("."):
@@ -120,12 +137,24 @@ class Subscriptions(Generic[T]):
             return
         path[-1].subs.discard(sub)
         self._patterns -= 1
+        if not path[-1].subs and self.on_change is not None:
+            self.on_change(pattern, False)
         words = pattern.split(".")
         for depth in range(len(words), 0, -1):  # prune the nodes nobody needs any more
             node = path[depth]
             if node.subs or node.children:
                 break
             del path[depth - 1].children[words[depth - 1]]
+
+    def patterns(self) -> Iterator[str]:
+        """Every topic and pattern that has a subscriber now, once each."""
+        yield from self._exact
+        todo: list[tuple[_Node[T], tuple[str, ...]]] = [(self._root, ())]
+        while todo:
+            node, words = todo.pop()
+            if node.subs:
+                yield ".".join(words)
+            todo.extend((child, (*words, word)) for word, child in node.children.items())
 
     def match(self, topic: str) -> set[T]:
         """Everyone subscribed to ``topic`` or to a pattern that matches it."""
