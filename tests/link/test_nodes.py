@@ -192,6 +192,10 @@ async def test_publish_reaches_subscribers_on_a_linked_node(short_dir: Path) -> 
 
         await eventually(reaches_local_only)
         await nothing_more(local, wild)
+        # every copy on b and every block on a is gone with its last reader
+        for client in (pub, wild):
+            stats = await client.stats()
+            assert (stats.blocks, stats.used_bytes) == (0, 0), stats
 
 
 async def test_publish_waits_for_a_remote_subscribers_room(short_dir: Path) -> None:

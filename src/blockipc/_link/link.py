@@ -1056,6 +1056,8 @@ class Link:
             with pool.view(rec.segment, rec.offset, answer.size) as view:
                 view[:] = parts[2]
             g.reply_to.got(rec, answer.codec, answer.meta)
+        except BlockIPCError as exc2:  # (the asker's lease refused): its error, not the link's
+            g.reply_to.failed(exc2)
         finally:
             host.discard(rec)  # the asker's lease keeps the copy until it is read
 
