@@ -139,6 +139,50 @@ async def remote(block: Fragment) -> None:
         await _until_clean(b)
 
 
+async def across_nodes(block: Fragment) -> None:
+    """Publish and get across nodes: node b listens on loopback, node a links to it
+    (plain: the fragment is about the calls, the keys are the remote fragment's); the
+    first part subscribes on b, the second publishes on a once a knows of it (a link
+    round trip later), the third puts on b and gets from a."""
+    subscribe, rest = block.split("")
+    publish, get = Fragment(rest.text[1:], rest.first_line + 1).split("")  # (its blank line)
+    async with blockipc.Coordinator(
+        pool_size="32MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
+        assert b.link_address is not None
+        async with (
+            blockipc.Coordinator(
+                pool_size="32MiB", node="a", peers={"b": b.link_address}, insecure=True
+            ) as a,
+            blockipc.connect(a.address, name="producer") as producer,
+            blockipc.connect(a.address, name="reader") as reader,
+            blockipc.connect(b.address, name="consumer") as consumer,
+            blockipc.connect(b.address, name="writer") as writer,
+        ):
+            names: dict[str, Any] = {"consumer": consumer, "producer": producer}
+            await subscribe.run(names)
+            link = a._link
+            assert link is not None
+            for _ in range(500):  # a learns of b's subscription a round trip later
+                if link.subscribed_nodes("frames.cam1"):
+                    break
+                await asyncio.sleep(0.01)
+            names["block"] = await producer.alloc(100)
+            await producer.write(names["block"], b"frame", 0)
+            names = await publish.run(names)
+            assert names["n"] == 1, names["n"]
+            msg = names["msg"]
+            assert (msg.sender, msg.topic) == ("a/producer", "frames.cam1"), msg
+            assert await consumer.read(msg.block, 0, 5) == b"frame"
+            await consumer.free(msg.block)
+            weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+            names = await get.run({"writer": writer, "reader": reader, "weights": weights})
+            assert np.array_equal(names["w"], weights), names["w"]
+            await writer.delete("weights")
+        await _until_clean(a)
+        await _until_clean(b)
+
+
 async def _until_clean(coord: blockipc.Coordinator) -> None:
     """Once the fragment's clients are gone, the pool is as it began."""
     for _ in range(200):
@@ -152,6 +196,7 @@ HARNESSES: dict[str, Callable[[Fragment], Awaitable[None]]] = {
     "channel": channel,
     "objects": objects,
     "remote": remote,
+    "across_nodes": across_nodes,
 }
 
 

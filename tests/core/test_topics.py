@@ -128,3 +128,22 @@ def test_subscriptions_are_bounded_per_process() -> None:
     table.unsubscribe(a, "t.0.#")
     table.subscribe(a, "one.more")
     assert len(table.topics) == MAX_SUBSCRIPTIONS
+
+
+def test_topic_changes_are_reported_once_per_topic() -> None:
+    subs: Subscriptions[int] = Subscriptions()
+    changes: list[tuple[str, bool]] = []
+    subs.on_change = lambda topic, present: changes.append((topic, present))
+    for topic, sub in (("a.*", 1), ("a.*", 2), ("b", 1), ("b", 2), ("c.#", 1)):
+        subs.add(topic, sub)
+    assert sorted(subs.patterns()) == ["a.*", "b", "c.#"]
+    for topic, sub in (("a.*", 1), ("b", 1), ("b", 2), ("a.*", 2), ("c.#", 9)):
+        subs.discard(topic, sub)
+    assert changes == [
+        ("a.*", True),
+        ("b", True),
+        ("c.#", True),
+        ("b", False),
+        ("a.*", False),
+    ]
+    assert list(subs.patterns()) == ["c.#"]

@@ -240,6 +240,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("Command line", "blockipc serve"): synopsis(),
     ("Command line", "pool_size        256.0 MiB"): stats_sample(),
     ("Remote send", 'to="b/consumer"'): fragment("remote"),
+    ("Remote send", 'get("b/weights")'): fragment("across_nodes"),
     ("Remote send", "blockipc keygen a --dir keys/"): shell(
         not_here={
             "blockipc serve": "10.0.0.2 is another host (the remote fragment runs both on loopback)"

@@ -45,7 +45,6 @@ from blockipc._core.linkwire import (
     ACKS,
     BLOCKS,
     FRAME_SLACK,
-    MAX_ACK_FRAME,
     MAX_BLOCKS,
     OutboundState,
     decode_ack,
@@ -1105,7 +1104,8 @@ async def test_frame_bounds_are_set_and_a_dropped_peer_is_logged() -> None:
     async with pair(pool="4MiB") as (a, _b):
         (peer,) = a._link._peers.values()  # type: ignore[union-attr]
         await wait_until(lambda: peer._sock is not None)
-        assert peer._sock is not None and peer._sock.maxmsgsize == MAX_ACK_FRAME
+        # acks, and the answers to gets: objects up to the sender's own largest block
+        assert peer._sock is not None and peer._sock.maxmsgsize == max_frame(a.pool.max_request())
 
 
 @pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])

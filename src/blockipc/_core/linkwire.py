@@ -18,10 +18,25 @@ any other code is a :class:`~blockipc.BlockIPCError` code and nothing was delive
 Several blocks delivered at once may be answered by one ``[b"ACKS", seqs]`` instead
 (``seqs``: unsigned 64-bit little-endian integers, each a code-0 ack).
 
+**Across nodes** (publish and named objects). A block entry may have a sixth field,
+a topic: ``[seq, from, "", size, header, topic]`` is a *publish*, which the receiving
+node fans out to its own subscribers of ``topic`` (never further: a published block
+crosses one link at most), answered by ``[b"ACKP", {seq, delivered}]`` once every one
+of them took it (errors by ``ACK1``). What a node subscribes to travels the other way,
+from the ROUTER to a DEALER that asked with ``[b"SUBQ", {node}]`` (on every
+handshake): ``[b"SUBS", {reset, add, remove}]``, the whole set first (``reset``,
+split over as many messages as :data:`MAX_META` needs), then each change; a sender
+keeps at most :data:`MAX_PEER_TOPICS` of a peer's topics and patterns. A named object
+is asked for with ``[b"GETQ", {node, seq, name, max_size}]`` and answered with
+``[b"GETR", {seq, code, message, codec, meta, size}, data]`` (no data frame when
+``code`` is not 0): a copy of the object's bytes and its codec.
+
 **Frame bounds.** libzmq refuses (disconnects) a peer whose frame is over the socket's
 ``ZMQ_MAXMSGSIZE``, before it allocates it: a receiving node's ROUTER takes frames up
-to :func:`max_frame` (its largest block), a sender's DEALER acks only
-(:data:`MAX_ACK_FRAME`). The bound is per frame: a message of many large frames is
+to :func:`max_frame` (its largest block), and so does a sender's DEALER, which receives
+acks (:data:`MAX_ACK_FRAME` at most) and the answers to its gets (an object no larger
+than its own largest block: it says how large in the ``GETQ``, and the peer refuses a
+larger one). The bound is per frame: a message of many large frames is
 still read whole before :func:`decode_blocks` refuses more than :data:`MAX_BLOCKS`.
 
 **Sending** (:class:`OutboundState`, one per peer). A send is *queued* until the
@@ -67,15 +82,26 @@ from .limits import (
     MAX_HEADER,
     MAX_INT,
     check_header_size,
+    check_name,
     check_node_name,
     is_process_name,
 )
-from .protocol import _validate
+from .protocol import _STRLIST, _validate
+from .topics import check_pattern, check_topic
 
 __all__ = [
     "ACK",
+    "ACKP",
     "ACKS",
     "BLOCKS",
+    "GETQ",
+    "GETR",
+    "MAX_PEER_TOPICS",
+    "SUBQ",
+    "SUBS",
+    "GetAnswer",
+    "GetAsk",
+    "SubsUpdate",
     "FRAME_SLACK",
     "MAX_ACK_FRAME",
     "MAX_BLOCKS",
@@ -88,9 +114,18 @@ __all__ = [
     "decode_ack",
     "decode_acks",
     "decode_blocks",
+    "decode_get_answer",
+    "decode_get_ask",
+    "decode_subq",
+    "decode_subs",
     "encode_ack",
+    "encode_ackp",
     "encode_acks",
     "encode_blocks",
+    "encode_get_answer",
+    "encode_get_ask",
+    "encode_subq",
+    "encode_subs",
     "make_config",
     "max_frame",
     "parse_endpoint",
@@ -102,6 +137,20 @@ MAX_BLOCKS: Final = 64
 through at once: one message, one meta to parse, one ack for all of them)."""
 ACK: Final = b"ACK1"
 ACKS: Final = b"ACKS"
+ACKP: Final = b"ACKP"
+"""The answer to a publish: how many of the receiving node's subscribers took it."""
+SUBQ: Final = b"SUBQ"
+"""A DEALER asks the peer's ROUTER for what its processes subscribe to."""
+SUBS: Final = b"SUBS"
+"""A node's subscriptions (the whole set, or a change), ROUTER to DEALER."""
+GETQ: Final = b"GETQ"
+"""A DEALER asks the peer for a named object."""
+GETR: Final = b"GETR"
+"""The answer to a GETQ: the object's codec, meta and bytes, or an error."""
+MAX_PEER_TOPICS: Final = 65536
+"""Topics and patterns of one peer node a sender keeps, at most (its processes may
+subscribe to up to ``MAX_SUBSCRIPTIONS`` each, and a node has many processes: beyond
+this bound, further ones are ignored and logged)."""
 MAX_META: Final = MAX_HEADER + 4096
 """An ack's meta, and a block meta's share per block, at most (a block meta carries
 up to :data:`MAX_BLOCKS` entries: ``MAX_META * MAX_BLOCKS`` bytes)."""
@@ -109,7 +158,8 @@ FRAME_SLACK: Final = 4096
 """Added to a frame bound for what a security mechanism wraps around a frame (CURVE:
 about 40 bytes, checked by libzmq before it decrypts)."""
 MAX_ACK_FRAME: Final = MAX_META + FRAME_SLACK
-"""The largest frame a sender's DEALER accepts (``ZMQ_MAXMSGSIZE``): acks only."""
+"""The largest ack frame (a sender's DEALER takes larger frames only as the data of
+the answer to a get, see :func:`max_frame`)."""
 
 
 def max_frame(max_block: int) -> int:
@@ -140,6 +190,18 @@ _BLOCKS_KEYS: Final = frozenset({"node", "blocks"})
 IO_NICE: Final = 10
 """Added by default to the nice value of a receiving node's libzmq I/O thread."""
 _ACK_SCHEMA: Final = {"seq": int, "code": int, "message": str}
+_ACKP_SCHEMA: Final = {"seq": int, "delivered": int}
+_SUBQ_SCHEMA: Final = {"node": str}
+_SUBS_SCHEMA: Final = {"reset": bool, "add": _STRLIST, "remove": _STRLIST}
+_GETQ_SCHEMA: Final = {"node": str, "seq": int, "name": str, "max_size": int}
+_GETR_SCHEMA: Final = {
+    "seq": int,
+    "code": int,
+    "message": str,
+    "codec": str,
+    "meta": dict,
+    "size": int,
+}
 _packer = msgpack.Packer(use_bin_type=True)
 
 
@@ -268,15 +330,19 @@ class BlockFrame:
     to: str
     size: int
     header: dict[str, Any]
+    topic: str = ""
+    """A publish (``to`` is empty): fanned out to the receiving node's subscribers."""
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """The receiver's answer to block ``seq``: ``code`` 0 for delivered."""
+    """The receiver's answer to block ``seq``: ``code`` 0 for delivered (``delivered``:
+    to how many subscribers, for a publish)."""
 
     seq: int
     code: int
     message: str
+    delivered: int = 1
 
     def error(self) -> BlockIPCError | None:
         return None if self.code == 0 else error_from_code(self.code, self.message)
@@ -284,7 +350,8 @@ class Ack:
 
 def encode_blocks(node: str, entries: list[list[Any]]) -> bytes:
     """The meta frame of a message of blocks from ``node``: ``entries`` are
-    ``[seq, from, to, size, header]``, their data frames follow in the same order."""
+    ``[seq, from, to, size, header]`` (or ``[seq, from, "", size, header, topic]``, a
+    publish), their data frames follow in the same order."""
     meta: bytes = _packer.pack({"node": node, "blocks": entries})
     return meta
 
@@ -330,16 +397,23 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
     big = len(raw) * 2 > MAX_HEADER
     frames = []
     for entry, size in zip(entries, sizes, strict=True):
-        if type(entry) is not list or len(entry) != 5:
+        if type(entry) is not list or not 5 <= len(entry) <= 6:
             raise ProtocolError(f"link blocks: entry {reprlib.repr(entry)} is not 5 fields")
-        seq, sender, to, n, header = entry
+        seq, sender, to, n, header = entry[:5]
+        topic = entry[5] if len(entry) == 6 else ""
         if type(seq) is not int or not 0 <= seq <= MAX_INT:
             raise ProtocolError(f"link blocks: invalid seq {reprlib.repr(seq)}")
         if type(n) is not int or n != size:
             raise ProtocolError(f"link block {seq}: size {n!r:.20} but {size} data bytes")
         if n < 1:  # no block is empty (alloc refuses size 0): nothing to deliver
             raise ProtocolError(f"link block {seq}: empty")
+        if len(entry) == 6:  # a publish: a topic, no receiver
+            if to != "" or not _is_topic(topic):
+                raise ProtocolError(f"link block {seq}: invalid publish to {topic!r:.80}")
+            to = ""
         for what, name in (("from", sender), ("to", to)):
+            if what == "to" and topic:
+                continue
             if not is_process_name(name):
                 raise ProtocolError(f"link block {seq}: invalid {what} name {name!r:.80}")
         if type(header) is not dict or not all(type(k) is str for k in header):
@@ -349,8 +423,19 @@ def decode_blocks(parts: list[bytes], sizes: list[int]) -> list[BlockFrame]:
                 check_header_size(len(_packer.pack(header)))
             except InvalidRequest as exc:
                 raise ProtocolError(f"link block {seq}: {exc}") from None
-        frames.append(BlockFrame(seq, node, sender, to, size, header))
+        frames.append(BlockFrame(seq, node, sender, to, size, header, topic))
     return frames
+
+
+def _is_topic(topic: Any) -> bool:
+    """Whether ``topic`` can be published to (the rule: ``_core/topics.check_topic``)."""
+    if type(topic) is not str:
+        return False
+    try:
+        check_topic(topic)
+    except InvalidRequest:
+        return False
+    return True
 
 
 def peek_seqs(meta: bytes) -> list[int]:
@@ -378,12 +463,22 @@ def encode_acks(seqs: list[int]) -> list[bytes]:
     return [ACKS, struct.pack(f"<{len(seqs)}Q", *seqs)]
 
 
+def encode_ackp(seq: int, delivered: int) -> list[bytes]:
+    """The answer to a publish that ``delivered`` subscribers of the node took."""
+    return [ACKP, _packer.pack({"seq": seq, "delivered": delivered})]
+
+
 def decode_acks(parts: list[bytes]) -> list[Ack]:
-    """The acks of an ``ACK1`` or ``ACKS`` message.
+    """The acks of an ``ACK1``, ``ACKS`` or ``ACKP`` message.
 
     >>> [a.seq for a in decode_acks(encode_acks([3, 4]))]
     [3, 4]
+    >>> decode_acks(encode_ackp(5, 2))[0].delivered
+    2
     """
+    if len(parts) == 2 and parts[0] == ACKP:
+        meta = _meta(parts[1], _ACKP_SCHEMA, "link publish ack")
+        return [Ack(meta["seq"], 0, "", meta["delivered"])]
     if len(parts) == 2 and parts[0] == ACKS:
         raw = parts[1]
         if not raw or len(raw) % 8 or len(raw) > MAX_META:
@@ -397,6 +492,162 @@ def decode_ack(parts: list[bytes]) -> Ack:
         raise ProtocolError(f"not a link ack message ({len(parts)} frames)")
     meta = _meta(parts[1], _ACK_SCHEMA, "link ack")
     return Ack(meta["seq"], meta["code"], meta["message"])
+
+
+# -- subscriptions and named objects across nodes -------------------------------------
+@dataclass(frozen=True, slots=True)
+class SubsUpdate:
+    """A peer's subscriptions: ``reset`` (forget what it said before), then ``add`` and
+    ``remove`` these topics and patterns."""
+
+    reset: bool
+    add: list[str]
+    remove: list[str]
+
+
+def encode_subq(node: str) -> list[bytes]:
+    """Ask a peer for its subscriptions, now and each change from now on."""
+    return [SUBQ, _packer.pack({"node": node})]
+
+
+def decode_subq(parts: list[bytes]) -> str:
+    """The node that asked (checked against its key by the caller)."""
+    if len(parts) != 2 or parts[0] != SUBQ:
+        raise ProtocolError(f"not a link subscription request ({len(parts)} frames)")
+    node = _meta(parts[1], _SUBQ_SCHEMA, "link subscription request")["node"]
+    if not is_process_name(node):
+        raise ProtocolError(f"link subscription request: invalid node name {node!r:.80}")
+    return str(node)
+
+
+def encode_subs(reset: bool, add: list[str], remove: list[str]) -> list[list[bytes]]:
+    """The messages of a subscription update, each of at most :data:`MAX_META` bytes
+    (``reset`` is the first one's only).
+
+    >>> [decode_subs(m) for m in encode_subs(True, ["a.*"], [])]
+    [SubsUpdate(reset=True, add=['a.*'], remove=[])]
+    """
+    messages: list[list[bytes]] = []
+    chunk: dict[str, list[str]] = {"add": [], "remove": []}
+    used = 0
+    budget = MAX_META - 64
+
+    def close() -> None:
+        nonlocal chunk, used
+        meta = {"reset": reset and not messages, **chunk}
+        messages.append([SUBS, _packer.pack(meta)])
+        chunk, used = {"add": [], "remove": []}, 0
+
+    for key, topics in (("add", add), ("remove", remove)):
+        for topic in topics:
+            n = len(topic.encode()) + 5
+            if used + n > budget:
+                close()
+            chunk[key].append(topic)
+            used += n
+    if chunk["add"] or chunk["remove"] or not messages:
+        close()
+    return messages
+
+
+def decode_subs(parts: list[bytes]) -> SubsUpdate:
+    if len(parts) != 2 or parts[0] != SUBS:
+        raise ProtocolError(f"not a link subscription update ({len(parts)} frames)")
+    meta = _meta(parts[1], _SUBS_SCHEMA, "link subscription update")
+    for key in ("add", "remove"):
+        for topic in meta[key]:
+            try:
+                check_pattern(topic)
+            except InvalidRequest as exc:
+                raise ProtocolError(f"link subscription update: {exc}") from None
+    return SubsUpdate(meta["reset"], meta["add"], meta["remove"])
+
+
+@dataclass(frozen=True, slots=True)
+class GetAsk:
+    """A peer asks for the named object ``name`` (no larger than ``max_size``)."""
+
+    node: str
+    seq: int
+    name: str
+    max_size: int
+
+
+def encode_get_ask(node: str, seq: int, name: str, max_size: int) -> list[bytes]:
+    return [GETQ, _packer.pack({"node": node, "seq": seq, "name": name, "max_size": max_size})]
+
+
+def decode_get_ask(parts: list[bytes]) -> GetAsk:
+    """
+    >>> decode_get_ask(encode_get_ask("a", 1, "w", 10))
+    GetAsk(node='a', seq=1, name='w', max_size=10)
+    """
+    if len(parts) != 2 or parts[0] != GETQ:
+        raise ProtocolError(f"not a link get request ({len(parts)} frames)")
+    meta = _meta(parts[1], _GETQ_SCHEMA, "link get request")
+    if not is_process_name(meta["node"]):
+        raise ProtocolError(f"link get request: invalid node name {meta['node']!r:.80}")
+    try:
+        check_name(meta["name"], "object name")
+    except InvalidRequest as exc:
+        raise ProtocolError(f"link get request: {exc}") from None
+    return GetAsk(meta["node"], meta["seq"], meta["name"], meta["max_size"])
+
+
+@dataclass(frozen=True, slots=True)
+class GetAnswer:
+    """The answer to :class:`GetAsk` ``seq``: code 0 and the object's codec, its meta
+    and ``size`` bytes (the frame after the meta), or an error code and message."""
+
+    seq: int
+    code: int
+    message: str
+    codec: str
+    meta: dict[str, Any]
+    size: int
+
+    def error(self) -> BlockIPCError | None:
+        return None if self.code == 0 else error_from_code(self.code, self.message)
+
+
+def encode_get_answer(
+    seq: int,
+    *,
+    codec: str = "",
+    meta: dict[str, Any] | None = None,
+    size: int = 0,
+    code: int = 0,
+    message: str = "",
+) -> list[bytes]:
+    """The frames before the data frame (a found object: ``size`` bytes follow)."""
+    fields = {
+        "seq": seq,
+        "code": code,
+        "message": message[:1000],
+        "codec": codec,
+        "meta": meta or {},
+        "size": size,
+    }
+    return [GETR, _packer.pack(fields)]
+
+
+def decode_get_answer(parts: list[bytes], data: int | None) -> GetAnswer:
+    """``parts``: the kind and meta; ``data``: the data frame's length (``None``: no
+    data frame). A found object's size must be its data frame's.
+
+    >>> decode_get_answer(encode_get_answer(3, codec="raw", size=2), 2).size
+    2
+    """
+    if len(parts) != 2 or parts[0] != GETR:
+        raise ProtocolError(f"not a link get answer ({len(parts)} frames)")
+    meta = _meta(parts[1], _GETR_SCHEMA, "link get answer")
+    if meta["code"] == 0 and (data is None or data != meta["size"] or data < 1):
+        raise ProtocolError(f"link get answer: size {meta['size']} but {data} data bytes")
+    if meta["code"] != 0 and data is not None:
+        raise ProtocolError("link get answer: an error with data")
+    return GetAnswer(
+        meta["seq"], meta["code"], meta["message"], meta["codec"], meta["meta"], meta["size"]
+    )
 
 
 # -- the sending side's state --------------------------------------------------------

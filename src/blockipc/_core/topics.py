@@ -25,7 +25,7 @@ trie's nodes times the topic's words, never an exponential search.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -82,24 +82,40 @@ class _Node(Generic[T]):
 
 class Subscriptions(Generic[T]):
     """Who subscribed to what: ``add``/``discard`` a subscriber under a topic or a
-    pattern, ``match`` a published topic to everyone whose subscription matches it."""
+    pattern, ``match`` a published topic to everyone whose subscription matches it.
 
-    __slots__ = ("_exact", "_patterns", "_root")
+    ``on_change(pattern, present)``, when set, is called when ``pattern`` gets its first
+    subscriber (``present`` True) or loses its last (False): what a node tells its
+    linked peers it subscribes to (``_link/link.py``), whichever way the change came
+    (subscribe, unsubscribe, a process gone). :meth:`patterns` lists them all.
+    """
+
+    __slots__ = ("_exact", "_patterns", "_root", "on_change")
 
     def __init__(self) -> None:
         self._exact: dict[str, set[T]] = {}
         self._root: _Node[T] = _Node()
         self._patterns: dict[str, set[T]] = {}  # (also in the trie, for match)
+        self.on_change: Callable[[str, bool], None] | None = None
 
     def add(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
-            self._exact.setdefault(pattern, set()).add(sub)
+            subs = self._exact.get(pattern)
+            if subs is None:
+                subs = self._exact[pattern] = set()
+                if self.on_change is not None:
+                    self.on_change(pattern, True)
+            subs.add(sub)
             return
         node = self._root
         for word in pattern.split("."):
             node = node.children.setdefault(word, _Node())
-        node.subs.add(sub)
-        self._patterns.setdefault(pattern, set()).add(sub)
+        if sub not in node.subs:
+            first = not node.subs
+            node.subs.add(sub)
+            self._patterns.setdefault(pattern, set()).add(sub)
+            if first and self.on_change is not None:
+                self.on_change(pattern, True)
 
     def discard(self, pattern: str, sub: T) -> None:
         if not is_pattern(pattern):
@@ -108,6 +124,8 @@ class Subscriptions(Generic[T]):
                 subs.discard(sub)
                 if not subs:
                     del self._exact[pattern]
+                    if self.on_change is not None:
+                        self.on_change(pattern, False)
             return
         path = [self._root]
         for word in pattern.split("."):
@@ -122,12 +140,19 @@ class Subscriptions(Generic[T]):
         subs.discard(sub)
         if not subs:
             del self._patterns[pattern]
+        if not path[-1].subs and self.on_change is not None:
+            self.on_change(pattern, False)
         words = pattern.split(".")
         for depth in range(len(words), 0, -1):  # prune the nodes nobody needs any more
             node = path[depth]
             if node.subs or node.children:
                 break
             del path[depth - 1].children[words[depth - 1]]
+
+    def patterns(self) -> Iterator[str]:
+        """Every topic and pattern that has a subscriber now, once each."""
+        yield from self._exact
+        yield from self._patterns
 
     def match(self, topic: str) -> set[T]:
         """Everyone subscribed to ``topic`` or to a pattern that matches it."""

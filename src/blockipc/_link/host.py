@@ -13,11 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._core.protocol import Event
     from .._core.routing import BlockRecord, ProcessRecord
+    from .._exceptions import BlockIPCError
     from .._shm.pool import Pool
 
-__all__ = ["LinkHost", "ReplyTo", "Requester"]
+__all__ = ["GetReplyTo", "LinkHost", "ReplyTo", "Requester"]
 
 
 class ReplyTo(Protocol):
@@ -40,6 +43,17 @@ class Requester(ReplyTo, Protocol):
 
     @property
     def proc(self) -> ProcessRecord: ...
+
+
+class GetReplyTo(Protocol):
+    """Where the answer to a remote ``get`` goes (a parked GET of a session)."""
+
+    def got(self, rec: BlockRecord, codec: str, meta: dict[str, Any]) -> None:
+        """The object's copy is in ``rec`` (from :meth:`LinkHost.new_block`, which the
+        link lets go of after this returns: lease it now to keep it)."""
+
+    def failed(self, exc: BlockIPCError) -> None:
+        """The object could not be fetched (the peer's error, or the link's)."""
 
 
 class LinkHost(Protocol):
@@ -93,3 +107,26 @@ class LinkHost(Protocol):
 
     def wake(self, proc: ProcessRecord) -> None:
         """Answer ``proc``'s waiting receive calls from its inbox."""
+
+    # -- across nodes: publish and named objects ------------------------------------
+    def watch_topics(self, on_change: Callable[[str, bool], None]) -> None:
+        """Call ``on_change(topic, present)`` whenever a topic or pattern gets its first
+        local subscriber or loses its last (subscribe, unsubscribe, a process gone)."""
+
+    def local_topics(self) -> list[str]:
+        """Every topic and pattern this node's processes subscribe to now."""
+
+    def fan_out(
+        self,
+        rec: BlockRecord,
+        sender: ProcessRecord,
+        topic: str,
+        header: dict[str, Any],
+        done: Callable[[int], None],
+    ) -> None:
+        """Give a block from :meth:`new_block` to every local subscriber of ``topic``
+        with a read grant, as a local publish does (never to another node); the link's
+        hold ends when every inbox took it, then ``done(delivered)``."""
+
+    def named(self, name: str) -> BlockRecord:
+        """The object bound to ``name`` here (raises ``BlockNotFound``)."""

@@ -88,25 +88,41 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
+from .._core.codecs import CODEC_NAMES
 from .._core.limits import split_target
 from .._core.linkwire import (
     BLOCKS,
-    MAX_ACK_FRAME,
+    GETQ,
+    GETR,
+    MAX_PEER_TOPICS,
+    SUBQ,
+    SUBS,
     BlockFrame,
     Failure,
     LinkConfig,
     OutboundState,
     Pending,
+    SubsUpdate,
     decode_acks,
     decode_blocks,
+    decode_get_answer,
+    decode_get_ask,
+    decode_subq,
+    decode_subs,
     encode_ack,
+    encode_ackp,
     encode_acks,
     encode_blocks,
+    encode_get_answer,
+    encode_get_ask,
+    encode_subq,
+    encode_subs,
     max_frame,
     peek_seqs,
 )
 from .._core.protocol import ErrorReply, Reply, Request
 from .._core.routing import BlockRecord, ProcessRecord
+from .._core.topics import Subscriptions
 from .._exceptions import (
     AccessDenied,
     BlockIPCError,
@@ -118,7 +134,7 @@ from .._exceptions import (
 )
 from .._log import RateLimiter, get_logger
 from .._types import LinkStats
-from .host import LinkHost, ReplyTo, Requester
+from .host import GetReplyTo, LinkHost, ReplyTo, Requester
 from .keys import NodeKeys, default_key_dir, ensure_keys, load_keys, load_trusted
 
 __all__ = ["Link"]
@@ -230,6 +246,21 @@ class Outgoing:
     error: BlockIPCError | None = None
     finished_at: float = 0.0
     replied: bool = False
+    topic: str = ""  # a publish: to the peer's subscribers of this topic
+    delivered: int = 0  # (a publish) how many of them took it, from the peer's ack
+
+
+@dataclass(eq=False)
+class RemoteGet:
+    """A ``get("node/name")`` in the asking coordinator: queued until the link to the
+    peer is up, then written, until the peer's answer (or a failure)."""
+
+    reply_to: GetReplyTo
+    name: str
+    submitted: float
+    peer: _Peer
+    seq: int = 0
+    done: bool = False
 
 
 @dataclass(eq=False)
@@ -289,6 +320,11 @@ class _Peer:
         self._retry: asyncio.TimerHandle | None = None
         self._blocked = False  # the last write found the socket full (EAGAIN)
         self.sent = self.sent_bytes = self.failed = 0  # sends over, for LinkStats
+        self.topics: set[str] = set()  # what the peer's processes subscribe to
+        self._subq_due = False  # ask the peer for them (after each handshake)
+        self.get_queue: deque[RemoteGet] = deque()  # gets not written yet
+        self.gets: dict[int, RemoteGet] = {}  # gets written, by seq, until answered
+        self._next_get = 1
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"blockipc-link-{self.name}")
@@ -320,7 +356,9 @@ class _Peer:
         sock = _plain_socket(self.link.ctx, zmq.DEALER)
         try:
             self.link.tune(sock)
-            sock.maxmsgsize = MAX_ACK_FRAME  # it receives acks only
+            # acks, subscription updates, and named objects (no larger than this pool's
+            # largest block: the peer is told, and refuses larger ones itself)
+            sock.maxmsgsize = max_frame(self.link.host.pool.max_request())
             sock.immediate = True  # queue nothing for a peer that is not connected
             sock.sndhwm = max(self.state.max_blocks, self.state.small_blocks) + 2
             if keys is not None:
@@ -366,6 +404,7 @@ class _Peer:
                 monitor.close(linger=0)
                 sock.close(linger=0)
                 self.link.finish_all(self.state.down(time.monotonic()))
+                self.link_down()
             log.info("link.reset", node=self.link.config.node, peer=self.name)
 
     async def _await_key(self) -> None:
@@ -421,6 +460,8 @@ class _Peer:
         the window's blocks, or :data:`BATCH_BYTES` bytes)."""
         state, link = self.state, self.link
         self._blocked = False
+        if state.is_up and not self._write_requests(sock):
+            return
         view = link.host.pool.view
         while True:
             batch: list[Pending] = []
@@ -441,7 +482,10 @@ class _Peer:
                 if out.view is None:
                     out.view = view(rec.segment, rec.offset, rec.size)
                 views.append(out.view)
-                entries.append([p.seq, out.sender.name, out.to, rec.size, out.header])
+                entry = [p.seq, out.sender.name, out.to, rec.size, out.header]
+                if out.topic:  # a publish, fanned out by the peer
+                    entry.append(out.topic)
+                entries.append(entry)
             try:  # (once the first frame is queued, libzmq takes the rest of the message)
                 sock.send(BLOCKS, _NOBLOCK_MORE)
             except zmq.Again:  # connected but the pipe is not attached yet, or full
@@ -461,6 +505,71 @@ class _Peer:
                     views[i], _NOBLOCK if i == last else _NOBLOCK_MORE, copy=False, track=True
                 )
 
+    def _write_requests(self, sock: zmq.Socket[bytes]) -> bool:
+        """Write the subscription request due and the queued gets; False if the socket
+        would block (the pump retries)."""
+        node = self.link.config.node
+        try:
+            if self._subq_due:
+                sock.send_multipart(encode_subq(node), _NOBLOCK)
+                self._subq_due = False
+            max_size = self.link.host.pool.max_request()
+            while self.get_queue:
+                g = self.get_queue[0]
+                sock.send_multipart(encode_get_ask(node, g.seq, g.name, max_size), _NOBLOCK)
+                self.get_queue.popleft()
+                self.gets[g.seq] = g
+        except zmq.Again:
+            self._blocked = True
+            if self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(0.002, self._retried)
+            return False
+        return True
+
+    def get(self, g: RemoteGet) -> None:
+        g.seq = self._next_get
+        self._next_get += 1
+        self.get_queue.append(g)
+        if self.state.refused is not None and not self.state.is_up:
+            self.fail_gets(AccessDenied(self.state.refused), queued=True)
+        self.wake()
+
+    def forget(self, g: RemoteGet) -> None:
+        """The asker cancelled or left: its answer, if any comes, is dropped."""
+        g.done = True
+        with contextlib.suppress(ValueError):
+            self.get_queue.remove(g)
+        self.gets.pop(g.seq, None)
+
+    def fail_gets(self, exc: BlockIPCError, *, queued: bool, now: float | None = None) -> None:
+        """Fail the gets written (the link went down: their answers will not come), or
+        with ``queued`` those waiting to be written (``now``: only those that waited for
+        ``link_timeout``)."""
+        if not queued:
+            failed = list(self.gets.values())
+            self.gets.clear()
+        elif now is None:
+            failed = list(self.get_queue)
+            self.get_queue.clear()
+        else:
+            limit = self.link.config.timeout
+            since = self.state.down_since
+            failed = [g for g in self.get_queue if now - max(g.submitted, since) >= limit]
+            for g in failed:
+                self.get_queue.remove(g)
+        for g in failed:
+            g.done = True
+            g.reply_to.failed(exc)
+
+    def link_down(self) -> None:
+        """The connection to the peer is gone: its subscriptions are unknown until it
+        is back (then asked for again), the gets written get no answer."""
+        self.link.drop_topics(self)
+        self.fail_gets(
+            PeerUnreachable(f"the link to node {self.name!r} went down before it answered the get"),
+            queued=False,
+        )
+
     def _retried(self) -> None:
         self._retry = None
         self.wake()
@@ -473,6 +582,12 @@ class _Peer:
             except zmq.Again:
                 return
             try:
+                if parts[0] == SUBS:
+                    self.link.update_topics(self, decode_subs(parts))
+                    continue
+                if parts[0] == GETR:
+                    self.link.got(self, parts)
+                    continue
                 acks = decode_acks(parts)
             except ProtocolError as exc:
                 log.warning("link.protocol_error", peer=self.name, error=str(exc))
@@ -480,6 +595,7 @@ class _Peer:
             for ack in acks:
                 p = self.state.ack(ack.seq)
                 if p is not None:
+                    p.token.delivered = ack.delivered
                     self.link.finish(p.token, ack.error(), acked=True)
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
@@ -489,6 +605,7 @@ class _Peer:
             kind, now = event["event"], time.monotonic()
             if kind == zmq.Event.HANDSHAKE_SUCCEEDED:
                 self.state.up(now)
+                self._subq_due = True  # (what it said before this connection is gone)
                 log.info("link.connected", node=node, peer=self.name, endpoint=self.endpoint)
                 self.wake()
             elif kind == zmq.Event.DISCONNECTED:
@@ -498,6 +615,7 @@ class _Peer:
                     emit = log.warning if failed else log.info
                     emit("link.disconnected", node=node, peer=self.name, failed=len(failed))
                 self.link.finish_all(failed)
+                self.link_down()
             elif kind == zmq.Event.HANDSHAKE_FAILED_AUTH:  # the peer's ZAP said no
                 reason = (
                     f"node {self.name!r} refused this node's key (CURVE authentication "
@@ -507,6 +625,7 @@ class _Peer:
                 if self.state.refused != reason:
                     log.warning("link.refused", node=node, peer=self.name, reason=reason)
                 self.link.finish_all(self.state.refuse(now, reason))
+                self.fail_gets(AccessDenied(reason), queued=True)
             elif kind in _HANDSHAKE_FAILED:  # maybe transient: sends wait for link_timeout
                 hint = (
                     f"the handshake with node {self.name!r} fails "
@@ -521,7 +640,17 @@ class _Peer:
         tick = min(0.05, self.link.config.timeout / 4)
         while True:
             await asyncio.sleep(tick)
-            self.link.finish_all(self.state.expire(time.monotonic()))
+            now = time.monotonic()
+            self.link.finish_all(self.state.expire(now))
+            if not self.state.is_up and self.get_queue:
+                self.fail_gets(
+                    PeerUnreachable(
+                        f"node {self.name!r} unreachable: no link to it for "
+                        f"{self.link.config.timeout:g} s (link_timeout)"
+                    ),
+                    queued=True,
+                    now=now,
+                )
 
 
 class Link:
@@ -571,6 +700,12 @@ class Link:
         self._closing = False
         # blocks from each node: [received, received bytes, refused], for LinkStats
         self._inbound: dict[str, list[int]] = {}
+        # across nodes: what each peer's processes subscribe to (by node name), and
+        # who asked for this node's subscriptions (node -> its DEALER's routing id)
+        self._remote: Subscriptions[str] = Subscriptions()
+        self._watchers: dict[str, bytes] = {}
+        self._topic_changes: dict[str, bool] = {}  # not yet told (one call_soon)
+        self._fanouts: deque[_Incoming] | None = None  # publishes waiting for room
         self.log_limit = RateLimiter()  # of what a peer can cause at will
         # refused handshakes, one limiter per kind (a limiter counts by event name): a
         # flood of plain connects must not hide an unknown key's refusal, nor the reverse
@@ -646,6 +781,7 @@ class Link:
                     raise BlockIPCError(f"cannot listen on {cfg.listen}: {exc}") from exc
                 self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
                 self._router_fd = _int_opt(router, zmq.FD)
+                self.host.watch_topics(self._topic_changed)  # (told to those who ask)
                 asyncio.get_running_loop().add_reader(self._router_fd, self._serve)
                 self._reading = True
                 self._spawn(self._watch_router(router))
@@ -757,6 +893,8 @@ class Link:
             self.finish_all(
                 peer.state.fail_all(lambda: ConnectionClosed("the coordinator is closing"))
             )
+            for queued in (True, False):
+                peer.fail_gets(ConnectionClosed("the coordinator is closing"), queued=queued)
         if self._router is not None:
             if self._reading:
                 asyncio.get_running_loop().remove_reader(self._router_fd)
@@ -809,6 +947,193 @@ class Link:
         out = Outgoing(session, req, rec, proc, name, args["header"], move, peer)
         peer.submit(out)
         return out
+
+    # -- across nodes: publish and named objects -----------------------------------------
+    def subscribed_nodes(self, topic: str) -> list[str]:
+        """The peers with a process subscribed to ``topic`` (a topic or a matching
+        pattern), as they last told this node; none while their link is down."""
+        return sorted(self._remote.match(topic))
+
+    def publish(
+        self,
+        reply_to: ReplyTo,
+        req: Request,
+        proc: ProcessRecord,
+        rec: BlockRecord,
+        node: str,
+        topic: str,
+        header: dict[str, Any],
+    ) -> Outgoing:
+        """Send ``proc``'s block ``rec`` to peer ``node``'s subscribers of ``topic``
+        (the link reads it: ``move=False``, so one block may go to several nodes); the
+        answer goes to ``reply_to``: a ``Reply`` whose ``delivered`` says to how many
+        subscribers there, or an ``ErrorReply``. Returns the send, for :meth:`withdraw`."""
+        peer = self._peers[node]
+        if self._closing:
+            raise ConnectionClosed("the coordinator is closing")
+        self.host.pin(proc, rec, move=False)  # until _release
+        out = Outgoing(reply_to, req, rec, proc, "", header, False, peer, topic=topic)
+        peer.submit(out)
+        return out
+
+    def remote_name(self, name: str) -> tuple[str, str] | None:
+        """``("b", "weights")`` for ``"b/weights"`` when ``b`` is a peer of this node:
+        an object to fetch from there; ``None`` for any other name (a local one)."""
+        node, sep, rest = name.partition("/")
+        if sep and rest and node in self._peers:
+            return node, rest
+        return None
+
+    def get(self, reply_to: GetReplyTo, node: str, name: str) -> RemoteGet:
+        """Ask peer ``node`` for its object ``name``: ``reply_to.got`` with a copy of
+        it in a block of this pool, or ``reply_to.failed``. Returns the get, for
+        :meth:`forget`."""
+        if self._closing:
+            raise ConnectionClosed("the coordinator is closing")
+        peer = self._peers[node]
+        g = RemoteGet(reply_to, name, time.monotonic(), peer)
+        peer.get(g)
+        return g
+
+    def forget(self, g: RemoteGet) -> None:
+        """Drop a get whose asker cancelled or left (an answer still coming is dropped)."""
+        g.peer.forget(g)
+
+    def drop_topics(self, peer: _Peer) -> None:
+        for topic in peer.topics:
+            self._remote.discard(topic, peer.name)
+        peer.topics.clear()
+
+    def update_topics(self, peer: _Peer, update: SubsUpdate) -> None:
+        """Apply what ``peer`` says its processes subscribe to (at most
+        :data:`MAX_PEER_TOPICS` kept per peer)."""
+        if update.reset:
+            self.drop_topics(peer)
+        for topic in update.remove:
+            if topic in peer.topics:
+                peer.topics.discard(topic)
+                self._remote.discard(topic, peer.name)
+        for topic in update.add:
+            if topic in peer.topics:
+                continue
+            if len(peer.topics) >= MAX_PEER_TOPICS:
+                self.log_limit.warning(
+                    log,
+                    "link.topics_dropped",
+                    node=self.config.node,
+                    peer=peer.name,
+                    reason=f"the peer subscribes to more than {MAX_PEER_TOPICS} topics",
+                )
+                continue
+            peer.topics.add(topic)
+            self._remote.add(topic, peer.name)
+
+    def got(self, peer: _Peer, parts: list[bytes]) -> None:
+        """The peer's answer to a get: a copy of the object into a new block of this
+        pool, handed to the asker (who leases it), or the error."""
+        answer = decode_get_answer(parts[:2], len(parts[2]) if len(parts) == 3 else None)
+        if len(parts) > 3:
+            raise ProtocolError(f"link get answer: {len(parts)} frames")
+        g = peer.gets.pop(answer.seq, None)
+        if g is None or g.done:  # forgotten (cancelled), or not ours
+            return
+        g.done = True
+        exc = answer.error()
+        host, pool = self.host, self.host.pool
+        if exc is None and answer.codec not in CODEC_NAMES:
+            exc = ProtocolError(f"node {peer.name!r} sent an object of codec {answer.codec!r}")
+        if exc is None and pool.capacity_for(answer.size) > pool.max_request():
+            exc = PoolExhausted(f"an object of {answer.size} bytes is larger than any block here")
+        rec = None if exc is not None else host.new_block(answer.size)
+        if exc is None and rec is None:
+            exc = PoolExhausted(
+                f"no room in node {self.config.node!r}'s pool for a copy of {answer.size} bytes"
+            )
+        if exc is not None or rec is None:
+            g.reply_to.failed(exc or PoolExhausted("no room"))
+            return
+        try:
+            with pool.view(rec.segment, rec.offset, answer.size) as view:
+                view[:] = parts[2]
+            g.reply_to.got(rec, answer.codec, answer.meta)
+        except BlockIPCError as exc2:  # (the asker's lease refused): its error, not the link's
+            g.reply_to.failed(exc2)
+        finally:
+            host.discard(rec)  # the asker's lease keeps the copy until it is read
+
+    def _topic_changed(self, topic: str, present: bool) -> None:
+        """A topic or pattern got its first local subscriber or lost its last: tell the
+        peers who asked (once per turn of the loop, however many changes)."""
+        if not self._watchers or self._closing:
+            return
+        if not self._topic_changes:
+            asyncio.get_running_loop().call_soon(self._tell_topics)
+        self._topic_changes[topic] = present
+
+    def _tell_topics(self) -> None:
+        changes, self._topic_changes = self._topic_changes, {}
+        router = self._router
+        if router is None or not changes:
+            return
+        add = [t for t, present in changes.items() if present]
+        remove = [t for t, present in changes.items() if not present]
+        for ident in self._watchers.values():
+            for message in encode_subs(False, add, remove):
+                self._send_ack(router, [ident, *message])
+        self._serve_soon()
+
+    def _authentic(self, frame: zmq.Frame, node: str) -> bool:
+        """Whether a request claiming to come from ``node`` came with its key (always,
+        on a plain link)."""
+        if self.keys is None:
+            return True
+        if frame.get("User-Id") == node:
+            return True
+        log.warning(
+            "link.refused",
+            node=self.config.node,
+            reason=f"a request claiming to come from node {node!r:.80} was sent with the key "
+            f"of node {frame.get('User-Id')!r}",
+        )
+        return False
+
+    def _on_request(self, router: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
+        """A SUBQ (remember who asked, answer the whole set) or a GETQ (answer a copy
+        of the named object)."""
+        ident = frames[0].bytes
+        parts = [f.bytes for f in frames[1:]]
+        if parts[0] == SUBQ:
+            node = decode_subq(parts)
+            if not self._authentic(frames[1], node):
+                return
+            if node not in self._watchers and len(self._watchers) >= _MAX_NODES:
+                return
+            self._watchers[node] = ident  # (a reconnected DEALER has a new routing id)
+            for message in encode_subs(True, self.host.local_topics(), []):
+                self._send_ack(router, [ident, *message])
+            return
+        ask = decode_get_ask(parts)
+        if not self._authentic(frames[1], ask.node):
+            return
+        try:
+            rec = self.host.named(ask.name)
+            if rec.size > ask.max_size:
+                raise PoolExhausted(
+                    f"object {ask.name!r:.80} of node {self.config.node!r} is {rec.size} "
+                    f"bytes, larger than any block node {ask.node!r} can hold ({ask.max_size})"
+                )
+        except BlockIPCError as exc:
+            answer = encode_get_answer(ask.seq, code=exc.code, message=str(exc))
+            self._send_ack(router, [ident, *answer])
+            return
+        head = encode_get_answer(ask.seq, codec=rec.codec, meta=rec.meta, size=rec.size)
+        # a bound object's bytes never change (a new put binds a new block); copied
+        # now, so libzmq holds no view of the pool
+        with self.host.pool.view(rec.segment, rec.offset, rec.size) as view:
+            try:
+                router.send_multipart([ident, *head, view], _NOBLOCK, copy=True)
+            except zmq.ZMQError as err:
+                log.debug("link.answer_dropped", error=repr(err))
 
     def withdraw(self, out: Outgoing) -> bool:
         """Take back a send that is still queued for its peer (nothing of it was
@@ -907,7 +1232,9 @@ class Link:
         req, reply_to = out.req, out.reply_to
         if self._held is not None and reply_to.hold():
             self._held.append(reply_to)  # its replies go out in one write, at flush_replies
-        if out.error is None:
+        if out.error is None and out.topic:
+            reply_to.reply(Reply(req.req_id, req.op, {"delivered": out.delivered}))
+        elif out.error is None:
             reply_to.reply(Reply(req.req_id, req.op))
         else:
             reply_to.reply(ErrorReply(req.req_id, req.op, out.error.code, str(out.error)))
@@ -1046,6 +1373,13 @@ class Link:
 
     def _on_message(self, router: zmq.Socket[bytes], frames: list[zmq.Frame]) -> None:
         cfg = self.config
+        if len(frames) == 3 and frames[1].bytes in (SUBQ, GETQ):
+            try:
+                self._on_request(router, frames)
+            except ProtocolError as exc:
+                log.warning("link.protocol_error", node=cfg.node, error=str(exc))
+            self._serve_soon()  # (its answer was sent on the router)
+            return
         if len(frames) < 4:
             log.warning("link.protocol_error", node=cfg.node, error=f"{len(frames)} frames")
             return
@@ -1072,6 +1406,11 @@ class Link:
                 return
         receiver = self.host.receiver
         for frame, buf in zip(blocks, data, strict=True):
+            if frame.topic:
+                self._publish_in(
+                    router, _Incoming(ident, frame, buf, f"{frame.node}/{frame.sender}")
+                )
+                continue
             if receiver(frame.to) is None:
                 self._ack(
                     router,
@@ -1110,6 +1449,84 @@ class Link:
         finally:
             if self._targets.get(name) is queue:
                 del self._targets[name]
+
+    def _publish_in(self, router: zmq.Socket[bytes], item: _Incoming) -> None:
+        """A block published on the peer: fan it out to this node's subscribers, at once
+        when the pool has room (and nothing published waits before it), else in order."""
+        pool, frame = self.host.pool, item.frame
+        if pool.capacity_for(frame.size) > pool.max_request():
+            exc = PoolExhausted(
+                f"a block of {frame.size} bytes is larger than any block node "
+                f"{self.config.node!r} can hold ({pool.max_request()})"
+            )
+            self._ack(router, item.ident, frame.seq, exc, frame)
+            return
+        if self._fanouts is None and frame.size < THREAD_COPY:
+            rec = self.host.new_block(frame.size)
+            if rec is not None:
+                with pool.view(rec.segment, rec.offset, frame.size) as view:
+                    view[:] = item.data.buffer
+                self._fan_out(router, item, rec)
+                return
+        self._parked += frame.size
+        if self._fanouts is None:
+            self._fanouts = deque([item])
+            self._spawn(self._fan_out_all(router, self._fanouts))
+        else:
+            self._fanouts.append(item)
+
+    async def _fan_out_all(self, router: zmq.Socket[bytes], queue: deque[_Incoming]) -> None:
+        """Fan out the published blocks that waited for room, in arrival order."""
+        pool = self.host.pool
+        try:
+            while queue:
+                item = queue[0]
+                frame = item.frame
+                delay = 0.0005
+                while (rec := self.host.new_block(frame.size)) is None:
+                    await asyncio.sleep(delay)  # the sender's window stops it meanwhile
+                    delay = min(delay * 2, 0.02)
+                try:
+                    view = pool.view(rec.segment, rec.offset, frame.size)
+                    try:
+                        if frame.size < THREAD_COPY:
+                            view[:] = item.data.buffer
+                        else:
+                            loop = asyncio.get_running_loop()
+                            fut = loop.run_in_executor(None, _memmove, view, item.data.buffer)
+                            self._copies.add(fut)
+                            fut.add_done_callback(self._copy_done)
+                            await asyncio.shield(fut)
+                    finally:
+                        with contextlib.suppress(BufferError):
+                            view.release()
+                except BaseException:
+                    self.host.discard(rec)
+                    raise
+                queue.popleft()
+                self._parked -= frame.size
+                if self._router is router:
+                    self._fan_out(router, item, rec)
+                else:
+                    self.host.discard(rec)
+        finally:
+            if self._fanouts is queue:
+                self._fanouts = None
+
+    def _fan_out(self, router: zmq.Socket[bytes], item: _Incoming, rec: BlockRecord) -> None:
+        """Give ``rec`` (a published block's copy) to this node's subscribers; the ack
+        goes back once every one of them took it, with how many did."""
+        frame, ident = item.frame, item.ident
+
+        def done(delivered: int) -> None:
+            if self._router is not router:
+                return
+            self._count_in(frame, None)
+            self._send_ack(router, [ident, *encode_ackp(frame.seq, delivered)])
+            self._serve_soon()
+
+        sender = self._sender_record(item.sender)
+        self.host.fan_out(rec, sender, frame.topic, frame.header, done)
 
     def _deliver_now(self, name: str, item: _Incoming) -> BlockIPCError | _Later | None:
         """Deliver a small block at once if the receiver's inbox and the pool have room

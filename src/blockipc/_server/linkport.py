@@ -4,10 +4,12 @@ pool and the sessions (it implements :class:`~.._link.host.LinkHost`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core.routing import BlockRecord, Delivery, ProcessRecord
 from .._exceptions import PoolExhausted
+from .ops.pubsub import fan_out_remote
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -65,3 +67,22 @@ class LinkPort:
 
     def wake(self, proc: ProcessRecord) -> None:
         self._state.wake_receiver(proc)
+
+    def watch_topics(self, on_change: Callable[[str, bool], None]) -> None:
+        self._table.topics.on_change = on_change
+
+    def local_topics(self) -> list[str]:
+        return list(self._table.topics.patterns())
+
+    def fan_out(
+        self,
+        rec: BlockRecord,
+        sender: ProcessRecord,
+        topic: str,
+        header: dict[str, Any],
+        done: Callable[[int], None],
+    ) -> None:
+        fan_out_remote(self._state, self.holder, rec, sender, topic, header, done)
+
+    def named(self, name: str) -> BlockRecord:
+        return self._table.find_name(name)

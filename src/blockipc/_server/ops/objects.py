@@ -1,22 +1,31 @@
 """Named objects and codecs: PUT (a new block under a write lease), COMMIT (its codec,
 and the name bound, maybe only if absent, maybe for a time), GET (a read lease by name),
 TOUCH, DELETE; CLAIM and UNCLAIM, with which ``get_or_put`` has one process compute a
-missing object while the others wait (the rules: ``_core/claims.py``)."""
+missing object while the others wait (the rules: ``_core/claims.py``).
+
+On a node, ``GET "b/name"`` (``b`` a linked peer) fetches ``name`` from node ``b``
+(:class:`RemoteGet`): a copy of its bytes and codec into a new block of this pool,
+leased to the asker like a local object and freed when the lease ends. A copy each
+time: nothing of ``b``'s object is cached here, so no copy can go stale."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..._core.codecs import CODEC_NAMES
 from ..._core.limits import check_name, pack_header
 from ..._core.protocol import Op, Reply, Request
 from ..._core.routing import BlockRecord, ProcessRecord
-from ..._exceptions import AccessDenied, BlockNotFound, InvalidRequest, NameTaken
+from ..._exceptions import AccessDenied, BlockIPCError, BlockNotFound, InvalidRequest, NameTaken
 from ..parking import Parked
-from ..session import Session, block_fields
+from ..session import Session, block_fields, error_reply
 from ..state import ServerState
 from .blocks import lease_or_wait
+
+if TYPE_CHECKING:
+    from ..._link.link import RemoteGet as LinkGet
 
 
 @dataclass(eq=False, slots=True)
@@ -136,10 +145,51 @@ def commit(state: ServerState, session: Session, req: Request) -> None:
         _bound(state, name)
 
 
+@dataclass(eq=False, slots=True)
+class RemoteGet(Parked):
+    """A GET of ``node/name`` that the link fetches from that peer node (a
+    ``GetReplyTo``): parked until the peer answers. Cancelled or abandoned, the link
+    forgets it (an answer still coming is dropped)."""
+
+    sent: LinkGet | None = None
+
+    def got(self, rec: BlockRecord, codec: str, meta: dict[str, Any]) -> None:
+        self.unpark()
+        rec.codec, rec.meta = codec, meta
+        lease_or_wait(self.state, self.session, self.request, rec, "r", transient=False)
+
+    def failed(self, exc: BlockIPCError) -> None:
+        self.unpark()
+        self.session.reply(error_reply(self.request, exc))
+
+    def cancel(self) -> None:
+        self.abandon()
+        self.session.reply(self.cancelled())
+
+    def abandon(self) -> None:
+        self.unpark()
+        link = self.state.link
+        if link is not None and self.sent is not None:
+            link.forget(self.sent)
+
+
 def get(state: ServerState, session: Session, req: Request) -> None:
     """A read lease on a named object (any process) or a block it may read; the
-    reply carries what the client needs to decode and cache it."""
+    reply carries what the client needs to decode and cache it. A name
+    ``node/name`` whose node is a linked peer is fetched from there."""
     name = req.args["name"]
+    link = state.link
+    remote = None if link is None or not name else link.remote_name(name)
+    if remote is not None:
+        assert link is not None
+        entry = RemoteGet(state, session, req)
+        entry.park()
+        try:
+            entry.sent = link.get(entry, *remote)
+        except BlockIPCError:
+            entry.unpark()
+            raise
+        return
     if name:
         try:
             rec = state.table.find_name(name)

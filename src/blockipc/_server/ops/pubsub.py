@@ -1,17 +1,29 @@
 """Publish/subscribe: SUBSCRIBE, UNSUBSCRIBE, PUBLISH (a block to every subscriber's
-inbox, with a read grant each), and the fan-out a publish parks as."""
+inbox, with a read grant each), and the fan-out a publish parks as.
+
+Across nodes: a node's link knows which topics and patterns each linked peer's
+processes subscribe to (``_link/link.py``); a publish sends its block once to every
+peer with a matching subscriber (:class:`RemotePart`, a part of the fan-out answered
+when that node's subscribers all took it), and a block published from another node
+is fanned out here by :func:`fan_out_remote`, to this node's subscribers only.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..._core.limits import check_name, pack_header
-from ..._core.protocol import NO_BLOCK, Op, Reply, Request
+from ..._core.protocol import NO_BLOCK, Event, Op, Reply, Request
 from ..._core.routing import NOTHING, BlockRecord, Delivery, ProcessRecord
 from ..._exceptions import AccessDenied, BlockIPCError, InboxFull
 from ..parking import Parked
 from ..session import Session
 from ..state import ServerState
+
+if TYPE_CHECKING:
+    from ..._link.link import Outgoing
 
 
 @dataclass(eq=False, slots=True)
@@ -23,6 +35,7 @@ class Fanout(Parked):
     remaining: int
     delivered: int = 0
     waiting: list[tuple[ProcessRecord, FanoutPart]] = field(default_factory=list)
+    remote: list[RemotePart] = field(default_factory=list)
     withdrawn: bool = False
 
     def cancel(self) -> None:
@@ -31,9 +44,14 @@ class Fanout(Parked):
         for to, part in self.waiting:
             if self.state.table.withdraw(to, part) is not None:
                 self.part_done(delivered=False)
+        link = self.state.link
+        for remote in self.remote:  # those still queued for their peer (none written)
+            if link is not None and remote.sent is not None and link.withdraw(remote.sent):
+                self.part_done(delivered=False)
 
-    def part_done(self, *, delivered: bool) -> None:
-        """One part (a subscriber's delivery, or the publisher's own) is over."""
+    def part_done(self, *, delivered: int) -> None:
+        """One part (a subscriber's delivery, a peer node's fan-out, or the publisher's
+        own) is over, ``delivered`` to that many inboxes."""
         self.delivered += delivered
         self.remaining -= 1
         if self.remaining:
@@ -56,10 +74,76 @@ class Fanout(Parked):
 class FanoutPart:
     """One subscriber's delivery of a publish (the delivery's token)."""
 
-    fanout: Fanout
+    fanout: Fanout | RemoteFanout
 
     def done(self, error: BlockIPCError | None) -> None:
         self.fanout.part_done(delivered=error is None)
+
+
+@dataclass(eq=False, slots=True)
+class RemotePart:
+    """A publish's part on a peer node: the link's send of the block to that node's
+    fan-out (a ``ReplyTo``), answered with how many subscribers there took it."""
+
+    fanout: Fanout
+    sent: Outgoing | None = None
+
+    def reply(self, event: Event) -> None:
+        n = int(event.result.get("delivered", 0)) if isinstance(event, Reply) else 0
+        self.fanout.part_done(delivered=n)
+
+    def hold(self) -> bool:
+        return self.fanout.session.hold()
+
+    def release(self) -> None:
+        self.fanout.session.release()
+
+
+@dataclass(eq=False, slots=True)
+class RemoteFanout:
+    """A block published on another node, fanned out to this node's subscribers: the
+    link's hold (``holder``) ends once every inbox took it, then ``done(delivered)``
+    (the link's ack). Not parked: no session of this node asked for it."""
+
+    state: ServerState
+    holder: ProcessRecord
+    block: BlockRecord
+    done: Callable[[int], None]
+    remaining: int
+    delivered: int = 0
+
+    def part_done(self, *, delivered: int) -> None:
+        self.delivered += delivered
+        self.remaining -= 1
+        if self.remaining:
+            return
+        state, rec = self.state, self.block
+        if rec.id in state.table.blocks and rec.id in self.holder.blocks and not state.pool.closed:
+            state.settle(state.table.release_hold(self.holder, rec))
+        self.done(self.delivered)
+
+
+def fan_out_remote(
+    state: ServerState,
+    holder: ProcessRecord,
+    rec: BlockRecord,
+    sender: ProcessRecord,
+    topic: str,
+    header: dict[str, Any],
+    done: Callable[[int], None],
+) -> None:
+    """Deliver ``rec`` (held by the link's ``holder``), published on another node by
+    ``sender``, to every subscriber of ``topic`` here, with a read grant each, as
+    :func:`publish` does; never to another node (a published block crosses one link)."""
+    table = state.table
+    subs = table.subscribers(topic)
+    fanout = RemoteFanout(state, holder, rec, done, remaining=len(subs) + 1)
+    for sub in subs:
+        part = FanoutPart(fanout)
+        if table.offer(Delivery(rec, sender, sub, header, False, part, topic)):
+            fanout.part_done(delivered=True)
+            state.wake_receiver(sub)
+    fanout.part_done(delivered=False)  # the link's own part
 
 
 def _topic(req: Request) -> str:
@@ -97,7 +181,10 @@ def publish(state: ServerState, session: Session, req: Request) -> None:
         full = [p.name for p in subs if not table.has_room(p, size)]
         if full:
             raise InboxFull(f"inboxes full for {', '.join(map(repr, full))}; nothing sent")
-    fanout = Fanout(state, session, req, rec, remaining=len(subs) + 1)
+    link = state.link
+    # peer nodes with a subscriber: the block goes to each once (a header alone: local)
+    nodes = [] if link is None or rec is None else link.subscribed_nodes(topic)
+    fanout = Fanout(state, session, req, rec, remaining=len(subs) + len(nodes) + 1)
     fanout.park()  # until its last part is done (the publisher's own, below, at the latest)
     for sub in subs:
         part = FanoutPart(fanout)
@@ -107,6 +194,14 @@ def publish(state: ServerState, session: Session, req: Request) -> None:
             state.wake_receiver(sub)
         else:
             fanout.waiting.append((sub, part))
+    for node in nodes:
+        assert link is not None and rec is not None
+        remote = RemotePart(fanout)
+        fanout.remote.append(remote)
+        try:  # answered by the link when that node's subscribers took it, or it failed
+            remote.sent = link.publish(remote, req, proc, rec, node, topic, a["header"])
+        except BlockIPCError:  # (the link is closing, or the block is under a write lease)
+            fanout.part_done(delivered=False)
     fanout.part_done(delivered=False)  # the publisher's own part
 
 
