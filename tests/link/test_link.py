@@ -654,6 +654,7 @@ async def test_a_batch_the_socket_refuses_is_queued_again_in_order() -> None:
     # listens (IMMEDIATE: no pipe). The whole batch must go back to the queue, in order,
     # and leave in that order once the node really comes up.
     port = free_port()
+    ensure_keys(default_key_dir(), "b")  # (else a waits for b's key: no socket to refuse)
     async with blockipc.Coordinator(
         pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=20
     ) as a:
@@ -693,6 +694,7 @@ async def test_a_cancelled_send_the_socket_had_refused_lets_go_of_the_pool() -> 
     # queued again after EAGAIN (as above), it holds a view of the pool; taken back by a
     # cancel, it must let go of it, or the segment cannot be unmapped at close
     port = free_port()
+    ensure_keys(default_key_dir(), "b")  # (else a waits for b's key: no socket to refuse)
     with blockipc.testing.capture_logs() as logs:
         async with blockipc.Coordinator(
             pool_size="8MiB", node="a", peers={"b": f"tcp://127.0.0.1:{port}"}, link_timeout=20
