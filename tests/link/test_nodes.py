@@ -254,6 +254,22 @@ async def test_get_fetches_a_named_object_from_a_linked_node(short_dir: Path) ->
             await reader.get("b/weights")
 
 
+async def test_a_remote_get_is_never_served_from_the_cache(short_dir: Path) -> None:
+    """Each ``get("b/name")`` fetches a copy: its reply reaches the asker only once
+    the copy's generation has moved on, so the next get of the name never finds it in
+    the asker's cache (however soon it comes, and however b's object changed since)."""
+    async with (
+        two_nodes(short_dir) as (_a, addr_a, _b, addr_b),
+        blockipc.connect(addr_a, name="reader") as reader,
+        blockipc.connect(addr_b, name="writer") as writer,
+    ):
+        await writer.put({"w": 1}, codec="json", name="weights")
+        for _ in range(100):  # (the gets follow each other as closely as they can)
+            assert await reader.get("b/weights") == {"w": 1}
+        stats = await reader.stats()
+        assert (stats.cache_hits, stats.cache_misses) == (0, 100)
+
+
 async def test_get_cancelled_while_the_peer_is_down(short_dir: Path) -> None:
     """A remote get waits for a peer that is down (up to link_timeout); cancelled
     meanwhile, it is withdrawn, and the connection goes on."""

@@ -55,6 +55,13 @@ class GetReplyTo(Protocol):
     def failed(self, exc: BlockIPCError) -> None:
         """The object could not be fetched (the peer's error, or the link's)."""
 
+    def hold(self) -> bool:
+        """Collect the asker's replies until :meth:`release` (``False``: they are
+        collected already)."""
+
+    def release(self) -> None:
+        """Write the replies collected since :meth:`hold`."""
+
 
 class LinkHost(Protocol):
     """The coordinator, as the link sees it.

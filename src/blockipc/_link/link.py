@@ -1052,6 +1052,12 @@ class Link:
         if exc is not None or rec is None:
             g.reply_to.failed(exc or PoolExhausted("no room"))
             return
+        # The reply goes out only once the link has let go of the copy: that moves the
+        # copy's generation on (the asker's lease keeps it until it is read), so the
+        # asker's process never serves it from its cache, whose check is by generation
+        # (written first, the reply could be read before the move: the next get of the
+        # name would return this copy, however the peer's object changed meanwhile).
+        held = g.reply_to.hold()
         try:
             with pool.view(rec.segment, rec.offset, answer.size) as view:
                 view[:] = parts[2]
@@ -1059,7 +1065,9 @@ class Link:
         except BlockIPCError as exc2:  # (the asker's lease refused): its error, not the link's
             g.reply_to.failed(exc2)
         finally:
-            host.discard(rec)  # the asker's lease keeps the copy until it is read
+            host.discard(rec)
+            if held:
+                g.reply_to.release()
 
     def _topic_changed(self, topic: str, present: bool) -> None:
         """A topic or pattern got its first local subscriber or lost its last: tell the

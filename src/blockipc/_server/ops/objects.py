@@ -162,6 +162,12 @@ class RemoteGet(Parked):
         self.unpark()
         self.session.reply(error_reply(self.request, exc))
 
+    def hold(self) -> bool:
+        return self.session.hold()
+
+    def release(self) -> None:
+        self.session.release()
+
     def cancel(self) -> None:
         self.abandon()
         self.session.reply(self.cancelled())
