@@ -39,6 +39,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
+	$(BIN)/python benchmarks/bench_patterns.py
 
 # chaos soak: 8 worker processes doing every operation with checksums while random ones
 # are kill -9ed and restarted, 10 minutes; then no leak (benchmarks/soak.py --help)

@@ -14,7 +14,15 @@ all alike; jobs/s is counted from the start signal to the last consumer's last j
 Medians over the rounds, and the ratio to `multiprocessing.Queue`. Every queue holds
 at most 64 jobs waiting (a producer waits for room), so 1 MiB jobs fit the 256 MiB pool.
 
-Targets (issue 15): at least 2x `multiprocessing.Queue` at 1 MiB, at least 1x at 64 B.
+**Request/reply**: one requester process asks one responder process 64 B questions one
+at a time (each answered with 64 B): blockipc's `request` / `requests()` through the
+coordinator, pyzmq REQ/REP over `ipc://`, and a raw uvloop Unix-socket echo (the floor).
+The servers (coordinator, REP, echo server) and the responder are on the first CPU, the
+requesters on the second; each round runs every contender's slice in turn, rotating the
+order. Median round trip over all samples, and the ratio to the raw echo.
+
+Targets (issue 15): work queue at least 2x `multiprocessing.Queue` at 1 MiB and at least
+1x at 64 B; request/reply at most 1.3x a raw uvloop Unix-socket round trip.
 """
 
 from __future__ import annotations
@@ -124,6 +132,136 @@ def _redis(port: int, role: str, index: int, size: int, jobs: int, stream: str) 
                 end = time.perf_counter_ns()
 
 
+# -- request/reply: a server side and a client side per contender -----------------------
+def _pin(cpu: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
+
+
+def rr_server(kind: str, address: str, conn: Connection) -> None:
+    """The answering side of ``kind``: a blockipc responder, a REP socket or an echo
+    server; reports ``ready`` and serves until terminated."""
+    _pin(0)
+    import blockipc
+
+    async def main() -> None:
+        if kind == "blockipc":
+            async with blockipc.connect(address, name="responder") as client:
+                conn.send("ready")
+                async for req in client.requests():
+                    await req.reply(req.value)
+        elif kind == "pyzmq":
+            import zmq
+            import zmq.asyncio
+
+            ctx = zmq.asyncio.Context()
+            sock = ctx.socket(zmq.REP)
+            sock.bind(address)
+            conn.send("ready")
+            while True:
+                await sock.send(await sock.recv())
+        else:
+
+            class Echo(asyncio.Protocol):
+                def connection_made(self, transport: Any) -> None:
+                    self.transport = transport
+
+                def data_received(self, data: bytes) -> None:
+                    self.transport.write(data)
+
+            server = await asyncio.get_running_loop().create_unix_server(Echo, address)
+            conn.send("ready")
+            async with server:
+                await server.serve_forever()
+
+    blockipc.run(main)
+
+
+def rr_client(kind: str, address: str, conn: Connection) -> None:
+    """The asking side: each command ``n`` times ``n`` sequential round trips of 64 B,
+    answered with their durations (ns)."""
+    _pin(1)
+    import blockipc
+
+    payload = bytes(64)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if kind == "blockipc":
+            client = await blockipc.connect(address, name="requester")
+
+            async def once() -> None:
+                await client.request("responder", payload, codec="raw")
+        elif kind == "pyzmq":
+            import zmq
+            import zmq.asyncio
+
+            sock = zmq.asyncio.Context().socket(zmq.REQ)
+            sock.connect(address)
+
+            async def once() -> None:
+                await sock.send(payload)
+                await sock.recv()
+        else:
+            reader, writer = await asyncio.open_unix_connection(address)
+
+            async def once() -> None:
+                writer.write(payload)
+                await reader.readexactly(len(payload))
+
+        conn.send("ready")
+        while (n := await loop.run_in_executor(None, conn.recv)) is not None:
+            for _ in range(min(n, 100)):  # the slice's own warm-up
+                await once()
+            samples = []
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                await once()
+                samples.append(time.perf_counter_ns() - t0)
+            conn.send(samples)
+
+    blockipc.run(main)
+
+
+def request_reply(ctx: Any, address: str, tmp: Path, rounds: int, n: int) -> dict[str, float]:
+    """Median round trip (µs) of each contender, rounds interleaved."""
+    kinds = {
+        "blockipc": address,
+        "pyzmq REQ/REP": f"ipc://{tmp}/rr.ipc",
+        "raw": str(tmp / "e.sock"),
+    }
+    try:
+        import zmq  # noqa: F401
+    except ImportError:
+        del kinds["pyzmq REQ/REP"]
+    procs, clients = [], {}
+    try:
+        for label, addr in kinds.items():
+            kind = label.split()[0]
+            for target in (rr_server, rr_client):
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=target, args=(kind, addr, child), daemon=True)
+                p.start()
+                procs.append(p)
+                assert parent.recv() == "ready"
+                if target is rr_client:
+                    clients[label] = parent
+        samples: dict[str, list[int]] = {label: [] for label in kinds}
+        labels = list(kinds)
+        for rnd in range(rounds):
+            for label in labels[rnd % len(labels) :] + labels[: rnd % len(labels)]:
+                clients[label].send(n)
+                samples[label] += clients[label].recv()
+        for pipe in clients.values():
+            pipe.send(None)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join(timeout=10)
+    return {label: statistics.median(v) / 1000 for label, v in samples.items()}
+
+
 # -- the parent ----------------------------------------------------------------------
 @contextlib.contextmanager
 def coordinator(tmp: Path) -> Iterator[str]:
@@ -211,6 +349,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=4000, help="64 B jobs per round")
     parser.add_argument("--big-jobs", type=int, default=400, help="1 MiB jobs per round")
+    parser.add_argument("--round-trips", type=int, default=1000, help="per contender and round")
     args = parser.parse_args()
     import blockipc
 
@@ -283,12 +422,17 @@ def main() -> None:
                             redis.Redis(port=redis_port).delete(queue)
                         if rnd:
                             results.setdefault((label, contender), []).append(rate)
-                print(f"round {rnd}/{args.rounds} done", file=sys.stderr)
+                print(f"work queue: round {rnd}/{args.rounds} done", file=sys.stderr)
         finally:
             for _, pipe in pipes:
                 pipe.send(None)
             for p in procs:
-                p.join(timeout=30)
+                p.join(timeout=10)
+                if p.is_alive():  # (a worker stuck at exit must not hang the run)
+                    p.terminate()
+                    p.join(timeout=10)
+        print("request/reply ...", file=sys.stderr)
+        rr = request_reply(ctx, address, Path(tmpdir), args.rounds, args.round_trips)
     print(
         f"| work queue, {PRODUCERS} producers x {CONSUMERS} consumers | jobs/s (median) "
         "| vs multiprocessing.Queue | target |"
@@ -302,6 +446,11 @@ def main() -> None:
             print(f"| {label} {contender} | {rate:,.0f} | {rate / base:.2f}x | {target} |")
     if not redis_port:
         print("\nRedis Streams: skipped (no `redis-server` on PATH or no `redis` module).")
+    print("\n| request/reply, 64 B | round trip (median) | vs raw uvloop socket | target |")
+    print("|---|---|---|---|")
+    for label, us in rr.items():
+        target = "<= 1.3x" if label == "blockipc" else ""
+        print(f"| {label} | {us:.1f} us | {us / rr['raw']:.2f}x | {target} |")
 
 
 if __name__ == "__main__":
