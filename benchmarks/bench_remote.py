@@ -302,7 +302,7 @@ def role_link_acker(cpu: str) -> None:
     pin(cpu)
     import zmq
 
-    from blockipc._core.linkwire import decode_blocks, encode_acks
+    from blockipc._core.linkwire import BLOCKS, decode_blocks, encode_acks
 
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -311,6 +311,8 @@ def role_link_acker(cpu: str) -> None:
     while True:
         ident, *head_and_data = router.recv_multipart(copy=False)
         head, data = head_and_data[:2], head_and_data[2:]
+        if head[0].bytes != BLOCKS:  # (a node's question about subscriptions: unanswered)
+            continue
         blocks = decode_blocks([f.bytes for f in head], [len(f) for f in data])
         router.send_multipart([ident.bytes, *encode_acks([b.seq for b in blocks])])
 

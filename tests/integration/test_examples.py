@@ -90,13 +90,19 @@ def test_example_help(script: str) -> None:
     assert "usage:" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["bench_floor.py", "bench_remote.py"])
+BENCHMARKS = sorted(
+    p.name for p in (EXAMPLES.parent / "benchmarks").glob("*.py") if not p.name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("script", BENCHMARKS)
 def test_benchmark_script_help(script: str) -> None:
     result = _run(str(EXAMPLES.parent / "benchmarks" / script), "--help")
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
 
 
+@pytest.mark.timeout(300)  # (its own runs' bound is 240 s: a busy machine is slow)
 def test_remote_benchmark_runs_every_contender() -> None:
     # a tiny run (16 blocks of 64 KiB each way): every role starts, moves its bytes and
     # reports, and the tables come out; the rates themselves mean nothing here
@@ -112,6 +118,20 @@ def test_remote_benchmark_runs_every_contender() -> None:
         assert f"| {row}" in out
     assert "| bound: raw PULL + a ring + consumer process / raw pyzmq plain (info) | " in out
     assert "| plain link / raw pyzmq plain | " in out and "| CURVE link / raw pyzmq CURVE | " in out
+
+
+@pytest.mark.timeout(300)
+def test_patterns_benchmark_runs_every_contender() -> None:
+    # a tiny run: every process starts, moves its jobs and round trips, and the two tables
+    # come out (Redis skipped here: no redis-server); the rates mean nothing here
+    script = str(EXAMPLES.parent / "benchmarks" / "bench_patterns.py")
+    args = ("--rounds", "1", "--jobs", "40", "--big-jobs", "8", "--round-trips", "20")
+    result = _run(script, *args, timeout=240)
+    assert result.returncode == 0, result.stderr
+    for row in ("| 64 B blockipc |", "| 64 B mp.Queue |", "| 1 MiB blockipc |"):
+        assert row in result.stdout
+    for row in ("| blockipc |", "| pyzmq REQ/REP |", "| raw |"):
+        assert row in result.stdout
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["stats"], ["bench"]])

@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from _procs import ROOT
 from blockipc._core.protocol import _SCHEMAS, Kind, Op
 from blockipc._server import ops
 
@@ -36,3 +37,18 @@ def test_the_merge_refuses_an_op_handled_twice() -> None:
     twice.HANDLERS = {Op.ALLOC: ops.blocks.alloc}  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="ALLOC has two handlers"):
         ops.merge((ops.blocks, twice))
+
+
+def test_the_architecture_doc_names_each_op_with_its_group() -> None:
+    """docs/architecture.md's handlers row lists every group's ops under that group:
+    an op added without the map being updated fails here."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "architecture.md").read_text().splitlines()
+        if line.startswith("| handlers |")
+    )
+    for group in ops.GROUPS:
+        short = group.__name__.rsplit(".", 1)[1]
+        start = row.index(f"`{short}` (")
+        listed = set(row[start : row.index(")", start)].split("(", 1)[1].split(",")[0].split())
+        assert {op.name for op in group.HANDLERS} <= listed, (short, sorted(listed))
