@@ -93,6 +93,7 @@ class ProcessRecord:
     inbox_bytes: int = 1 << 62
     blocks: set[int] = field(default_factory=set)  # held: owned or granted (see _hold)
     held_bytes: int = 0  # the capacity of those blocks
+    owned_bytes: int = 0  # the capacity of those it owns (see _own)
     leases: dict[int, Lease] = field(default_factory=dict)
     inbox: deque[InboxEntry] = field(default_factory=deque)
     inbox_used: int = 0  # bytes of the blocks in the inbox
@@ -101,6 +102,9 @@ class ProcessRecord:
     channels: dict[int, ChannelRecord] = field(default_factory=dict)  # as either end
     channel_offers: deque[ChannelRecord] = field(default_factory=deque)  # not accepted yet
     exports: dict[int, BlockRecord] = field(default_factory=dict)  # by id: see mark_exported
+    # the blocks it waits for a lease on, with how many of its waits each has queued
+    # (see request_lease, _unwait): what unregister visits, not every block of the table
+    waiting: dict[BlockRecord, int] = field(default_factory=dict)
     gone: bool = False  # unregistered: what it still holds is being reclaimed
 
 
@@ -248,16 +252,46 @@ NOTHING = Outcome()
 
 def _hold(proc: ProcessRecord, rec: BlockRecord) -> None:
     """``proc`` holds ``rec`` now (as its owner or a grantee): its count of held bytes,
-    which a quota may bound, follows its ``blocks``."""
+    which a quota may bound, follows its ``blocks``, and its count of owned bytes (what
+    STATS shows) those of its ``blocks`` whose owner it is (see :func:`_own`)."""
     if rec.id not in proc.blocks:
         proc.blocks.add(rec.id)
         proc.held_bytes += rec.capacity
+        if rec.owner is proc:
+            proc.owned_bytes += rec.capacity
 
 
 def _unhold(proc: ProcessRecord, rec: BlockRecord) -> None:
     if rec.id in proc.blocks:
         proc.blocks.discard(rec.id)
         proc.held_bytes -= rec.capacity
+        if rec.owner is proc:
+            proc.owned_bytes -= rec.capacity
+
+
+def _unwait(rec: BlockRecord, waiter: Waiter) -> None:
+    """``waiter`` left ``rec``'s queue (granted or withdrawn): its holder's index of the
+    blocks it waits on follows (see ``ProcessRecord.waiting``)."""
+    waiting = waiter.holder.waiting
+    left = waiting.get(rec, 0) - 1
+    if left > 0:
+        waiting[rec] = left
+    else:
+        waiting.pop(rec, None)
+
+
+def _own(rec: BlockRecord, proc: ProcessRecord | None) -> None:
+    """``rec``'s owner is ``proc`` now (``None``: it has none). The one way an owner
+    changes once the block exists, so that each process's ``owned_bytes`` stays the
+    capacity of the blocks in its ``blocks`` that it owns."""
+    old = rec.owner
+    if old is proc:
+        return
+    if old is not None and rec.id in old.blocks:
+        old.owned_bytes -= rec.capacity
+    rec.owner = proc
+    if proc is not None and rec.id in proc.blocks:
+        proc.owned_bytes += rec.capacity
 
 
 class RoutingTable:
@@ -288,6 +322,7 @@ class RoutingTable:
             raise ValueError(f"first_block must be 1 to {FIRST_BLOCK_MAX}, not {first_block}")
         self._next_block = first_block
         self._next_lease = 1
+        self._leases = 0  # see lease_count
         self._next_channel = 1
         self._next_key = 1
 
@@ -334,11 +369,10 @@ class RoutingTable:
         for topic in list(proc.topics):
             self.unsubscribe(proc, topic)
         reclaimed = len(proc.leases)
-        touched: list[BlockRecord] = []
-        for rec in self.blocks.values():
-            if rec.waiters and any(w.holder is proc for w in rec.waiters):
-                rec.waiters = deque(w for w in rec.waiters if w.holder is not proc)
-                touched.append(rec)
+        touched = sorted(proc.waiting, key=lambda rec: rec.id)  # (the table's order)
+        for rec in touched:
+            rec.waiters = deque(w for w in rec.waiters if w.holder is not proc)
+        proc.waiting.clear()
         # deliveries waiting for this process's inbox fail; its own queued sends vanish
         failed = list(proc.pending)
         proc.pending.clear()
@@ -396,6 +430,8 @@ class RoutingTable:
             else:  # (popped: a set iterated from its start after removals is slow)
                 rec = self.blocks[proc.blocks.pop()]
                 proc.held_bytes -= rec.capacity
+                if rec.owner is proc:
+                    proc.owned_bytes -= rec.capacity
                 held = True
             if held:
                 self._drop_hold(rec, proc)
@@ -591,7 +627,7 @@ class RoutingTable:
 
     def _drop_hold(self, rec: BlockRecord, proc: ProcessRecord) -> None:
         if rec.owner is proc:
-            rec.owner = None
+            _own(rec, None)
         rec.grants.pop(proc.key, None)
 
     def _remove(self, rec: BlockRecord) -> list[Waiter]:
@@ -599,6 +635,8 @@ class RoutingTable:
             self._drop_lease(lease)
         dropped = list(rec.waiters)
         rec.waiters.clear()
+        for w in dropped:
+            w.holder.waiting.pop(rec, None)
         if not rec.doomed:
             self.bump(rec)
         del self.blocks[rec.id]
@@ -699,9 +737,7 @@ class RoutingTable:
     def check_movable(self, proc: ProcessRecord, rec: BlockRecord) -> None:
         if rec.in_transit:
             raise AccessDenied(f"block {rec.id} is already on its way to an inbox")
-        if any(lease.holder is proc for lease in rec.leases.values()) or any(
-            w.holder is proc for w in rec.waiters
-        ):
+        if any(lease.holder is proc for lease in rec.leases.values()) or rec in proc.waiting:
             raise AccessDenied(
                 f"block {rec.id} has active or queued leases of yours; end them before sending"
             )
@@ -766,7 +802,7 @@ class RoutingTable:
             if rec.owner is not None:
                 _unhold(rec.owner, rec)
             rec.grants.pop(to.key, None)
-            rec.owner = to
+            _own(rec, to)
             _hold(to, rec)
         elif rec.owner is not to and rec.grants.get(to.key, (to, "r"))[1] != "w":
             rec.grants[to.key] = (to, "r")
@@ -791,7 +827,7 @@ class RoutingTable:
                 "this process's alone (revoke its grants first)"
             )
         _unhold(proc, rec)
-        rec.owner = None
+        _own(rec, None)
         rec.job = job
 
     def lend_job(self, rec: BlockRecord, consumer: ProcessRecord) -> tuple[Lease, bool]:
@@ -865,7 +901,7 @@ class RoutingTable:
         if rec.owner is not None:
             _unhold(rec.owner, rec)
         rec.grants.pop(to.key, None)
-        rec.owner = to
+        _own(rec, to)
         _hold(to, rec)
 
     # -- transfers to other nodes ------------------------------------------------
@@ -884,7 +920,7 @@ class RoutingTable:
             raise AccessDenied(f"block {rec.id} is under a write lease; end it before sending")
         if move:
             _unhold(proc, rec)
-            rec.owner = pin
+            _own(rec, pin)
         else:
             rec.grants[pin.key] = (pin, "r")
         _hold(pin, rec)
@@ -904,7 +940,7 @@ class RoutingTable:
         rec.in_transit -= 1
         rec.transfers -= 1
         if failed and rec.owner is pin and self.processes.get(sender.name) is sender:
-            rec.owner = sender
+            _own(rec, sender)
             _hold(sender, rec)
             _unhold(pin, rec)
             return NOTHING
@@ -960,7 +996,7 @@ class RoutingTable:
         object atomically: a reader gets the old or the new, never a mix. The replaced
         object goes the way of a block whose hold ended."""
         if rec.owner is proc:
-            rec.owner = None
+            _own(rec, None)
             _unhold(proc, rec)
         rec.name = name
         rec.cacheable = cacheable
@@ -1012,6 +1048,7 @@ class RoutingTable:
         if not rec.waiters and self._compatible(rec, waiter):
             return self._grant(rec, waiter)
         rec.waiters.append(waiter)
+        proc.waiting[rec] = proc.waiting.get(rec, 0) + 1
         return None
 
     def release(self, lease: Lease) -> list[Grant]:
@@ -1034,6 +1071,7 @@ class RoutingTable:
         for w in rec.waiters:
             if w.token == token:
                 rec.waiters.remove(w)
+                _unwait(rec, w)
                 return True
         return False
 
@@ -1062,6 +1100,7 @@ class RoutingTable:
     def _grant(self, rec: BlockRecord, waiter: Waiter) -> Lease:
         lease = Lease(self._next_lease, rec, waiter.holder, waiter.mode, waiter.transient)
         self._next_lease += 1
+        self._leases += 1
         rec.leases[lease.id] = lease
         waiter.holder.leases[lease.id] = lease
         return lease
@@ -1070,14 +1109,17 @@ class RoutingTable:
         grants = []
         while rec.waiters and self._compatible(rec, rec.waiters[0]):
             waiter = rec.waiters.popleft()
+            _unwait(rec, waiter)
             grants.append(Grant(waiter.token, self._grant(rec, waiter)))
         return grants
 
-    @staticmethod
-    def _drop_lease(lease: Lease) -> None:
-        lease.block.leases.pop(lease.id, None)
+    def _drop_lease(self, lease: Lease) -> None:
+        if lease.block.leases.pop(lease.id, None) is not None:
+            self._leases -= 1
         lease.holder.leases.pop(lease.id, None)
 
     @property
     def lease_count(self) -> int:
-        return sum(len(rec.leases) for rec in self.blocks.values())
+        """How many leases are held now (over every block): counted as they are granted
+        (:meth:`_grant`) and end (:meth:`_drop_lease`), not by walking the blocks."""
+        return self._leases

@@ -389,18 +389,14 @@ class ServerState:
             queues=tuple(self.queues.stats()),
         )
 
-    def _usage(self, proc: ProcessRecord) -> ProcessStats:
-        blocks = self.table.blocks
-        owned = 0
-        for bid in proc.blocks:
-            rec = blocks.get(bid)
-            if rec is not None and rec.owner is proc:
-                owned += rec.capacity
+    @staticmethod
+    def _usage(proc: ProcessRecord) -> ProcessStats:
+        """One process's row: its counters, kept as they change (no walk of its blocks)."""
         return ProcessStats(
             proc.name,
             proc.pid,
             blocks=len(proc.blocks),
-            owned_bytes=owned,
+            owned_bytes=proc.owned_bytes,
             leases=len(proc.leases),
             inbox=len(proc.inbox),
             inbox_bytes=proc.inbox_used,
