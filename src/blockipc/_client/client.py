@@ -1314,7 +1314,8 @@ class Client:
         with get_codec(codec).prepare(obj) as enc:
             if enc.nbytes <= MAX_INLINE_PAYLOAD:
                 return NO_BLOCK, codec, enc.meta, enc.tobytes(), None
-        block = await self.put(obj, codec)
+            # encoded once: put() would prepare the object again
+            block = await self._store(codec, enc.nbytes, enc.meta, enc.write_into, name="")
         return block.id, "", {}, b"", block
 
     async def _drop_made(self, block: Block | None) -> None:
@@ -1383,33 +1384,39 @@ class Client:
         if it does not exist); one consumer's :meth:`take` will get it. Returns the
         job's id.
 
-        ``obj`` is encoded with ``codec`` into a new block, as :meth:`put` does; a
-        :class:`Block` is moved into the queue as it is (zero-copy; it must be this
-        process's alone, and its recorded codec goes with it). ``header`` is a small
-        dict the consumer gets with the job. When the queue is full the call waits for
-        room (``nowait=True`` raises :class:`InboxFull` instead); cancelling it then
-        withdraws the job (a :class:`Block` stays this process's).
+        ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
+        encoded, it travels inside the request's frame and the coordinator writes it
+        into the job's block (one round trip); a larger one is put in a new block first,
+        as :meth:`put` does. A :class:`Block` is moved into the queue as it is
+        (zero-copy; it must be this process's alone, and its recorded codec goes with
+        it). Either way the job is a block, and its consumer sees no difference.
+        ``header`` is a small dict the consumer gets with the job. When the queue is
+        full the call waits for room (``nowait=True`` raises :class:`InboxFull`
+        instead); cancelling it then withdraws the job (a :class:`Block` stays this
+        process's).
 
         >>> await client.enqueue("jobs", {"url": url}, codec="json")  # doctest: +SKIP
         """
         _check_name(queue, "queue name")
         hdr = self._check_header(header)
-        if isinstance(obj, Block):
-            bid = self._bid(obj)
-            args = {"block": bid, "queue": queue, "header": hdr, "nowait": bool(nowait)}
-            job: int = (await self._call(Op.ENQUEUE, args)).result["job"]
-            self._sizes.pop(bid, None)
-            return job
-        block = await self.put(obj, codec)
-        args = {"block": block.id, "queue": queue, "header": hdr, "nowait": bool(nowait)}
+        bid, c, meta, data, made = await self._outgoing(obj, codec)
+        args = {
+            "block": bid,
+            "codec": c,
+            "meta": meta,
+            "queue": queue,
+            "header": hdr,
+            "nowait": bool(nowait),
+        }
         try:
-            job = (await self._call(Op.ENQUEUE, args)).result["job"]
+            job: int = (await self._call(Op.ENQUEUE, args, data)).result["job"]
         except BaseException:
             # not enqueued (or enqueued just before a cancellation: then the free fails)
-            with anyio.CancelScope(shield=True), contextlib.suppress(BlockIPCError):
-                await self.free(block)
+            with anyio.CancelScope(shield=True):
+                await self._drop_made(made)
             raise
-        self._sizes.pop(block.id, None)
+        if bid != NO_BLOCK:
+            self._sizes.pop(bid, None)
         return job
 
     async def take(

@@ -447,9 +447,11 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         False,
     ),
     (Kind.REPLY, Op.QUEUE_DECLARE): ({}, False),
+    # the job's payload as a REQUEST's (below): ``block``, moved into the queue, or
+    # inline (block NO_BLOCK), which the coordinator writes into a new block of the job's
     (Kind.REQUEST, Op.ENQUEUE): (
-        {"block": int, "queue": str, "header": dict, "nowait": bool},
-        False,
+        {"block": int, "codec": str, "meta": dict, "queue": str, "header": dict, "nowait": bool},
+        True,
     ),
     (Kind.REPLY, Op.ENQUEUE): ({"job": int}, False),
     (Kind.REQUEST, Op.TAKE): ({"queue": str}, False),
@@ -532,7 +534,7 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.COMMIT: "COMMIT refused (it binds what a PUT wrote)",
     Op.DELETE: "DELETE refused (it unbinds a name other processes read)",
     Op.CLAIM: "CLAIM refused (get_or_put: it computes an object to put)",
-    Op.ENQUEUE: "ENQUEUE refused (it hands a block on)",
+    Op.ENQUEUE: "ENQUEUE refused (it hands a block on; an inline one writes a new block)",
     Op.QUEUE_DECLARE: "QUEUE_DECLARE refused (it changes a queue other processes use)",
     Op.SEND: "SEND refused (it hands a block on)",
     Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",

@@ -8,16 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..._core.codecs import get_codec
 from ..._core.limits import pack_header
-from ..._core.protocol import Op, Reply, Request
+from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.queues import Handed, JobRecord, QueueRecord
-from ..._core.routing import ProcessRecord
+from ..._core.routing import BlockRecord, ProcessRecord
 from ..._exceptions import BlockIPCError, InboxFull
 from ..._log import get_logger
 from ..._types import QueueStats
 from ..parking import Parked
 from ..session import Session, block_fields, error_reply
 from ..state import ServerState
+from .requests import _checked_payload as checked_payload
 
 __all__ = ["HANDLERS", "EnqueueWait", "TakeWait", "give_back_jobs", "queue_row"]
 
@@ -125,13 +127,14 @@ def declare(state: ServerState, session: Session, req: Request) -> None:
 
 
 def enqueue(state: ServerState, session: Session, req: Request) -> None:
-    """Move a block of the caller's into a queue as a job, now or once there is room
-    (``nowait``: :class:`InboxFull` instead of waiting)."""
+    """Move a block of the caller's into a queue as a job, or (``block`` NO_BLOCK) the
+    frame's inline payload, which the coordinator writes into a new block of the job's
+    when it goes in; now or once there is room (``nowait``: :class:`InboxFull` instead
+    of waiting)."""
     a = req.args
     pack_header(a["header"])
-    proc = session.proc
-    rec = state.table.lookup(proc, a["block"], "own")
-    state.table.check_movable(proc, rec)
+    if checked_payload(state, session.proc, req) is None:
+        get_codec(a["codec"])  # an unknown codec is refused here, not by the consumer
     q = state.queues.queue(a["queue"])
     if state.queues.has_room(q):
         _enqueue_now(state, session, req, q)
@@ -145,10 +148,29 @@ def enqueue(state: ServerState, session: Session, req: Request) -> None:
     state.queues.park_putter(q, wait)
 
 
+def _inline_block(state: ServerState, proc: ProcessRecord, req: Request) -> BlockRecord:
+    """A new block of ``proc``'s holding an inline ENQUEUE's payload, its codec and meta
+    recorded as a ``put`` would record them (the bytes written as a routed WRITE does)."""
+    a, data = req.args, req.data
+    rec = state.new_block(proc, max(len(data), 1))
+    if data:
+        with state.pool.view(rec.segment, rec.offset, len(data)) as view:
+            view[:] = data
+    rec.codec, rec.meta = a["codec"], {"nbytes": len(data), "codec": a["meta"]}
+    state.table.bump(rec)
+    return rec
+
+
 def _enqueue_now(state: ServerState, session: Session, req: Request, q: QueueRecord) -> None:
-    a = req.args
-    rec = state.table.lookup(session.proc, a["block"], "own")
-    handed = state.queues.enqueue(session.proc, rec, q, a["header"])
+    a, proc = req.args, session.proc
+    inline = a["block"] == NO_BLOCK
+    rec = _inline_block(state, proc, req) if inline else state.table.lookup(proc, a["block"])
+    try:
+        handed = state.queues.enqueue(proc, rec, q, a["header"])
+    except BaseException:
+        if inline:  # (a new block is never refused; still, it must not leak)
+            state.settle(state.table.release_hold(proc, rec))
+        raise
     session.reply(Reply(req.req_id, Op.ENQUEUE, {"job": rec.job}))
     if handed is not None:
         _hand(state, (handed,))
