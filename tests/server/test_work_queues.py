@@ -241,6 +241,7 @@ async def test_a_job_up_to_the_inline_limit_travels_in_the_enqueue(
     job_id = await asyncio.wait_for(waiting, 5)
     job = await other.take(name)
     assert (job.id, job.codec, job.header, job.block.size) == (job_id, "raw", {"n": 2}, size)
+    assert (job._segment is None) == inline  # inline: its bytes came with the take's reply
     assert job.value == payload
     assert await other.read(job.block, size=16) == payload[:16]  # a block like any other
     await job.ack()
@@ -279,3 +280,97 @@ async def test_an_inline_enqueue_with_an_unknown_codec_is_refused(
         big = bytes(MAX_INLINE_PAYLOAD + 1)
         await client._call(Op.ENQUEUE, {**args, "codec": "raw", "header": {}, "nowait": False}, big)
     assert all(q.name != name for q in coord.stats().queues)  # not even its queue was made
+
+
+async def test_a_take_carries_the_previous_jobs_ack(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    for i in range(3):
+        await client.enqueue(name, i)
+    blocks = coord.stats().blocks
+    first = await other.take(name)
+    assert first.value == 0
+    second = await other.take(name, ack=first)  # one request: ack first, then take
+    assert first.done and not second.done and second.value == 1
+    assert coord.stats().blocks == blocks - 1  # the acked job's block is freed
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth, q.redelivered) == (1, 1, 1, 0)
+    with pytest.raises(InvalidRequest, match="acked already"):
+        await first.ack()
+    with pytest.raises(InvalidRequest, match="acked already"):
+        await other.take(name, ack=first)
+    with pytest.raises(InvalidRequest, match="a job this client took"):
+        await client.take(name, ack=second)  # not client's job
+    assert queue_stats(coord.stats(), name).depth == 1  # neither took anything
+    third = await other.take(name, ack=second)
+    await third.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth) == (3, 0, 0)
+    assert coord.stats().blocks == blocks - 3
+
+
+async def test_a_refused_folded_ack_takes_nothing_and_the_job_stays_unanswered(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    await client.enqueue(name, b"one", codec="raw")
+    await client.enqueue(name, b"two", codec="raw")
+    job = await other.take(name)
+    async with other.lease(job.block, "r"):  # a lease of its own: the ack is refused
+        with pytest.raises(AccessDenied, match="end them before ack"):
+            await other.take(name, ack=job)
+        assert not job.done
+        q = queue_stats(coord.stats(), name)
+        assert (q.acked, q.in_flight, q.depth) == (0, 1, 1)  # and nothing was taken
+    assert job.value == b"one"
+    nxt = await other.take(name, ack=job)  # the lease ended: now it goes
+    assert job.done and nxt.value == b"two"
+    await nxt.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth) == (2, 0, 0)
+
+
+async def test_a_folded_ack_is_done_when_the_take_then_times_out_or_is_cancelled(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    for i in range(2):
+        await client.enqueue(name, i)
+    job = await other.take(name)
+    with pytest.raises(TimeoutError):
+        await other.take(name + "-empty", timeout=0.05, ack=job)
+    assert job.done  # acked before the take waited (known when the TimeoutError comes)
+    job = await other.take(name)
+    task = asyncio.create_task(other.take(name + "-empty", ack=job))
+    await wait_until(lambda: queue_stats(coord.stats(), name).acked == 2)
+    with pytest.raises(InvalidRequest, match="being acked"):
+        await job.ack()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job.done
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth, q.redelivered) == (2, 0, 0, 0)
+
+
+async def test_a_consumer_that_closes_after_a_folded_ack_gives_back_only_its_job(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    """Inline jobs (each at most MAX_INLINE_PAYLOAD) are redelivered as any job: the one
+    acked by the take that got the next is done; the next goes back, attempts + 1."""
+    name = unique_name("jobs")
+    for i in range(3):
+        await client.enqueue(name, {"n": i}, codec="json")
+    async with connected(coord, "worker") as worker:
+        first = await worker.take(name)
+        second = await worker.take(name, ack=first)
+        assert (first.done, second.value) == (True, {"n": 1})
+    # closed with the second in hand
+    again = await client.take(name)
+    assert (again.id, again.value, again.attempts) == (second.id, {"n": 1}, 1)
+    last = await client.take(name, ack=again)
+    assert (last.value, last.attempts) == ({"n": 2}, 0)
+    await last.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.enqueued, q.acked, q.redelivered, q.in_flight, q.depth) == (3, 3, 1, 0, 0)

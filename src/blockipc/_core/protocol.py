@@ -454,7 +454,10 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         True,
     ),
     (Kind.REPLY, Op.ENQUEUE): ({"job": int}, False),
-    (Kind.REQUEST, Op.TAKE): ({"queue": str}, False),
+    # ack: a job of the caller's to ack first (0: none); refused, the TAKE fails with
+    # its error; done, the TAKE is answered with a job or as cancelled (ops/queues.take)
+    (Kind.REQUEST, Op.TAKE): ({"queue": str, "ack": int}, False),
+    # inline: the block's ``size`` bytes are the frame's data (at most MAX_INLINE_PAYLOAD)
     (Kind.REPLY, Op.TAKE): (
         {
             "job": int,
@@ -466,8 +469,9 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
             "attempts": int,
             "queue": str,
             "producer": str,
+            "inline": bool,
         },
-        False,
+        True,
     ),
     (Kind.REQUEST, Op.ACK): ({"job": int}, False),
     (Kind.REPLY, Op.ACK): ({}, False),

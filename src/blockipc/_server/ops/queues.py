@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..._core.codecs import get_codec
-from ..._core.limits import pack_header
+from ..._core.limits import MAX_INLINE_PAYLOAD, pack_header
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.queues import Handed, JobRecord, QueueRecord
 from ..._core.routing import BlockRecord, ProcessRecord
@@ -35,7 +35,7 @@ class TakeWait(Parked):
 
     def given(self, job: JobRecord) -> None:
         self.unpark()
-        self.session.reply(_job_reply(self.request, job))
+        self.session.reply(_job_reply(self.state, self.request, job))
 
     def cancel(self) -> None:
         self.abandon()
@@ -69,9 +69,17 @@ class EnqueueWait(Parked):
         self.state.queues.withdraw_putter(self.queue, self)
 
 
-def _job_reply(req: Request, job: JobRecord) -> Reply:
+def _job_reply(state: ServerState, req: Request, job: JobRecord) -> Reply:
+    """A TAKE's answer: the job, and its block's bytes inline when the block is at most
+    ``MAX_INLINE_PAYLOAD`` (read as a routed READ reads: nobody may write a job's
+    block), so that the consumer decodes the value with no mapping of its own."""
     rec, lease = job.block, job.lease
     assert lease is not None
+    inline = rec.size <= MAX_INLINE_PAYLOAD
+    data = b""
+    if inline:
+        with state.pool.view(rec.segment, rec.offset, rec.size) as view:
+            data = bytes(view)
     fields: dict[str, Any] = {
         "job": job.id,
         **block_fields(rec),
@@ -82,8 +90,9 @@ def _job_reply(req: Request, job: JobRecord) -> Reply:
         "attempts": job.attempts,
         "queue": job.queue.name,
         "producer": job.producer,
+        "inline": inline,
     }
-    return Reply(req.req_id, Op.TAKE, fields)
+    return Reply(req.req_id, Op.TAKE, fields, data)
 
 
 def queue_row(q: QueueStats) -> list[Any]:
@@ -177,10 +186,20 @@ def _enqueue_now(state: ServerState, session: Session, req: Request, q: QueueRec
 
 
 def take(state: ServerState, session: Session, req: Request) -> None:
-    """The next job of a queue, now or when one comes (``CANCEL`` withdraws the wait)."""
+    """The next job of a queue, now or when one comes (``CANCEL`` withdraws the wait).
+    A TAKE that carries an ``ack`` (a job id, 0: none) acks that job first, as ACK
+    does: refused, the TAKE fails with the ack's error and takes nothing; done, the
+    TAKE is answered with a job or, withdrawn, as cancelled. So the client knows from
+    the answer alone whether its ack was done (``Client.take(..., ack=job)``)."""
     q = state.queues.queue(req.args["queue"])
     wait = TakeWait(state, session, req, q)
     wait.park()  # first: a full registry refuses it with nothing to undo
+    if req.args["ack"]:
+        try:
+            _ack(state, session.proc, req.args["ack"])
+        except BaseException:
+            wait.unpark()
+            raise
     job = state.queues.take(session.proc, q, wait)
     if job is None:
         return
@@ -188,8 +207,12 @@ def take(state: ServerState, session: Session, req: Request) -> None:
     _room(state, q)
 
 
+def _ack(state: ServerState, proc: ProcessRecord, job_id: int) -> None:
+    state.settle(state.queues.ack(proc, job_id))
+
+
 def ack(state: ServerState, session: Session, req: Request) -> None:
-    state.settle(state.queues.ack(session.proc, req.args["job"]))
+    _ack(state, session.proc, req.args["job"])
     session.reply(Reply(req.req_id, Op.ACK))
 
 
