@@ -35,14 +35,14 @@ class Job:
     :meth:`ack` (done: its block is freed) or :meth:`nack` (put it back now).
 
     ``value`` is the object the producer enqueued, decoded with the codec recorded
-    with its block (a copy, the caller's: read it before answering; a job of at most
-    ``MAX_INLINE_PAYLOAD`` bytes came with its bytes in the take's reply, so reading it
-    maps nothing). ``block`` is the
-    job's block, which this process may read and lease ``"r"`` (zero-copy) until it
-    answers; ``header`` is the producer's header, ``producer`` its name, ``queue`` the
-    queue it was taken from, ``attempts`` how many deliveries of it failed before
-    (0 the first time). A job this process neither acks nor nacks goes back to its
-    queue, as a failed attempt, when this client closes or its process dies::
+    with its block (a copy, the caller's: read it before answering; the bytes of a job
+    of at most ``MAX_INLINE_PAYLOAD`` came with the take's reply, so it maps nothing).
+    ``block`` is the job's block, which this process may read and lease ``"r"``
+    (zero-copy) until it answers; ``header`` is the producer's header, ``producer``
+    its name, ``queue`` the queue it was taken from, ``attempts`` how many deliveries
+    of it failed before (0 the first time). A job this process neither acks nor
+    nacks goes back to its queue, as a failed attempt, when this client closes or its
+    process dies::
 
         job = await client.take("jobs")
         result = work(job.value)
