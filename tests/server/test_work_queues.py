@@ -346,6 +346,8 @@ async def test_a_folded_ack_is_done_when_the_take_then_times_out_or_is_cancelled
     await wait_until(lambda: queue_stats(coord.stats(), name).acked == 2)
     with pytest.raises(InvalidRequest, match="being acked"):
         await job.ack()
+    with pytest.raises(InvalidRequest, match="acked before its value was read"):
+        _ = job.value
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
