@@ -69,6 +69,7 @@ DICT_FIELDS = {
     (Op.REMOTE_SEND, "header"),
     (Op.COMMIT, "meta"),
     (Op.ENQUEUE, "header"),
+    (Op.ENQUEUE, "meta"),
     (Op.REQUEST, "meta"),
     (Op.RESPOND, "meta"),
 }
@@ -173,7 +174,8 @@ DICT_CASES = [
         "meta",
         {"codec": "raw", "name": "", "cacheable": False, "if_absent": False, "ttl_ms": 0},
     ),
-    (Op.ENQUEUE, "header", {"queue": "", "nowait": True}),
+    (Op.ENQUEUE, "header", {"queue": "", "nowait": True, "codec": "", "meta": {}}),
+    (Op.ENQUEUE, "meta", {"queue": "", "nowait": True, "codec": "raw", "header": {}}),
     (Op.REQUEST, "meta", {"to": "", "codec": "raw", "wait_ms": 0}),
     (Op.RESPOND, "meta", {"request": 1, "codec": "raw", "error": 0, "message": ""}),
 ]

@@ -12,6 +12,7 @@ import blockipc
 from _helpers import connected
 from _procs import wait_until
 from blockipc import AccessDenied, InboxFull, InvalidRequest
+from blockipc._core.limits import MAX_INLINE_PAYLOAD
 from blockipc.testing import unique_name
 
 
@@ -53,16 +54,26 @@ async def test_a_full_queue_makes_enqueue_wait(
     await client.declare_queue(name, maxsize=1)
     await client.enqueue(name, b"one", codec="raw")
     blocks = coord.stats().blocks
-    with pytest.raises(InboxFull, match="is full"):
-        await client.enqueue(name, b"two", codec="raw", nowait=True)
-    assert coord.stats().blocks == blocks  # the block made for it is freed again
-    # waiting, then cancelled: withdrawn, and its block freed
-    waiting = asyncio.create_task(client.enqueue(name, b"two", codec="raw"))
+    big = bytes(MAX_INLINE_PAYLOAD + 1)  # not inline: put in a block of its own first
+    for obj in (b"two", big):
+        with pytest.raises(InboxFull, match="is full"):
+            await client.enqueue(name, obj, codec="raw", nowait=True)
+        assert coord.stats().blocks == blocks  # (the block made for the big one: freed)
+    # waiting, then cancelled: withdrawn, and the block made for it freed
+    waiting = asyncio.create_task(client.enqueue(name, big, codec="raw"))
     await wait_until(lambda: coord.stats().blocks == blocks + 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     await wait_until(lambda: coord.stats().blocks == blocks)
+    # an inline one waits as its frame: no block until it goes in; cancelled, nothing left
+    waiting = asyncio.create_task(client.enqueue(name, b"two", codec="raw"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and coord.stats().blocks == blocks
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert queue_stats(await client.stats(), name).enqueued == 1
     # a Block of this process's waits too; a take makes room and it goes in
     block = await client.alloc(100)
     await client.write(block, b"three")
@@ -198,3 +209,170 @@ async def test_competing_consumers_share_a_queue_in_order(
         assert [j.value for j in jobs] == [0, 1, 2, 3]  # the takes in the order they came
         for j in jobs:
             await j.ack()
+
+
+@pytest.mark.parametrize(
+    ("size", "inline"), [(MAX_INLINE_PAYLOAD, True), (MAX_INLINE_PAYLOAD + 1, False)]
+)
+async def test_a_job_up_to_the_inline_limit_travels_in_the_enqueue(
+    coord: blockipc.Coordinator,
+    client: blockipc.Client,
+    other: blockipc.Client,
+    size: int,
+    inline: bool,
+) -> None:
+    """Up to MAX_INLINE_PAYLOAD bytes encoded, a job rides in its ENQUEUE's frame: one
+    waiting for room in a full queue holds no block yet (the coordinator makes it when
+    the job goes in); one byte more, and it is put in a block first. Either way the
+    consumer gets a block holding the bytes, with the producer's codec."""
+    name = unique_name("jobs")
+    await client.declare_queue(name, maxsize=1)
+    await client.enqueue(name, b"first", codec="raw")
+    blocks = coord.stats().blocks
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    waiting = asyncio.create_task(client.enqueue(name, payload, codec="raw", header={"n": 2}))
+    if inline:
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and coord.stats().blocks == blocks
+    else:
+        await wait_until(lambda: coord.stats().blocks == blocks + 1)
+    first = await other.take(name)
+    await first.ack()  # room: the waiting enqueue goes in
+    job_id = await asyncio.wait_for(waiting, 5)
+    job = await other.take(name)
+    assert (job.id, job.codec, job.header, job.block.size) == (job_id, "raw", {"n": 2}, size)
+    assert (job._segment is None) == inline  # inline: its bytes came with the take's reply
+    assert job.value == payload
+    assert await other.read(job.block, size=16) == payload[:16]  # a block like any other
+    await job.ack()
+    assert coord.stats().blocks == blocks - 1  # both jobs' blocks freed
+    q = queue_stats(coord.stats(), name)
+    assert (q.enqueued, q.acked, q.depth, q.in_flight) == (2, 2, 0, 0)
+
+
+async def test_an_inline_job_keeps_the_codec_and_its_meta(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    np = pytest.importorskip("numpy")
+    name = unique_name("jobs")
+    arr = np.arange(12, dtype="<u2").reshape(3, 4)
+    await client.enqueue(name, arr, codec="numpy")
+    await client.enqueue(name, b"", codec="raw")  # empty: still a block (of 1 byte)
+    job = await other.take(name)
+    assert job.codec == "numpy"
+    assert job.value.shape == (3, 4) and (job.value == arr).all()
+    await job.ack()
+    empty = await other.take(name)
+    assert (empty.value, empty.block.size) == (b"", 1)
+    await empty.ack()
+
+
+async def test_an_inline_enqueue_with_an_unknown_codec_is_refused(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    from blockipc._core.protocol import NO_BLOCK, Op
+
+    name = unique_name("jobs")
+    args = {"block": NO_BLOCK, "codec": "nope", "meta": {}, "queue": name}
+    with pytest.raises(blockipc.CodecError, match="nope"):
+        await client._call(Op.ENQUEUE, {**args, "header": {}, "nowait": False}, b"x")
+    with pytest.raises(InvalidRequest, match="over the limit"):
+        big = bytes(MAX_INLINE_PAYLOAD + 1)
+        await client._call(Op.ENQUEUE, {**args, "codec": "raw", "header": {}, "nowait": False}, big)
+    assert all(q.name != name for q in coord.stats().queues)  # not even its queue was made
+
+
+async def test_a_take_carries_the_previous_jobs_ack(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    for i in range(3):
+        await client.enqueue(name, i)
+    blocks = coord.stats().blocks
+    first = await other.take(name)
+    assert first.value == 0
+    second = await other.take(name, ack=first)  # one request: ack first, then take
+    assert first.done and not second.done and second.value == 1
+    assert coord.stats().blocks == blocks - 1  # the acked job's block is freed
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth, q.redelivered) == (1, 1, 1, 0)
+    with pytest.raises(InvalidRequest, match="acked already"):
+        await first.ack()
+    with pytest.raises(InvalidRequest, match="acked already"):
+        await other.take(name, ack=first)
+    with pytest.raises(InvalidRequest, match="a job this client took"):
+        await client.take(name, ack=second)  # not client's job
+    assert queue_stats(coord.stats(), name).depth == 1  # neither took anything
+    third = await other.take(name, ack=second)
+    await third.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth) == (3, 0, 0)
+    assert coord.stats().blocks == blocks - 3
+
+
+async def test_a_refused_folded_ack_takes_nothing_and_the_job_stays_unanswered(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    await client.enqueue(name, b"one", codec="raw")
+    await client.enqueue(name, b"two", codec="raw")
+    job = await other.take(name)
+    async with other.lease(job.block, "r"):  # a lease of its own: the ack is refused
+        with pytest.raises(AccessDenied, match="end them before ack"):
+            await other.take(name, ack=job)
+        assert not job.done
+        q = queue_stats(coord.stats(), name)
+        assert (q.acked, q.in_flight, q.depth) == (0, 1, 1)  # and nothing was taken
+    assert job.value == b"one"
+    nxt = await other.take(name, ack=job)  # the lease ended: now it goes
+    assert job.done and nxt.value == b"two"
+    await nxt.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth) == (2, 0, 0)
+
+
+async def test_a_folded_ack_is_done_when_the_take_then_times_out_or_is_cancelled(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    for i in range(2):
+        await client.enqueue(name, i)
+    job = await other.take(name)
+    with pytest.raises(TimeoutError):
+        await other.take(name + "-empty", timeout=0.05, ack=job)
+    assert job.done  # acked before the take waited (known when the TimeoutError comes)
+    job = await other.take(name)
+    task = asyncio.create_task(other.take(name + "-empty", ack=job))
+    await wait_until(lambda: queue_stats(coord.stats(), name).acked == 2)
+    with pytest.raises(InvalidRequest, match="being acked"):
+        await job.ack()
+    with pytest.raises(InvalidRequest, match="acked before its value was read"):
+        _ = job.value
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert job.done
+    q = queue_stats(coord.stats(), name)
+    assert (q.acked, q.in_flight, q.depth, q.redelivered) == (2, 0, 0, 0)
+
+
+async def test_a_consumer_that_closes_after_a_folded_ack_gives_back_only_its_job(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    """Inline jobs (each at most MAX_INLINE_PAYLOAD) are redelivered as any job: the one
+    acked by the take that got the next is done; the next goes back, attempts + 1."""
+    name = unique_name("jobs")
+    for i in range(3):
+        await client.enqueue(name, {"n": i}, codec="json")
+    async with connected(coord, "worker") as worker:
+        first = await worker.take(name)
+        second = await worker.take(name, ack=first)
+        assert (first.done, second.value) == (True, {"n": 1})
+    # closed with the second in hand
+    again = await client.take(name)
+    assert (again.id, again.value, again.attempts) == (second.id, {"n": 1}, 1)
+    last = await client.take(name, ack=again)
+    assert (last.value, last.attempts) == ({"n": 2}, 0)
+    await last.ack()
+    q = queue_stats(coord.stats(), name)
+    assert (q.enqueued, q.acked, q.redelivered, q.in_flight, q.depth) == (3, 3, 1, 0, 0)

@@ -108,6 +108,7 @@ from .._core.limits import (
 from .._core.limits import check_name as _check_name
 from .._core.protocol import (
     ACCESS_MODES,
+    CANCELLED,
     NO_BLOCK,
     PROTOCOL_VERSION,
     Connection,
@@ -364,6 +365,7 @@ class Client:
         self._conn = Connection(Role.CLIENT)
         self._proto: _ClientProtocol | None = None
         self._pending: dict[int, tuple[asyncio.Future[Reply] | None, _Orphan | None]] = {}
+        self._folds: dict[int, Job] = {}  # TAKE req_id -> the job whose ack it carries
         # cancelled LEASE/GET calls whose reply has not come (request id -> block): a
         # free of that block waits for it, so that the lease it may grant is released
         # first (the coordinator refuses to free a block its holder still leases)
@@ -681,6 +683,9 @@ class Client:
             self._touch_timer = None
         self._touched.clear()
         pending, self._pending = self._pending, {}
+        folds, self._folds = self._folds, {}
+        for job in folds.values():
+            job._folded(False)  # unanswerable now: the connection, and its jobs, are gone
         self._unsettled.clear()
         self._wake_settling()
         if self._proto is not None:
@@ -742,6 +747,9 @@ class Client:
 
     def _dispatch(self, event: Reply | ErrorReply) -> None:
         fut, orphan = self._pending.pop(event.req_id, (None, None))
+        if self._folds and (job := self._folds.pop(event.req_id, None)) is not None:
+            # the ack a TAKE carried was done unless the TAKE was refused (ops/queues.take)
+            job._folded(isinstance(event, Reply) or event.code == CANCELLED)
         if not self._pending and self._proto is not None:
             self._proto.busy = None  # nothing waits: held weakly again
         if fut is None or fut.done():
@@ -798,6 +806,7 @@ class Client:
         orphan: _Orphan | None = None,
         *,
         epoch: int | None = None,
+        fold: Job | None = None,
     ) -> Reply:
         # ``epoch``: the connection whose lease, block or channel ``args`` name; such a
         # call fails once that connection is gone, and never reconnects.
@@ -817,6 +826,8 @@ class Client:
         frame = self._conn.send(Request(req_id, op, args, data))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[req_id] = (fut, orphan)
+        if fold is not None:  # a TAKE carrying this job's ack: its answer settles the job
+            self._folds[req_id] = fold
         proto.busy = self
         assert proto.transport is not None
         proto.transport.write(frame)
@@ -1314,7 +1325,8 @@ class Client:
         with get_codec(codec).prepare(obj) as enc:
             if enc.nbytes <= MAX_INLINE_PAYLOAD:
                 return NO_BLOCK, codec, enc.meta, enc.tobytes(), None
-        block = await self.put(obj, codec)
+            # encoded once: put() would prepare the object again
+            block = await self._store(codec, enc.nbytes, enc.meta, enc.write_into, name="")
         return block.id, "", {}, b"", block
 
     async def _drop_made(self, block: Block | None) -> None:
@@ -1383,39 +1395,47 @@ class Client:
         if it does not exist); one consumer's :meth:`take` will get it. Returns the
         job's id.
 
-        ``obj`` is encoded with ``codec`` into a new block, as :meth:`put` does; a
-        :class:`Block` is moved into the queue as it is (zero-copy; it must be this
-        process's alone, and its recorded codec goes with it). ``header`` is a small
-        dict the consumer gets with the job. When the queue is full the call waits for
-        room (``nowait=True`` raises :class:`InboxFull` instead); cancelling it then
-        withdraws the job (a :class:`Block` stays this process's).
+        ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
+        encoded, it travels inside the request's frame and the coordinator writes it
+        into the job's block (one round trip); a larger one is put in a new block first,
+        as :meth:`put` does. A :class:`Block` is moved into the queue as it is
+        (zero-copy; it must be this process's alone, and its recorded codec goes with
+        it). Either way the job is a block, and its consumer sees no difference.
+        ``header`` is a small dict the consumer gets with the job. When the queue is
+        full the call waits for room (``nowait=True`` raises :class:`InboxFull`
+        instead); cancelling it then withdraws the job (a :class:`Block` stays this
+        process's).
 
         >>> await client.enqueue("jobs", {"url": url}, codec="json")  # doctest: +SKIP
         """
         _check_name(queue, "queue name")
         hdr = self._check_header(header)
-        if isinstance(obj, Block):
-            bid = self._bid(obj)
-            args = {"block": bid, "queue": queue, "header": hdr, "nowait": bool(nowait)}
-            job: int = (await self._call(Op.ENQUEUE, args)).result["job"]
-            self._sizes.pop(bid, None)
-            return job
-        block = await self.put(obj, codec)
-        args = {"block": block.id, "queue": queue, "header": hdr, "nowait": bool(nowait)}
+        bid, c, meta, data, made = await self._outgoing(obj, codec)
+        args = {
+            "block": bid,
+            "codec": c,
+            "meta": meta,
+            "queue": queue,
+            "header": hdr,
+            "nowait": bool(nowait),
+        }
         try:
-            job = (await self._call(Op.ENQUEUE, args)).result["job"]
+            job: int = (await self._call(Op.ENQUEUE, args, data)).result["job"]
         except BaseException:
             # not enqueued (or enqueued just before a cancellation: then the free fails)
-            with anyio.CancelScope(shield=True), contextlib.suppress(BlockIPCError):
-                await self.free(block)
+            with anyio.CancelScope(shield=True):
+                await self._drop_made(made)
             raise
-        self._sizes.pop(block.id, None)
+        if bid != NO_BLOCK:
+            self._sizes.pop(bid, None)
         return job
 
     async def take(
         self,
         queue: str,
         timeout: float | None = None,  # noqa: ASYNC109 -- the issue's API, as queue.Queue.get
+        *,
+        ack: Job | None = None,
     ) -> Job:
         """Wait for the next job of the work queue ``queue`` (FIFO; any number of
         consumers compete for its jobs, each job goes to one). The job is this
@@ -1424,24 +1444,59 @@ class Client:
         once. ``timeout`` (seconds) raises :class:`TimeoutError` when no job came;
         cancelling the call leaves the queue as it was.
 
+        ``ack``, a job this client took and has not answered, is acked by the same
+        request, before the take (one round trip for both, where ``await ack.ack()``
+        then ``take`` cost two)::
+
+            job = await client.take("jobs")
+            while True:
+                work(job.value)
+                job = await client.take("jobs", ack=job)
+
+        The ack is done if this call returns a job or raises :class:`TimeoutError` (or
+        is cancelled) while it waits for one; if the coordinator refuses it, this call
+        raises the error ``await ack.ack()`` would have raised and takes nothing, and
+        ``ack`` stays unanswered. Either way ``ack.done`` says which once this call
+        returns or raises (cancelled, it waits for the coordinator's answer, shielded:
+        one round trip).
+
         >>> job = await client.take("jobs")  # doctest: +SKIP
         """
         _check_name(queue, "queue name")
         seconds = _check_timeout(timeout)
+        epoch: int | None = None
+        if ack is not None:
+            if not isinstance(ack, Job) or ack._client is not self:
+                raise InvalidRequest("ack= takes a job this client took (a Job of take())")
+            ack._fold()  # raises if it is answered (or being answered), or its connection is gone
+            epoch = ack._epoch
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator handed it
             self._send_nowait(Op.NACK, {"job": reply.result["job"], "failed": False})
 
-        with anyio.fail_after(seconds):
-            reply = await self._call(Op.TAKE, {"queue": queue}, orphan=orphan)
+        args = {"queue": queue, "ack": 0 if ack is None else ack.id}
+        try:
+            with anyio.fail_after(seconds):
+                reply = await self._call(Op.TAKE, args, orphan=orphan, epoch=epoch, fold=ack)
+        except BaseException:
+            if ack is not None and ack._folding:
+                if ack in self._folds.values():  # sent: its answer, one round trip away
+                    with anyio.CancelScope(shield=True):  # (the CANCEL's), says if it was done
+                        await ack._settled()
+                else:
+                    ack._folded(False)  # refused before it was sent (its connection is gone)
+            raise
         epoch, r = self._epoch, reply.result
+        self._issued(r["block"])
+        self._sizes[r["block"]] = r["size"]
+        if r["inline"]:  # the bytes came with the reply: nothing to map
+            return Job(self, epoch, None, r, reply.data)
         try:
             seg = await self._segment(r["segment"], epoch)
         except BaseException:
             orphan(reply)
+            self._sizes.pop(r["block"], None)
             raise
-        self._issued(r["block"])
-        self._sizes[r["block"]] = r["size"]
         return Job(self, epoch, seg.buffer, r)
 
     # -- channels ----------------------------------------------------------------

@@ -3,6 +3,7 @@ and the answer it owes the queue (:meth:`Job.ack` or :meth:`Job.nack`)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from .._core.codecs import get_codec
@@ -34,25 +35,33 @@ class Job:
     :meth:`ack` (done: its block is freed) or :meth:`nack` (put it back now).
 
     ``value`` is the object the producer enqueued, decoded with the codec recorded
-    with its block (a copy, the caller's: read it before answering). ``block`` is the
-    job's block, which this process may read and lease ``"r"`` (zero-copy) until it
-    answers; ``header`` is the producer's header, ``producer`` its name, ``queue`` the
-    queue it was taken from, ``attempts`` how many deliveries of it failed before
-    (0 the first time). A job this process neither acks nor nacks goes back to its
-    queue, as a failed attempt, when this client closes or its process dies::
+    with its block (a copy, the caller's: read it before answering; the bytes of a job
+    of at most ``MAX_INLINE_PAYLOAD`` came with the take's reply, so it maps nothing).
+    ``block`` is the job's block, which this process may read and lease ``"r"``
+    (zero-copy) until it answers; ``header`` is the producer's header, ``producer``
+    its name, ``queue`` the queue it was taken from, ``attempts`` how many deliveries
+    of it failed before (0 the first time). A job this process neither acks nor
+    nacks goes back to its queue, as a failed attempt, when this client closes or its
+    process dies::
 
         job = await client.take("jobs")
         result = work(job.value)
         await job.ack()
+
+    A consumer that takes again right after may fold the ack into its next take, one
+    round trip for both: ``job = await client.take("jobs", ack=job)``.
     """
 
     __slots__ = (
         "_answered",
         "_client",
+        "_data",
         "_epoch",
+        "_folding",
         "_meta",
         "_offset",
         "_segment",
+        "_settling",
         "_value",
         "attempts",
         "block",
@@ -67,13 +76,17 @@ class Job:
         self,
         client: _Owner,
         epoch: int,
-        segment: memoryview,
+        segment: memoryview | None,
         result: dict[str, Any],
+        data: bytes = b"",
     ) -> None:
         r = result
         self._client = client
         self._epoch = epoch
-        self._segment = segment
+        self._segment = segment  # None: the block's bytes came inline, in ``data``
+        self._data = data
+        self._folding = False  # its ack rides on a take of this client's, unanswered yet
+        self._settling: asyncio.Future[None] | None = None  # waits for that answer
         self._offset: int = r["offset"]
         self._meta: dict[str, Any] = r["meta"]
         self._value: Any = _UNSET
@@ -100,15 +113,21 @@ class Job:
         :raises InvalidRequest: when first read after the job was answered.
         """
         if self._value is _UNSET:
-            if self._answered:
+            if self._answered or self._folding:
+                how = self._answered or "acked"
                 raise InvalidRequest(
-                    f"job {self.id} was {self._answered} before its value was read: "
-                    "read job.value first"
+                    f"job {self.id} was {how} before its value was read: read job.value first"
                 )
-            self._client._check_epoch(self._epoch)  # its mapping went with the connection
             n = self._meta.get("nbytes", self.block.size)
-            with self._segment[self._offset : self._offset + n] as src:
-                self._value = get_codec(self.codec).decode(src, self._meta.get("codec", {}))
+            codec, meta = get_codec(self.codec), self._meta.get("codec", {})
+            if self._segment is None:
+                with memoryview(self._data)[:n] as src:
+                    self._value = codec.decode(src, meta)
+                self._data = b""
+            else:
+                self._client._check_epoch(self._epoch)  # its mapping went with the connection
+                with self._segment[self._offset : self._offset + n] as src:
+                    self._value = codec.decode(src, meta)
         return self._value
 
     @property
@@ -127,8 +146,37 @@ class Job:
         await self._answer("nacked", Op.NACK, {"job": self.id, "failed": True})
 
     async def _answer(self, how: str, op: Op, args: dict[str, Any]) -> None:
-        if self._answered:
-            raise InvalidRequest(f"job {self.id} was {self._answered} already")
+        self._check_unanswered()
         await self._client._call(op, args, epoch=self._epoch)
         self._answered = how
         self._client._sizes.pop(self.block.id, None)
+
+    def _check_unanswered(self) -> None:
+        if self._answered:
+            raise InvalidRequest(f"job {self.id} was {self._answered} already")
+        if self._folding:
+            raise InvalidRequest(f"job {self.id} is being acked (by a take that carries its ack)")
+
+    def _fold(self) -> None:
+        """A take of this job's client carries its ack (``Client.take(..., ack=job)``):
+        unanswerable until that take's answer says whether the ack was done."""
+        self._check_unanswered()
+        self._client._check_epoch(self._epoch)
+        self._folding = True
+
+    def _folded(self, acked: bool) -> None:
+        """The take that carried this job's ack was answered: ``acked`` or refused (the
+        job is unanswered still, as before the take)."""
+        self._folding = False
+        if acked:
+            self._answered = "acked"
+            self._client._sizes.pop(self.block.id, None)
+        if self._settling is not None and not self._settling.done():
+            self._settling.set_result(None)
+        self._settling = None
+
+    async def _settled(self) -> None:
+        """Wait until the take carrying this job's ack is answered (see :meth:`_fold`)."""
+        if self._folding:
+            self._settling = self._settling or asyncio.get_running_loop().create_future()
+            await self._settling

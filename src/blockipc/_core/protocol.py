@@ -447,12 +447,17 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         False,
     ),
     (Kind.REPLY, Op.QUEUE_DECLARE): ({}, False),
+    # the job's payload as a REQUEST's (below): ``block``, moved into the queue, or
+    # inline (block NO_BLOCK), which the coordinator writes into a new block of the job's
     (Kind.REQUEST, Op.ENQUEUE): (
-        {"block": int, "queue": str, "header": dict, "nowait": bool},
-        False,
+        {"block": int, "codec": str, "meta": dict, "queue": str, "header": dict, "nowait": bool},
+        True,
     ),
     (Kind.REPLY, Op.ENQUEUE): ({"job": int}, False),
-    (Kind.REQUEST, Op.TAKE): ({"queue": str}, False),
+    # ack: a job of the caller's to ack first (0: none); refused, the TAKE fails with
+    # its error; done, the TAKE is answered with a job or as cancelled (ops/queues.take)
+    (Kind.REQUEST, Op.TAKE): ({"queue": str, "ack": int}, False),
+    # inline: the block's ``size`` bytes are the frame's data (at most MAX_INLINE_PAYLOAD)
     (Kind.REPLY, Op.TAKE): (
         {
             "job": int,
@@ -464,8 +469,9 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
             "attempts": int,
             "queue": str,
             "producer": str,
+            "inline": bool,
         },
-        False,
+        True,
     ),
     (Kind.REQUEST, Op.ACK): ({"job": int}, False),
     (Kind.REPLY, Op.ACK): ({}, False),
@@ -532,7 +538,7 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.COMMIT: "COMMIT refused (it binds what a PUT wrote)",
     Op.DELETE: "DELETE refused (it unbinds a name other processes read)",
     Op.CLAIM: "CLAIM refused (get_or_put: it computes an object to put)",
-    Op.ENQUEUE: "ENQUEUE refused (it hands a block on)",
+    Op.ENQUEUE: "ENQUEUE refused (it hands a block on; an inline one writes a new block)",
     Op.QUEUE_DECLARE: "QUEUE_DECLARE refused (it changes a queue other processes use)",
     Op.SEND: "SEND refused (it hands a block on)",
     Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",

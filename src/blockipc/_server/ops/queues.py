@@ -8,16 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..._core.limits import pack_header
-from ..._core.protocol import Op, Reply, Request
+from ..._core.codecs import get_codec
+from ..._core.limits import MAX_INLINE_PAYLOAD, pack_header
+from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.queues import Handed, JobRecord, QueueRecord
-from ..._core.routing import ProcessRecord
+from ..._core.routing import BlockRecord, ProcessRecord
 from ..._exceptions import BlockIPCError, InboxFull
 from ..._log import get_logger
 from ..._types import QueueStats
 from ..parking import Parked
 from ..session import Session, block_fields, error_reply
 from ..state import ServerState
+from .requests import _checked_payload as checked_payload
 
 __all__ = ["HANDLERS", "EnqueueWait", "TakeWait", "give_back_jobs", "queue_row"]
 
@@ -33,7 +35,7 @@ class TakeWait(Parked):
 
     def given(self, job: JobRecord) -> None:
         self.unpark()
-        self.session.reply(_job_reply(self.request, job))
+        self.session.reply(_job_reply(self.state, self.request, job))
 
     def cancel(self) -> None:
         self.abandon()
@@ -67,9 +69,17 @@ class EnqueueWait(Parked):
         self.state.queues.withdraw_putter(self.queue, self)
 
 
-def _job_reply(req: Request, job: JobRecord) -> Reply:
+def _job_reply(state: ServerState, req: Request, job: JobRecord) -> Reply:
+    """A TAKE's answer: the job, and its block's bytes inline when the block is at most
+    ``MAX_INLINE_PAYLOAD`` (read as a routed READ reads: nobody may write a job's
+    block), so that the consumer decodes the value with no mapping of its own."""
     rec, lease = job.block, job.lease
     assert lease is not None
+    inline = rec.size <= MAX_INLINE_PAYLOAD
+    data = b""
+    if inline:
+        with state.pool.view(rec.segment, rec.offset, rec.size) as view:
+            data = bytes(view)
     fields: dict[str, Any] = {
         "job": job.id,
         **block_fields(rec),
@@ -80,8 +90,9 @@ def _job_reply(req: Request, job: JobRecord) -> Reply:
         "attempts": job.attempts,
         "queue": job.queue.name,
         "producer": job.producer,
+        "inline": inline,
     }
-    return Reply(req.req_id, Op.TAKE, fields)
+    return Reply(req.req_id, Op.TAKE, fields, data)
 
 
 def queue_row(q: QueueStats) -> list[Any]:
@@ -125,13 +136,14 @@ def declare(state: ServerState, session: Session, req: Request) -> None:
 
 
 def enqueue(state: ServerState, session: Session, req: Request) -> None:
-    """Move a block of the caller's into a queue as a job, now or once there is room
-    (``nowait``: :class:`InboxFull` instead of waiting)."""
+    """Move a block of the caller's into a queue as a job, or (``block`` NO_BLOCK) the
+    frame's inline payload, which the coordinator writes into a new block of the job's
+    when it goes in; now or once there is room (``nowait``: :class:`InboxFull` instead
+    of waiting)."""
     a = req.args
     pack_header(a["header"])
-    proc = session.proc
-    rec = state.table.lookup(proc, a["block"], "own")
-    state.table.check_movable(proc, rec)
+    if checked_payload(state, session.proc, req) is None:
+        get_codec(a["codec"])  # an unknown codec is refused here, not by the consumer
     q = state.queues.queue(a["queue"])
     if state.queues.has_room(q):
         _enqueue_now(state, session, req, q)
@@ -145,20 +157,49 @@ def enqueue(state: ServerState, session: Session, req: Request) -> None:
     state.queues.park_putter(q, wait)
 
 
+def _inline_block(state: ServerState, proc: ProcessRecord, req: Request) -> BlockRecord:
+    """A new block of ``proc``'s holding an inline ENQUEUE's payload, its codec and meta
+    recorded as a ``put`` would record them (the bytes written as a routed WRITE does)."""
+    a, data = req.args, req.data
+    rec = state.new_block(proc, max(len(data), 1))
+    if data:
+        with state.pool.view(rec.segment, rec.offset, len(data)) as view:
+            view[:] = data
+    rec.codec, rec.meta = a["codec"], {"nbytes": len(data), "codec": a["meta"]}
+    state.table.bump(rec)
+    return rec
+
+
 def _enqueue_now(state: ServerState, session: Session, req: Request, q: QueueRecord) -> None:
-    a = req.args
-    rec = state.table.lookup(session.proc, a["block"], "own")
-    handed = state.queues.enqueue(session.proc, rec, q, a["header"])
+    a, proc = req.args, session.proc
+    inline = a["block"] == NO_BLOCK
+    rec = _inline_block(state, proc, req) if inline else state.table.lookup(proc, a["block"])
+    try:
+        handed = state.queues.enqueue(proc, rec, q, a["header"])
+    except BaseException:
+        if inline:  # (a new block is never refused; still, it must not leak)
+            state.settle(state.table.release_hold(proc, rec))
+        raise
     session.reply(Reply(req.req_id, Op.ENQUEUE, {"job": rec.job}))
     if handed is not None:
         _hand(state, (handed,))
 
 
 def take(state: ServerState, session: Session, req: Request) -> None:
-    """The next job of a queue, now or when one comes (``CANCEL`` withdraws the wait)."""
+    """The next job of a queue, now or when one comes (``CANCEL`` withdraws the wait).
+    A TAKE that carries an ``ack`` (a job id, 0: none) acks that job first, as ACK
+    does: refused, the TAKE fails with the ack's error and takes nothing; done, the
+    TAKE is answered with a job or, withdrawn, as cancelled. So the client knows from
+    the answer alone whether its ack was done (``Client.take(..., ack=job)``)."""
     q = state.queues.queue(req.args["queue"])
     wait = TakeWait(state, session, req, q)
     wait.park()  # first: a full registry refuses it with nothing to undo
+    if req.args["ack"]:
+        try:
+            _ack(state, session.proc, req.args["ack"])
+        except BaseException:
+            wait.unpark()
+            raise
     job = state.queues.take(session.proc, q, wait)
     if job is None:
         return
@@ -166,8 +207,12 @@ def take(state: ServerState, session: Session, req: Request) -> None:
     _room(state, q)
 
 
+def _ack(state: ServerState, proc: ProcessRecord, job_id: int) -> None:
+    state.settle(state.queues.ack(proc, job_id))
+
+
 def ack(state: ServerState, session: Session, req: Request) -> None:
-    state.settle(state.queues.ack(session.proc, req.args["job"]))
+    _ack(state, session.proc, req.args["job"])
     session.reply(Reply(req.req_id, Op.ACK))
 
 
