@@ -198,6 +198,7 @@ def plot(results: dict[str, list[tuple[int, dict[str, float]]]], path: str) -> N
         ax.set(title=title, xlabel="live blocks", xscale="log", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
