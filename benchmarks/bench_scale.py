@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from _plot import pyplot, save  # noqa: E402
+
 import blockipc  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -117,13 +119,7 @@ def main() -> None:
 
 def plot(rows: list[tuple[int, float, float]], path: str) -> None:
     """Requests/s and coordinator CPU against client processes."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib: pip install 'blockipc[bench]'")
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4), layout="constrained")
     xs = [n for n, _, _ in rows]
     left.plot(xs, [r for _, r, _ in rows], "o-")
@@ -133,9 +129,7 @@ def plot(rows: list[tuple[int, float, float]], path: str) -> None:
     for ax in (left, right):
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.grid(True, alpha=0.3)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

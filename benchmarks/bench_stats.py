@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from _plot import pyplot, save  # noqa: E402
 from abuse import hello  # noqa: E402  (the raw HELLO of a client that holds nothing)
 
 import blockipc  # noqa: E402
@@ -178,13 +179,7 @@ def main() -> None:
 
 def plot(results: dict[str, list[tuple[int, dict[str, float]]]], path: str) -> None:
     """The four costs against live blocks, log-log, one line per tree."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib: pip install 'blockipc[bench]'")
+    plt = pyplot()
     keys = {
         "stats": "stats() (ms)",
         "disconnect": "disconnect (ms)",
@@ -198,9 +193,7 @@ def plot(results: dict[str, list[tuple[int, dict[str, float]]]], path: str) -> N
         ax.set(title=title, xlabel="live blocks", xscale="log", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":
