@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from . import sync as sync
 from . import testing as testing
 from ._client.channel import ChannelMessage as ChannelMessage
 from ._client.channel import ChannelReceiver as ChannelReceiver
