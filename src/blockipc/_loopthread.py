@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
@@ -30,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from ._exceptions import WrongEventLoop
 from ._runtime import use_uvloop
 
-__all__ = ["Call", "LoopThread"]
+__all__ = ["Call", "LoopThread", "new_loop", "under_trio"]
 
 T = TypeVar("T")
 
@@ -137,7 +139,9 @@ class LoopThread:
         async def run() -> T:
             return await make()
 
-        self.loop.call_soon_threadsafe(call._start, run())
+        # a fresh context, not the caller's: a trio task's says "trio" to anyio and
+        # sniffio, which the client (anyio.connect_unix, cancel scopes) would believe
+        self.loop.call_soon_threadsafe(call._start, run(), context=contextvars.Context())
         return call
 
     def run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -154,3 +158,18 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         if not self.in_loop_thread():
             self._thread.join(STOP_TIMEOUT)
+
+
+def under_trio() -> bool:
+    """True when called from a task of a running ``trio.run`` (and no asyncio loop
+    runs in this thread): what :func:`blockipc.connect` bridges to."""
+    if asyncio._get_running_loop() is not None:
+        return False
+    trio = sys.modules.get("trio")  # (a program under trio has imported it)
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
