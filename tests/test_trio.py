@@ -168,3 +168,31 @@ async def test_errors_are_the_clients(coord: blockipc.Coordinator, anyio_backend
             await client.read(10**6, 0, 1)
     with pytest.raises(blockipc.ConnectionClosed, match="no coordinator is listening"):
         await blockipc.connect(coord.address + ".none", "x")
+
+
+@on_both_backends
+async def test_cancelled_calls_lose_nothing(
+    coord: blockipc.Coordinator, anyio_backend: str
+) -> None:
+    # Calls cancelled at every stage (before the request went, while the reply was on
+    # its way, after it came): what each returned is ours; what a cancelled one got,
+    # the client's orphan handlers gave back. So the blocks the coordinator counts for
+    # this client are exactly those returned.
+    async with blockipc.connect(coord.address, unique_name("c")) as client:
+        got: list[blockipc.Block] = []
+
+        async def alloc() -> None:
+            got.append(await client.alloc(4096))
+
+        for delay in (0, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+            with anyio.move_on_after(delay):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(10):
+                        tg.start_soon(alloc)
+        for _ in range(250):  # the orphans' FREEs are sent without waiting
+            usage = {u.name: u for u in (await client.stats()).usage}[client.name]
+            if usage.blocks == len(got):
+                break
+            await anyio.sleep(0.02)
+        assert usage.blocks == len(got), (usage, len(got))
+        await client.free_many(got)
