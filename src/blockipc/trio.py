@@ -131,7 +131,9 @@ class Client:
         try:
             await _await_on_loop(runner, self._client.aclose)
         finally:
-            runner.stop()
+            # the thread's join in a worker thread: trio runs on meanwhile
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(runner.stop)
 
     close = aclose
 
