@@ -35,7 +35,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 bench: $(DEV_STAMP)
-	$(BIN)/python -m blockipc bench --suite all
+	$(BIN)/python -m blockipc bench --suite all --plot docs/img
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
