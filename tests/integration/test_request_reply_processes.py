@@ -63,7 +63,10 @@ async def test_requesters_raise_peer_unreachable_when_the_responder_is_killed(
         state = coord._state
         assert state is not None
         proc = state.table.processes[svc]
-        await wait_until(lambda: state.requests.counts(proc) == (4, HELD))
+        # the request with a block is in its hands at the coordinator; the inline ones
+        # (held, and the 4 queued) went on the direct sockets, past the coordinator
+        await wait_until(lambda: state.requests.counts(proc) == (0, 1))
+        assert state.requests.direct.get(proc.key)
 
         responder.kill()  # kill -9, with HELD requests in hand and 4 queued for it
         await responder.wait()
