@@ -95,6 +95,7 @@ from .._core.codecs import DEFAULT_CODEC, NumpyCodec, get_codec
 from .._core.limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
+    MAX_IN_HAND,
     MAX_INLINE_PAYLOAD,
     MAX_INT,
     MAX_LIST,
@@ -155,7 +156,7 @@ from .channel import ChannelReceiver, ChannelSender, _Bell, _End
 from .direct import AVAILABLE as _DIRECT
 from .direct import DirectLink, DirectListener
 from .jobs import Job
-from .requests import DirectRequest, IncomingRequest, Payload, decode_payload
+from .requests import DirectRequest, IncomingRequest, Payload, decode_payload, encode_inline
 from .views import lend, reclaim, watch
 
 if TYPE_CHECKING:
@@ -415,7 +416,9 @@ class Client:
         self._linking: dict[str, asyncio.Future[DirectLink | None]] = {}
         self._listener: DirectListener | None = None
         self._rr_ready: collections.deque[DirectRequest | tuple[int, Reply]] = collections.deque()
-        self._rr_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._rr_waiters: collections.deque[asyncio.Future[DirectRequest | None]] = (
+            collections.deque()
+        )
         self._rr_serve: asyncio.Task[None] | None = None
         self._rr_error: BaseException | None = None
         self._direct_in_hand = 0
@@ -1262,13 +1265,14 @@ class Client:
             self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
     async def _request(self, to: str, obj: object, codec: str, wait_ms: int) -> Any:
+        if to in self._direct_addrs and not isinstance(obj, Block):  # (_client/direct.py)
+            inline = encode_inline(obj, codec)
+            link = None if inline is None else self._links.get(to) or await self._link(to)
+            if link is not None:
+                assert inline is not None
+                return decode_payload(*await link.call(codec, *inline))
         orphan = self._reply_orphan
         bid, c, meta, data, made = await self._outgoing(obj, codec)
-        if bid == NO_BLOCK and to in self._direct_addrs:  # (see _client/direct.py)
-            link = self._links.get(to) or await self._link(to)
-            if link is not None:
-                rc, rmeta, rdata = await link.call(c, meta, data)
-                return decode_payload(rc, rmeta, rdata)
         args = {"to": to, "block": bid, "codec": c, "meta": meta, "wait_ms": wait_ms}
         try:
             reply = await self._call(Op.REQUEST, args, data, orphan=orphan)
@@ -1373,13 +1377,21 @@ class Client:
                 await self._listen()
             if self._rr_serve is None:
                 self._rr_serve = asyncio.ensure_future(self._serve_one())
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[DirectRequest | None] = (
+                asyncio.get_running_loop().create_future()
+            )
             self._rr_waiters.append(waiter)
             try:
-                await waiter
-            finally:
+                handed = await waiter
+            except BaseException:
                 if not waiter.done():
                     self._rr_waiters.remove(waiter)
+                elif not waiter.cancelled() and (req := waiter.result()) is not None:
+                    self._rr_ready.appendleft(req)  # handed to this receive, then cancelled
+                raise
+            if handed is not None:  # a direct request, handed to this receive at once
+                self._direct_in_hand += 1
+                return handed
 
     async def _listen(self) -> None:
         """Start this responder's direct socket (see _client/direct.py)."""
@@ -1410,20 +1422,23 @@ class Client:
             self._rr_serve = None
         self._wake_rr()
 
-    def _wake_rr(self, *, everyone: bool = False) -> None:
+    def _wake_rr(self, *, everyone: bool = False, req: DirectRequest | None = None) -> bool:
+        """Wake the first receive waiting (``everyone``: all), handing it ``req`` if
+        given; whether one was woken."""
         while self._rr_waiters:
             waiter = self._rr_waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(req)
                 if not everyone:
-                    return
+                    return True
+        return False
 
     def _direct_deliver(
         self, peer: Any, rid: int, codec: str, meta: dict[str, Any], data: bytes
     ) -> None:
         req = DirectRequest(self, self._epoch, peer, rid, codec, meta, data, self._direct_done)
-        self._rr_ready.append(req)
-        self._wake_rr()
+        if self._rr_ready or self._direct_in_hand >= MAX_IN_HAND or not self._wake_rr(req=req):
+            self._rr_ready.append(req)  # (behind those before it: in arrival order)
 
     def _direct_done(self) -> None:
         self._direct_in_hand -= 1
@@ -1473,7 +1488,7 @@ class Client:
         """
         while True:
             try:
-                yield await self.next_request()
+                yield await self._next_request()  # (next_request without a timeout)
             except ConnectionClosed:
                 if self._closing:
                     return

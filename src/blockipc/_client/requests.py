@@ -11,13 +11,13 @@ from typing import Any, Protocol
 import anyio
 
 from .._core.codecs import get_codec
-from .._core.limits import MAX_STR
+from .._core.limits import MAX_INLINE_PAYLOAD, MAX_STR
 from .._core.protocol import NO_BLOCK, Op, Reply
 from .._exceptions import BlockIPCError, InvalidRequest, RemoteError
 from .._types import Block
 from .direct import MAX_DIRECT_FRAME
 
-__all__ = ["DirectRequest", "IncomingRequest", "Payload", "decode_payload"]
+__all__ = ["DirectRequest", "IncomingRequest", "Payload", "decode_payload", "encode_inline"]
 
 _UNSET: Any = object()
 
@@ -28,7 +28,20 @@ inline data, and the block made for it (to free if it does not go)."""
 
 def decode_payload(codec: str, meta: dict[str, Any], data: bytes | memoryview) -> Any:
     """The object in an inline payload (``meta``: its codec's meta)."""
+    if codec == "raw" and not meta and type(data) is bytes:
+        return data  # what the raw codec returns, without its checks (a hot path)
     return get_codec(codec).decode(data, meta)
+
+
+def encode_inline(obj: object, codec: str) -> tuple[dict[str, Any], bytes] | None:
+    """``obj`` encoded with ``codec`` as an inline payload ``(meta, data)``, or None
+    when it is over ``MAX_INLINE_PAYLOAD`` bytes encoded."""
+    if codec == "raw" and type(obj) is bytes:  # what the raw codec makes (a hot path)
+        return ({}, obj) if len(obj) <= MAX_INLINE_PAYLOAD else None
+    with get_codec(codec).prepare(obj) as enc:
+        if enc.nbytes > MAX_INLINE_PAYLOAD:
+            return None
+        return enc.meta, enc.tobytes()
 
 
 class _Owner(Protocol):
@@ -262,6 +275,11 @@ class DirectRequest(IncomingRequest):
             with contextlib.suppress(BlockIPCError):
                 await self._client.free(obj)
             obj = value
+        inline = encode_inline(obj, c)
+        if inline is not None:
+            self._peer.answer(self.id, c, *inline)
+            self._done("replied")
+            return
         with get_codec(c).prepare(obj) as enc:
             if enc.nbytes > MAX_DIRECT_FRAME:
                 await self.fail(f"a reply of {enc.nbytes} bytes is over the direct limit")
