@@ -1249,10 +1249,11 @@ class Client:
 
         >>> total = await client.request("adder", [1, 2, 3], timeout=5)  # doctest: +SKIP
         """
-        _check_name(to, "responder name")
-        if "/" in to:
-            raise InvalidRequest("request/reply reaches the processes of this coordinator only")
-        seconds = _check_timeout(timeout)
+        if to not in self._links:  # (a name with a direct socket was checked already)
+            _check_name(to, "responder name")
+            if "/" in to:
+                raise InvalidRequest("request/reply reaches the processes of this coordinator only")
+        seconds = None if timeout is None else _check_timeout(timeout)
         wait_ms = _wait_ms(wait_for_peer) if wait_for_peer is not None else 0
         if seconds is not None:  # (a cancel scope costs a tenth of a round trip)
             with anyio.fail_after(seconds):
@@ -1372,7 +1373,8 @@ class Client:
             if self._rr_error is not None:
                 exc, self._rr_error = self._rr_error, None
                 raise exc
-            await self._ready()
+            if self._closed or self._proto is None:
+                await self._ready()  # (raises, or reconnects)
             if self._listener is None and _DIRECT:
                 await self._listen()
             if self._rr_serve is None:
@@ -1395,9 +1397,7 @@ class Client:
 
     async def _listen(self) -> None:
         """Start this responder's direct socket (see _client/direct.py)."""
-        listener = DirectListener(
-            self._direct_deliver, self._direct_withdraw, lambda: len(self._rr_ready)
-        )
+        listener = DirectListener(self._direct_deliver, self._direct_withdraw, self._rr_ready)
         try:
             await listener.start()
         except OSError as exc:  # no direct path: every request comes brokered

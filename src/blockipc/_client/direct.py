@@ -40,7 +40,7 @@ import secrets
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from typing import Any, Final, cast
 
 import msgpack
@@ -244,7 +244,7 @@ class DirectListener:
     """A responder's listening socket and its accepted requester connections.
 
     ``deliver(peer, id, codec, meta, data)`` hands each request on (to the
-    client's queue of requests not received yet, whose length ``queued()`` tells);
+    client's ``queue`` of requests not received yet, or to a receive waiting);
     ``withdraw(peer, id)`` takes back one not received yet.
     """
 
@@ -252,10 +252,10 @@ class DirectListener:
         self,
         deliver: Callable[[_Peer, int, str, dict[str, Any], bytes], None],
         withdraw: Callable[[_Peer, int | None], None],
-        queued: Callable[[], int],
+        queue: Sized,
     ) -> None:
         self.address = f"\0blockipc-rr-{os.getpid()}-{secrets.token_hex(8)}"
-        self.deliver, self.withdraw, self.queued = deliver, withdraw, queued
+        self.deliver, self.withdraw, self.queue = deliver, withdraw, queue
         self.peers: set[_Peer] = set()
         self._server: asyncio.AbstractServer | None = None
 
@@ -307,7 +307,7 @@ class _Peer(_Framer):
 
     def on_frame(self, kind: int, rid: int, codec: str, meta: dict[str, Any], data: bytes) -> None:
         if kind == REQUEST and self.sender:
-            if self.listener.queued() >= MAX_QUEUED_REQUESTS:
+            if len(self.listener.queue) >= MAX_QUEUED_REQUESTS:
                 exc = InboxFull(f"{MAX_QUEUED_REQUESTS} requests wait for this responder already")
                 self.answer_error(rid, exc)
                 return
