@@ -1266,7 +1266,8 @@ class Client:
             self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
     async def _request(self, to: str, obj: object, codec: str, wait_ms: int) -> Any:
-        if to in self._direct_addrs and not isinstance(obj, Block):  # (_client/direct.py)
+        if to in self._direct_addrs and not self._closed and not isinstance(obj, Block):
+            self._check_loop()  # (_client/direct.py; closed covers a forked child too)
             inline = encode_inline(obj, codec)
             link = None if inline is None else self._links.get(to) or await self._link(to)
             if link is not None:
@@ -1333,6 +1334,7 @@ class Client:
             self._listener = None
         self._rr_ready.clear()
         self._rr_error = None
+        self._direct_in_hand = 0  # those in hand are dead: their answers raise
         self._wake_rr(everyone=True)
 
     async def next_request(

@@ -269,6 +269,7 @@ class DirectRequest(IncomingRequest):
             over ``MAX_DIRECT_FRAME`` bytes encoded (the requester gets RemoteError).
         """
         self._check_open()
+        self._client._check_epoch(self._epoch)  # its socket went with the connection
         c = codec or self.codec
         if isinstance(obj, Block):
             value = await self._client.get(obj)
@@ -293,6 +294,7 @@ class DirectRequest(IncomingRequest):
     async def fail(self, error: BaseException | str) -> None:
         """Answer with an error (see :meth:`IncomingRequest.fail`), on the direct socket."""
         self._check_open()
+        self._client._check_epoch(self._epoch)
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
         else:
