@@ -347,95 +347,119 @@ def run_round(
     return per * PRODUCERS / ((max(ends.values()) - t0) / 1e9)
 
 
+def work_queue(
+    ctx: Any,
+    address: str,
+    redis_port: int | None,
+    args: argparse.Namespace,
+    results: dict[tuple[str, str], list[float]],
+) -> list[str]:
+    """The work-queue rounds (jobs/s into ``results``); returns the contenders run."""
+    import blockipc
+
+    mpq = ctx.Queue(maxsize=MAXSIZE)
+    procs, pipes = [], []
+    for role, count in (("producer", PRODUCERS), ("consumer", CONSUMERS)):
+        for i in range(count):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=worker, args=(role, i, address, mpq, redis_port or 0, child))
+            p.start()
+            procs.append(p)
+            pipes.append((role, parent))
+    for _, pipe in pipes:
+        assert pipe.recv() == "ready"
+    contenders = ["blockipc", "mp.Queue"] + (["redis"] if redis_port else [])
+
+    async def declare(queue: str) -> None:
+        async with blockipc.connect(address, name=f"setup-{os.getpid()}") as c:
+            await c.declare_queue(queue, maxsize=MAXSIZE)
+
+    async def stop_blockipc(queue: str) -> None:
+        async with blockipc.connect(address, name=f"stopper-{os.getpid()}") as c:
+            for _ in range(CONSUMERS):
+                await c.enqueue(queue, b"", codec="raw", header={"stop": True})
+
+    def stop_redis(stream: str) -> None:
+        import redis
+
+        r = redis.Redis(port=redis_port)
+        for _ in range(CONSUMERS):
+            r.xadd(stream, {"stop": b"1"})
+
+    def stopper(contender: str, queue: str) -> Any:
+        if contender == "blockipc":
+            return lambda: blockipc.run(lambda: stop_blockipc(queue))
+        if contender == "mp.Queue":
+            return lambda: [mpq.put(None) for _ in range(CONSUMERS)]
+        return lambda: stop_redis(queue)
+
+    try:
+        n = 0
+        for rnd in range(args.rounds + 1):  # round 0: a warm-up, not counted
+            for label, size in SIZES.items():
+                jobs = args.jobs if size < 4096 else args.big_jobs
+                order = contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
+                for contender in order:
+                    n += 1
+                    queue = f"q{n}"
+                    if contender == "redis":
+                        import redis
+
+                        redis.Redis(port=redis_port).xgroup_create(
+                            queue, "g", id="0", mkstream=True
+                        )
+                    elif contender == "blockipc":
+                        blockipc.run(lambda q=queue: declare(q))
+                    rate = run_round(pipes, contender, size, jobs, queue, stopper(contender, queue))
+                    if contender == "redis":
+                        redis.Redis(port=redis_port).delete(queue)
+                    if rnd:
+                        results.setdefault((label, contender), []).append(rate)
+            print(f"work queue: round {rnd}/{args.rounds} done", file=sys.stderr)
+    finally:
+        for _, pipe in pipes:
+            pipe.send(None)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():  # (a worker stuck at exit must not hang the run)
+                p.terminate()
+                p.join(timeout=10)
+    return contenders
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=4000, help="64 B jobs per round")
     parser.add_argument("--big-jobs", type=int, default=400, help="1 MiB jobs per round")
     parser.add_argument("--round-trips", type=int, default=1000, help="per contender and round")
+    parser.add_argument(
+        "--only", choices=("queue", "rr"), help="run only the work queue or the request/reply part"
+    )
     args = parser.parse_args()
-    import blockipc
-
     ctx = mp.get_context("spawn")
     with (
         tempfile.TemporaryDirectory(prefix="bipc-patterns-") as tmpdir,
         coordinator(Path(tmpdir)) as address,
         redis_server(Path(tmpdir)) as redis_port,
     ):
-        mpq = ctx.Queue(maxsize=MAXSIZE)
-        procs, pipes = [], []
-        for role, count in (("producer", PRODUCERS), ("consumer", CONSUMERS)):
-            for i in range(count):
-                parent, child = ctx.Pipe()
-                p = ctx.Process(target=worker, args=(role, i, address, mpq, redis_port or 0, child))
-                p.start()
-                procs.append(p)
-                pipes.append((role, parent))
-        for _, pipe in pipes:
-            assert pipe.recv() == "ready"
-        contenders = ["blockipc", "mp.Queue"] + (["redis"] if redis_port else [])
         results: dict[tuple[str, str], list[float]] = {}
+        contenders: list[str] = []
+        if args.only != "rr":
+            contenders = work_queue(ctx, address, redis_port, args, results)
+        rr: dict[str, float] = {}
+        if args.only != "queue":
+            print("request/reply ...", file=sys.stderr)
+            rr = request_reply(ctx, address, Path(tmpdir), args.rounds, args.round_trips)
+    if contenders:
+        _print_queue(results, contenders, redis_port)
+    if rr:
+        _print_rr(rr)
 
-        async def declare(queue: str) -> None:
-            async with blockipc.connect(address, name=f"setup-{os.getpid()}") as c:
-                await c.declare_queue(queue, maxsize=MAXSIZE)
 
-        async def stop_blockipc(queue: str) -> None:
-            async with blockipc.connect(address, name=f"stopper-{os.getpid()}") as c:
-                for _ in range(CONSUMERS):
-                    await c.enqueue(queue, b"", codec="raw", header={"stop": True})
-
-        def stop_redis(stream: str) -> None:
-            import redis
-
-            r = redis.Redis(port=redis_port)
-            for _ in range(CONSUMERS):
-                r.xadd(stream, {"stop": b"1"})
-
-        def stopper(contender: str, queue: str) -> Any:
-            if contender == "blockipc":
-                return lambda: blockipc.run(lambda: stop_blockipc(queue))
-            if contender == "mp.Queue":
-                return lambda: [mpq.put(None) for _ in range(CONSUMERS)]
-            return lambda: stop_redis(queue)
-
-        try:
-            n = 0
-            for rnd in range(args.rounds + 1):  # round 0: a warm-up, not counted
-                for label, size in SIZES.items():
-                    jobs = args.jobs if size < 4096 else args.big_jobs
-                    order = (
-                        contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
-                    )
-                    for contender in order:
-                        n += 1
-                        queue = f"q{n}"
-                        if contender == "redis":
-                            import redis
-
-                            redis.Redis(port=redis_port).xgroup_create(
-                                queue, "g", id="0", mkstream=True
-                            )
-                        elif contender == "blockipc":
-                            blockipc.run(lambda q=queue: declare(q))
-                        rate = run_round(
-                            pipes, contender, size, jobs, queue, stopper(contender, queue)
-                        )
-                        if contender == "redis":
-                            redis.Redis(port=redis_port).delete(queue)
-                        if rnd:
-                            results.setdefault((label, contender), []).append(rate)
-                print(f"work queue: round {rnd}/{args.rounds} done", file=sys.stderr)
-        finally:
-            for _, pipe in pipes:
-                pipe.send(None)
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():  # (a worker stuck at exit must not hang the run)
-                    p.terminate()
-                    p.join(timeout=10)
-        print("request/reply ...", file=sys.stderr)
-        rr = request_reply(ctx, address, Path(tmpdir), args.rounds, args.round_trips)
+def _print_queue(
+    results: dict[tuple[str, str], list[float]], contenders: list[str], redis_port: int | None
+) -> None:
     print(
         f"| work queue, {PRODUCERS} producers x {CONSUMERS} consumers | jobs/s (median) "
         "| vs multiprocessing.Queue | target |"
@@ -449,6 +473,9 @@ def main() -> None:
             print(f"| {label} {contender} | {rate:,.0f} | {rate / base:.2f}x | {target} |")
     if not redis_port:
         print("\nRedis Streams: skipped (no `redis-server` on PATH or no `redis` module).")
+
+
+def _print_rr(rr: dict[str, float]) -> None:
     print("\n| request/reply, 64 B | round trip (median) | vs raw uvloop socket | target |")
     print("|---|---|---|---|")
     for label, us in rr.items():

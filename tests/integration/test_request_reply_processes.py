@@ -63,7 +63,10 @@ async def test_requesters_raise_peer_unreachable_when_the_responder_is_killed(
         state = coord._state
         assert state is not None
         proc = state.table.processes[svc]
-        await wait_until(lambda: state.requests.counts(proc) == (4, HELD))
+        # the request with a block is in its hands at the coordinator; the inline ones
+        # (held, and the 4 queued) went on the direct sockets, past the coordinator
+        await wait_until(lambda: state.requests.counts(proc) == (0, 1))
+        assert state.requests.direct.get(proc.key)
 
         responder.kill()  # kill -9, with HELD requests in hand and 4 queued for it
         await responder.wait()
@@ -78,3 +81,47 @@ async def test_requesters_raise_peer_unreachable_when_the_responder_is_killed(
         assert coord.stats().blocks == blocks_before
         with pytest.raises(blockipc.PeerUnreachable, match="no process named"):
             await asker.request(svc, 1, timeout=TIMEOUT)
+
+
+async def test_direct_requests_fail_at_once_when_the_responder_is_killed_and_its_successor_answers(
+    coord: blockipc.Coordinator,
+) -> None:
+    """Inline requests after the first go on the responder's direct socket, past the
+    coordinator (whose request ids do not move); ``kill -9``ed with two of them in its
+    hands, both raise ``PeerUnreachable`` at once (the socket's end says so), and a new
+    process registered under the same name is reached (its new socket learnt anew)."""
+    svc = unique_name("svc")
+    state = coord._state
+    assert state is not None
+    async with connected(coord, "asker") as asker, contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(spawn("responder", coord.address, svc, 2))
+        await first.expect("ready")
+        got = await asker.request(svc, ["learn"], codec="json", timeout=TIMEOUT)
+        assert got["echo"] == ["learn"]
+        before = state.requests._next
+        held = [
+            asyncio.create_task(asker.request(svc, [i, "hang"], codec="json", timeout=TIMEOUT))
+            for i in range(2)
+        ]
+        for _ in range(2):
+            await first.expect("holding")
+        await first.expect("full")
+        assert state.requests._next == before  # both went direct
+        assert state.requests.counts(state.table.processes[svc]) == (0, 0)
+
+        first.kill()
+        await first.wait()
+        for task in held:
+            with pytest.raises(blockipc.PeerUnreachable, match="disconnected before it answered"):
+                await task
+        await wait_until(lambda: svc not in coord.stats().processes)
+
+        second = await stack.enter_async_context(spawn("responder", coord.address, svc, 5))
+        await second.expect("ready")
+        assert (await asker.request(svc, ["again"], codec="json", timeout=TIMEOUT))["echo"] == [
+            "again"
+        ]  # through the coordinator: the old socket is gone, the new one learnt
+        assert (await asker.request(svc, ["direct"], codec="json", timeout=TIMEOUT))["echo"] == [
+            "direct"
+        ]
+        assert state.requests._next == before + 1

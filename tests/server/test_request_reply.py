@@ -17,7 +17,13 @@ import blockipc
 from _helpers import connected
 from _procs import wait_until
 from blockipc import InboxFull, InvalidRequest, PeerUnreachable, QuotaExceeded, RemoteError
-from blockipc._core.limits import MAX_HEADER, MAX_IN_HAND, MAX_INLINE_PAYLOAD, MAX_QUEUED_REQUESTS
+from blockipc._core.limits import (
+    MAX_DIRECT_ADDRESS,
+    MAX_HEADER,
+    MAX_IN_HAND,
+    MAX_INLINE_PAYLOAD,
+    MAX_QUEUED_REQUESTS,
+)
 from blockipc._core.protocol import (
     MAX_FRAME_SIZE,
     NO_BLOCK,
@@ -314,6 +320,7 @@ def test_the_largest_inline_frames_fit() -> None:
     server.receive_data(client.send(Request(1, Op.REQUEST, args, data)))
     server.next_event()
     result: dict[str, Any] = {"block": 0, "size": 0, "capacity": 0, "segment": 0, "offset": 0}
+    result["direct"] = "\0" * MAX_DIRECT_ADDRESS  # the responder's direct socket
     frame = server.send(Reply(1, Op.REQUEST, {**result, "codec": longest, "meta": meta}, data))
     assert len(frame) <= MAX_FRAME_SIZE
 

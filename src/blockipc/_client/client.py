@@ -95,10 +95,12 @@ from .._core.codecs import DEFAULT_CODEC, NumpyCodec, get_codec
 from .._core.limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
+    MAX_IN_HAND,
     MAX_INLINE_PAYLOAD,
     MAX_INT,
     MAX_LIST,
     check_batch,
+    check_in_hand,
     check_mode,
     check_queue_settings,
     check_range,
@@ -151,8 +153,10 @@ from .._shm.generations import GenerationView
 from .._types import Block, BlockLike, LinkStats, Message, ProcessStats, QueueStats, Stats
 from ..cache import CacheStats, LRUCache
 from .channel import ChannelReceiver, ChannelSender, _Bell, _End
+from .direct import AVAILABLE as _DIRECT
+from .direct import DirectLink, DirectListener
 from .jobs import Job
-from .requests import IncomingRequest, Payload, decode_payload
+from .requests import DirectRequest, IncomingRequest, Payload, decode_payload, encode_inline
 from .views import lend, reclaim, watch
 
 if TYPE_CHECKING:
@@ -402,6 +406,22 @@ class Client:
         # block ids handed out on this connection, and those of lost connections
         self._held: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._stale: collections.OrderedDict[int, None] = collections.OrderedDict()
+        # request/reply (see _client/direct.py): as a requester, the responders' direct
+        # addresses learnt from their replies and the sockets to them; as a responder,
+        # its listener, the requests come and not received yet (direct ones, and
+        # (epoch, SERVE reply) of the one brokered receive kept parked meanwhile), the
+        # receives waiting for them, and how many direct ones are in hand
+        self._direct_addrs: dict[str, str] = {}
+        self._links: dict[str, DirectLink] = {}
+        self._linking: dict[str, asyncio.Future[DirectLink | None]] = {}
+        self._listener: DirectListener | None = None
+        self._rr_ready: collections.deque[DirectRequest | tuple[int, Reply]] = collections.deque()
+        self._rr_waiters: collections.deque[asyncio.Future[DirectRequest | None]] = (
+            collections.deque()
+        )
+        self._rr_serve: asyncio.Task[None] | None = None
+        self._rr_error: BaseException | None = None
+        self._direct_in_hand = 0
 
     # -- connection --------------------------------------------------------------
     async def _open(self, *, retry: bool, within: float | None) -> None:
@@ -688,6 +708,7 @@ class Client:
             job._folded(False)  # unanswerable now: the connection, and its jobs, are gone
         self._unsettled.clear()
         self._wake_settling()
+        self._end_direct(error)
         if self._proto is not None:
             self._proto.busy = None
         for fut, _orphan in pending.values():
@@ -1228,24 +1249,31 @@ class Client:
 
         >>> total = await client.request("adder", [1, 2, 3], timeout=5)  # doctest: +SKIP
         """
-        _check_name(to, "responder name")
-        if "/" in to:
-            raise InvalidRequest("request/reply reaches the processes of this coordinator only")
-        seconds = _check_timeout(timeout)
-        wait_ms = _wait_ms(wait_for_peer)
-
-        def orphan(reply: Reply) -> None:  # cancelled after the reply came: its block is ours
-            if reply.result["block"] != NO_BLOCK:
-                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
-
+        if to not in self._links:  # (a name with a direct socket was checked already)
+            _check_name(to, "responder name")
+            if "/" in to:
+                raise InvalidRequest("request/reply reaches the processes of this coordinator only")
+        seconds = None if timeout is None else _check_timeout(timeout)
+        wait_ms = _wait_ms(wait_for_peer) if wait_for_peer is not None else 0
         if seconds is not None:  # (a cancel scope costs a tenth of a round trip)
             with anyio.fail_after(seconds):
-                return await self._request(to, obj, codec, wait_ms, orphan)
-        return await self._request(to, obj, codec, wait_ms, orphan)
+                return await self._request(to, obj, codec, wait_ms)
+        return await self._request(to, obj, codec, wait_ms)
 
-    async def _request(
-        self, to: str, obj: object, codec: str, wait_ms: int, orphan: _Orphan
-    ) -> Any:
+    def _reply_orphan(self, reply: Reply) -> None:
+        """A REQUEST cancelled after its reply came: the reply's block is ours, freed."""
+        if reply.result["block"] != NO_BLOCK:
+            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+    async def _request(self, to: str, obj: object, codec: str, wait_ms: int) -> Any:
+        if to in self._direct_addrs and not self._closed and not isinstance(obj, Block):
+            self._check_loop()  # (_client/direct.py; closed covers a forked child too)
+            inline = encode_inline(obj, codec)
+            link = None if inline is None else self._links.get(to) or await self._link(to)
+            if link is not None:
+                assert inline is not None
+                return decode_payload(*await link.call(codec, *inline))
+        orphan = self._reply_orphan
         bid, c, meta, data, made = await self._outgoing(obj, codec)
         args = {"to": to, "block": bid, "codec": c, "meta": meta, "wait_ms": wait_ms}
         try:
@@ -1256,7 +1284,58 @@ class Client:
             raise
         if bid != NO_BLOCK:
             self._sizes.pop(bid, None)
+        direct = reply.result.get("direct")
+        if direct and _DIRECT and to not in self._links:
+            self._direct_addrs[to] = direct  # the next inline request goes direct
         return await self._reply_value(reply, self._epoch)
+
+    async def _link(self, to: str) -> DirectLink | None:
+        """The direct socket to responder ``to`` (connected now if need be), or None
+        when its address does not answer (then forgotten: the request goes through
+        the coordinator, whose reply says the address again if it has one)."""
+        pending = self._linking.get(to)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        address = self._direct_addrs[to]
+        done: asyncio.Future[DirectLink | None] = asyncio.get_running_loop().create_future()
+        self._linking[to] = done
+        link = None
+        try:
+            link = await DirectLink.open(address, to, self.name, self._link_lost)
+        except (OSError, BlockIPCError) as exc:
+            log.debug("request.direct_unreachable", to=to, error=str(exc))
+            if self._direct_addrs.get(to) == address:
+                del self._direct_addrs[to]
+        finally:
+            del self._linking[to]
+            if self._closed and link is not None:
+                link.close()
+                link = None
+            if link is not None:
+                self._links[to] = link
+            done.set_result(link)
+        return link
+
+    def _link_lost(self, link: DirectLink) -> None:
+        """A direct socket ended (its responder closed or died): forget its address."""
+        if self._links.get(link.to) is link:
+            del self._links[link.to]
+            self._direct_addrs.pop(link.to, None)
+
+    def _end_direct(self, error: BlockIPCError) -> None:
+        """The connection ended: the direct sockets (both roles) end with it."""
+        self._direct_addrs.clear()
+        links, self._links = self._links, {}
+        for link in links.values():
+            link.fail_all(copy.copy(error))
+            link.close()
+        if self._listener is not None:
+            self._listener.close()  # its requesters raise PeerUnreachable at once
+            self._listener = None
+        self._rr_ready.clear()
+        self._rr_error = None
+        self._direct_in_hand = 0  # those in hand are dead: their answers raise
+        self._wake_rr(everyone=True)
 
     async def next_request(
         self,
@@ -1271,8 +1350,112 @@ class Client:
             has not answered.
         """
         seconds = _check_timeout(timeout)
+        if seconds is None:
+            return await self._next_request()
+        with anyio.fail_after(seconds):
+            return await self._next_request()
 
-        def orphan(reply: Reply) -> None:  # cancelled after the coordinator handed it one
+    async def _next_request(self) -> IncomingRequest:
+        # The requests come and not received yet are in _rr_ready: direct ones as
+        # their sockets deliver them, and the answer of the one brokered SERVE kept
+        # parked at the coordinator (a task, so a receive that a direct request ends
+        # leaves it parked: nothing to cancel, nothing lost).
+        while True:
+            if self._rr_ready:
+                item = self._rr_ready.popleft()
+                if isinstance(item, DirectRequest):
+                    try:
+                        check_in_hand(self._direct_in_hand)
+                    except BaseException:
+                        self._rr_ready.appendleft(item)
+                        raise
+                    self._direct_in_hand += 1
+                    return item
+                return await self._served(*item)
+            if self._rr_error is not None:
+                exc, self._rr_error = self._rr_error, None
+                raise exc
+            if self._closed or self._proto is None:
+                await self._ready()  # (raises, or reconnects)
+            if self._listener is None and _DIRECT:
+                await self._listen()
+            if self._rr_serve is None:
+                self._rr_serve = asyncio.ensure_future(self._serve_one())
+            waiter: asyncio.Future[DirectRequest | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._rr_waiters.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if not waiter.done():
+                    self._rr_waiters.remove(waiter)
+                elif not waiter.cancelled() and (req := waiter.result()) is not None:
+                    self._rr_ready.appendleft(req)  # handed to this receive, then cancelled
+                raise
+            if handed is not None:  # a direct request, handed to this receive at once
+                self._direct_in_hand += 1
+                return handed
+
+    async def _listen(self) -> None:
+        """Start this responder's direct socket (see _client/direct.py)."""
+        listener = DirectListener(self._direct_deliver, self._direct_withdraw, self._rr_ready)
+        try:
+            await listener.start()
+        except OSError as exc:  # no direct path: every request comes brokered
+            log.debug("request.direct_unavailable", name=self.name, error=str(exc))
+            return
+        if self._closed:
+            listener.close()
+            return
+        self._listener = listener
+
+    async def _serve_one(self) -> None:
+        """One brokered receive, parked until the coordinator hands it a request."""
+        try:
+            epoch = self._epoch
+            direct = self._listener.address if self._listener is not None else ""
+            reply = await self._call(Op.SERVE, {"direct": direct})
+            self._rr_ready.append((epoch, reply))
+        except Exception as exc:  # noqa: BLE001 -- raised in the receive that waits
+            self._rr_error = exc
+            self._wake_rr(everyone=True)
+        finally:
+            self._rr_serve = None
+        self._wake_rr()
+
+    def _wake_rr(self, *, everyone: bool = False, req: DirectRequest | None = None) -> bool:
+        """Wake the first receive waiting (``everyone``: all), handing it ``req`` if
+        given; whether one was woken."""
+        while self._rr_waiters:
+            waiter = self._rr_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(req)
+                if not everyone:
+                    return True
+        return False
+
+    def _direct_deliver(
+        self, peer: Any, rid: int, codec: str, meta: dict[str, Any], data: bytes
+    ) -> None:
+        req = DirectRequest(self, self._epoch, peer, rid, codec, meta, data, self._direct_done)
+        if self._rr_ready or self._direct_in_hand >= MAX_IN_HAND or not self._wake_rr(req=req):
+            self._rr_ready.append(req)  # (behind those before it: in arrival order)
+
+    def _direct_done(self) -> None:
+        self._direct_in_hand -= 1
+
+    def _direct_withdraw(self, peer: Any, rid: int | None) -> None:
+        """Direct requests of ``peer`` not received yet (``rid``: that one) leave."""
+        for item in list(self._rr_ready):
+            mine = isinstance(item, DirectRequest) and item._peer is peer
+            if mine and (rid is None or cast(DirectRequest, item).id == rid):
+                self._rr_ready.remove(item)
+
+    async def _served(self, epoch: int, reply: Reply) -> IncomingRequest:
+        """The request a brokered SERVE was answered with."""
+
+        def orphan(reply: Reply) -> None:  # its block could not be mapped
             self._send_nowait(
                 Op.RESPOND,
                 {
@@ -1283,14 +1466,10 @@ class Client:
                     "error": PeerUnreachable.code,
                     "message": "stopped receiving before it read the request",
                 },
+                epoch=epoch,
             )
 
-        if seconds is None:
-            reply = await self._call(Op.SERVE, {}, orphan=orphan)
-        else:
-            with anyio.fail_after(seconds):
-                reply = await self._call(Op.SERVE, {}, orphan=orphan)
-        epoch, r = self._epoch, reply.result
+        r = reply.result
         segment = None
         if r["block"] != NO_BLOCK:
             try:
@@ -1311,7 +1490,7 @@ class Client:
         """
         while True:
             try:
-                yield await self.next_request()
+                yield await self._next_request()  # (next_request without a timeout)
             except ConnectionClosed:
                 if self._closing:
                     return

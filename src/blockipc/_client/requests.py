@@ -4,17 +4,20 @@ sender, and the answer it owes its requester (:meth:`IncomingRequest.reply` or
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
 
 from .._core.codecs import get_codec
-from .._core.limits import MAX_STR
+from .._core.limits import MAX_INLINE_PAYLOAD, MAX_STR
 from .._core.protocol import NO_BLOCK, Op, Reply
-from .._exceptions import InvalidRequest, RemoteError
+from .._exceptions import BlockIPCError, InvalidRequest, RemoteError
 from .._types import Block
+from .direct import MAX_DIRECT_FRAME
 
-__all__ = ["IncomingRequest", "Payload", "decode_payload"]
+__all__ = ["DirectRequest", "IncomingRequest", "Payload", "decode_payload", "encode_inline"]
 
 _UNSET: Any = object()
 
@@ -25,7 +28,20 @@ inline data, and the block made for it (to free if it does not go)."""
 
 def decode_payload(codec: str, meta: dict[str, Any], data: bytes | memoryview) -> Any:
     """The object in an inline payload (``meta``: its codec's meta)."""
+    if codec == "raw" and not meta and type(data) is bytes:
+        return data  # what the raw codec returns, without its checks (a hot path)
     return get_codec(codec).decode(data, meta)
+
+
+def encode_inline(obj: object, codec: str) -> tuple[dict[str, Any], bytes] | None:
+    """``obj`` encoded with ``codec`` as an inline payload ``(meta, data)``, or None
+    when it is over ``MAX_INLINE_PAYLOAD`` bytes encoded."""
+    if codec == "raw" and type(obj) is bytes:  # what the raw codec makes (a hot path)
+        return ({}, obj) if len(obj) <= MAX_INLINE_PAYLOAD else None
+    with get_codec(codec).prepare(obj) as enc:
+        if enc.nbytes > MAX_INLINE_PAYLOAD:
+            return None
+        return enc.meta, enc.tobytes()
 
 
 class _Owner(Protocol):
@@ -49,6 +65,14 @@ class _Owner(Protocol):
 
     async def _drop_made(self, block: Block | None) -> None:
         """Free a block made for a payload that did not go."""
+        ...
+
+    async def get(self, block_or_name: Block, codec: str | None = None) -> Any:
+        """The object in a block."""
+        ...
+
+    async def free(self, block: Block) -> None:
+        """Free a block."""
         ...
 
 
@@ -190,3 +214,95 @@ class IncomingRequest:
         self._answered = how
         if self.block is not None:  # the coordinator freed it (or it was the reply)
             self._client._sizes.pop(self.block.id, None)
+
+
+class _DirectPeer(Protocol):
+    """The requester's connection a direct request came on (``_client/direct.py``)."""
+
+    sender: str
+
+    def answer(self, rid: int, codec: str, meta: dict[str, Any], data: bytes) -> None: ...
+
+    def answer_error(self, rid: int, exc: BlockIPCError) -> None: ...
+
+
+class DirectRequest(IncomingRequest):
+    """A request that came on a requester's direct socket (``_client/direct.py``): its
+    payload was inline, and its answer goes back on that socket, not through the
+    coordinator. A reply too large to be inline travels in the socket too (a copy, at
+    most ``MAX_DIRECT_FRAME`` bytes); a :class:`Block` given as the reply is read with
+    :meth:`Client.get`, re-encoded with ``codec`` (None: the request's) and freed."""
+
+    __slots__ = ("_peer", "_settled")
+
+    def __init__(
+        self,
+        client: _Owner,
+        epoch: int,
+        peer: _DirectPeer,
+        rid: int,
+        codec: str,
+        meta: dict[str, Any],
+        data: bytes,
+        settled: Callable[[], None],
+    ) -> None:
+        # (IncomingRequest.__init__'s fields, without its dict of a SERVE's reply)
+        self._client = client
+        self._epoch = epoch
+        self._segment = None
+        self._offset = 0
+        self._meta = meta
+        self._data = data
+        self._value = _UNSET
+        self._answered = ""
+        self._peer = peer
+        self._settled = settled
+        self.id = rid
+        self.sender = peer.sender
+        self.codec = codec
+        self.block = None
+
+    async def reply(self, obj: object, codec: str | None = None) -> None:
+        """Answer with ``obj`` (see :meth:`IncomingRequest.reply`), on the direct socket.
+
+        :raises InvalidRequest: if the request was answered already, or the reply is
+            over ``MAX_DIRECT_FRAME`` bytes encoded (the requester gets RemoteError).
+        """
+        self._check_open()
+        self._client._check_epoch(self._epoch)  # its socket went with the connection
+        c = codec or self.codec
+        if isinstance(obj, Block):
+            value = await self._client.get(obj)
+            with contextlib.suppress(BlockIPCError):
+                await self._client.free(obj)
+            obj = value
+        inline = encode_inline(obj, c)
+        if inline is not None:
+            self._peer.answer(self.id, c, *inline)
+            self._done("replied")
+            return
+        with get_codec(c).prepare(obj) as enc:
+            if enc.nbytes > MAX_DIRECT_FRAME:
+                await self.fail(f"a reply of {enc.nbytes} bytes is over the direct limit")
+                raise InvalidRequest(
+                    f"a reply of {enc.nbytes} bytes to a direct request is over the limit "
+                    f"of {MAX_DIRECT_FRAME}"
+                )
+            self._peer.answer(self.id, c, enc.meta, enc.tobytes())
+        self._done("replied")
+
+    async def fail(self, error: BaseException | str) -> None:
+        """Answer with an error (see :meth:`IncomingRequest.fail`), on the direct socket."""
+        self._check_open()
+        self._client._check_epoch(self._epoch)
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+        else:
+            message = str(error)
+        who = getattr(self._client, "name", "")
+        self._peer.answer_error(self.id, RemoteError(f"{who!r} failed the request: {message}"))
+        self._done("failed")
+
+    def _done(self, how: str) -> None:
+        self._answered = how
+        self._settled()

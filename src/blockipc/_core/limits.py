@@ -75,6 +75,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_CLAIMS",
     "MAX_HEADER",
+    "MAX_DIRECT_ADDRESS",
     "MAX_INLINE_PAYLOAD",
     "MAX_IN_HAND",
     "MAX_INT",
@@ -407,6 +408,8 @@ MAX_QUEUED_REQUESTS: Final = 1024
 holds its inline payload in the coordinator, or a block in transit)."""
 MAX_IN_HAND: Final = 1024
 """Requests one responder has received and not answered yet, at most."""
+MAX_DIRECT_ADDRESS: Final = 108
+"""Characters of a responder's direct socket address (a Unix socket's ``sun_path``)."""
 
 
 def check_queued_requests(queued: int, to: str) -> None:

@@ -486,8 +486,13 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         {"to": str, "block": int, "codec": str, "meta": dict, "wait_ms": int},
         True,
     ),
-    (Kind.REPLY, Op.REQUEST): ({**_BLOCK_FIELDS, "codec": str, "meta": dict}, True),
-    (Kind.REQUEST, Op.SERVE): ({}, False),
+    # direct: the responder's direct socket ("" none; _client/direct.py), learnt by the
+    # requester with each reply; a SERVE registers its process's
+    (Kind.REPLY, Op.REQUEST): (
+        {**_BLOCK_FIELDS, "codec": str, "meta": dict, "direct": str},
+        True,
+    ),
+    (Kind.REQUEST, Op.SERVE): ({"direct": str}, False),
     (Kind.REPLY, Op.SERVE): (
         {"request": int, "sender": str, **_BLOCK_FIELDS, "codec": str, "meta": dict},
         True,
@@ -517,6 +522,8 @@ _ERROR_SCHEMA: Final[_Schema] = {"code": int, "message": str}
 _DEFAULTS: Final[dict[tuple[Kind, Op], dict[str, Any]]] = {
     # fields added after a frame's first version: a frame without them holds these
     (Kind.REQUEST, Op.HELLO): {"access": "rw"},
+    (Kind.REPLY, Op.REQUEST): {"direct": ""},
+    (Kind.REQUEST, Op.SERVE): {"direct": ""},
 }
 
 ACCESS_MODES: Final = ("rw", "r")

@@ -95,11 +95,14 @@ class RequestTable:
     ('asker', b'ping', True)
     """
 
-    __slots__ = ("_next", "desks", "table")
+    __slots__ = ("_next", "desks", "direct", "table")
 
     def __init__(self, table: RoutingTable) -> None:
         self.table = table
         self.desks: dict[int, Desk] = {}  # responder's process key -> its desk
+        # responder's process key -> its direct socket's address (_client/direct.py):
+        # handed to its requesters with each reply, forgotten when its process ends
+        self.direct: dict[int, str] = {}
         self._next = 1
 
     def submit(
@@ -189,6 +192,7 @@ class RequestTable:
         """``responder``'s process ended: the requests queued for it (their blocks are
         their requesters' again) and in its hands, whose requesters still wait (they
         fail now). Its waiting receives were its parked requests, abandoned already."""
+        self.direct.pop(responder.key, None)
         desk = self.desks.pop(responder.key, None)
         if desk is None:
             return []

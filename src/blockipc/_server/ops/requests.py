@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..._core.limits import MAX_INLINE_PAYLOAD, MAX_STR, pack_header
+from ..._core.limits import MAX_DIRECT_ADDRESS, MAX_INLINE_PAYLOAD, MAX_STR, pack_header
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.requests import CallRecord
 from ..._core.routing import BlockRecord, ProcessRecord
@@ -123,6 +123,11 @@ def request(state: ServerState, session: Session, req: Request) -> None:
 
 def serve(state: ServerState, session: Session, req: Request) -> None:
     """SERVE: the next request to this process, now or when one comes."""
+    direct = req.args["direct"]
+    if direct:  # its direct socket (_client/direct.py), for its requesters
+        if len(direct) > MAX_DIRECT_ADDRESS:
+            raise InvalidRequest(f"a direct socket address is at most {MAX_DIRECT_ADDRESS} long")
+        state.requests.direct[session.proc.key] = direct
     wait = ServeWait(state, session, req)
     wait.park()
     try:
@@ -176,7 +181,8 @@ def respond(state: ServerState, session: Session, req: Request) -> None:
         return
     if rec is not None:
         table.hand_over(rec, proc, call.requester, carried=False)
-    wait.answered(_payload(rec, a["codec"], a["meta"]), req.data)
+    direct = state.requests.direct.get(proc.key, "")
+    wait.answered({**_payload(rec, a["codec"], a["meta"]), "direct": direct}, req.data)
 
 
 def requests_released(state: ServerState, proc: ProcessRecord) -> None:
