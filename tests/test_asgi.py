@@ -4,11 +4,13 @@ tests/integration/test_web_cache.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import types
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,56 @@ async def test_lifespan_can_opt_out_of_reconnecting(short_dir: Path) -> None:
             await wait_until(lambda: client.closed)  # the old behaviour: closed for good
     finally:
         await coord.aclose()
+
+
+# -- wrapping the app's own lifespan (uvicorn for real: tests/integration/test_web_lifespan.py)
+async def test_lifespan_wraps_the_apps_own(coord: blockipc.Coordinator) -> None:
+    app = fake_app()
+    seen: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def own(app: types.SimpleNamespace) -> AsyncIterator[dict[str, int]]:
+        client = blockipc.asgi.client(app)  # connected before the app's startup
+        await client.put(b"up", "raw", name="own")
+        seen.append("startup")
+        yield {"answer": 42}
+        assert not client.closed  # and still open for its shutdown
+        await client.delete("own")
+        seen.append("shutdown")
+
+    async with blockipc.asgi.lifespan(coord.address, wraps=own)(app) as state:
+        assert state == {"answer": 42}  # the app's lifespan state, passed on
+        assert seen == ["startup"]
+        client = blockipc.asgi.client(app)
+        assert await client.get("own") == b"up"
+    assert seen == ["startup", "shutdown"]
+    assert client.closed
+    assert not hasattr(app.state, "blockipc")
+    assert "own" not in coord.stats().names
+
+    async def generator(app: types.SimpleNamespace) -> AsyncIterator[None]:  # Starlette's
+        seen.append(blockipc.asgi.client(app).name)  # older form, an async generator
+        yield
+
+    async with blockipc.asgi.lifespan(coord.address, name="gen", wraps=generator)(app) as state:
+        assert state is None
+    assert seen[-1] == f"gen-{os.getpid()}"
+
+
+async def test_a_failing_app_startup_closes_the_client(coord: blockipc.Coordinator) -> None:
+    app = fake_app()
+    clients: list[blockipc.Client] = []
+
+    @contextlib.asynccontextmanager
+    async def broken(app: types.SimpleNamespace) -> AsyncIterator[None]:
+        clients.append(blockipc.asgi.client(app))
+        raise RuntimeError("the app's own startup failed")
+        yield  # pragma: no cover
+
+    with pytest.raises(RuntimeError, match="own startup failed"):
+        async with blockipc.asgi.lifespan(coord.address, wraps=broken)(app):
+            pass
+    assert clients[0].closed
+    assert not hasattr(app.state, "blockipc")
+    with pytest.raises(blockipc.InvalidRequest, match="lifespan function"):
+        blockipc.asgi.lifespan(coord.address, wraps="not a lifespan")  # type: ignore[call-overload]

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import anyio
@@ -156,6 +157,26 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--json", action="store_true", help="print one JSON object (Stats, field by field)"
     )
+    live = stats.add_argument_group("live view", "needs rich: pip install 'blockipc[watch]'")
+    live.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view of the pool (segments, used, fragmentation), each process (blocks, "
+        "bytes, leases, inbox, requests per second), the cache's hit rate, links and queues, "
+        "redrawn every --interval seconds until Ctrl-C (exit 0)",
+    )
+    live.add_argument(
+        "--interval",
+        type=_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between samples of --watch (default 1); the rates are per second",
+    )
+    live.add_argument(
+        "--once",
+        action="store_true",
+        help="with --watch: print the view once (two samples --interval apart) and exit",
+    )
 
     sub.add_parser(
         "bench",
@@ -168,6 +189,16 @@ def _parser() -> argparse.ArgumentParser:
         "(and blockipc.asgi.lifespan) when --socket is not given"
     )
     return parser
+
+
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0.05 <= seconds <= 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected seconds from 0.05 to 3600, not {text!r}")
+    return seconds
 
 
 def _metrics_address(text: str) -> tuple[str, int]:
@@ -226,6 +257,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _stats(args: argparse.Namespace) -> int:
+    if args.watch:
+        return await _watch(args)
     async with connect(args.socket, name=args.name) as client:
         stats = await client.stats()
     stats = _without_process(stats, args.name)  # this command's own connection
@@ -234,6 +267,30 @@ async def _stats(args: argparse.Namespace) -> int:
         return 0
     for line in _stats_lines(stats):
         print(line)
+    return 0
+
+
+def _watch_module() -> ModuleType:
+    try:
+        from . import _watch
+    except ImportError as exc:  # rich is not installed: the message names the extra
+        raise BlockIPCError(str(exc)) from None
+    return _watch
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    watch = _watch_module()  # before connecting: a missing rich fails at once
+    async with connect(args.socket, name=args.name) as client:
+
+        async def sample() -> Stats:
+            return _without_process(await client.stats(), args.name)
+
+        await watch.watch(
+            sample,
+            interval=args.interval,
+            once=args.once,
+            heading=f"blockipc stats {args.socket}",
+        )
     return 0
 
 
@@ -254,7 +311,7 @@ def _stats_lines(stats: Stats) -> Iterator[str]:
         value = getattr(stats, field.name)
         if isinstance(value, tuple):
             text = ", ".join(value) or "(none)"
-        elif field.name.endswith(("_size", "_bytes")):
+        elif field.name.endswith(("_size", "_bytes")) or field.name == "largest_free":
             text = format_size(value)
         else:
             text = str(value)
@@ -263,7 +320,7 @@ def _stats_lines(stats: Stats) -> Iterator[str]:
         yield (
             f"process {proc.name} (pid {proc.pid}): {proc.blocks} blocks held, "
             f"{format_size(proc.owned_bytes)} owned, {proc.leases} leases, inbox {proc.inbox} "
-            f"({format_size(proc.inbox_bytes)}), {proc.channels} channels"
+            f"({format_size(proc.inbox_bytes)}), {proc.channels} channels, {proc.requests} requests"
         )
     for q in stats.queues:  # one line per work queue
         yield (
@@ -303,9 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             public, secret = keygen(args.name, where, force=args.force)
             print(f"public key: {public}\nsecret key: {secret} (mode 0600, keep it on this host)")
             return 0
+        if args.once and not args.watch:
+            parser.error("--once goes with --watch")
+        if args.watch and args.json:
+            parser.error("--watch and --json exclude each other")
         return run(lambda: _stats(args))
     except BlockIPCError as exc:
         print(f"blockipc {args.command}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # before --watch's own handler was in place: still an end
+        return 0 if args.command == "stats" and args.watch else 130

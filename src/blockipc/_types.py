@@ -80,8 +80,10 @@ class LinkStats:
 class ProcessStats:
     """What one connected process holds (see :attr:`Stats.usage`): the blocks it holds
     (as owner or grantee), the capacity of those it owns (``owned_bytes``), its leases,
-    the messages waiting in its inbox and their bytes, and its open channel ends. A
-    process whose numbers only grow is the one leaking."""
+    the messages waiting in its inbox and their bytes, its open channel ends, and the
+    requests its connection sent since it connected (``requests``: two samples give a
+    rate, as ``blockipc stats --watch`` shows). A process whose numbers only grow is
+    the one leaking."""
 
     name: str
     pid: int
@@ -91,6 +93,7 @@ class ProcessStats:
     inbox: int = 0
     inbox_bytes: int = 0
     channels: int = 0
+    requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +159,7 @@ class Stats:
     queues: tuple[QueueStats, ...] = ()
     """The work queues, sorted by name: see :class:`QueueStats`. From
     :meth:`Client.stats`, those that fit one frame beside the other lists."""
+    largest_free: int = 0
+    """The largest block the pool could give now without growing (0: none free). Against
+    ``free_bytes`` it measures fragmentation: free bytes in pieces too small for a
+    large block."""

@@ -80,7 +80,7 @@ EXAMPLES: dict[Any, Any] = {
     _SEGLIST: [[0, 4096], [1, 8192]],
     _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
     _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
-    _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1]],
+    _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1, 37]],
     _QUEUELIST: [["jobs", "jobs.dead", 3, 1, 0, 0, 9, 5, 1024, 5]],
 }
 
@@ -95,7 +95,7 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _INTLIST: [[], [0, MAX_INT], [0] * MAX_LIST],
     _SEGLIST: [[], [[0, MAX_INT]], [[0, 1]] * MAX_LIST],
     _LINKLIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["b", "up", *[0] * 8]] * MAX_LIST],
-    _PROCLIST: [[], [["x" * MAX_STR, *[MAX_INT] * 7]], [["p", *[0] * 7]] * MAX_LIST],
+    _PROCLIST: [[], [["x" * MAX_STR, *[MAX_INT] * 8]], [["p", *[0] * 8]] * MAX_LIST],
     _QUEUELIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["q", "", *[0] * 8]] * MAX_LIST],
     _MSGLIST: [
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
@@ -140,13 +140,13 @@ BAD_VALUES: dict[Any, list[Any]] = {
     ],
     _PROCLIST: [
         None,
-        [["p", *[0] * 6]],  # 7 items
-        [["p", "x", *[0] * 6]],  # a str where the pid goes
-        [[1, *[0] * 7]],
-        [["p", -1, *[0] * 6]],
-        [["p", *[0] * 6, True]],
-        [["x" * (MAX_STR + 1), *[0] * 7]],
-        [["p", *[0] * 7]] * (MAX_LIST + 1),
+        [["p", *[0] * 7]],  # 8 items
+        [["p", "x", *[0] * 7]],  # a str where the pid goes
+        [[1, *[0] * 8]],
+        [["p", -1, *[0] * 7]],
+        [["p", *[0] * 7, True]],
+        [["x" * (MAX_STR + 1), *[0] * 8]],
+        [["p", *[0] * 8]] * (MAX_LIST + 1),
     ],
     _QUEUELIST: [
         None,

@@ -28,7 +28,13 @@ from _procs import ROOT
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 # The import name of every package an extra adds, by extra; the base install has none.
-EXTRA_MODULES = {"numpy": ["numpy"], "json": ["orjson"], "metrics": ["prometheus_client"]}
+EXTRA_MODULES = {
+    "numpy": ["numpy"],
+    "json": ["orjson"],
+    "metrics": ["prometheus_client"],
+    "watch": ["rich"],
+    "aiohttp": ["aiohttp"],
+}
 # ... and of what the dev set adds besides (the demo must not need any of it either)
 DEV_MODULES = ["pytest", "hypothesis", "mypy", "starlette", "uvicorn", "httpx", "redis"]
 
@@ -237,7 +243,9 @@ def test_each_extra_installs_what_its_feature_imports() -> None:
     assert requirement_names("numpy") == {"numpy"}
     assert requirement_names("json") == {"orjson"}
     assert requirement_names("metrics") == {"prometheus-client"}
-    assert requirement_names("all") == {"blockipc[numpy,json,metrics]"}
+    assert requirement_names("watch") == {"rich"}
+    assert requirement_names("aiohttp") == {"aiohttp"}
+    assert requirement_names("all") == {"blockipc[numpy,json,metrics,watch]"}
     assert "blockipc[all]" in requirement_names("dev")
     base = {re.split(r"[<>=;\[ ]", req)[0].lower() for req in PYPROJECT["dependencies"]}
     for extra in EXTRA_MODULES:
@@ -268,7 +276,7 @@ def test_readme_install_section() -> None:
     for req in PYPROJECT["dependencies"]:  # the comment names what the base installs
         assert re.split(r"[<>=;\[ ]", req)[0] in lines["pip install blockipc"], req
     commands = list(lines)
-    for extra in ("numpy", "json", "metrics", "all"):
+    for extra in ("numpy", "json", "metrics", "watch", "aiohttp", "all"):
         assert f"pip install 'blockipc[{extra}]'" in commands
 
 

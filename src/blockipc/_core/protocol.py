@@ -246,10 +246,10 @@ _SEGLIST: Final = "seglist"  # list of [segment id, size] pairs
 _STRLIST: Final = "strlist"
 _INTLIST: Final = "intlist"
 _LINKLIST: Final = "linklist"  # [[node, state, 8 counters], ...]: Stats.links
-_PROCLIST: Final = "proclist"  # [[name, pid, 6 counters], ...]: Stats.usage
+_PROCLIST: Final = "proclist"  # [[name, pid, 7 counters], ...]: Stats.usage
 # rows of a few strings, then ints: (strings, ints) per row
 _QUEUELIST: Final = "queuelist"  # [[name, dead_letter, 8 counters], ...]: Stats.queues
-_ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 7), _QUEUELIST: (2, 8)}
+_ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 8), _QUEUELIST: (2, 8)}
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
 # the most items a list field of each type holds: checked by _check_value, applied by fit_lists
@@ -283,6 +283,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "names_total": int,  # names and processes (and usage) hold MAX_LIST of these at most
     "processes_total": int,
     "queues": _QUEUELIST,
+    "largest_free": int,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,

@@ -106,6 +106,7 @@ class ProcessRecord:
     # (see request_lease, _unwait): what unregister visits, not every block of the table
     waiting: dict[BlockRecord, int] = field(default_factory=dict)
     gone: bool = False  # unregistered: what it still holds is being reclaimed
+    requests: int = 0  # requests its session handled (stats: a rate from two samples)
 
 
 @dataclass(eq=False, slots=True)

@@ -133,6 +133,7 @@ class Session(asyncio.BufferedProtocol):
         up (a client that does not read them: the rest waits for :meth:`resume_writing`)."""
         held = self.hold()
         handle = self._handle
+        proc = self.proc
         try:
             while not self._paused:
                 try:
@@ -147,6 +148,7 @@ class Session(asyncio.BufferedProtocol):
                         self._stop_stall_timer()
                     break
                 assert isinstance(event, Request)
+                proc.requests += 1
                 handle(self, event)
                 if self._out_bytes > REPLIES_HIGH:
                     self._flush()  # may pause_writing() at once: the loop stops then

@@ -387,6 +387,7 @@ class ServerState:
             names_total=len(table.names),
             processes_total=len(table.processes),
             queues=tuple(self.queues.stats()),
+            largest_free=pool.largest_free,
         )
 
     @staticmethod
@@ -401,4 +402,5 @@ class ServerState:
             inbox=len(proc.inbox),
             inbox_bytes=proc.inbox_used,
             channels=len(proc.channels),
+            requests=proc.requests,
         )

@@ -32,6 +32,7 @@ _STATS_SCALARS = (
     "channels",
     "names_total",
     "processes_total",
+    "largest_free",
 )
 
 
