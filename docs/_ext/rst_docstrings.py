@@ -65,8 +65,20 @@ def convert(text: str) -> str:
 
 
 class RstDocstrings(griffe.Extension):
-    """Convert every docstring griffe loads (see the module's docstring)."""
+    """Convert every docstring of a package once it is loaded (see the module's
+    docstring)."""
 
-    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
-        if obj.docstring is not None:
-            obj.docstring.value = convert(obj.docstring.value)
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        seen: set[int] = set()
+
+        def walk(obj: griffe.Object) -> None:
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            if obj.docstring is not None:
+                obj.docstring.value = convert(obj.docstring.value)
+            for member in obj.members.values():
+                if not member.is_alias:
+                    walk(member)  # type: ignore[arg-type]
+
+        walk(pkg)

@@ -35,7 +35,9 @@ __all__ = [
 
 
 class BlockIPCError(Exception):
-    """Raised when anything in blockipc fails; the base of every blockipc error::
+    """Raised when anything in blockipc fails; the base of every blockipc error.
+
+    ::
 
     try:
         await client.send(block, to="consumer")

@@ -28,7 +28,9 @@ class Block:
 
 
 BlockLike = Block | int
-"""Every method that takes a block accepts a :class:`Block` or its id::
+"""Every method that takes a block accepts a :class:`Block` or its id.
+
+::
 
     block = await client.alloc(64)
     await client.read(block)        # the Block

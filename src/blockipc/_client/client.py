@@ -2003,7 +2003,9 @@ class Client:
 
 
 class Lease:
-    """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`)::
+    """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`).
+
+    ::
 
     async with client.lease(block, "w") as view:   # a memoryview of block.size bytes
         view[:5] = b"hello"
