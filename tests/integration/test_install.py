@@ -30,7 +30,10 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # The import name of every package an extra adds, by extra; the base install has none.
 EXTRA_MODULES = {"numpy": ["numpy"], "json": ["orjson"], "metrics": ["prometheus_client"]}
 # ... and of what the dev set adds besides (the demo must not need any of it either)
-DEV_MODULES = ["pytest", "hypothesis", "mypy", "starlette", "uvicorn", "httpx", "redis"]
+DEV_MODULES = [
+    *("pytest", "hypothesis", "mypy", "starlette", "uvicorn", "httpx", "redis"),
+    *("mkdocs", "mkdocstrings", "material"),  # the docs extra
+]
 
 _SITECUSTOMIZE = """\
 import importlib.abc
