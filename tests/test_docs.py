@@ -37,7 +37,10 @@ def test_api_page_documents_every_public_name() -> None:
     documented = set(re.findall(r"^::: blockipc\.(\w+)\s*$", API_PAGE.read_text(), re.MULTILINE))
     public = set(blockipc.__all__) - {"__version__"}
     missing = sorted(public - documented)
-    assert not missing, f"add `::: blockipc.NAME` to docs/api.md for: {', '.join(missing)}"
+    assert not missing, (
+        f"place `::: blockipc.NAME` in its group in docs/api.md for: {', '.join(missing)} "
+        "(until then docs/_ext/api_hook.py lists them under 'Not yet grouped')"
+    )
     stale = sorted(
         n
         for n in documented - public
