@@ -174,3 +174,34 @@ def test_the_starlette_example_runs(tmp_path: Path) -> None:
     (tmp_path / "drive.py").write_text(_WEB_DRIVER.replace("        APP", _STARLETTE))
     report = "{'key': 'a', 'rows': [1, 2, 3]}"
     assert _run(tmp_path / "drive.py", tmp_path).splitlines() == [report, report]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("griffe") is None, reason="the docs extra is not installed"
+)
+def test_every_literal_block_of_a_docstring_is_indented() -> None:
+    # a reST "text::" must be followed by an indented block, or the API page shows the
+    # example as prose (docs/_ext/rst_docstrings.py turns the indented block into code)
+    import griffe
+
+    bad: list[str] = []
+    seen: set[int] = set()
+
+    def walk(obj: griffe.Object) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        lines = obj.docstring.value.splitlines() if obj.docstring else []
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            if not stripped.endswith("::") or (stripped != "::" and stripped.startswith(":")):
+                continue
+            nxt = next((n for n in lines[i + 1 :] if n.strip()), "")
+            if len(nxt) - len(nxt.lstrip()) <= len(line) - len(line.lstrip()):
+                bad.append(f"{obj.path}: {stripped[:50]!r}")
+        for member in obj.members.values():
+            if not member.is_alias:
+                walk(member)  # type: ignore[arg-type]
+
+    walk(griffe.load("blockipc", search_paths=[str(ROOT / "src")]))
+    assert not bad, bad

@@ -46,7 +46,7 @@ def convert(text: str, known: frozenset[str] = frozenset()) -> str:
                 i += 1
             out += ["```pycon", *block, "```"]
             continue
-        if stripped.endswith("::") and not stripped.startswith(":"):
+        if stripped.endswith("::") and (stripped == "::" or not stripped.startswith(":")):
             # "text::" -> "text:", a lone "::" disappears; then the indented block
             head = line.rstrip()[:-1]
             if head.strip() == ":":

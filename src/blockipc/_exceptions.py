@@ -39,10 +39,10 @@ class BlockIPCError(Exception):
 
     ::
 
-    try:
-        await client.send(block, to="consumer")
-    except blockipc.BlockIPCError as exc:
-        log.warning("send failed: %s", exc)
+        try:
+            await client.send(block, to="consumer")
+        except blockipc.BlockIPCError as exc:
+            log.warning("send failed: %s", exc)
     """
 
     code: int = 1

@@ -2007,8 +2007,8 @@ class Lease:
 
     ::
 
-    async with client.lease(block, "w") as view:   # a memoryview of block.size bytes
-        view[:5] = b"hello"
+        async with client.lease(block, "w") as view:   # a memoryview of block.size bytes
+            view[:5] = b"hello"
     """
 
     def __init__(
