@@ -35,11 +35,13 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 bench: $(DEV_STAMP)
-	$(BIN)/python -m blockipc bench --suite all
+	$(BIN)/python -m blockipc bench --suite all --plot docs/img
 	$(BIN)/python -m blockipc bench --suite cache
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
 	$(BIN)/python benchmarks/bench_patterns.py
+	$(BIN)/python benchmarks/bench_stats.py --plot docs/img/growth.png
+	$(BIN)/python benchmarks/bench_scale.py --plot docs/img/scale.png
 
 # chaos soak: 8 worker processes doing every operation with checksums while random ones
 # are kill -9ed and restarted, 10 minutes; then no leak (benchmarks/soak.py --help)

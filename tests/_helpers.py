@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -20,6 +22,7 @@ from anyio.abc import UNIXSocketStream
 import blockipc
 from blockipc._core.protocol import PROTOCOL_VERSION, Connection, Op, Reply, Request, Role
 from blockipc._handshake import close_fds, receive_event
+from blockipc._link.keys import keygen
 from blockipc.testing import unique_name
 
 T = TypeVar("T")
@@ -84,3 +87,20 @@ async def raw_hello(address: str, name: str) -> tuple[UNIXSocketStream, Connecti
     close_fds(fds)
     assert isinstance(event, Reply), event
     return stream, conn
+
+
+def node_keys(root: Path, *nodes: str) -> dict[str, Path]:
+    """One key directory per node, each holding its pair and every other public key."""
+    made = root / "made"
+    for name in nodes:
+        keygen(name, made)
+    dirs = {}
+    for name in nodes:
+        d = root / name
+        d.mkdir(mode=0o700)
+        for other in nodes:
+            shutil.copy(made / f"{other}.key", d)
+        shutil.copy(made / f"{name}.key_secret", d)
+        os.chmod(d / f"{name}.key_secret", 0o600)
+        dirs[name] = d
+    return dirs

@@ -106,11 +106,13 @@ def test_the_front_page_example_runs(tmp_path: Path) -> None:
     assert _run(tmp_path / "example.py", tmp_path) == "producer {'kind': 'greeting'} b'hello'\n"
 
 
-def test_the_process_pool_example_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [1, 2], ids=["blockipc.sync", "loop-thread"])
+def test_the_process_pool_example_runs(tmp_path: Path, block: int) -> None:
     # four spawned workers, each connecting once in the pool's initializer to the
     # coordinator embedded in the parent (whose loop must never block meanwhile)
     pytest.importorskip("numpy")
-    (tmp_path / "pool_example.py").write_text(_python_blocks("guides/multiprocessing.md")[1])
+    code = _python_blocks("guides/multiprocessing.md")[block]
+    (tmp_path / "pool_example.py").write_text(code)
     out = _run(tmp_path / "pool_example.py", tmp_path).splitlines()
     assert out[-1] == "True", out
 
@@ -165,6 +167,27 @@ def test_the_aiohttp_example_runs(tmp_path: Path) -> None:
         "200 b'hi there'",
         "404 b'404: Not Found'",
     ]
+
+
+_WSGI = """
+        async with blockipc.connect(coord.address, name="putter") as c:
+            await c.put(b"hi", codec="raw", name="greeting")
+
+            def call():
+                import guide_app
+                statuses = []
+                body = guide_app.app({}, lambda status, headers: statuses.append(status))
+                guide_app.blockipc_client().close()
+                return statuses, body
+
+            print(await asyncio.to_thread(call))   # a blocking caller: our loop serves on
+"""
+
+
+def test_the_gunicorn_wsgi_example_runs(tmp_path: Path) -> None:
+    (tmp_path / "guide_app.py").write_text(_python_blocks("guides/gunicorn.md")[0])
+    (tmp_path / "drive.py").write_text(_WEB_DRIVER.replace("        APP", _WSGI))
+    assert _run(tmp_path / "drive.py", tmp_path) == "(['200 OK'], [b'hi'])\n"
 
 
 def test_the_starlette_example_runs(tmp_path: Path) -> None:

@@ -1,9 +1,15 @@
-"""A mkdocs hook: the API page documents every name in ``blockipc.__all__``.
+"""mkdocs hooks: the API page documents every name in ``blockipc.__all__``, and the
+benchmarks page shows the plots ``make bench`` wrote.
 
 ``docs/api.md`` groups the public names by topic with one ``::: blockipc.NAME`` each. A
 name added to ``__all__`` and not yet placed there is appended to the page under "Not
 yet grouped", so the site never lacks one; ``tests/test_docs.py`` still fails until it
 is placed in its group. ``__all__`` is read from the source (``ast``), not imported.
+
+``make bench`` draws its plots into ``docs/img/`` (``blockipc bench --plot``,
+``benchmarks/bench_stats.py --plot``, ``benchmarks/bench_scale.py --plot``); those that
+exist when the site is built are shown at the end of the benchmarks page, and none is
+linked before it exists (a link to a missing file would fail ``--strict``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-_INIT = Path(__file__).resolve().parents[2] / "src" / "blockipc" / "__init__.py"
+_ROOT = Path(__file__).resolve().parents[2]
+_INIT = _ROOT / "src" / "blockipc" / "__init__.py"
+PLOTS = {
+    "latency.png": "Latency against the alternatives (`blockipc bench --plot`)",
+    "throughput.png": "Throughput against the alternatives (`blockipc bench --plot`)",
+    "growth.png": "Costs against the number of live blocks (`benchmarks/bench_stats.py --plot`)",
+    "scale.png": "Requests/s against client processes (`benchmarks/bench_scale.py --plot`)",
+}
 
 
 def public_names() -> list[str]:
@@ -28,6 +41,8 @@ def public_names() -> list[str]:
 
 
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    if page.file.src_uri == "benchmarks.md":
+        return _with_plots(markdown)
     if page.file.src_uri != "api.md":
         return markdown
     placed = set(re.findall(r"^::: blockipc\.(\w+)\s*$", markdown, re.MULTILINE))
@@ -36,3 +51,11 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
         return markdown
     extra = "\n\n".join(f"::: blockipc.{n}" for n in missing)
     return f"{markdown}\n\n## Not yet grouped\n\n{extra}\n"
+
+
+def _with_plots(markdown: str) -> str:
+    shown = [(f, title) for f, title in PLOTS.items() if (_ROOT / "docs" / "img" / f).is_file()]
+    if not shown:
+        return markdown
+    figures = "\n\n".join(f"### {title}\n\n![{title}](img/{f})" for f, title in shown)
+    return f"{markdown}\n\n## Plots\n\nFrom the last `make bench` on this checkout.\n\n{figures}\n"

@@ -8,15 +8,16 @@
 
 from __future__ import annotations
 
+from . import sync as sync
 from . import testing as testing
 from ._client.channel import ChannelMessage as ChannelMessage
 from ._client.channel import ChannelReceiver as ChannelReceiver
 from ._client.channel import ChannelSender as ChannelSender
 from ._client.client import Client as Client
 from ._client.client import Lease as Lease
-from ._client.client import connect as connect
 from ._client.jobs import Job as Job
 from ._client.requests import IncomingRequest as IncomingRequest
+from ._connect import connect as connect
 from ._core.sizes import parse_size as parse_size
 from ._exceptions import AccessDenied as AccessDenied
 from ._exceptions import BlockIPCError as BlockIPCError

@@ -4,6 +4,10 @@ checks its ``--help``)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +71,34 @@ def test_a_missing_contender_keeps_the_columns() -> None:
     assert all(r[zmq_column] == "—" for r in rows)
     assert "pyzmq" not in rows[0][-2]  # the 64 B target names only what was measured
     assert TP_SIZES[-1] == TP_MAX
+
+
+def test_plots_draw_what_the_tables_measured(tmp_path: Path) -> None:
+    # in a child process: matplotlib keeps its fonts open for the life of the process
+    metrics, _rows = _analyse_throughput(_results({"blockipc": 2e9, **RATES}, skip=("zmq",)))
+    lat = {"median_us": 80.0, "p99_us": 200.0}
+    (tmp_path / "all.json").write_text(
+        json.dumps({"read_blockipc": lat, "ping_raw": lat, "throughput": metrics})
+    )
+    (tmp_path / "core.json").write_text(json.dumps({"ping_raw": lat}))
+    script = (
+        "import json, sys\n"
+        "from blockipc.bench.core import _TP_LABELS, TP_SIZES\n"
+        "from blockipc.bench.plots import write_plots\n"
+        "for name in sys.argv[1:]:\n"
+        "    m = json.load(open(name + '.json'))\n"
+        "    files = write_plots(m, name, sizes=TP_SIZES, labels=_TP_LABELS)\n"
+        "    print(name, *sorted(f.name for f in files))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, "all", "core"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.splitlines() == ["all latency.png throughput.png", "core latency.png"]
+    assert out.stderr == ""
+    for png in ("all/latency.png", "all/throughput.png", "core/latency.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"

@@ -134,6 +134,21 @@ def test_patterns_benchmark_runs_every_contender() -> None:
         assert row in result.stdout
 
 
+@pytest.mark.timeout(120)
+def test_growth_benchmark_draws_its_curves(tmp_path: Path) -> None:
+    # a tiny count: every cost is measured (reclaim after a kill -9 included) and the
+    # plot file is written; the figures mean nothing here
+    script = str(EXAMPLES.parent / "benchmarks" / "bench_stats.py")
+    png = tmp_path / "growth.png"
+    args = ("--blocks", "64", "--calls", "5", "--disconnects", "3", "--plot", str(png))
+    result = _run(script, *args, timeout=100)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("  this")]
+    assert [row[1] for row in rows] == ["64"]
+    assert all(float(x) > 0 for row in rows for x in row[2:]), result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("command", [[], ["serve"], ["stats"], ["bench"]])
 def test_cli_help(command: list[str]) -> None:
     result = _run("-m", "blockipc", *command, "--help")

@@ -246,6 +246,7 @@ CHECKS: dict[tuple[str, str], Check] = {
             "blockipc serve": "10.0.0.2 is another host (the remote fragment runs both on loopback)"
         }
     ),
+    ("Not async? / trio", "blockipc.sync.connect(address"): script(expect="14\n[1, 2, 3]"),
     ("Inside your application", "logging.basicConfig"): script(expect=""),
 }
 

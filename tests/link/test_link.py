@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 import blockipc
 from _foreign import NOBODY, needs_root, run_intruder
-from _helpers import free_port
+from _helpers import free_port, node_keys
 from _procs import ROOT, Child, spawn, wait_until
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, LinkStats, PeerUnreachable
 from blockipc._core.limits import split_target
@@ -92,23 +92,6 @@ async def raw_dealer(endpoint: str, keys: Any = None) -> AsyncIterator[zmq.async
     finally:
         dealer.close(linger=0)
         ctx.destroy(linger=0)
-
-
-def node_keys(root: Path, *nodes: str) -> dict[str, Path]:
-    """One key directory per node, each holding its pair and every other public key."""
-    made = root / "made"
-    for name in nodes:
-        keygen(name, made)
-    dirs = {}
-    for name in nodes:
-        d = root / name
-        d.mkdir(mode=0o700)
-        for other in nodes:
-            shutil.copy(made / f"{other}.key", d)
-        shutil.copy(made / f"{name}.key_secret", d)
-        os.chmod(d / f"{name}.key_secret", 0o600)
-        dirs[name] = d
-    return dirs
 
 
 @contextlib.asynccontextmanager

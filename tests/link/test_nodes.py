@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import msgpack
 import pytest
 
 import blockipc
-from _helpers import free_port
+from _helpers import free_port, node_keys
 from _procs import Child, spawn
 from blockipc import BlockNotFound, PeerUnreachable
 from blockipc._core.linkwire import (
@@ -44,26 +42,8 @@ from blockipc._core.linkwire import (
     encode_subs,
 )
 from blockipc._exceptions import ProtocolError
-from blockipc._link.keys import keygen
 
 LINK_TIMEOUT = 2  # seconds: how long a node waits for a peer that is down
-
-
-def node_keys(root: Path, *nodes: str) -> dict[str, Path]:
-    """One key directory per node, each holding its pair and every other public key."""
-    made = root / "made"
-    for name in nodes:
-        keygen(name, made)
-    dirs = {}
-    for name in nodes:
-        d = root / name
-        d.mkdir(mode=0o700)
-        for other in nodes:
-            shutil.copy(made / f"{other}.key", d)
-        shutil.copy(made / f"{name}.key_secret", d)
-        os.chmod(d / f"{name}.key_secret", 0o600)
-        dirs[name] = d
-    return dirs
 
 
 @contextlib.asynccontextmanager

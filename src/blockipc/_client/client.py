@@ -2350,55 +2350,9 @@ def connect(
     reconnect: bool = False,
     access: Literal["r", "rw"] = "rw",
 ) -> _Connect:
-    """Connect to the coordinator at ``address`` and register as ``name``.
-
-    ``inbox_messages`` and ``inbox_bytes`` bound this process's inbox: a sender to a
-    full inbox waits for room (see :meth:`Client.send`). ``inbox_bytes`` defaults to no
-    byte limit. ``cache_size`` bounds the cache of :meth:`Client.get` results (0 turns it
-    off).
-
-    >>> async with blockipc.connect(coord.address, name="producer") as client:  # doctest: +SKIP
-    ...     block = await client.alloc(4096)
-    >>> client = await blockipc.connect(coord.address, name="consumer")  # doctest: +SKIP
-    >>> await client.close()  # doctest: +SKIP
-
-    A name held by a live connection raises :class:`NameTaken`; an address that is not
-    a coordinator's socket raises :class:`ConnectionClosed` saying why (a ``tcp://``
-    address raises :class:`InvalidRequest`: those are for links between coordinators).
-
-    ``timeout`` (seconds, default none) bounds the whole connect, handshake included.
-    ``retry=True`` waits for a coordinator that is not listening yet (no socket, or a
-    refused connect) instead of failing at once: it tries again with backoff until
-    ``timeout`` (with none, until cancelled), then raises :class:`ConnectionClosed`
-    ("no coordinator at PATH within T s").
-
-    ``reconnect=True`` keeps the client usable across a coordinator restart: calls in
-    flight when the connection is lost raise :class:`ConnectionClosed`, and the next
-    call connects again under the same name (retrying for up to ``timeout``, or
-    :data:`RECONNECT_TIMEOUT` seconds) and maps the new pool. Everything the old
-    coordinator held is gone: blocks, leases, messages and channel ends of the old
-    connection raise (:class:`BlockNotFound`, :class:`ConnectionClosed`), named
-    objects must be put again and topics subscribed again. ``client.closed`` stays
-    False until :meth:`Client.close`.
-
-    >>> client = await blockipc.connect(  # doctest: +SKIP
-    ...     path, "web", timeout=30, retry=True, reconnect=True
-    ... )
-
-    ``access="r"`` connects read-only, for a process that only reads (``"rw"``, the
-    default, reads and writes). The coordinator passes it the pool's segments as
-    read-only fds, mapped ``PROT_READ``: through them it can neither write a byte, nor
-    truncate a segment, nor punch a hole in one (bugs that would corrupt other
-    processes' blocks). It may read, take read leases, ``get``, ``recv``,
-    ``subscribe``, free the blocks it received and ask for ``stats``; what writes a
-    block or hands data on (``alloc``, ``write``, write leases, ``copy``, ``put``,
-    ``delete``, ``send``, ``publish``, ``grant``, opening or accepting a channel)
-    raises :class:`AccessDenied`, refused by the coordinator. This guards against a
-    reader's bugs, not a hostile process of the same user (see ``docs/reliability.md``).
-    Any other value raises :class:`ValueError`.
-
-    >>> reader = await blockipc.connect(path, "dashboard", access="r")  # doctest: +SKIP
-    """
+    """Connect to the coordinator at ``address`` and register as ``name``: the asyncio
+    client. :func:`blockipc.connect` (``blockipc/_connect.py``) is this under asyncio
+    and bridges to it under trio; its docstring documents the arguments."""
     _check_name(name, "process name")
     timeout = _check_timeout(timeout)
     retry = _check_flag(retry, "retry")

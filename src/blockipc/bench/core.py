@@ -1325,7 +1325,14 @@ def main(argv: list[str] | None = None) -> int:
         "Manager().dict(), Redis and shared_memory (its own options: --suite cache --help)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write every result to PATH as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="also draw latency.png and throughput.png into DIR (matplotlib: blockipc[bench])",
+    )
     args, rest = parser.parse_known_args(argv)
+    if args.suite == "cache" and args.plot:
+        parser.error("--plot draws the core and throughput suites, not --suite cache")
     if args.suite == "cache":
         from .cache import main as cache_main
 
@@ -1392,6 +1399,15 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, ensure_ascii=False)
             f.write("\n")
+    if args.plot:
+        from .plots import write_plots
+
+        try:
+            written = write_plots(metrics, args.plot, sizes=TP_SIZES, labels=_TP_LABELS)
+        except RuntimeError as exc:
+            print(f"blockipc bench: {exc}", file=sys.stderr)
+            return 1
+        print("\nPlots: " + ", ".join(str(p) for p in written))
     return 0
 
 
