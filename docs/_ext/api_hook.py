@@ -1,5 +1,6 @@
-"""mkdocs hooks: the API page documents every name in ``blockipc.__all__``, and the
-benchmarks page shows the plots ``make bench`` wrote.
+"""mkdocs hooks: the API page documents every name in ``blockipc.__all__``, the
+benchmarks page quotes the README's tables as they are now and shows the plots ``make
+bench`` wrote.
 
 ``docs/api.md`` groups the public names by topic with one ``::: blockipc.NAME`` each. A
 name added to ``__all__`` and not yet placed there is appended to the page under "Not
@@ -10,16 +11,28 @@ is placed in its group. ``__all__`` is read from the source (``ast``), not impor
 ``benchmarks/bench_stats.py --plot``, ``benchmarks/bench_scale.py --plot``); those that
 exist when the site is built are shown at the end of the benchmarks page, and none is
 linked before it exists (a link to a missing file would fail ``--strict``).
+
+A line ``<!-- README: "START" .. "END" -->`` in a page is replaced by the README's text
+from START (in the first line that has it) up to (not including) the next line that
+starts with END, with links into the repository turned into plain paths: the figures have one home,
+the README. A START or END the README no longer has is a warning, which fails
+``--strict``.
 """
 
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 _ROOT = Path(__file__).resolve().parents[2]
+_README = _ROOT / "README.md"
+_QUOTE = re.compile(r'^<!-- README: "(.+?)" \.\. "(.+?)" -->$', re.MULTILINE)
+_REPO_LINK = re.compile(r"\[([^\]]+)\]\(((?:benchmarks|docs|examples|src|tests)/[^)]*)\)")
+_README_ANCHOR = re.compile(r"\[([^\]]+)\]\(#[^)]*\)")
+log = logging.getLogger("mkdocs.hooks.blockipc")
 _INIT = _ROOT / "src" / "blockipc" / "__init__.py"
 PLOTS = {
     "latency.png": "Latency against the alternatives (`blockipc bench --plot`)",
@@ -41,6 +54,7 @@ def public_names() -> list[str]:
 
 
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
+    markdown = _QUOTE.sub(_quote_readme, markdown)
     if page.file.src_uri == "benchmarks.md":
         return _with_plots(markdown)
     if page.file.src_uri != "api.md":
@@ -59,3 +73,20 @@ def _with_plots(markdown: str) -> str:
         return markdown
     figures = "\n\n".join(f"### {title}\n\n![{title}](img/{f})" for f, title in shown)
     return f"{markdown}\n\n## Plots\n\nFrom the last `make bench` on this checkout.\n\n{figures}\n"
+
+
+def _quote_readme(m: re.Match[str]) -> str:
+    start, end = m.group(1), m.group(2)
+    lines = _README.read_text().splitlines()
+    first = next((i for i, line in enumerate(lines) if start in line), None)
+    if first is None:
+        log.warning("README.md has no line with %r (quoted in the docs)", start)
+        return ""
+    lines[first] = lines[first][lines[first].index(start) :]
+    last = next((i for i in range(first + 1, len(lines)) if lines[i].startswith(end)), None)
+    if last is None:
+        log.warning("README.md has no line starting with %r after %r", end, start)
+        return ""
+    text = "\n".join(lines[first:last]).strip()
+    text = _REPO_LINK.sub(r"`\2`", text)
+    return _README_ANCHOR.sub(r"\1", text)  # a README section: named, not linked
