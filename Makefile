@@ -10,7 +10,7 @@ VENV_STAMP := $(VENV)/.created
 BASE_STAMP := $(VENV)/.installed-base
 DEV_STAMP  := $(VENV)/.installed-dev
 
-.PHONY: install demo test bench soak fuzz lint clean
+.PHONY: install demo test bench soak fuzz lint docs clean
 
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -58,5 +58,10 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/mypy
 
+# the documentation site (mkdocs-material + mkdocstrings, from the docstrings) into site/;
+# --strict: a broken link or reference fails the build (tests/test_docs.py does the same)
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,14 @@ class Block:
 
 
 BlockLike = Block | int
-"""Every method that takes a block accepts a :class:`Block` or its id."""
+"""Every method that takes a block accepts a :class:`Block` or its id.
+
+::
+
+    block = await client.alloc(64)
+    await client.read(block)        # the Block
+    await client.read(block.id)     # or its id: the same block
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,12 @@ class Message:
     (``""``) after a publish. ``sender`` is the sending process's name, ``header`` the
     small dict it attached, ``topic`` the topic of a published block (else ``None``).
     ``block`` is None for a header sent or published alone (``send(None, to,
-    header=...)``: an event).
+    header=...)``: an event)::
+
+        msg = await client.recv()
+        if msg.block is not None:
+            data = await client.read(msg.block)
+            await client.free(msg.block)
     """
 
     block: Block | None
@@ -61,7 +73,10 @@ class LinkStats:
     the coordinator's start: sends to that node ``queued`` (waiting for the link or its
     window) and ``in_flight`` now, ``sent`` (accepted by the peer, ``sent_bytes`` in
     all) and ``failed``; blocks from that node ``received`` (delivered to a local
-    process, ``received_bytes`` in all) and ``refused`` (unknown receiver, no room).
+    process, ``received_bytes`` in all) and ``refused`` (unknown receiver, no room)::
+
+        for link in (await client.stats()).links:
+            print(link.node, link.state, link.sent, link.failed)
     """
 
     node: str
@@ -83,7 +98,11 @@ class ProcessStats:
     the messages waiting in its inbox and their bytes, its open channel ends, and the
     requests its connection sent since it connected (``requests``: two samples give a
     rate, as ``blockipc stats --watch`` shows). A process whose numbers only grow is
-    the one leaking."""
+    the one leaking::
+
+        for p in (await client.stats()).usage:
+            print(p.name, p.pid, p.blocks, p.owned_bytes, p.inbox, p.requests)
+    """
 
     name: str
     pid: int
@@ -104,7 +123,10 @@ class QueueStats:
     counters run from the coordinator's start: jobs ``enqueued``, ``acked``,
     ``redelivered`` (given back by a nack or a consumer that went, and queued again) and
     ``dead_lettered`` (moved to the queue ``dead_letter`` after ``max_attempts`` failed
-    deliveries; ``None``: never). ``maxsize`` bounds ``depth`` for producers.
+    deliveries; ``None``: never). ``maxsize`` bounds ``depth`` for producers::
+
+        for q in (await client.stats()).queues:
+            print(q.name, q.depth, q.in_flight, q.redelivered, q.dead_lettered)
     """
 
     name: str
@@ -131,7 +153,10 @@ class Stats:
     The lists are sorted. A frame carries at most 4096 items per list, so from
     :meth:`Client.stats` ``processes``, ``names`` and ``usage`` hold the first 4096 of
     each (``names_total`` and ``processes_total`` count them all); an embedded
-    :meth:`Coordinator.stats` lists everything.
+    :meth:`Coordinator.stats` lists everything::
+
+        stats = await client.stats()
+        print(stats.used_bytes, "of", stats.pool_size, "bytes in", stats.blocks, "blocks")
     """
 
     pool_size: int

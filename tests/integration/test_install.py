@@ -36,7 +36,10 @@ EXTRA_MODULES = {
     "aiohttp": ["aiohttp"],
 }
 # ... and of what the dev set adds besides (the demo must not need any of it either)
-DEV_MODULES = ["pytest", "hypothesis", "mypy", "starlette", "uvicorn", "httpx", "redis"]
+DEV_MODULES = [
+    *("pytest", "hypothesis", "mypy", "starlette", "uvicorn", "httpx", "redis"),
+    *("mkdocs", "mkdocstrings", "material"),  # the docs extra
+]
 
 _SITECUSTOMIZE = """\
 import importlib.abc

@@ -250,7 +250,10 @@ class ChannelSender(_End):
     ``await send(data)`` copies ``data`` into the ring and returns once the receiver can
     see it: it waits only while the ring is full (backpressure). ``reserve(size)``
     hands out the ring's memory itself to fill in place. Messages arrive in the order
-    they were sent; one task or many may send.
+    they were sent; one task or many may send::
+
+        async with await client.open_channel("consumer", capacity="16MiB") as tx:
+            await tx.send(b"frame", header={"seq": 0})
     """
 
     def __init__(
@@ -401,7 +404,11 @@ class ChannelSender(_End):
 
 class ChannelMessage:
     """A message read from a channel: ``data`` is a read-only ``memoryview`` into the
-    ring, valid until :meth:`release` (or the end of a ``with`` block)."""
+    ring, valid until :meth:`release` (or the end of a ``with`` block)::
+
+        with await rx.recv() as msg:
+            total = sum(msg.data)         # msg.header, msg.sender; msg.decode() for a codec
+    """
 
     __slots__ = (
         "_end",
@@ -490,7 +497,12 @@ class ChannelReceiver(_End):
     and ends when the sender has closed and everything was read; when the sender's
     process ended without closing, it raises :class:`PeerUnreachable` after the last
     message instead, so a stream cut short never looks complete). Release each
-    message when done with it; its room in the ring is reused in order.
+    message when done with it; its room in the ring is reused in order::
+
+        async with await client.accept_channel() as rx:
+            async for msg in rx:
+                with msg:
+                    handle(msg.data, msg.header)
     """
 
     def __init__(

@@ -330,7 +330,12 @@ class Client:
     made from many tasks at once; they pipeline on one connection. A client belongs
     to the process and the event loop that connected it: used in a forked child it
     raises :class:`UsedAfterFork`, from another loop :class:`WrongEventLoop`. Made with
-    ``reconnect=True``, it survives a coordinator restart (see :func:`connect`).
+    ``reconnect=True``, it survives a coordinator restart (see :func:`connect`)::
+
+        async with blockipc.connect(address, name="worker") as client:
+            block = await client.alloc(4096)
+            await client.write(block, b"hello")
+            await client.send(block, to="consumer")
     """
 
     def __init__(
@@ -2177,7 +2182,13 @@ class Client:
 
 
 class Lease:
-    """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`)."""
+    """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`).
+
+    ::
+
+        async with client.lease(block, "w") as view:   # a memoryview of block.size bytes
+            view[:5] = b"hello"
+    """
 
     def __init__(
         self, client: Client, block: int, mode: Literal["r", "w"], codec: str | None = None
