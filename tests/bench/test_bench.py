@@ -4,6 +4,7 @@ checks its ``--help``)."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -102,3 +103,27 @@ def test_plots_draw_what_the_tables_measured(tmp_path: Path) -> None:
     assert out.stderr == ""
     for png in ("all/latency.png", "all/throughput.png", "core/latency.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, _Terminal])
+def test_rounds_progress_reports_every_round(stream: type[io.StringIO]) -> None:
+    from blockipc.bench.harness import rounds_progress
+
+    out = stream()
+    with rounds_progress(3, "throughput round", stream=out) as done:
+        for _ in range(3):
+            done()
+    text = out.getvalue()
+    if stream is _Terminal:  # a terminal: rich's bar, last drawn at 3 of 3
+        assert "throughput rounds" in text and "3/3" in text
+        assert "done in" not in text
+    else:  # a log or a pipe: one line per round
+        lines = text.splitlines()
+        assert [line.split(" done in ")[0] for line in lines] == [
+            f"throughput round {k}/3" for k in (1, 2, 3)
+        ]

@@ -55,6 +55,7 @@ from .harness import (
     load_notes,
     machine_info,
     pick_cpus,
+    rounds_progress,
     run_worker,
     serve_commands,
     summary,
@@ -383,16 +384,12 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
             order = collections.deque(slices)
             pids = [os.getpid(), manager_pid or 0] + [p.process.pid or 0 for p in parties.values()]
             before, started = cpu_snapshot(pids), time.perf_counter()
-            for r in range(plan.rounds):
-                t0 = time.perf_counter()
-                for key in order:
-                    results[key].append(slices[key]())
-                order.rotate(-1)
-                print(
-                    f"round {r + 1}/{plan.rounds} done in {time.perf_counter() - t0:.1f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            with rounds_progress(plan.rounds) as done:
+                for _ in range(plan.rounds):
+                    for key in order:
+                        results[key].append(slices[key]())
+                    order.rotate(-1)
+                    done()
             notes += load_notes(before, cpu_snapshot(pids), started)
             return results
         finally:

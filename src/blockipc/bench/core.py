@@ -49,6 +49,7 @@ from .harness import (
     load_notes,
     machine_info,
     pick_cpus,
+    rounds_progress,
     run_worker,
     serve_commands,
     summary,
@@ -882,16 +883,12 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         order = collections.deque(slices)
         pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
         before, started = cpu_snapshot(pids), time.perf_counter()
-        for r in range(plan.rounds):
-            t0 = time.perf_counter()
-            for s in order:
-                results[s.key].append(parties[s.party].ask(s.cmd, s.args))
-            order.rotate(-1)
-            print(
-                f"round {r + 1}/{plan.rounds} done in {time.perf_counter() - t0:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        with rounds_progress(plan.rounds) as done:
+            for _ in range(plan.rounds):
+                for s in order:
+                    results[s.key].append(parties[s.party].ask(s.cmd, s.args))
+                order.rotate(-1)
+                done()
         notes += load_notes(before, cpu_snapshot(pids), started)
         return results, notes
     finally:
@@ -1179,17 +1176,12 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
         order = collections.deque(slices)
         pids = [os.getpid()] + [p.process.pid for p in parties.values() if p.process.pid]
         before, started = cpu_snapshot(pids), time.perf_counter()
-        for r in range(plan.tp_rounds):
-            t0 = time.perf_counter()
-            for contender, size, n in order:
-                results[_tp_key(contender, size)].append(stream(contender, size, n))
-            order.rotate(-1)
-            print(
-                f"throughput round {r + 1}/{plan.tp_rounds} done in "
-                f"{time.perf_counter() - t0:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        with rounds_progress(plan.tp_rounds, "throughput round") as done:
+            for _ in range(plan.tp_rounds):
+                for contender, size, n in order:
+                    results[_tp_key(contender, size)].append(stream(contender, size, n))
+                order.rotate(-1)
+                done()
         notes += load_notes(before, cpu_snapshot(pids), started, "throughput: ")
         return results
     finally:
