@@ -41,6 +41,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgpack
+
 from .._exceptions import BlockNotFound, InvalidRequest, QuotaExceeded
 from .._types import QueueStats
 from .limits import (
@@ -101,6 +103,7 @@ class JobRecord:
     lease: Lease | None = None  # the consumer's read lease, while taken
     granted: bool = False  # the consumer's read grant is the job's (dropped on return)
     _cost: int = 0  # job_bound of its TAKE_MANY row, once counted
+    header_bytes: int = -1  # its header encoded, when known (one count for a batch's)
 
     @property
     def cost(self) -> int:
@@ -111,8 +114,8 @@ class JobRecord:
                 rec.size if rec.size <= MAX_INLINE_PAYLOAD else 0,
                 rec.codec,
                 self.producer,
-                len(pack_header(rec.meta, "codec meta")),
-                len(pack_header(self.header)),
+                len(msgpack.packb(rec.meta)),  # (checked when it was recorded)
+                self.header_bytes if self.header_bytes >= 0 else len(pack_header(self.header)),
             )
         return self._cost
 
@@ -267,8 +270,9 @@ class QueueTable:
             self.table.check_queueable(proc, rec)
         if len({id(rec) for rec in recs}) != len(recs):
             raise InvalidRequest("a batch names the same block twice")
+        header_bytes = len(pack_header(header))
         for rec in recs:
-            job = JobRecord(self._next_job, rec, q, header, proc.name)
+            job = JobRecord(self._next_job, rec, q, header, proc.name, header_bytes=header_bytes)
             self.table.queue_job(proc, rec, job.id)
             self._next_job += 1
             q.enqueued += 1
