@@ -742,15 +742,7 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
         ok = (
             type(value) is list
             and 0 < len(value) <= _LIST_LIMITS[kind]
-            and all(
-                type(j) is list
-                and len(j) == 13
-                and all(type(x) is int and 0 <= x <= MAX_INT for x in j[:8])
-                and all(type(x) is str and len(x) <= MAX_STR for x in j[8:10])
-                and all(type(x) is dict and all(type(k) is str for k in x) for x in j[10:12])
-                and type(j[12]) is bool
-                for j in value
-            )
+            and all(map(_is_job_row, value))
         )
     else:  # _SEGLIST
         ok = (
@@ -767,6 +759,26 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
         # reprlib bounds depth and length: a plain repr() of a deeply nested msgpack value
         # raises RecursionError instead of this ProtocolError.
         raise ProtocolError(f"field {name!r} has an invalid value: {reprlib.repr(value)}")
+
+
+def _is_job_row(j: Any) -> bool:
+    """One row of a TAKE_MANY reply: eight ints, two strs, two dicts, a bool (a plain
+    loop: a batch of rows is checked on both sides of every TAKE_MANY)."""
+    if type(j) is not list or len(j) != 13:
+        return False
+    for x in j[:8]:
+        if type(x) is not int or not 0 <= x <= MAX_INT:
+            return False
+    for x in j[8:10]:
+        if type(x) is not str or len(x) > MAX_STR:
+            return False
+    for x in j[10:12]:
+        if type(x) is not dict:
+            return False
+        for k in x:
+            if type(k) is not str:
+                return False
+    return type(j[12]) is bool
 
 
 def _validate(meta: Any, schema: _Schema, where: Callable[[], str]) -> dict[str, Any]:
