@@ -1,12 +1,17 @@
 """Messaging patterns against what a user would pick instead (issue 15's benchmark).
 
     python benchmarks/bench_patterns.py [--rounds 5] [--jobs 4000] [--big-jobs 400]
+    python benchmarks/bench_patterns.py --only queue --rounds 2   # the work queue alone
 
 **Work queue**: 4 producer and 4 consumer processes move jobs of 64 B and of 1 MiB
-through one queue: blockipc's (`enqueue`, `take(queue, ack=previous)`, `value`:
-at-least-once, the payload in a block of the pool, a 64 B one inline in the frames)
-side by side with one `multiprocessing.Queue` shared by the same processes
-(at-most-once, pickled through a pipe), and Redis Streams with a
+through one queue: blockipc's per job (`enqueue`, `take(queue, ack=previous)`, `value`:
+at-least-once, the payload in a block of the pool, a 64 B one inline in the frames, a
+1 MiB one PUT then committed and enqueued by one ENQUEUE_COMMIT), blockipc's in
+batches (`enqueue_many` of 32 jobs, of 8 at 1 MiB; `take_many(queue, max_jobs=32,
+ack=previous_jobs)`), at 1 MiB also the path of before ENQUEUE_COMMIT (`put` then
+`enqueue` of the block: PUT, COMMIT, ENQUEUE), side by side with one
+`multiprocessing.Queue` shared by the same processes (at-most-once, pickled through a
+pipe, one `put`/`get` per item), and Redis Streams with a
 consumer group (`XADD`, `XREADGROUP`, `XACK`) when `redis-server` and the `redis`
 module are both present (else the row says it was skipped). The coordinator (and the
 Redis server) run in a process of their own. The workers are started once, and each
@@ -50,6 +55,8 @@ sys.path.insert(0, str(ROOT / "src"))
 PRODUCERS = CONSUMERS = 4
 MAXSIZE = 64  # jobs waiting in a queue, for every contender (64 MiB of 1 MiB jobs)
 SIZES = {"64 B": 64, "1 MiB": 1 << 20}
+BATCH = {64: 32, 1 << 20: 8}  # jobs per enqueue_many (8 MiB at 1 MiB: the pool is 256 MiB)
+BATCHED, PUT_ENQUEUE = "blockipc batch", "blockipc put+enqueue"
 
 
 # -- workers (each a process of its own, started once) ----------------------------------
@@ -72,6 +79,10 @@ def worker(
                 await loop.run_in_executor(None, conn.recv)  # the start signal
                 if contender == "blockipc":
                     end = await _blockipc(client, role, size, jobs, queue)
+                elif contender == PUT_ENQUEUE:
+                    end = await _blockipc(client, role, size, jobs, queue, put_first=True)
+                elif contender == BATCHED:
+                    end = await _blockipc_batched(client, role, size, jobs, queue)
                 elif contender == "mp.Queue":
                     end = await loop.run_in_executor(None, _mp, mpq, role, size, jobs)
                 else:
@@ -83,11 +94,16 @@ def worker(
     blockipc.run(main)
 
 
-async def _blockipc(client: Any, role: str, size: int, jobs: int, queue: str) -> int:
+async def _blockipc(
+    client: Any, role: str, size: int, jobs: int, queue: str, *, put_first: bool = False
+) -> int:
     if role == "producer":
         payload = bytes(size)
         for _ in range(jobs):
-            await client.enqueue(queue, payload, codec="raw")
+            if put_first:  # PUT, COMMIT, then ENQUEUE of the block
+                await client.enqueue(queue, await client.put(payload, codec="raw"))
+            else:
+                await client.enqueue(queue, payload, codec="raw")
         return time.perf_counter_ns()
     # Each take carries the previous job's ack (one round trip for both). A job is
     # counted done once its value is read: its ack rides on the next take, the last
@@ -100,6 +116,34 @@ async def _blockipc(client: Any, role: str, size: int, jobs: int, queue: str) ->
         job = await client.take(queue, ack=job)
     await job.ack()
     return end
+
+
+async def _blockipc_batched(client: Any, role: str, size: int, jobs: int, queue: str) -> int:
+    batch = BATCH[size]
+    if role == "producer":
+        payload = bytes(size)
+        for start in range(0, jobs, batch):
+            await client.enqueue_many(queue, [payload] * min(batch, jobs - start), codec="raw")
+        return time.perf_counter_ns()
+    # Each take_many carries the previous batch's acks. The stop jobs come after every
+    # job (FIFO); a consumer that took more than one puts the others back as new jobs.
+    end = time.perf_counter_ns()
+    jobs_in_hand = await client.take_many(queue, max_jobs=32)
+    while True:
+        stops = 0
+        for job in jobs_in_hand:
+            if job.header.get("stop"):
+                stops += 1
+                continue
+            _ = job.value
+            end = time.perf_counter_ns()
+        if stops:
+            for _ in range(stops - 1):
+                await client.enqueue(queue, b"", codec="raw", header={"stop": True})
+            for job in jobs_in_hand:
+                await job.ack()
+            return end
+        jobs_in_hand = await client.take_many(queue, max_jobs=32, ack=jobs_in_hand)
 
 
 def _mp(mpq: Any, role: str, size: int, jobs: int) -> int:
@@ -347,6 +391,11 @@ def run_round(
     return per * PRODUCERS / ((max(ends.values()) - t0) / 1e9)
 
 
+def contenders_at(size: int, contenders: list[str]) -> list[str]:
+    """The work-queue contenders run at ``size`` (the PUT-first path: large jobs only)."""
+    return [c for c in contenders if c != PUT_ENQUEUE or size > 4096]
+
+
 def work_queue(
     ctx: Any,
     address: str,
@@ -368,7 +417,8 @@ def work_queue(
             pipes.append((role, parent))
     for _, pipe in pipes:
         assert pipe.recv() == "ready"
-    contenders = ["blockipc", "mp.Queue"] + (["redis"] if redis_port else [])
+    contenders = ["blockipc", BATCHED, PUT_ENQUEUE, "mp.Queue"]
+    contenders += ["redis"] if redis_port else []
 
     async def declare(queue: str) -> None:
         async with blockipc.connect(address, name=f"setup-{os.getpid()}") as c:
@@ -387,7 +437,7 @@ def work_queue(
             r.xadd(stream, {"stop": b"1"})
 
     def stopper(contender: str, queue: str) -> Any:
-        if contender == "blockipc":
+        if contender.startswith("blockipc"):
             return lambda: blockipc.run(lambda: stop_blockipc(queue))
         if contender == "mp.Queue":
             return lambda: [mpq.put(None) for _ in range(CONSUMERS)]
@@ -398,7 +448,8 @@ def work_queue(
         for rnd in range(args.rounds + 1):  # round 0: a warm-up, not counted
             for label, size in SIZES.items():
                 jobs = args.jobs if size < 4096 else args.big_jobs
-                order = contenders[rnd % len(contenders) :] + contenders[: rnd % len(contenders)]
+                here = contenders_at(size, contenders)
+                order = here[rnd % len(here) :] + here[: rnd % len(here)]
                 for contender in order:
                     n += 1
                     queue = f"q{n}"
@@ -408,7 +459,7 @@ def work_queue(
                         redis.Redis(port=redis_port).xgroup_create(
                             queue, "g", id="0", mkstream=True
                         )
-                    elif contender == "blockipc":
+                    elif contender.startswith("blockipc"):
                         blockipc.run(lambda q=queue: declare(q))
                     rate = run_round(pipes, contender, size, jobs, queue, stopper(contender, queue))
                     if contender == "redis":
@@ -465,12 +516,16 @@ def _print_queue(
         "| vs multiprocessing.Queue | target |"
     )
     print("|---|---|---|---|")
-    for label in SIZES:
+    for label, size in SIZES.items():
         base = statistics.median(results[(label, "mp.Queue")])
-        for contender in contenders:
+        for contender in contenders_at(size, contenders):
             rate = statistics.median(results[(label, contender)])
-            target = {"64 B": ">= 1x", "1 MiB": ">= 2x"}[label] if contender == "blockipc" else ""
-            print(f"| {label} {contender} | {rate:,.0f} | {rate / base:.2f}x | {target} |")
+            target = ""
+            if contender in ("blockipc", BATCHED):
+                want = {"64 B": 1.0, "1 MiB": 2.0}[label]
+                target = f">= {want:g}x: {'pass' if rate / base >= want else 'FAIL'}"
+            name = f"{contender} {BATCH[size]}" if contender == BATCHED else contender
+            print(f"| {label} {name} | {rate:,.0f} | {rate / base:.2f}x | {target} |")
     if not redis_port:
         print("\nRedis Streams: skipped (no `redis-server` on PATH or no `redis` module).")
 

@@ -689,7 +689,39 @@ async def queue_consumer(address: str, name: str, queue: str, hold: str) -> None
         await anyio.sleep_forever()
 
 
-ROLES.update(queue_producer=queue_producer, queue_consumer=queue_consumer)
+async def queue_batch_producer(address: str, name: str, queue: str, count: str, batch: str) -> None:
+    """Enqueue ``count`` jobs ``[name, i]`` (json) in batches of ``batch`` with
+    ``enqueue_many`` (each batch's header: ``{"first": its first i}``)."""
+    import blockipc
+
+    n, size = int(count), int(batch)
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        ids = []
+        for start in range(0, n, size):
+            objs = [[name, i] for i in range(start, min(start + size, n))]
+            ids += await client.enqueue_many(queue, objs, codec="json", header={"first": start})
+        report("done", count=n, ids=ids)
+
+
+async def queue_batch_holder(address: str, name: str, queue: str, most: str) -> None:
+    """Take one batch of up to ``most`` jobs with ``take_many``, report it (``holding``:
+    the jobs' ids and values) without acking, and sleep until killed."""
+    import blockipc
+
+    async with blockipc.connect(address, name=name) as client:
+        report("ready")
+        jobs = await client.take_many(queue, max_jobs=int(most))
+        report("holding", ids=[job.id for job in jobs], values=[job.value for job in jobs])
+        await anyio.sleep_forever()
+
+
+ROLES.update(
+    queue_producer=queue_producer,
+    queue_consumer=queue_consumer,
+    queue_batch_producer=queue_batch_producer,
+    queue_batch_holder=queue_batch_holder,
+)
 
 
 if __name__ == "__main__":

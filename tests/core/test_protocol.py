@@ -21,9 +21,11 @@ from blockipc._core.limits import MAX_INT
 from blockipc._core.protocol import (
     _BODY_FIXED,
     _COMPACT,
+    _DICTLIST,
     _ERROR_SCHEMA,
     _HANDSHAKE_OPS,
     _INTLIST,
+    _JOBLIST,
     _LINKLIST,
     _LIST_LIMITS,
     _MAX_TOKEN,
@@ -82,6 +84,8 @@ EXAMPLES: dict[Any, Any] = {
     _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
     _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1, 37]],
     _QUEUELIST: [["jobs", "jobs.dead", 3, 1, 0, 0, 9, 5, 1024, 5]],
+    _DICTLIST: [{}, {"shape": [2, 3]}],
+    _JOBLIST: [[1, 2, 100, 4096, 0, 0, 3, 0, "raw", "producer", {"nbytes": 100}, {"k": 1}, True]],
 }
 
 # Largest and smallest values that must still be accepted.
@@ -101,6 +105,12 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
         [[0, 0, 0, 0, 0, "", "", {}, ""]],
         [[MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR]],
         [[MAX_INT] * 5 + ["o", "s", {}, "t"]] * MAX_BATCH,
+    ],
+    _DICTLIST: [[], [{"k": [1]}], [{}] * MAX_BATCH],
+    _JOBLIST: [
+        [[0] * 8 + ["", "", {}, {}, False]],
+        [[MAX_INT] * 8 + ["x" * MAX_STR] * 2 + [{"k": [1]}, {"h": "x"}, True]],
+        [[1] * 8 + ["raw", "p", {}, {}, True]] * MAX_BATCH,
     ],
 }
 
@@ -169,6 +179,20 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [[1, 2, 3, 4, 5, "o", "s", {}, None]],
         [[1, 2, 3, 4, 5, "o", "x" * (MAX_STR + 1), {}, ""]],
         [[1, 2, 3, 4, 5, "o", "s", {}, ""]] * (MAX_BATCH + 1),
+    ],
+    _DICTLIST: [None, {}, [1], [[]], [{1: 2}], [None], [{}] * (MAX_BATCH + 1)],
+    _JOBLIST: [
+        [],  # a reply carries at least one job
+        None,
+        [[0] * 8 + ["", "", {}, {}]],  # 12 items
+        [[-1] + [0] * 7 + ["", "", {}, {}, False]],
+        [[True] + [0] * 7 + ["", "", {}, {}, False]],
+        [[0] * 8 + [1, "", {}, {}, False]],
+        [[0] * 8 + ["", "x" * (MAX_STR + 1), {}, {}, False]],
+        [[0] * 8 + ["", "", [], {}, False]],
+        [[0] * 8 + ["", "", {}, {1: 2}, False]],
+        [[0] * 8 + ["", "", {}, {}, 0]],
+        [[0] * 8 + ["", "", {}, {}, False]] * (MAX_BATCH + 1),
     ],
 }
 
@@ -392,6 +416,21 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
             st.text(max_size=8),
             st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
             st.text(max_size=8),
+        ).map(list),
+        min_size=1,
+        max_size=3,
+    ),
+    _DICTLIST: st.lists(
+        st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2), max_size=3
+    ),
+    _JOBLIST: st.lists(
+        st.tuples(
+            *[_UINT] * 8,
+            st.text(max_size=8),
+            st.text(max_size=8),
+            st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
+            st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
+            st.booleans(),
         ).map(list),
         min_size=1,
         max_size=3,
@@ -884,7 +923,7 @@ def assert_refused_and_usable(
 _ALLOC_FLOAT = {**example_fields(_SCHEMAS[(REP, Op.ALLOC)][0]), "size": 1.0}
 _STATS_META = example_fields(_SCHEMAS[(REP, Op.STATS)][0])
 _LIST_OVER: dict[Any, int] = dict.fromkeys(_LIST_LIMITS, MAX_LIST + 1)
-_LIST_OVER[_MSGLIST] = MAX_BATCH + 1
+_LIST_OVER[_MSGLIST] = _LIST_OVER[_DICTLIST] = _LIST_OVER[_JOBLIST] = MAX_BATCH + 1
 # (kind, op, meta, data) of frames that break their schema, for every way to break one
 REFUSED: list[Any] = [
     pytest.param(REP, Op.STATS, {**_STATS_META, "names": ["n"] * (MAX_LIST + 1)}, b"", id="list+1"),

@@ -10,6 +10,7 @@ import pytest
 
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, QuotaExceeded
 from blockipc._core.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE_SIZE, MAX_NAME, MAX_QUEUES
+from blockipc._core.protocol import REPLY_LISTS_BUDGET
 from blockipc._core.queues import DEAD_SUFFIX, QueueTable, dead_letter_name
 from blockipc._core.routing import BlockRecord, ProcessRecord, RoutingTable
 
@@ -258,3 +259,54 @@ def test_the_number_of_queues_is_bounded(w: World) -> None:
         w.queues.declare("one-more", max_attempts=None)
     assert "one-more" not in w.queues.queues
     w.queues.declare("q0", maxsize=5)  # an existing one may still be declared
+
+
+def test_take_many_is_bounded_by_what_one_reply_holds(w: World) -> None:
+    q = w.queues.declare("jobs", maxsize=200)
+    big = {"pad": "x" * 15_000}  # near the header rule's 16 KiB: ~70 such jobs per reply
+    recs = [w.block() for _ in range(150)]
+    w.queues.enqueue_many(w.producer, recs, q, big)
+    jobs = w.queues.take_many(w.c1, q, object(), 150)
+    assert 1 < len(jobs) < 150
+    assert sum(job.cost for job in jobs) <= REPLY_LISTS_BUDGET
+    assert sum(job.cost for job in jobs) + q.ready[0].cost > REPLY_LISTS_BUDGET
+    assert [job.block for job in jobs] == recs[: len(jobs)]  # the oldest, in order
+
+
+def test_waiting_takes_of_many_are_dealt_jobs_in_turn(w: World) -> None:
+    q = w.queues.queue("jobs")
+    first, second, single = object(), object(), object()
+    assert w.queues.take_many(w.c1, q, first, 3) == []
+    assert w.queues.take_many(w.c2, q, second, 10) == []
+    assert w.queues.take(w.c2, q, single) is None
+    recs = [w.block() for _ in range(6)]
+    handed = w.queues.enqueue_many(w.producer, recs, q, {})
+    got = [(token, job.block) for token, job in handed]
+    assert got == [
+        (first, recs[0]),
+        (second, recs[1]),
+        (single, recs[2]),
+        (first, recs[3]),
+        (second, recs[4]),
+        (first, recs[5]),
+    ]
+    assert not q.takers and not q.ready  # each served take left the takers
+
+
+def test_a_batch_is_queued_whole_or_not_at_all(w: World) -> None:
+    q = w.queues.declare("jobs", maxsize=4)
+    mine = w.block()
+    shared = w.block()
+    w.table.grant(w.producer, shared, w.c1, "r")
+    with pytest.raises(AccessDenied):
+        w.queues.enqueue_many(w.producer, [mine, shared], q, {})
+    assert not q.ready and mine.job == 0 and mine.owner is w.producer
+    with pytest.raises(InvalidRequest, match="same block twice"):
+        w.queues.enqueue_many(w.producer, [mine, mine], q, {})
+    assert not w.queues.has_room(q, 5) and w.queues.has_room(q, 4)
+    token = object()
+    w.put("jobs", 2)
+    w.queues.park_putter(q, token, 3)
+    assert w.queues.next_putter(q) is None  # room for 2, not 3
+    w.queues.take(w.c1, q, object())
+    assert w.queues.next_putter(q) is token

@@ -233,6 +233,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ),
     ("Channels: streams without the coordinator", "open_channel"): fragment("channel"),
     ("Work queues", "declare_queue"): script(expect="[0, 2] {'image': 1} 0\n0 1 1"),
+    ("Work queues", "enqueue_many"): script(expect="100 [0, 1, 4, 9] 100"),
     ("Request/reply", "adder.requests()"): script(
         expect="6\n'adder' failed the request: ValueError: numbers only"
     ),

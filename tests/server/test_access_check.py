@@ -20,6 +20,7 @@ import blockipc
 from _helpers import connected
 from _procs import wait_until
 from blockipc._core.protocol import (
+    _DICTLIST,
     _INTLIST,
     _NEEDS_WRITE,
     _READ_ONLY_OK,
@@ -87,7 +88,15 @@ async def _ask(stream: UNIXSocketStream, conn: Connection, req: Request) -> Repl
 def _example_args(op: Op, block: int) -> dict[str, Any]:
     """Fields a request of ``op`` may carry, naming ``block`` (LEASE: a write lease)."""
     schema = _SCHEMAS[(Kind.REQUEST, op)][0]
-    values = {int: block, str: "w", bool: False, bytes: b"", dict: {}, _INTLIST: [block]}
+    values = {
+        int: block,
+        str: "w",
+        bool: False,
+        bytes: b"",
+        dict: {},
+        _INTLIST: [block],
+        _DICTLIST: [{}],
+    }
     return {name: values[kind] for name, kind in schema.items()}
 
 

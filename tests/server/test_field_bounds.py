@@ -57,11 +57,14 @@ ITEM_BOUNDS: dict[str, int] = {
     protocol._INTLIST: INT,
     protocol._SEGLIST: 5 + 2 * INT,
     protocol._MSGLIST: 5 + 5 * INT + 3 * STR + MAX_HEADER,
+    protocol._DICTLIST: MAX_HEADER,  # each a codec meta, by the header rule
+    protocol._JOBLIST: 5 + 8 * INT + 2 * STR + 2 * MAX_HEADER + 1,
     **{kind: 5 + strings * STR + ints * INT for kind, (strings, ints) in protocol._ROWS.items()},
 }
 # replies whose lists are cut to REPLY_LISTS_BUDGET encoded bytes together: by
-# fit_lists (STATS, PEERS), by the coordinator's RECV_MANY batching (message_bound)
-FITTED = {Op.STATS, Op.PEERS, Op.RECV_MANY}
+# fit_lists (STATS, PEERS), by the coordinator's RECV_MANY batching (message_bound), by
+# TAKE_MANY's (job_bound: its rows and its inline data together)
+FITTED = {Op.STATS, Op.PEERS, Op.RECV_MANY, Op.TAKE_MANY}
 # every dict field of a request: the handler bounds it by the header rule
 DICT_FIELDS = {
     (Op.SEND, "header"),
@@ -70,6 +73,9 @@ DICT_FIELDS = {
     (Op.COMMIT, "meta"),
     (Op.ENQUEUE, "header"),
     (Op.ENQUEUE, "meta"),
+    (Op.ENQUEUE_MANY, "header"),
+    (Op.ENQUEUE_COMMIT, "header"),
+    (Op.ENQUEUE_COMMIT, "meta"),
     (Op.REQUEST, "meta"),
     (Op.RESPOND, "meta"),
 }
@@ -176,6 +182,9 @@ DICT_CASES = [
     ),
     (Op.ENQUEUE, "header", {"queue": "", "nowait": True, "codec": "", "meta": {}}),
     (Op.ENQUEUE, "meta", {"queue": "", "nowait": True, "codec": "raw", "header": {}}),
+    (Op.ENQUEUE_MANY, "header", {"queue": "", "nowait": True, "codec": "raw", "sizes": [0]}),
+    (Op.ENQUEUE_COMMIT, "header", {"queue": "", "nowait": True, "codec": "raw", "meta": {}}),
+    (Op.ENQUEUE_COMMIT, "meta", {"queue": "", "nowait": True, "codec": "raw", "header": {}}),
     (Op.REQUEST, "meta", {"to": "", "codec": "raw", "wait_ms": 0}),
     (Op.RESPOND, "meta", {"request": 1, "codec": "raw", "error": 0, "message": ""}),
 ]
@@ -220,12 +229,19 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
     args: dict[str, Any],
     big: dict[str, Any],
 ) -> None:
-    if op is Op.COMMIT:
+    if op in (Op.COMMIT, Op.ENQUEUE_COMMIT):
         made = await raw.ok(Op.PUT, {"size": 1})
-        args = {**args, "lease": made["lease"], "name": unique_name("obj")}
+        args = {**args, "lease": made["lease"]}
+        if op is Op.COMMIT:
+            args["name"] = unique_name("obj")
+        else:
+            args["queue"] = unique_name("queue")
     else:
         made = await raw.ok(Op.ALLOC, {"size": 1})
-        args = {**args, "block": made["block"]}
+        if op is Op.ENQUEUE_MANY:
+            args = {**args, "blocks": [made["block"]], "metas": [{}]}
+        else:
+            args = {**args, "block": made["block"]}
         if "to" in args:
             args["to"] = args["to"] or other.name
         if "queue" in args:
@@ -240,6 +256,7 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
     if op is Op.COMMIT:  # nothing bound; the lease is still the client's to end
         got = await raw.call(Op.GET, {"block": 0, "name": args["name"]})
         assert isinstance(got, ErrorReply) and got.code == BlockNotFound.code
+    if op in (Op.COMMIT, Op.ENQUEUE_COMMIT):
         await raw.ok(Op.RELEASE, {"lease": made["lease"]})
     await raw.ok(Op.FREE, {"block": made["block"]})
 

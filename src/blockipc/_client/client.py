@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Self, cast
 import anyio
 from anyio.abc import SocketAttribute, UNIXSocketStream
 
-from .._core.codecs import DEFAULT_CODEC, NumpyCodec, get_codec
+from .._core.codecs import DEFAULT_CODEC, Encoded, NumpyCodec, get_codec
 from .._core.limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
@@ -100,6 +100,7 @@ from .._core.limits import (
     MAX_INT,
     MAX_LIST,
     check_batch,
+    check_batch_bytes,
     check_in_hand,
     check_mode,
     check_queue_settings,
@@ -374,7 +375,8 @@ class Client:
         self._conn = Connection(Role.CLIENT)
         self._proto: _ClientProtocol | None = None
         self._pending: dict[int, tuple[asyncio.Future[Reply] | None, _Orphan | None]] = {}
-        self._folds: dict[int, Job] = {}  # TAKE req_id -> the job whose ack it carries
+        # TAKE (TAKE_MANY) req_id -> the jobs whose acks it carries
+        self._folds: dict[int, tuple[Job, ...]] = {}
         # cancelled LEASE/GET calls whose reply has not come (request id -> block): a
         # free of that block waits for it, so that the lease it may grant is released
         # first (the coordinator refuses to free a block its holder still leases)
@@ -709,8 +711,9 @@ class Client:
         self._touched.clear()
         pending, self._pending = self._pending, {}
         folds, self._folds = self._folds, {}
-        for job in folds.values():
-            job._folded(False)  # unanswerable now: the connection, and its jobs, are gone
+        for jobs in folds.values():
+            for job in jobs:
+                job._folded(False)  # unanswerable now: the connection, and its jobs, are gone
         self._unsettled.clear()
         self._wake_settling()
         self._end_direct(error)
@@ -773,9 +776,11 @@ class Client:
 
     def _dispatch(self, event: Reply | ErrorReply) -> None:
         fut, orphan = self._pending.pop(event.req_id, (None, None))
-        if self._folds and (job := self._folds.pop(event.req_id, None)) is not None:
-            # the ack a TAKE carried was done unless the TAKE was refused (ops/queues.take)
-            job._folded(isinstance(event, Reply) or event.code == CANCELLED)
+        if self._folds and (jobs := self._folds.pop(event.req_id, None)) is not None:
+            # the acks a TAKE carried were done unless the TAKE was refused (ops/queues.take)
+            done = isinstance(event, Reply) or event.code == CANCELLED
+            for job in jobs:
+                job._folded(done)
         if not self._pending and self._proto is not None:
             self._proto.busy = None  # nothing waits: held weakly again
         if fut is None or fut.done():
@@ -832,7 +837,7 @@ class Client:
         orphan: _Orphan | None = None,
         *,
         epoch: int | None = None,
-        fold: Job | None = None,
+        fold: Sequence[Job] = (),
     ) -> Reply:
         # ``epoch``: the connection whose lease, block or channel ``args`` name; such a
         # call fails once that connection is gone, and never reconnects.
@@ -852,8 +857,8 @@ class Client:
         frame = self._conn.send(Request(req_id, op, args, data))
         fut: asyncio.Future[Reply] = loop.create_future()
         self._pending[req_id] = (fut, orphan)
-        if fold is not None:  # a TAKE carrying this job's ack: its answer settles the job
-            self._folds[req_id] = fold
+        if fold:  # a TAKE carrying these jobs' acks: its answer settles them
+            self._folds[req_id] = tuple(fold)
         proto.busy = self
         assert proto.transport is not None
         proto.transport.write(frame)
@@ -1581,10 +1586,11 @@ class Client:
 
         ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
         encoded, it travels inside the request's frame and the coordinator writes it
-        into the job's block (one round trip); a larger one is put in a new block first,
-        as :meth:`put` does. A :class:`Block` is moved into the queue as it is
-        (zero-copy; it must be this process's alone, and its recorded codec goes with
-        it). Either way the job is a block, and its consumer sees no difference.
+        into the job's block (one round trip); a larger one is encoded into a new block
+        (PUT), which one more request commits and enqueues (two round trips). A
+        :class:`Block` is moved into the queue as it is (zero-copy; it must be this
+        process's alone, and its recorded codec goes with it). Either way the job is a
+        block, and its consumer sees no difference.
         ``header`` is a small dict the consumer gets with the job. When the queue is
         full the call waits for room (``nowait=True`` raises :class:`InboxFull`
         instead); cancelling it then withdraws the job (a :class:`Block` stays this
@@ -1594,7 +1600,13 @@ class Client:
         """
         _check_name(queue, "queue name")
         hdr = self._check_header(header)
-        bid, c, meta, data, made = await self._outgoing(obj, codec)
+        if isinstance(obj, Block):
+            bid, c, meta, data = self._bid(obj), "", {}, b""
+        else:
+            with get_codec(codec).prepare(obj) as enc:
+                if enc.nbytes > MAX_INLINE_PAYLOAD:  # PUT, then commit and enqueue in one
+                    return await self._enqueue_put(queue, codec, enc, hdr, bool(nowait))
+                bid, c, meta, data = NO_BLOCK, codec, enc.meta, enc.tobytes()
         args = {
             "block": bid,
             "codec": c,
@@ -1603,16 +1615,248 @@ class Client:
             "header": hdr,
             "nowait": bool(nowait),
         }
-        try:
-            job: int = (await self._call(Op.ENQUEUE, args, data)).result["job"]
-        except BaseException:
-            # not enqueued (or enqueued just before a cancellation: then the free fails)
-            with anyio.CancelScope(shield=True):
-                await self._drop_made(made)
-            raise
+        job: int = (await self._call(Op.ENQUEUE, args, data)).result["job"]
         if bid != NO_BLOCK:
             self._sizes.pop(bid, None)
         return job
+
+    async def _enqueue_put(
+        self, queue: str, codec: str, enc: Encoded, header: dict[str, Any], nowait: bool
+    ) -> int:
+        """A large job: PUT a new block, encode into it, then ENQUEUE_COMMIT (its codec
+        recorded, its lease ended and it enqueued, one request): two round trips where
+        ``put`` then ``enqueue`` cost three. Not enqueued, the block is freed."""
+        n = enc.nbytes
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
+            self._return_lease(reply)
+            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+
+        r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
+        epoch = self._epoch
+        try:
+            seg = await self._segment(r["segment"], epoch)
+            with seg.buffer[r["offset"] : r["offset"] + n] as dst:
+                enc.write_into(dst)
+            args = {
+                "lease": r["lease"],
+                "codec": codec,
+                "meta": {"nbytes": n, "codec": enc.meta},
+                "queue": queue,
+                "header": header,
+                "nowait": nowait,
+            }
+            job: int = (await self._call(Op.ENQUEUE_COMMIT, args, epoch=epoch)).result["job"]
+        except BaseException:
+            # Refused before its commit the lease is ours, after it the block alone (a
+            # full queue, a cancelled wait); enqueued just before a cancellation, the
+            # free fails: the queue has it.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(BlockIPCError):
+                    await self._call(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
+                with contextlib.suppress(BlockIPCError):
+                    await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
+            raise
+        return job
+
+    async def enqueue_many(
+        self,
+        queue: str,
+        objs: Iterable[object],
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> list[int]:
+        """Add a batch of jobs to the work queue ``queue`` in one request, in order, and
+        return their ids: what :meth:`enqueue` does for each of ``objs`` (each encoded
+        with ``codec``, or a :class:`Block`, moved), for a fraction of the round trips.
+        Every job gets the same ``header``.
+
+        The batch goes in whole or not at all. It waits until the queue has room for
+        all of its jobs (in order with the other waiting enqueues); ``nowait=True``
+        raises :class:`InboxFull` instead, with nothing enqueued, when the queue has
+        room for fewer than all of them (never a part of the batch). A batch holds 1 to
+        ``MAX_BATCH`` (1024) jobs, at most the queue's ``maxsize``, and at most
+        ``MAX_BATCH_BYTES`` (1 MiB) of encoded jobs of up to ``MAX_INLINE_PAYLOAD`` each
+        (an object larger than that is put in a block of its own first, and only its
+        id travels); else :class:`InvalidRequest`, nothing enqueued. Cancelled while it
+        waits, nothing is enqueued (blocks passed in stay this process's).
+
+        >>> jobs = [{"n": i} for i in range(32)]
+        >>> await client.enqueue_many("jobs", jobs, codec="json")  # doctest: +SKIP
+        """
+        _check_name(queue, "queue name")
+        hdr = self._check_header(header)
+        items = list(objs)
+        check_batch(len(items), "enqueue_many's number of jobs")
+        blocks: list[int] = []
+        sizes: list[int] = []
+        metas: list[dict[str, Any]] = []
+        parts: list[bytes] = []
+        large: list[int] = []
+        total = 0
+        for i, obj in enumerate(items):
+            if isinstance(obj, Block):
+                blocks.append(self._bid(obj))
+                sizes.append(0)
+                metas.append({})
+                continue
+            with get_codec(codec).prepare(obj) as enc:
+                if enc.nbytes > MAX_INLINE_PAYLOAD:
+                    large.append(i)
+                    blocks.append(NO_BLOCK)  # (filled in below, once the batch is checked)
+                    sizes.append(0)
+                    metas.append({})
+                    continue
+                data = enc.tobytes()
+                blocks.append(NO_BLOCK)
+                sizes.append(len(data))
+                metas.append(enc.meta)
+                parts.append(data)
+                total += len(data)
+        check_batch_bytes(total)
+        made: list[Block] = []
+        try:
+            for i in large:
+                bid, _, _, _, block = await self._outgoing(items[i], codec)
+                assert block is not None
+                made.append(block)
+                blocks[i] = bid
+            args = {
+                "queue": queue,
+                "blocks": blocks,
+                "sizes": sizes,
+                "codec": codec,
+                "metas": metas,
+                "header": hdr,
+                "nowait": bool(nowait),
+            }
+            jobs: list[int] = (await self._call(Op.ENQUEUE_MANY, args, b"".join(parts))).result[
+                "jobs"
+            ]
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # (a block enqueued already: the free fails)
+                for block in made:
+                    await self._drop_made(block)
+            raise
+        for bid in blocks:
+            if bid != NO_BLOCK:
+                self._sizes.pop(bid, None)
+        return jobs
+
+    async def take_many(
+        self,
+        queue: str,
+        max_jobs: int = 32,
+        timeout: float | None = None,  # noqa: ASYNC109 -- as take's
+        *,
+        ack: Iterable[Job] | None = None,
+    ) -> list[Job]:
+        """Wait for jobs of the work queue ``queue`` and return 1 to ``max_jobs`` of them
+        (1 to ``MAX_BATCH``), oldest first, in one round trip: the jobs there are when
+        at least one is (it never waits for more; waiting consumers are dealt jobs one
+        at a time in turn, and one reply holds what fits a frame). Each is a
+        :class:`Job`, as :meth:`take` returns, this process's until answered; if this
+        client closes or its process dies first, all of them go back to the queue.
+
+        ``ack``, jobs this client took and has not answered, are acked by the same
+        request first, all of them or none (as :meth:`take`'s ``ack``: one refused,
+        this call raises its error, takes nothing, and they stay unanswered)::
+
+            jobs = await client.take_many("jobs", max_jobs=32)
+            while True:
+                for job in jobs:
+                    work(job.value)
+                jobs = await client.take_many("jobs", max_jobs=32, ack=jobs)
+
+        >>> jobs = await client.take_many("jobs", max_jobs=32, timeout=1.0)  # doctest: +SKIP
+        """
+        _check_name(queue, "queue name")
+        check_batch(max_jobs, "take_many's max_jobs")
+        seconds = _check_timeout(timeout)
+        acks = [] if ack is None else list(ack)
+        epoch: int | None = None
+        if acks:
+            check_batch(len(acks), "take_many's acks")
+            if len({id(j) for j in acks}) != len(acks):
+                raise InvalidRequest("ack= names the same job twice")
+            for job in acks:
+                if not isinstance(job, Job) or job._client is not self:
+                    raise InvalidRequest("ack= takes jobs this client took (Jobs of take_many())")
+            if len({job._epoch for job in acks}) != 1:
+                raise InvalidRequest("ack= takes jobs of one connection")
+            folded: list[Job] = []
+            try:
+                for job in acks:
+                    job._fold()  # raises if answered (or being answered), or its connection is gone
+                    folded.append(job)
+            except BaseException:
+                for job in folded:
+                    job._folded(False)
+                raise
+            epoch = acks[0]._epoch
+
+        def orphan(reply: Reply) -> None:  # cancelled after the coordinator handed them
+            for row in reply.result["jobs"]:
+                self._send_nowait(Op.NACK, {"job": row[0], "failed": False})
+
+        args = {"queue": queue, "max": max_jobs, "acks": [job.id for job in acks]}
+        try:
+            with anyio.fail_after(seconds):
+                reply = await self._call(Op.TAKE_MANY, args, orphan=orphan, epoch=epoch, fold=acks)
+        except BaseException:
+            await self._unfold(acks)
+            raise
+        epoch = self._epoch
+        rows = reply.result["jobs"]
+        segments: dict[int, memoryview] = {}
+        try:
+            for row in rows:
+                if not row[12] and row[4] not in segments:
+                    segments[row[4]] = (await self._segment(row[4], epoch)).buffer
+        except BaseException:
+            orphan(reply)
+            raise
+        jobs, data, at = [], memoryview(reply.data), 0
+        name = reply.result["queue"]
+        for row in rows:
+            (jid, bid, size, capacity, seg, offset, _lease, attempts) = row[:8]
+            codec_, producer, meta, header_, inline = row[8:]
+            r = {
+                "job": jid,
+                "block": bid,
+                "size": size,
+                "capacity": capacity,
+                "offset": offset,
+                "meta": meta,
+                "header": header_,
+                "attempts": attempts,
+                "queue": name,
+                "producer": producer,
+                "codec": codec_,
+            }
+            self._issued(bid)
+            self._sizes[bid] = size
+            if inline:
+                jobs.append(Job(self, epoch, None, r, bytes(data[at : at + size])))
+                at += size
+            else:
+                jobs.append(Job(self, epoch, segments[seg], r))
+        return jobs
+
+    async def _unfold(self, jobs: Sequence[Job]) -> None:
+        """A take carrying ``jobs``' acks raised: wait until its answer says whether
+        they were done (sent: one round trip away, the CANCEL's), or (never sent) mark
+        them unanswered."""
+        for job in jobs:
+            if not job._folding:
+                continue
+            if any(job in v for v in self._folds.values()):
+                with anyio.CancelScope(shield=True):
+                    await job._settled()
+            else:
+                job._folded(False)  # refused before it was sent (its connection is gone)
 
     async def take(
         self,
@@ -1661,14 +1905,12 @@ class Client:
         args = {"queue": queue, "ack": 0 if ack is None else ack.id}
         try:
             with anyio.fail_after(seconds):
-                reply = await self._call(Op.TAKE, args, orphan=orphan, epoch=epoch, fold=ack)
+                reply = await self._call(
+                    Op.TAKE, args, orphan=orphan, epoch=epoch, fold=() if ack is None else (ack,)
+                )
         except BaseException:
-            if ack is not None and ack._folding:
-                if ack in self._folds.values():  # sent: its answer, one round trip away
-                    with anyio.CancelScope(shield=True):  # (the CANCEL's), says if it was done
-                        await ack._settled()
-                else:
-                    ack._folded(False)  # refused before it was sent (its connection is gone)
+            if ack is not None:
+                await self._unfold((ack,))
             raise
         epoch, r = self._epoch, reply.result
         self._issued(r["block"])

@@ -20,8 +20,9 @@ Each rule below has this one home; the other modules import it rather than resta
   can outgrow a frame.
 * **frames**: a string field holds at most :data:`MAX_STR` characters, a list field at
   most :data:`MAX_LIST` items; the protocol's schema applies them to every frame sent
-  and received. A batch (RECV_MANY, FREE_MANY) has 1 to :data:`MAX_BATCH` items
-  (:func:`check_batch`).
+  and received. A batch (RECV_MANY, FREE_MANY, ENQUEUE_MANY, TAKE_MANY) has 1 to
+  :data:`MAX_BATCH` items (:func:`check_batch`); an ENQUEUE_MANY's inline jobs are
+  at most :data:`MAX_BATCH_BYTES` together (:func:`check_batch_bytes`).
 * **quotas** (:class:`Quotas`, off unless set): the bytes and blocks one process holds,
   the processes of one uid connected at once.
 * **waiting**: one connection has at most :data:`MAX_PARKED` requests waiting at once
@@ -73,6 +74,7 @@ __all__ = [
     "IDLE_FRAME_TIMEOUT",
     "MAX_ATTEMPTS",
     "MAX_BATCH",
+    "MAX_BATCH_BYTES",
     "MAX_CLAIMS",
     "MAX_HEADER",
     "MAX_DIRECT_ADDRESS",
@@ -93,6 +95,7 @@ __all__ = [
     "Quotas",
     "RECLAIM_SLICE",
     "check_batch",
+    "check_batch_bytes",
     "check_claims",
     "check_header_size",
     "check_in_hand",
@@ -252,6 +255,21 @@ MAX_LIST: Final = 4096
 a reply that may list more (STATS, PEERS) is cut to it with ``_protocol.fit_lists``."""
 MAX_BATCH: Final = 1024
 """Most messages one RECV_MANY reply carries, and blocks one FREE_MANY frees."""
+
+
+MAX_BATCH_BYTES: Final = 1 << 20
+"""Encoded bytes of the inline jobs one ENQUEUE_MANY carries, at most (what a frame,
+``MAX_FRAME_SIZE``, holds besides 64 KiB of its other fields)."""
+
+
+def check_batch_bytes(nbytes: int) -> None:
+    """Raise :class:`InvalidRequest` if a batch's inline jobs are over
+    :data:`MAX_BATCH_BYTES` at ``nbytes`` encoded."""
+    if nbytes > MAX_BATCH_BYTES:
+        raise InvalidRequest(
+            f"a batch of jobs is {nbytes} bytes encoded; the limit is {MAX_BATCH_BYTES}: "
+            "split it into smaller batches"
+        )
 
 
 MAX_PARKED: Final = 4096

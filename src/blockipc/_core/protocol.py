@@ -78,6 +78,7 @@ __all__ = [
     "MAX_LIST",
     "MAX_STR",
     "fit_lists",
+    "job_bound",
     "message_bound",
     "MAX_FRAME_SIZE",
     "ACCESS_MODES",
@@ -178,6 +179,12 @@ class Op(enum.IntEnum):
     TAKE = 62
     ACK = 63
     NACK = 64
+    # a batch of jobs in one request (ENQUEUE_MANY: all of them or none) and up to
+    # ``max`` jobs in one reply (TAKE_MANY, its acks folded); a PUT's block committed
+    # and enqueued in one (ENQUEUE_COMMIT: a large job's second round trip saved)
+    ENQUEUE_MANY = 65
+    TAKE_MANY = 66
+    ENQUEUE_COMMIT = 67
     # request/reply: a request routed to a responder, answered by its reply (70-79)
     REQUEST = 70  # the requester's: answered with the reply (or the responder's failure)
     SERVE = 71  # the responder's: answered with the next request to it
@@ -250,6 +257,9 @@ _PROCLIST: Final = "proclist"  # [[name, pid, 7 counters], ...]: Stats.usage
 # rows of a few strings, then ints: (strings, ints) per row
 _QUEUELIST: Final = "queuelist"  # [[name, dead_letter, 8 counters], ...]: Stats.queues
 _ROWS: Final = {_LINKLIST: (2, 8), _PROCLIST: (1, 8), _QUEUELIST: (2, 8)}
+_DICTLIST: Final = "dictlist"  # ENQUEUE_MANY: one codec meta per job
+_JOBLIST: Final = "joblist"  # TAKE_MANY: [job, block, size, capacity, segment, offset,
+# lease, attempts, codec, producer, meta, header, inline] per job
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
 # owner, sender, header, topic] per message
 # the most items a list field of each type holds: checked by _check_value, applied by fit_lists
@@ -261,6 +271,8 @@ _LIST_LIMITS: Final[dict[str, int]] = {
     _PROCLIST: MAX_LIST,
     _QUEUELIST: MAX_LIST,
     _MSGLIST: MAX_BATCH,
+    _DICTLIST: MAX_BATCH,
+    _JOBLIST: MAX_BATCH,
 }
 _Schema = dict[str, Any]
 
@@ -474,6 +486,32 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
         },
         True,
     ),
+    # ENQUEUE_MANY: job i is ``blocks[i]`` (moved), or (NO_BLOCK) the next ``sizes[i]``
+    # bytes of the frame's data, decoded with ``codec`` and ``metas[i]``; all the jobs
+    # go in together (room for all of them) or none (checks: ops/queues.enqueue_many)
+    (Kind.REQUEST, Op.ENQUEUE_MANY): (
+        {
+            "queue": str,
+            "blocks": _INTLIST,
+            "sizes": _INTLIST,
+            "codec": str,
+            "metas": _DICTLIST,
+            "header": dict,
+            "nowait": bool,
+        },
+        True,
+    ),
+    (Kind.REPLY, Op.ENQUEUE_MANY): ({"jobs": _INTLIST}, False),
+    # acks: jobs of the caller's to ack first, all or (one refused) none; the reply's
+    # data is the inline jobs' bytes, in order
+    (Kind.REQUEST, Op.TAKE_MANY): ({"queue": str, "max": int, "acks": _INTLIST}, False),
+    (Kind.REPLY, Op.TAKE_MANY): ({"queue": str, "jobs": _JOBLIST}, True),
+    # COMMIT's lease, codec and meta (a PUT's block, unnamed), then ENQUEUE's block
+    (Kind.REQUEST, Op.ENQUEUE_COMMIT): (
+        {"lease": int, "codec": str, "meta": dict, "queue": str, "header": dict, "nowait": bool},
+        False,
+    ),
+    (Kind.REPLY, Op.ENQUEUE_COMMIT): ({"job": int}, False),
     (Kind.REQUEST, Op.ACK): ({"job": int}, False),
     (Kind.REPLY, Op.ACK): ({}, False),
     # failed False: a take whose caller was cancelled gives its job back, not counted
@@ -547,6 +585,8 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.DELETE: "DELETE refused (it unbinds a name other processes read)",
     Op.CLAIM: "CLAIM refused (get_or_put: it computes an object to put)",
     Op.ENQUEUE: "ENQUEUE refused (it hands a block on; an inline one writes a new block)",
+    Op.ENQUEUE_MANY: "ENQUEUE_MANY refused (it hands blocks on; inline ones write new blocks)",
+    Op.ENQUEUE_COMMIT: "ENQUEUE_COMMIT refused (it binds what a PUT wrote and hands it on)",
     Op.QUEUE_DECLARE: "QUEUE_DECLARE refused (it changes a queue other processes use)",
     Op.SEND: "SEND refused (it hands a block on)",
     Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",
@@ -585,6 +625,7 @@ _READ_ONLY_OK: Final = frozenset(
         Op.RELEASE_EXPORTED,
         Op.UNEXPORT,
         Op.TAKE,  # a read-only consumer of a work queue reads its jobs, acks or nacks them
+        Op.TAKE_MANY,
         Op.ACK,
         Op.NACK,
         Op.CHANNEL_CLOSE,
@@ -699,6 +740,18 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
                 for m in value
             )
         )
+    elif kind == _DICTLIST:
+        ok = (
+            type(value) is list
+            and len(value) <= _LIST_LIMITS[kind]
+            and all(type(v) is dict and all(type(k) is str for k in v) for v in value)
+        )
+    elif kind == _JOBLIST:
+        ok = (
+            type(value) is list
+            and 0 < len(value) <= _LIST_LIMITS[kind]
+            and all(map(_is_job_row, value))
+        )
     else:  # _SEGLIST
         ok = (
             type(value) is list
@@ -714,6 +767,26 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
         # reprlib bounds depth and length: a plain repr() of a deeply nested msgpack value
         # raises RecursionError instead of this ProtocolError.
         raise ProtocolError(f"field {name!r} has an invalid value: {reprlib.repr(value)}")
+
+
+def _is_job_row(j: Any) -> bool:
+    """One row of a TAKE_MANY reply: eight ints, two strs, two dicts, a bool (a plain
+    loop: a batch of rows is checked on both sides of every TAKE_MANY)."""
+    if type(j) is not list or len(j) != 13:
+        return False
+    for x in j[:8]:
+        if type(x) is not int or not 0 <= x <= MAX_INT:
+            return False
+    for x in j[8:10]:
+        if type(x) is not str or len(x) > MAX_STR:
+            return False
+    for x in j[10:12]:
+        if type(x) is not dict:
+            return False
+        for k in x:
+            if type(k) is not str:
+                return False
+    return type(j[12]) is bool
 
 
 def _validate(meta: Any, schema: _Schema, where: Callable[[], str]) -> dict[str, Any]:
@@ -796,6 +869,14 @@ def message_bound(owner: str, sender: str, topic: str, header: dict[str, Any]) -
     its three names and its header, counted at the header rule's largest (a non-empty
     header) since it is not encoded here."""
     return 5 + 5 * 9 + _encoded_bound([owner, sender, topic]) + (MAX_HEADER if header else 1)
+
+
+def job_bound(inline: int, codec: str, producer: str, meta_bytes: int, header_bytes: int) -> int:
+    """At least the bytes one job of a TAKE_MANY reply takes: its row (eight ints, two
+    names, its codec meta and header, ``meta_bytes`` and ``header_bytes`` encoded) and
+    its ``inline`` bytes of the frame's data; the jobs of one reply together stay
+    within :data:`REPLY_LISTS_BUDGET` (``_core/queues.py`` counts them)."""
+    return 5 + 8 * 9 + _encoded_bound([codec, producer]) + meta_bytes + header_bytes + 1 + inline
 
 
 def fit_lists(op: Op, result: dict[str, Any]) -> dict[str, Any]:

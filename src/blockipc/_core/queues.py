@@ -41,18 +41,31 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgpack
+
 from .._exceptions import BlockNotFound, InvalidRequest, QuotaExceeded
 from .._types import QueueStats
 from .limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
+    MAX_INLINE_PAYLOAD,
     MAX_QUEUES,
     check_name,
     check_queue_settings,
+    pack_header,
 )
+from .protocol import REPLY_LISTS_BUDGET, job_bound
 from .routing import BlockRecord, Lease, Outcome, ProcessRecord, RoutingTable
 
-__all__ = ["DEAD_SUFFIX", "Handed", "JobRecord", "QueueRecord", "QueueTable", "dead_letter_name"]
+__all__ = [
+    "DEAD_SUFFIX",
+    "Handed",
+    "JobRecord",
+    "QueueRecord",
+    "QueueTable",
+    "dead_letter_name",
+    "group_handed",
+]
 
 DEAD_SUFFIX = ".dead"
 """A queue's default dead-letter queue is its name with this suffix: ``jobs.dead``."""
@@ -89,6 +102,22 @@ class JobRecord:
     consumer: ProcessRecord | None = None  # while taken
     lease: Lease | None = None  # the consumer's read lease, while taken
     granted: bool = False  # the consumer's read grant is the job's (dropped on return)
+    _cost: int = 0  # job_bound of its TAKE_MANY row, once counted
+    header_bytes: int = -1  # its header encoded, when known (one count for a batch's)
+
+    @property
+    def cost(self) -> int:
+        """At least the bytes this job takes in a TAKE_MANY reply (:func:`job_bound`)."""
+        if not self._cost:
+            rec = self.block
+            self._cost = job_bound(
+                rec.size if rec.size <= MAX_INLINE_PAYLOAD else 0,
+                rec.codec,
+                self.producer,
+                len(msgpack.packb(rec.meta)),  # (checked when it was recorded)
+                self.header_bytes if self.header_bytes >= 0 else len(pack_header(self.header)),
+            )
+        return self._cost
 
 
 @dataclass(eq=False, slots=True)
@@ -102,8 +131,9 @@ class QueueRecord:
     declared: bool = False
     ready: deque[JobRecord] = field(default_factory=deque)
     taken: dict[int, JobRecord] = field(default_factory=dict)
-    takers: deque[tuple[ProcessRecord, Hashable]] = field(default_factory=deque)
-    putters: deque[Hashable] = field(default_factory=deque)
+    # (consumer, token, most jobs it takes at once: 1 for a TAKE, max for a TAKE_MANY)
+    takers: deque[tuple[ProcessRecord, Hashable, int]] = field(default_factory=deque)
+    putters: deque[tuple[Hashable, int]] = field(default_factory=deque)  # (token, jobs)
     enqueued: int = 0
     acked: int = 0
     redelivered: int = 0
@@ -125,10 +155,19 @@ class QueueRecord:
 
 
 class Handed(NamedTuple):
-    """A waiting take (its ``token``) that got ``job``: the caller answers it."""
+    """A waiting take (its ``token``) that got ``job``: the caller answers it (a take of
+    many jobs may appear in several, one per job, in order: :func:`group_handed`)."""
 
     token: Hashable
     job: JobRecord
+
+
+def group_handed(handed: list[Handed]) -> list[tuple[Hashable, list[JobRecord]]]:
+    """``handed`` as (token, its jobs in order), each token once, in first-served order."""
+    grouped: dict[int, tuple[Hashable, list[JobRecord]]] = {}
+    for token, job in handed:
+        grouped.setdefault(id(token), (token, []))[1].append(job)
+    return list(grouped.values())
 
 
 class QueueTable:
@@ -198,10 +237,10 @@ class QueueTable:
 
     # -- producers ---------------------------------------------------------------
     @staticmethod
-    def has_room(q: QueueRecord) -> bool:
-        """Whether an enqueue may go now: no putter waits before it, and the queue has
-        fewer than ``maxsize`` jobs waiting."""
-        return not q.putters and len(q.ready) < q.maxsize
+    def has_room(q: QueueRecord, count: int = 1) -> bool:
+        """Whether an enqueue of ``count`` jobs may go now: no putter waits before it,
+        and the queue has room for all of them (a batch goes in whole or waits whole)."""
+        return not q.putters and len(q.ready) + count <= q.maxsize
 
     def enqueue(
         self, proc: ProcessRecord, rec: BlockRecord, q: QueueRecord, header: dict[str, Any]
@@ -217,27 +256,73 @@ class QueueTable:
         handed = self._dispatch(q)
         return handed[0] if handed else None
 
-    def park_putter(self, q: QueueRecord, token: Hashable) -> None:
-        q.putters.append(token)
+    def enqueue_many(
+        self,
+        proc: ProcessRecord,
+        recs: list[BlockRecord],
+        q: QueueRecord,
+        header: dict[str, Any],
+    ) -> list[Handed]:
+        """``proc`` moves its blocks ``recs`` into ``q``, one new job each, in order: all
+        of them or, refused (one may not move), none (whether there is room for all is
+        the caller's question: :meth:`has_room`). Returns the waiting takes served."""
+        for rec in recs:  # every refusal before anything changes
+            self.table.check_queueable(proc, rec)
+        if len({id(rec) for rec in recs}) != len(recs):
+            raise InvalidRequest("a batch names the same block twice")
+        header_bytes = len(pack_header(header))
+        for rec in recs:
+            job = JobRecord(self._next_job, rec, q, header, proc.name, header_bytes=header_bytes)
+            self.table.queue_job(proc, rec, job.id)
+            self._next_job += 1
+            q.enqueued += 1
+            q.ready.append(job)
+        return self._dispatch(q)
+
+    def park_putter(self, q: QueueRecord, token: Hashable, count: int = 1) -> None:
+        q.putters.append((token, count))
 
     def withdraw_putter(self, q: QueueRecord, token: Hashable) -> None:
-        if token in q.putters:
-            q.putters.remove(token)
+        for entry in q.putters:
+            if entry[0] is token:
+                q.putters.remove(entry)
+                return
 
     @staticmethod
     def next_putter(q: QueueRecord) -> Hashable | None:
-        """The first waiting enqueue, out of the queue, if there is room for it now."""
-        if q.putters and len(q.ready) < q.maxsize:
-            return q.putters.popleft()
+        """The first waiting enqueue, out of the queue, if there is room for all its jobs
+        now (or if it could never fit: a declare shrank ``maxsize`` under it; run again,
+        it is refused)."""
+        if q.putters:
+            count = q.putters[0][1]
+            if len(q.ready) + count <= q.maxsize or count > q.maxsize:
+                return q.putters.popleft()[0]
         return None
 
     # -- consumers ---------------------------------------------------------------
     def take(self, proc: ProcessRecord, q: QueueRecord, token: Hashable) -> JobRecord | None:
         """The oldest job of ``q``, now ``proc``'s; or None, and ``token`` waits."""
-        if q.ready and not q.takers:
-            return self._lend(q.ready.popleft(), proc)
-        q.takers.append((proc, token))
-        return None
+        jobs = self.take_many(proc, q, token, 1)
+        return jobs[0] if jobs else None
+
+    def take_many(
+        self, proc: ProcessRecord, q: QueueRecord, token: Hashable, most: int
+    ) -> list[JobRecord]:
+        """The oldest jobs of ``q`` there are, up to ``most`` and to what one reply holds
+        (:attr:`JobRecord.cost` against :data:`REPLY_LISTS_BUDGET`: always one), now
+        ``proc``'s; or none, and ``token`` waits (served, it gets what there is then:
+        jobs are dealt one at a time to the takes waiting, in turn)."""
+        if not q.ready or q.takers:
+            q.takers.append((proc, token, most))
+            return []
+        jobs = [self._lend(q.ready.popleft(), proc)]  # (a TAKE: no cost counted)
+        cost = jobs[0].cost if most > 1 else 0
+        while q.ready and len(jobs) < most:
+            cost += q.ready[0].cost
+            if cost > REPLY_LISTS_BUDGET:
+                break
+            jobs.append(self._lend(q.ready.popleft(), proc))
+        return jobs
 
     def withdraw_taker(self, q: QueueRecord, token: Hashable) -> None:
         for entry in q.takers:
@@ -276,7 +361,7 @@ class QueueTable:
         each, oldest first. Returns how many, and the waiting takes served."""
         jobs = sorted(self.by_consumer.get(proc.key, {}).values(), key=lambda j: j.id)
         for q in self.queues.values():  # (its waiting takes are withdrawn already)
-            if any(p is proc for p, _ in q.takers):
+            if any(e[0] is proc for e in q.takers):
                 q.takers = deque(e for e in q.takers if e[0] is not proc)
         return len(jobs), self._give_back(jobs, proc, failed=True)
 
@@ -325,11 +410,25 @@ class QueueTable:
         return [h for q in touched.values() for h in self._dispatch(q)]
 
     def _dispatch(self, q: QueueRecord) -> list[Handed]:
-        """Hand ``q``'s waiting jobs to its waiting takes, in order."""
-        handed = []
+        """Hand ``q``'s waiting jobs to its waiting takes, in order, one job at a time
+        in turn (a take of many goes to the back for its next, while it wants more
+        and its reply holds more); a take served leaves the takers."""
+        handed: list[Handed] = []
+        served: dict[int, list[int]] = {}  # id(token) -> [jobs, cost]
         while q.ready and q.takers:
-            proc, token = q.takers.popleft()
-            handed.append(Handed(token, self._lend(q.ready.popleft(), proc)))
+            entry = q.takers.popleft()
+            proc, token, most = entry
+            job = q.ready.popleft()
+            handed.append(Handed(token, self._lend(job, proc)))
+            if most == 1:  # a TAKE: served
+                continue
+            got = served.setdefault(id(token), [0, 0])
+            got[0] += 1
+            got[1] += job.cost
+            if got[0] < most and q.ready and got[1] + q.ready[0].cost <= REPLY_LISTS_BUDGET:
+                q.takers.append(entry)
+        if served and any(id(e[1]) in served for e in q.takers):
+            q.takers = deque(e for e in q.takers if id(e[1]) not in served)
         return handed
 
     def stats(self) -> list[QueueStats]:

@@ -821,15 +821,19 @@ class RoutingTable:
         """``proc``, ``rec``'s owner, gives it to job ``job`` of a work queue. Refused,
         before anything changes, while the block is shared (another process's grant or
         lease), in transit, or under leases of ``proc``'s own."""
+        self.check_queueable(proc, rec)
+        _unhold(proc, rec)
+        _own(rec, None)
+        rec.job = job
+
+    def check_queueable(self, proc: ProcessRecord, rec: BlockRecord) -> None:
+        """Raise why ``proc`` may not give ``rec`` to a job now (:meth:`queue_job`)."""
         self.check_movable(proc, rec)
         if rec.grants or rec.leases or rec.job:
             raise AccessDenied(
                 f"block {rec.id} is shared with other processes; a job's block must be "
                 "this process's alone (revoke its grants first)"
             )
-        _unhold(proc, rec)
-        _own(rec, None)
-        rec.job = job
 
     def lend_job(self, rec: BlockRecord, consumer: ProcessRecord) -> tuple[Lease, bool]:
         """``consumer`` took the job holding ``rec``: it gets a read grant (unless it

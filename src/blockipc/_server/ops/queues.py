@@ -1,6 +1,7 @@
-"""Work queues: QUEUE_DECLARE, ENQUEUE, TAKE, ACK, NACK; the waits a TAKE (on an
-empty queue) and an ENQUEUE (on a full one) park as; a consumer's jobs given back when
-it goes (``give_back_jobs``, from reclaim). The rules are in ``_core/queues.py``."""
+"""Work queues: QUEUE_DECLARE, ENQUEUE, ENQUEUE_MANY, ENQUEUE_COMMIT, TAKE, TAKE_MANY,
+ACK, NACK; the waits a TAKE (on an empty queue) and an ENQUEUE (on a full one) park
+as; a consumer's jobs given back when it goes (``give_back_jobs``, from reclaim).
+The rules are in ``_core/queues.py``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..._core.codecs import get_codec
-from ..._core.limits import MAX_INLINE_PAYLOAD, pack_header
+from ..._core.codecs import CODEC_NAMES, get_codec
+from ..._core.limits import MAX_INLINE_PAYLOAD, check_batch, check_batch_bytes, pack_header
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
-from ..._core.queues import Handed, JobRecord, QueueRecord
+from ..._core.queues import Handed, JobRecord, QueueRecord, group_handed
 from ..._core.routing import BlockRecord, ProcessRecord
-from ..._exceptions import BlockIPCError, InboxFull
+from ..._exceptions import AccessDenied, BlockIPCError, InboxFull, InvalidRequest
 from ..._log import get_logger
 from ..._types import QueueStats
 from ..parking import Parked
@@ -28,14 +29,18 @@ log = get_logger("blockipc.coordinator")
 
 @dataclass(eq=False, slots=True)
 class TakeWait(Parked):
-    """A TAKE waiting for a job, in order among its queue's takers (the token the
-    queue table hands back with the job)."""
+    """A TAKE (or TAKE_MANY) waiting for a job, in order among its queue's takers (the
+    token the queue table hands back with the job)."""
 
     queue: QueueRecord
 
-    def given(self, job: JobRecord) -> None:
+    def given(self, jobs: list[JobRecord]) -> None:
         self.unpark()
-        self.session.reply(_job_reply(self.state, self.request, job))
+        if self.request.op is Op.TAKE_MANY:
+            self.session.reply(_jobs_reply(self.state, self.request, self.queue, jobs))
+        else:
+            (job,) = jobs
+            self.session.reply(_job_reply(self.state, self.request, job))
 
     def cancel(self) -> None:
         self.abandon()
@@ -48,15 +53,20 @@ class TakeWait(Parked):
 
 @dataclass(eq=False, slots=True)
 class EnqueueWait(Parked):
-    """An ENQUEUE waiting for room in a full queue, in order among its putters; when
-    room comes it runs again (the block checked again: it is still the producer's)."""
+    """An ENQUEUE (ENQUEUE_MANY, ENQUEUE_COMMIT: ``block``, its block committed)
+    waiting for room in a full queue, in order among its putters; when room comes it
+    runs again (the blocks checked again: they are still the producer's)."""
 
     queue: QueueRecord
+    block: int | None = None
 
     def room(self) -> None:
         self.unpark()
         try:
-            _enqueue_now(self.state, self.session, self.request, self.queue)
+            if self.request.op is Op.ENQUEUE_MANY:
+                _enqueue_many_now(self.state, self.session, self.request, self.queue)
+            else:
+                _enqueue_now(self.state, self.session, self.request, self.queue, self.block)
         except BlockIPCError as exc:
             self.session.reply(error_reply(self.request, exc))
 
@@ -95,6 +105,37 @@ def _job_reply(state: ServerState, req: Request, job: JobRecord) -> Reply:
     return Reply(req.req_id, Op.TAKE, fields, data)
 
 
+def _jobs_reply(state: ServerState, req: Request, q: QueueRecord, jobs: list[JobRecord]) -> Reply:
+    """A TAKE_MANY's answer: a row per job (as a TAKE's fields), the inline jobs' bytes
+    one after the other in the data (within the frame: ``JobRecord.cost``)."""
+    rows, parts = [], []
+    for job in jobs:
+        rec, lease = job.block, job.lease
+        assert lease is not None
+        inline = rec.size <= MAX_INLINE_PAYLOAD
+        if inline:
+            with state.pool.view(rec.segment, rec.offset, rec.size) as view:
+                parts.append(bytes(view))
+        rows.append(
+            [
+                job.id,
+                rec.id,
+                rec.size,
+                rec.capacity,
+                rec.segment,
+                rec.offset,
+                lease.id,
+                job.attempts,
+                rec.codec,
+                job.producer,
+                rec.meta,
+                job.header,
+                inline,
+            ]
+        )
+    return Reply(req.req_id, Op.TAKE_MANY, {"queue": q.name, "jobs": rows}, b"".join(parts))
+
+
 def queue_row(q: QueueStats) -> list[Any]:
     """A queue's row of a STATS reply (the client's ``Client.stats`` reads it back)."""
     return [
@@ -113,12 +154,13 @@ def queue_row(q: QueueStats) -> list[Any]:
 
 def _hand(state: ServerState, handed: Iterable[Handed]) -> None:
     """Answer the waiting takes that got a job."""
-    for token, job in handed:
-        cast(TakeWait, token).given(job)
+    for token, jobs in group_handed(list(handed)):
+        cast(TakeWait, token).given(jobs)
 
 
 def _room(state: ServerState, q: QueueRecord) -> None:
     """Let the waiting enqueues that now fit go, in order."""
+    # (one that could never fit, a declare having shrunk maxsize, runs to be refused)
     while (putter := state.queues.next_putter(q)) is not None:
         cast(EnqueueWait, putter).room()
 
@@ -170,19 +212,153 @@ def _inline_block(state: ServerState, proc: ProcessRecord, req: Request) -> Bloc
     return rec
 
 
-def _enqueue_now(state: ServerState, session: Session, req: Request, q: QueueRecord) -> None:
+def _enqueue_now(
+    state: ServerState, session: Session, req: Request, q: QueueRecord, block: int | None = None
+) -> None:
+    """An ENQUEUE (or, ``block`` given, an ENQUEUE_COMMIT of that block) with room now."""
     a, proc = req.args, session.proc
-    inline = a["block"] == NO_BLOCK
-    rec = _inline_block(state, proc, req) if inline else state.table.lookup(proc, a["block"])
+    inline = block is None and a["block"] == NO_BLOCK
+    bid = a["block"] if block is None else block
+    rec = _inline_block(state, proc, req) if inline else state.table.lookup(proc, bid)
     try:
         handed = state.queues.enqueue(proc, rec, q, a["header"])
     except BaseException:
         if inline:  # (a new block is never refused; still, it must not leak)
             state.settle(state.table.release_hold(proc, rec))
         raise
-    session.reply(Reply(req.req_id, Op.ENQUEUE, {"job": rec.job}))
+    session.reply(Reply(req.req_id, req.op, {"job": rec.job}))
     if handed is not None:
         _hand(state, (handed,))
+
+
+def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
+    """A PUT's block committed (its codec and meta recorded, its write lease ended, as
+    an unnamed COMMIT does) and enqueued as ENQUEUE enqueues a block, in one request:
+    a large job's producer saves a round trip. Refused before the commit, the lease is
+    the caller's still; refused after it (a full queue and ``nowait``, a cancelled
+    wait), the block is, committed: either way the caller frees what it made."""
+    a, proc = req.args, session.proc
+    lease = state.table.find_lease(proc, a["lease"])
+    rec = lease.block
+    if lease.mode != "w" or rec.owner is not proc or rec.job:
+        raise AccessDenied(f"lease {lease.id} is not a write lease on a block you own")
+    if a["codec"] not in CODEC_NAMES:
+        raise InvalidRequest(f"unknown codec {a['codec']!r}; known: {', '.join(CODEC_NAMES)}")
+    pack_header(a["meta"], "codec meta")
+    pack_header(a["header"])
+    q = state.queues.queue(a["queue"])
+    rec.codec, rec.meta = a["codec"], a["meta"]
+    state.settle(state.table.end_lease(lease))  # bumps the generation, as COMMIT's
+    if state.queues.has_room(q):
+        _enqueue_now(state, session, req, q, rec.id)
+        return
+    if a["nowait"]:
+        raise InboxFull(
+            f"work queue {q.name!r:.80} is full ({len(q.ready)} jobs waiting, maxsize {q.maxsize})"
+        )
+    wait = EnqueueWait(state, session, req, q, rec.id)
+    wait.park()
+    state.queues.park_putter(q, wait)
+
+
+def enqueue_many(state: ServerState, session: Session, req: Request) -> None:
+    """A batch of jobs, in order, all of them or none: each a block of the caller's
+    (moved) or an inline payload (a new block). Checked whole before anything changes
+    (its length, 1 to ``MAX_BATCH``; each inline payload and the data; the header and
+    metas; the blocks, movable); a batch larger than the queue's ``maxsize`` could never
+    fit and is refused. With room for all of them it goes now; else it waits, whole, in
+    order among the putters (``nowait``: :class:`InboxFull`, nothing enqueued)."""
+    a = req.args
+    _check_many(state, session.proc, req)
+    q = state.queues.queue(a["queue"])
+    count = len(a["blocks"])
+    _check_fits(q, count)
+    if state.queues.has_room(q, count):
+        _enqueue_many_now(state, session, req, q)
+        return
+    if a["nowait"]:
+        raise InboxFull(
+            f"work queue {q.name!r:.80} has room for {max(q.maxsize - len(q.ready), 0)} "
+            f"jobs, not the batch's {count} (maxsize {q.maxsize}); nothing was enqueued"
+        )
+    wait = EnqueueWait(state, session, req, q)
+    wait.park()
+    state.queues.park_putter(q, wait, count)
+
+
+def _check_fits(q: QueueRecord, count: int) -> None:
+    if count > q.maxsize:
+        raise InvalidRequest(
+            f"a batch of {count} jobs can never fit work queue {q.name!r:.80} "
+            f"(maxsize {q.maxsize}); nothing was enqueued: send smaller batches"
+        )
+
+
+def _check_many(state: ServerState, proc: ProcessRecord, req: Request) -> None:
+    """Every refusal of an ENQUEUE_MANY that the request alone decides."""
+    a = req.args
+    blocks, sizes, metas = a["blocks"], a["sizes"], a["metas"]
+    count = check_batch(len(blocks), "a batch's number of jobs")
+    if len(sizes) != count or len(metas) != count:
+        raise InvalidRequest("a batch has one block, size and meta per job")
+    inline = 0
+    for bid, size in zip(blocks, sizes, strict=True):
+        if bid != NO_BLOCK:
+            if size:
+                raise InvalidRequest("a job of a batch is a block or inline data, not both")
+            continue
+        if size > MAX_INLINE_PAYLOAD:
+            raise InvalidRequest(
+                f"an inline job of {size} bytes is over the limit of {MAX_INLINE_PAYLOAD}: "
+                "enqueue a larger one as a block"
+            )
+        inline += size
+    check_batch_bytes(inline)
+    if inline != len(req.data):
+        raise InvalidRequest(
+            f"a batch's sizes add up to {inline} bytes, its data is {len(req.data)}"
+        )
+    pack_header(a["header"])
+    for meta in metas:
+        if meta:
+            pack_header(meta, "codec meta")
+    if NO_BLOCK in blocks:
+        get_codec(a["codec"])  # an unknown codec is refused here, not by the consumer
+    moved = [b for b in blocks if b != NO_BLOCK]
+    if len(set(moved)) != len(moved):
+        raise InvalidRequest("a batch names the same block twice")
+    for bid in moved:
+        state.table.check_queueable(proc, state.table.lookup(proc, bid, "own"))
+
+
+def _enqueue_many_now(state: ServerState, session: Session, req: Request, q: QueueRecord) -> None:
+    a, proc, data = req.args, session.proc, memoryview(req.data)
+    _check_fits(q, len(a["blocks"]))  # (again after a wait: a declare may have shrunk it)
+    made: list[BlockRecord] = []
+    recs: list[BlockRecord] = []
+    try:
+        at = 0
+        for bid, size, meta in zip(a["blocks"], a["sizes"], a["metas"], strict=True):
+            if bid != NO_BLOCK:
+                recs.append(state.table.lookup(proc, bid, "own"))
+                continue
+            rec = state.new_block(proc, max(size, 1))
+            made.append(rec)
+            if size:
+                with state.pool.view(rec.segment, rec.offset, size) as view:
+                    view[:] = data[at : at + size]
+            at += size
+            rec.codec, rec.meta = a["codec"], {"nbytes": size, "codec": meta}
+            state.table.bump(rec)
+            recs.append(rec)
+        handed = state.queues.enqueue_many(proc, recs, q, a["header"])
+    except BaseException:
+        for rec in made:  # all or none: the new blocks go (an unmoved block stays)
+            if rec.job == 0:
+                state.settle(state.table.release_hold(proc, rec))
+        raise
+    session.reply(Reply(req.req_id, Op.ENQUEUE_MANY, {"jobs": [rec.job for rec in recs]}))
+    _hand(state, handed)
 
 
 def take(state: ServerState, session: Session, req: Request) -> None:
@@ -203,7 +379,39 @@ def take(state: ServerState, session: Session, req: Request) -> None:
     job = state.queues.take(session.proc, q, wait)
     if job is None:
         return
-    wait.given(job)
+    wait.given([job])
+    _room(state, q)
+
+
+def take_many(state: ServerState, session: Session, req: Request) -> None:
+    """Up to ``max`` jobs of a queue (1 to ``MAX_BATCH``, and what one reply holds): the
+    jobs there are now, or, parked, those there are when the first comes. Its ``acks``
+    are acked first, as TAKE's ``ack``, all of them or (one refused: its error) none."""
+    a, proc = req.args, session.proc
+    most = check_batch(a["max"], "take_many max_jobs")
+    acks = a["acks"]
+    if acks:
+        check_batch(len(acks), "take_many's acks")
+        if len(set(acks)) != len(acks):
+            raise InvalidRequest("take_many's acks name the same job twice")
+    q = state.queues.queue(a["queue"])
+    wait = TakeWait(state, session, req, q)
+    wait.park()  # first: a full registry refuses it with nothing to undo
+    if acks:
+        try:
+            for job_id in acks:  # every refusal before any ack is done
+                job = state.queues.find(proc, job_id)
+                assert job.lease is not None
+                state.table.check_job_return(job.block, proc, job.lease)
+            for job_id in acks:
+                _ack(state, proc, job_id)
+        except BaseException:
+            wait.unpark()
+            raise
+    jobs = state.queues.take_many(proc, q, wait, most)
+    if not jobs:
+        return
+    wait.given(jobs)
     _room(state, q)
 
 
@@ -241,7 +449,10 @@ def give_back_jobs(state: ServerState, proc: ProcessRecord) -> None:
 HANDLERS = {
     Op.QUEUE_DECLARE: declare,
     Op.ENQUEUE: enqueue,
+    Op.ENQUEUE_MANY: enqueue_many,
+    Op.ENQUEUE_COMMIT: enqueue_commit,
     Op.TAKE: take,
+    Op.TAKE_MANY: take_many,
     Op.ACK: ack,
     Op.NACK: nack,
 }
