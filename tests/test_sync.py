@@ -137,6 +137,12 @@ async def test_request_reply_and_work_queues(
             assert job.attempts == 1 and isinstance(job.id, int)
             job.ack()
             assert job.done
+            assert len(c.enqueue_many("jobs", [[4], [5], [6]])) == 3  # batches, both ways
+            jobs = c.take_many("jobs", 2, timeout=5)
+            assert [j.value for j in jobs] == [[4], [5]]
+            last = c.take_many("jobs", 2, timeout=5, ack=jobs)
+            assert [j.value for j in last] == [[6]] and all(j.done for j in jobs)
+            last[0].ack()
         return answered
 
     task = asyncio.create_task(off_loop(respond))

@@ -385,6 +385,41 @@ class Client:
         inner = None if ack is None else ack._job
         return Job(self, await self._run(lambda: self._client.take(queue, timeout, ack=inner)))
 
+    async def enqueue_many(
+        self,
+        queue: str,
+        objs: Iterable[object],
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> list[int]:
+        """:meth:`blockipc.Client.enqueue_many`, from trio.
+
+        >>> await client.enqueue_many("jobs", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
+        """
+        items = list(objs)
+        return await self._run(
+            lambda: self._client.enqueue_many(queue, items, codec, header=header, nowait=nowait)
+        )
+
+    async def take_many(
+        self,
+        queue: str,
+        max_jobs: int = 32,
+        timeout: float | None = None,  # noqa: ASYNC109 -- as the async client
+        *,
+        ack: Iterable[Job] | None = None,
+    ) -> list[Job]:
+        """:meth:`blockipc.Client.take_many`, from trio; ``ack``: :class:`Job` s of this
+        client to ack in the same request.
+
+        >>> jobs = await client.take_many("jobs", 16, timeout=10)  # doctest: +SKIP
+        """
+        inner = None if ack is None else [job._job for job in ack]
+        got = await self._run(lambda: self._client.take_many(queue, max_jobs, timeout, ack=inner))
+        return [Job(self, job) for job in got]
+
     # -- named objects ------------------------------------------------------------------
     async def put(
         self,
