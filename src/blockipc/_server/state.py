@@ -17,9 +17,10 @@ implement.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .._core.claims import Claims
@@ -45,12 +46,26 @@ from .._core.routing import (
     ProcessRecord,
     RoutingTable,
 )
-from .._exceptions import AccessDenied, BlockIPCError, ErrorCode, InvalidRequest, PoolExhausted
+from .._exceptions import (
+    AccessDenied,
+    BlockIPCError,
+    ConnectionClosed,
+    ErrorCode,
+    InvalidRequest,
+    PoolExhausted,
+)
 from .._log import get_logger
 from .._shm.generations import GenerationTable
 from .._shm.pool import Allocation, Pool
 from .._types import ProcessStats, Stats
 from .session import ParkedEntry, Session, block_fields, error_reply
+
+try:  # optional for anyio; when present, it is how anyio tells the event loop in use
+    from sniffio import current_async_library_cvar as _sniffio_cvar
+
+    _SNIFFIO: contextvars.ContextVar[str | None] | None = _sniffio_cvar
+except ImportError:  # pragma: no cover - installed with trio, httpx and others
+    _SNIFFIO = None
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -162,6 +177,23 @@ class ServerState:
         self.reclaims: dict[int, asyncio.Task[None]] = {}
         self.reclaim_slice = RECLAIM_SLICE  # blocks given back per step of a reclaim
         self._bases: dict[int, int] = {}  # segment id -> its first byte in the pool's span
+
+    def spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Start ``fn(*args)`` in the coordinator's task group, from a protocol callback
+        (a handler). anyio asks sniffio which event loop runs, and sniffio, once
+        installed (trio and many web libraries bring it), looks for the current task,
+        which a callback has none of: ``NoEventLoopError``. Say it, for this call.
+
+        :raises ConnectionClosed: if the coordinator is closing (no task group).
+        """
+        if self.tg is None:
+            raise ConnectionClosed("the coordinator is closing")
+        token = None if _SNIFFIO is None else _SNIFFIO.set("asyncio")
+        try:
+            self.tg.start_soon(fn, *args)
+        finally:
+            if token is not None:
+                _SNIFFIO.reset(token)  # type: ignore[union-attr]
 
     # -- requests ----------------------------------------------------------------
     def handle(self, session: Session, req: Request) -> None:

@@ -81,7 +81,7 @@ def copy(state: ServerState, session: Session, req: Request) -> None:
         raise ConnectionClosed("the coordinator is closing")
     job = CopyJob(state, session, req, src, dst, size)
     job.park()  # now: a CANCEL right behind it must find it before the task starts
-    state.tg.start_soon(copy_task, state, job)
+    state.spawn(copy_task, state, job)
 
 
 def copy_bytes(
