@@ -56,7 +56,7 @@ ITEM_BOUNDS: dict[str, int] = {
     protocol._STRLIST: STR,
     protocol._INTLIST: INT,
     protocol._SEGLIST: 5 + 2 * INT,
-    protocol._MSGLIST: 5 + 5 * INT + 3 * STR + MAX_HEADER,
+    protocol._MSGLIST: 5 + 5 * INT + 4 * STR + 2 * MAX_HEADER,
     **{kind: 5 + strings * STR + ints * INT for kind, (strings, ints) in protocol._ROWS.items()},
 }
 # replies whose lists are cut to REPLY_LISTS_BUDGET encoded bytes together: by
@@ -72,6 +72,10 @@ DICT_FIELDS = {
     (Op.ENQUEUE, "meta"),
     (Op.REQUEST, "meta"),
     (Op.RESPOND, "meta"),
+    (Op.SEND_DATA, "header"),
+    (Op.SEND_DATA, "meta"),
+    (Op.SEND_MANY, "header"),
+    (Op.SEND_MANY, "meta"),
 }
 
 
@@ -178,7 +182,20 @@ DICT_CASES = [
     (Op.ENQUEUE, "meta", {"queue": "", "nowait": True, "codec": "raw", "header": {}}),
     (Op.REQUEST, "meta", {"to": "", "codec": "raw", "wait_ms": 0}),
     (Op.RESPOND, "meta", {"request": 1, "codec": "raw", "error": 0, "message": ""}),
+    (Op.SEND_DATA, "header", {"to": "", "codec": "raw", "meta": {}, "nowait": True, "wait_ms": 0}),
+    (Op.SEND_DATA, "meta", {"to": "", "codec": "raw", "header": {}, "nowait": True, "wait_ms": 0}),
+    (
+        Op.SEND_MANY,
+        "header",
+        {"to": "", "codec": "raw", "meta": {}, "sizes": [0], "nowait": True, "wait_ms": 0},
+    ),
+    (
+        Op.SEND_MANY,
+        "meta",
+        {"to": "", "codec": "raw", "header": {}, "sizes": [0], "nowait": True, "wait_ms": 0},
+    ),
 ]
+NO_BLOCK_FIELD = {Op.SEND_DATA, Op.SEND_MANY}  # inline: the case needs no block made
 
 
 class Raw:
@@ -220,9 +237,12 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
     args: dict[str, Any],
     big: dict[str, Any],
 ) -> None:
+    made = None
     if op is Op.COMMIT:
         made = await raw.ok(Op.PUT, {"size": 1})
         args = {**args, "lease": made["lease"], "name": unique_name("obj")}
+    elif op in NO_BLOCK_FIELD:
+        args = {**args, "to": other.name}
     else:
         made = await raw.ok(Op.ALLOC, {"size": 1})
         args = {**args, "block": made["block"]}
@@ -241,7 +261,8 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
         got = await raw.call(Op.GET, {"block": 0, "name": args["name"]})
         assert isinstance(got, ErrorReply) and got.code == BlockNotFound.code
         await raw.ok(Op.RELEASE, {"lease": made["lease"]})
-    await raw.ok(Op.FREE, {"block": made["block"]})
+    if made is not None:
+        await raw.ok(Op.FREE, {"block": made["block"]})
 
 
 def wide_record(fields: int) -> np.ndarray[Any, Any]:

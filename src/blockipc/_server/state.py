@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .._core.claims import Claims
 from .._core.limits import RECLAIM_SLICE, Quotas
 from .._core.protocol import (
+    NO_BLOCK,
     REPLY_LISTS_BUDGET,
     ErrorReply,
     Op,
@@ -247,7 +248,8 @@ class ServerState:
                 session.release()
 
     def deliver(self, session: Session, req: Request) -> None:
-        """Answer a RECV or RECV_MANY from the session's (non-empty) inbox."""
+        """Answer a RECV or RECV_MANY from the session's (non-empty) inbox; an inline
+        message's payload is the reply's data (RECV_MANY: theirs, joined in order)."""
         proc = session.proc
         if req.op is Op.RECV:
             entry, admitted = self.table.take(proc)
@@ -258,37 +260,75 @@ class ServerState:
                 "sender": entry.sender,
                 "header": entry.header,
                 "topic": entry.topic,
+                "codec": entry.codec,
+                "meta": entry.meta,
             }
-            session.reply(Reply(req.req_id, Op.RECV, fields))
+            data = b""
+            if entry.payload is not None:
+                data = entry.payload
+                fields["size"] = len(data)
+            session.reply(Reply(req.req_id, Op.RECV, fields, data))
             self.deliveries_done(admitted, wake=False)
             return
         messages: list[list[Any]] = []
+        payloads: list[bytes] = []
+        sizes: list[int] = []
         admitted = []
+        run: list[Any] | None = None  # the row of the run of inline messages going on
         budget = REPLY_LISTS_BUDGET  # a reply must stay under the frame limit, so count
-        # each message at its largest (its names as they are, a header as the largest)
-        while proc.inbox and len(messages) < req.args["max"]:
+        # each message at its largest (its names as they are, a dict as the largest)
+        taken, most = 0, req.args["max"]
+        while proc.inbox and taken < most:
             first = proc.inbox[0]
+            payload = first.payload
+            if (
+                run is not None
+                and payload is not None
+                and first.sender == run[6]
+                and first.header is run[7]
+                and first.topic == run[8]
+                and first.codec == run[9]
+                and first.meta is run[10]
+            ):  # (a batch's entries share their header and meta)
+                budget -= 9 + len(payload)
+                if budget < 0:
+                    break
+                _, more = self.table.take(proc)
+                if more:
+                    admitted += more
+                taken += 1
+                payloads.append(payload)
+                sizes.append(len(payload))
+                run[1] += len(payload)
+                run[2] += 1
+                continue
             owner = "" if first.block is None else first.block.owner_name
-            budget -= message_bound(owner, first.sender, first.topic, first.header)
+            budget -= message_bound(
+                owner, first.sender, first.topic, first.header, first.codec, first.meta, first.size
+            )
             if messages and budget < 0:
                 break
             entry, more = self.table.take(proc)
-            f = block_fields(entry.block)
-            messages.append(
-                [
-                    f["block"],
-                    f["size"],
-                    f["capacity"],
-                    f["segment"],
-                    f["offset"],
-                    "" if entry.block is None else entry.block.owner_name,
-                    entry.sender,
-                    entry.header,
-                    entry.topic,
-                ]
-            )
-            admitted += more
-        session.reply(Reply(req.req_id, Op.RECV_MANY, {"messages": messages}))
+            taken += 1
+            rec = entry.block
+            if payload is not None:
+                payloads.append(payload)
+                sizes.append(len(payload))
+                run = [NO_BLOCK, len(payload), 1, 0, 0, "", entry.sender, entry.header]
+                run += [entry.topic, entry.codec, entry.meta]
+                messages.append(run)
+            else:
+                run = None
+                if rec is None:  # a header alone
+                    place = [NO_BLOCK, 0, 0, 0, 0]
+                else:
+                    place = [rec.id, rec.size, rec.capacity, rec.segment, rec.offset]
+                messages.append([*place, owner, entry.sender, entry.header, entry.topic, "", {}])
+            if more:
+                admitted += more
+        data = b"".join(payloads) if payloads else b""
+        result = {"messages": messages, "sizes": sizes}
+        session.reply(Reply(req.req_id, Op.RECV_MANY, result, data))
         self.deliveries_done(admitted, wake=False)
 
     # -- memory ------------------------------------------------------------------
