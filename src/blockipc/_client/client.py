@@ -1194,7 +1194,10 @@ class Client:
         parts: list[bytes] = []
         total = 0
         for obj in objs:  # every object encoded (and checked) before anything is sent
-            _, m, data = _inline(obj, codec)
+            if type(obj) is bytes and codec == "raw" and len(obj) <= MAX_INLINE_PAYLOAD:
+                m, data = _NO_META, obj  # (_inline's own fast path, without the call)
+            else:
+                _, m, data = _inline(obj, codec)
             n = len(data)
             if parts and (m != meta or len(parts) >= MAX_BATCH or total + n > MAX_INLINE_PAYLOAD):
                 batches.append((cast(dict[str, Any], meta), sizes, parts))

@@ -812,6 +812,43 @@ class RoutingTable:
         proc.inbox_used -= entry.size
         return entry, self._admit(proc)
 
+    def take_run(
+        self, proc: ProcessRecord, first: InboxEntry, most: int, budget: int
+    ) -> tuple[list[bytes], int, list[Delivery]]:
+        """Pop the inline messages at the head of ``proc``'s inbox that continue ``first``
+        (taken already: the same sender, header, topic, codec and meta, as a batch's
+        are), at most ``most`` of them and ``budget`` bytes counted as 9 + payload each;
+        returns their payloads, the budget left, and the deliveries admitted after."""
+        inbox = proc.inbox
+        payloads: list[bytes] = []
+        sender, header, topic, codec, meta = (
+            first.sender,
+            first.header,
+            first.topic,
+            first.codec,
+            first.meta,
+        )
+        used = 0
+        while inbox and len(payloads) < most:
+            e = inbox[0]
+            p = e.payload
+            if (
+                p is None
+                or e.header is not header
+                or e.meta is not meta
+                or e.sender != sender
+                or e.topic != topic
+                or e.codec != codec
+                or budget < 9 + len(p)
+            ):
+                break
+            inbox.popleft()
+            budget -= 9 + len(p)
+            used += len(p)
+            payloads.append(p)
+        proc.inbox_used -= used
+        return payloads, budget, self._admit(proc) if payloads else []
+
     @staticmethod
     def _fits(to: ProcessRecord, size: int, count: int = 1) -> bool:
         """The inbox bound: ``count`` messages of ``size`` bytes together get in now."""

@@ -274,34 +274,11 @@ class ServerState:
         payloads: list[bytes] = []
         sizes: list[int] = []
         admitted = []
-        run: list[Any] | None = None  # the row of the run of inline messages going on
         budget = REPLY_LISTS_BUDGET  # a reply must stay under the frame limit, so count
         # each message at its largest (its names as they are, a dict as the largest)
         taken, most = 0, req.args["max"]
         while proc.inbox and taken < most:
             first = proc.inbox[0]
-            payload = first.payload
-            if (
-                run is not None
-                and payload is not None
-                and first.sender == run[6]
-                and first.header is run[7]
-                and first.topic == run[8]
-                and first.codec == run[9]
-                and first.meta is run[10]
-            ):  # (a batch's entries share their header and meta)
-                budget -= 9 + len(payload)
-                if budget < 0:
-                    break
-                _, more = self.table.take(proc)
-                if more:
-                    admitted += more
-                taken += 1
-                payloads.append(payload)
-                sizes.append(len(payload))
-                run[1] += len(payload)
-                run[2] += 1
-                continue
             owner = "" if first.block is None else first.block.owner_name
             budget -= message_bound(
                 owner, first.sender, first.topic, first.header, first.codec, first.meta, first.size
@@ -310,22 +287,24 @@ class ServerState:
                 break
             entry, more = self.table.take(proc)
             taken += 1
+            admitted += more
             rec = entry.block
-            if payload is not None:
-                payloads.append(payload)
-                sizes.append(len(payload))
-                run = [NO_BLOCK, len(payload), 1, 0, 0, "", entry.sender, entry.header]
-                run += [entry.topic, entry.codec, entry.meta]
-                messages.append(run)
-            else:
-                run = None
-                if rec is None:  # a header alone
-                    place = [NO_BLOCK, 0, 0, 0, 0]
-                else:
-                    place = [rec.id, rec.size, rec.capacity, rec.segment, rec.offset]
-                messages.append([*place, owner, entry.sender, entry.header, entry.topic, "", {}])
-            if more:
+            if entry.payload is not None:  # a run of inline messages: one row
+                run, budget, more = self.table.take_run(proc, entry, most - taken, budget)
+                run.insert(0, entry.payload)
+                taken += len(run) - 1
                 admitted += more
+                run_sizes = list(map(len, run))
+                payloads += run
+                sizes += run_sizes
+                row = [NO_BLOCK, sum(run_sizes), len(run), 0, 0, "", entry.sender, entry.header]
+                messages.append([*row, entry.topic, entry.codec, entry.meta])
+                continue
+            if rec is None:  # a header alone
+                place = [NO_BLOCK, 0, 0, 0, 0]
+            else:
+                place = [rec.id, rec.size, rec.capacity, rec.segment, rec.offset]
+            messages.append([*place, owner, entry.sender, entry.header, entry.topic, "", {}])
         data = b"".join(payloads) if payloads else b""
         result = {"messages": messages, "sizes": sizes}
         session.reply(Reply(req.req_id, Op.RECV_MANY, result, data))
