@@ -701,11 +701,12 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and len(value) <= _LIST_LIMITS[kind]
             and all(type(v) is str and len(v) <= MAX_STR for v in value)
         )
-    elif kind == _INTLIST:
+    elif kind == _INTLIST:  # (checked in C: a batch's sizes are a thousand of them)
         ok = (
             type(value) is list
             and len(value) <= _LIST_LIMITS[kind]
-            and all(type(v) is int and 0 <= v <= MAX_INT for v in value)
+            and (not value or (set(map(type, value)) == {int} and min(value) >= 0))
+            and (not value or max(value) <= MAX_INT)
         )
     elif kind in _ROWS:
         strings, ints = _ROWS[kind]
