@@ -87,9 +87,9 @@ def send_data(state: ServerState, session: Session, req: Request) -> None:
     if len(sizes) == 1:
         payloads: tuple[bytes, ...] = (data,)
     else:
-        view, at, cut = memoryview(data), 0, []
-        for n in sizes:
-            cut.append(bytes(view[at : at + n]))
+        at, cut = 0, []
+        for n in sizes:  # (the frame's data is bytes: a slice is one copy)
+            cut.append(data[at : at + n])
             at += n
         payloads = tuple(cut)
     delivery = Delivery(
