@@ -40,6 +40,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/bench_remote.py
 	$(BIN)/python benchmarks/bench_floor.py
 	$(BIN)/python benchmarks/bench_patterns.py
+	$(BIN)/python benchmarks/bench_inbox.py
 	$(BIN)/python benchmarks/bench_stats.py --plot docs/img/growth.png
 	$(BIN)/python benchmarks/bench_scale.py --plot docs/img/scale.png
 

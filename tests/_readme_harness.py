@@ -183,6 +183,23 @@ async def across_nodes(block: Fragment) -> None:
         await _until_clean(b)
 
 
+async def inline(block: Fragment) -> None:
+    """Inline messages: ``producer`` sends ``readings`` to the process ``consumer``,
+    which receives them and calls ``handle(value, sender)`` for each."""
+    readings = [20.5, 21.0, 21.5]
+    got: list[tuple[Any, str]] = []
+    async with isolated_coordinator(pool_size="64MiB") as coord:
+        async with (
+            blockipc.connect(coord.address, name="consumer") as consumer,
+            blockipc.connect(coord.address, name="sensor") as producer,
+        ):
+            names = {"producer": producer, "consumer": consumer, "readings": readings}
+            names["handle"] = lambda value, sender: got.append((value, sender))
+            await block.run(names)
+        assert got == [({"reading": r}, "sensor") for r in readings], got
+        await _until_clean(coord)
+
+
 async def _until_clean(coord: blockipc.Coordinator) -> None:
     """Once the fragment's clients are gone, the pool is as it began."""
     for _ in range(200):
@@ -197,6 +214,7 @@ HARNESSES: dict[str, Callable[[Fragment], Awaitable[None]]] = {
     "objects": objects,
     "remote": remote,
     "across_nodes": across_nodes,
+    "inline": inline,
 }
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._core.codecs import get_codec
+from ._exceptions import InvalidRequest
+
 __all__ = ["Block", "BlockLike", "Message", "QueueStats", "Stats"]
 
 
@@ -48,18 +51,39 @@ class Message:
     (``""``) after a publish. ``sender`` is the sending process's name, ``header`` the
     small dict it attached, ``topic`` the topic of a published block (else ``None``).
     ``block`` is None for a header sent or published alone (``send(None, to,
-    header=...)``: an event)::
+    header=...)``: an event), and for an inline message (:meth:`Client.send_value`,
+    :meth:`Client.send_many`): its encoded bytes are ``data``, ``codec`` the name of
+    the codec that encoded them, and :attr:`value` decodes them.
 
-        msg = await client.recv()
-        if msg.block is not None:
-            data = await client.read(msg.block)
-            await client.free(msg.block)
+    >>> msg = await client.recv()               # doctest: +SKIP
+    >>> msg.value if msg.codec else msg.block   # doctest: +SKIP
+    {'reading': 21.5}
     """
 
     block: Block | None
     sender: str
     header: dict[str, Any] = field(default_factory=dict)
     topic: str | None = None
+    data: bytes | None = None
+    """An inline message's encoded payload (else None)."""
+    codec: str | None = None
+    """The codec that encoded ``data`` (else None)."""
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The codec's meta for ``data`` (a numpy array's dtype and shape; mostly empty)."""
+
+    @property
+    def value(self) -> Any:
+        """An inline message's object, decoded from ``data`` with its codec (each access
+        decodes again); :class:`InvalidRequest` for a block or a header alone.
+
+        >>> await sender.send_value("consumer", {"n": 1})  # doctest: +SKIP
+        >>> (await consumer.recv()).value                  # doctest: +SKIP
+        {'n': 1}
+        """
+        if self.codec is None or self.data is None:
+            what = "a header alone" if self.block is None else f"block {self.block.id}"
+            raise InvalidRequest(f"this message carries {what}, not an inline value")
+        return get_codec(self.codec).decode(self.data, self.meta)
 
 
 @dataclass(frozen=True, slots=True)

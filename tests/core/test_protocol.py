@@ -80,7 +80,7 @@ EXAMPLES: dict[Any, Any] = {
     _STRLIST: ["a", "b"],
     _INTLIST: [1, 2],
     _SEGLIST: [[0, 4096], [1, 8192]],
-    _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, ""]],
+    _MSGLIST: [[1, 100, 4096, 0, 0, "owner", "sender", {"k": 1}, "", "", {}]],
     _LINKLIST: [["b", "up", 0, 1, 2, 3, 4, 5, 6, 7]],
     _PROCLIST: [["worker", 4242, 1, 4096, 0, 2, 8192, 1, 37]],
     _QUEUELIST: [["jobs", "jobs.dead", 3, 1, 0, 0, 9, 5, 1024, 5]],
@@ -102,9 +102,10 @@ BOUNDARY_VALUES: dict[Any, list[Any]] = {
     _PROCLIST: [[], [["x" * MAX_STR, *[MAX_INT] * 8]], [["p", *[0] * 8]] * MAX_LIST],
     _QUEUELIST: [[], [["x" * MAX_STR, "", *[MAX_INT] * 8]], [["q", "", *[0] * 8]] * MAX_LIST],
     _MSGLIST: [
-        [[0, 0, 0, 0, 0, "", "", {}, ""]],
-        [[MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR]],
-        [[MAX_INT] * 5 + ["o", "s", {}, "t"]] * MAX_BATCH,
+        [[0, 0, 0, 0, 0, "", "", {}, "", "", {}]],
+        [[MAX_INT] * 5 + ["x" * MAX_STR] * 2 + [{"k": [1]}, "x" * MAX_STR, "x" * MAX_STR, {}]],
+        [[0, 64, 3, 0, 0, "", "s", {}, "", "raw", {"shape": [2]}]],  # a run of inline ones
+        [[MAX_INT] * 5 + ["o", "s", {}, "t", "", {}]] * MAX_BATCH,
     ],
     _DICTLIST: [[], [{"k": [1]}], [{}] * MAX_BATCH],
     _JOBLIST: [
@@ -171,14 +172,18 @@ BAD_VALUES: dict[Any, list[Any]] = {
         [],  # a reply carries at least one message
         None,
         [[1, 2, 3, 4, 5, "o", "s", {}]],  # 8 items
-        [[-1, 2, 3, 4, 5, "o", "s", {}, ""]],
-        [[1, 2, 3, 4, True, "o", "s", {}, ""]],
-        [[1, 2, 3, 4, 5, 1, "s", {}, ""]],
-        [[1, 2, 3, 4, 5, "o", "s", [], ""]],
-        [[1, 2, 3, 4, 5, "o", "s", {1: 2}, ""]],
-        [[1, 2, 3, 4, 5, "o", "s", {}, None]],
-        [[1, 2, 3, 4, 5, "o", "x" * (MAX_STR + 1), {}, ""]],
-        [[1, 2, 3, 4, 5, "o", "s", {}, ""]] * (MAX_BATCH + 1),
+        [[1, 2, 3, 4, 5, "o", "s", {}, ""]],  # 9 items: the rows before inline messages
+        [[-1, 2, 3, 4, 5, "o", "s", {}, "", "", {}]],
+        [[1, 2, 3, 4, True, "o", "s", {}, "", "", {}]],
+        [[1, 2, 3, 4, 5, 1, "s", {}, "", "", {}]],
+        [[1, 2, 3, 4, 5, "o", "s", [], "", "", {}]],
+        [[1, 2, 3, 4, 5, "o", "s", {1: 2}, "", "", {}]],
+        [[1, 2, 3, 4, 5, "o", "s", {}, None, "", {}]],
+        [[1, 2, 3, 4, 5, "o", "x" * (MAX_STR + 1), {}, "", "", {}]],
+        [[1, 2, 3, 4, 5, "o", "s", {}, "", 1, {}]],  # codec not a str
+        [[1, 2, 3, 4, 5, "o", "s", {}, "", "raw", []]],  # meta not a map
+        [[1, 2, 3, 4, 5, "o", "s", {}, "", "raw", {1: 2}]],
+        [[1, 2, 3, 4, 5, "o", "s", {}, "", "", {}]] * (MAX_BATCH + 1),
     ],
     _DICTLIST: [None, {}, [1], [[]], [{1: 2}], [None], [{}] * (MAX_BATCH + 1)],
     _JOBLIST: [
@@ -416,6 +421,8 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
             st.text(max_size=8),
             st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
             st.text(max_size=8),
+            st.text(max_size=8),
+            st.dictionaries(st.text(max_size=8), _MSGPACK_VALUE, max_size=2),
         ).map(list),
         min_size=1,
         max_size=3,

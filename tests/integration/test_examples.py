@@ -134,6 +134,21 @@ def test_patterns_benchmark_runs_every_contender() -> None:
         assert row in result.stdout
 
 
+@pytest.mark.timeout(300)
+def test_inbox_benchmark_runs_every_contender() -> None:
+    # a tiny run: the 4 producers and the consumer move their messages for every
+    # contender (pyzmq included: the dev set has it) and the table and verdict come out;
+    # the rates mean nothing here
+    script = str(EXAMPLES.parent / "benchmarks" / "bench_inbox.py")
+    args = ("--rounds", "1", "--messages", "400", "--single", "40", "--batch", "16")
+    result = _run(script, *args, timeout=240)
+    assert result.returncode == 0, result.stderr
+    rows = ("| blockipc send_value/recv |", "| blockipc send_many/recv_many |", "| mp.Queue |")
+    for row in (*rows, "| pyzmq PUSH/PULL |"):
+        assert row in result.stdout
+    assert "target: blockipc send_many/recv_many >= 100,000 msg/s at 64 B: " in result.stdout
+
+
 @pytest.mark.timeout(120)
 def test_growth_benchmark_draws_its_curves(tmp_path: Path) -> None:
     # a tiny count: every cost is measured (reclaim after a kill -9 included) and the

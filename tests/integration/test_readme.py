@@ -231,6 +231,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("Two processes exchanging a block", "async def producer"): script(
         expect="producer {'kind': 'greeting'} b'hello'"
     ),
+    ("Sharing and backpressure", 'send_many("consumer"'): fragment("inline"),
     ("Channels: streams without the coordinator", "open_channel"): fragment("channel"),
     ("Work queues", "declare_queue"): script(expect="[0, 2] {'image': 1} 0\n0 1 1"),
     ("Work queues", "enqueue_many"): script(expect="100 [0, 1, 4, 9] 100"),

@@ -56,7 +56,7 @@ ITEM_BOUNDS: dict[str, int] = {
     protocol._STRLIST: STR,
     protocol._INTLIST: INT,
     protocol._SEGLIST: 5 + 2 * INT,
-    protocol._MSGLIST: 5 + 5 * INT + 3 * STR + MAX_HEADER,
+    protocol._MSGLIST: 5 + 5 * INT + 4 * STR + 2 * MAX_HEADER,
     protocol._DICTLIST: MAX_HEADER,  # each a codec meta, by the header rule
     protocol._JOBLIST: 5 + 8 * INT + 2 * STR + 2 * MAX_HEADER + 1,
     **{kind: 5 + strings * STR + ints * INT for kind, (strings, ints) in protocol._ROWS.items()},
@@ -78,6 +78,10 @@ DICT_FIELDS = {
     (Op.ENQUEUE_COMMIT, "meta"),
     (Op.REQUEST, "meta"),
     (Op.RESPOND, "meta"),
+    (Op.SEND_DATA, "header"),
+    (Op.SEND_DATA, "meta"),
+    (Op.SEND_MANY, "header"),
+    (Op.SEND_MANY, "meta"),
 }
 
 
@@ -187,7 +191,20 @@ DICT_CASES = [
     (Op.ENQUEUE_COMMIT, "meta", {"queue": "", "nowait": True, "codec": "raw", "header": {}}),
     (Op.REQUEST, "meta", {"to": "", "codec": "raw", "wait_ms": 0}),
     (Op.RESPOND, "meta", {"request": 1, "codec": "raw", "error": 0, "message": ""}),
+    (Op.SEND_DATA, "header", {"to": "", "codec": "raw", "meta": {}, "nowait": True, "wait_ms": 0}),
+    (Op.SEND_DATA, "meta", {"to": "", "codec": "raw", "header": {}, "nowait": True, "wait_ms": 0}),
+    (
+        Op.SEND_MANY,
+        "header",
+        {"to": "", "codec": "raw", "meta": {}, "sizes": [0], "nowait": True, "wait_ms": 0},
+    ),
+    (
+        Op.SEND_MANY,
+        "meta",
+        {"to": "", "codec": "raw", "header": {}, "sizes": [0], "nowait": True, "wait_ms": 0},
+    ),
 ]
+NO_BLOCK_FIELD = {Op.SEND_DATA, Op.SEND_MANY}  # inline: the case needs no block made
 
 
 class Raw:
@@ -229,6 +246,7 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
     args: dict[str, Any],
     big: dict[str, Any],
 ) -> None:
+    made = None
     if op in (Op.COMMIT, Op.ENQUEUE_COMMIT):
         made = await raw.ok(Op.PUT, {"size": 1})
         args = {**args, "lease": made["lease"]}
@@ -236,6 +254,8 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
             args["name"] = unique_name("obj")
         else:
             args["queue"] = unique_name("queue")
+    elif op in NO_BLOCK_FIELD:
+        args = {**args, "to": other.name}
     else:
         made = await raw.ok(Op.ALLOC, {"size": 1})
         if op is Op.ENQUEUE_MANY:
@@ -258,7 +278,8 @@ async def test_a_dict_field_over_the_header_rule_is_refused(
         assert isinstance(got, ErrorReply) and got.code == BlockNotFound.code
     if op in (Op.COMMIT, Op.ENQUEUE_COMMIT):
         await raw.ok(Op.RELEASE, {"lease": made["lease"]})
-    await raw.ok(Op.FREE, {"block": made["block"]})
+    if made is not None:
+        await raw.ok(Op.FREE, {"block": made["block"]})
 
 
 def wide_record(fields: int) -> np.ndarray[Any, Any]:

@@ -50,6 +50,11 @@ Each rule below has this one home; the other modules import it rather than resta
   (the next request to it raises ``InboxFull``) and at most :data:`MAX_IN_HAND`
   received and not answered (its next receive raises ``QuotaExceeded``)
   (:func:`check_queued_requests`, :func:`check_in_hand`).
+* **inline messages** (``send_value``, ``send_many``): one message's payload, or one
+  batch's payloads together, is at most :data:`MAX_INLINE_PAYLOAD` bytes encoded, and a
+  batch has 1 to :data:`MAX_BATCH` messages (:func:`check_inline_batch`); in the inbox
+  they count against the receiver's ``inbox_messages`` and ``inbox_bytes`` (their
+  payload's bytes) like blocks, and a batch is admitted whole.
 * **stalls**: a connection that has sent part of a frame, then nothing for
   :data:`IDLE_FRAME_TIMEOUT` seconds, is closed by the coordinator (``Coordinator``'s
   ``idle_frame_timeout``); one that idles between frames is never closed for it.
@@ -79,6 +84,7 @@ __all__ = [
     "MAX_HEADER",
     "MAX_DIRECT_ADDRESS",
     "MAX_INLINE_PAYLOAD",
+    "check_inline_batch",
     "MAX_IN_HAND",
     "MAX_INT",
     "MAX_LIST",
@@ -447,6 +453,23 @@ def check_in_hand(in_hand: int) -> None:
         raise QuotaExceeded(
             f"this process holds {in_hand} requests it has not answered (the limit is "
             f"{MAX_IN_HAND}): reply to (or fail) some first"
+        )
+
+
+def check_inline_batch(sizes: list[int], nbytes: int) -> None:
+    """Raise :class:`InvalidRequest` unless ``sizes`` (the payloads of an inline
+    message or batch) are 1 to :data:`MAX_BATCH`, add up to ``nbytes`` (the frame's
+    data) and that is at most :data:`MAX_INLINE_PAYLOAD`.
+
+    >>> check_inline_batch([64] * 1024, 65536)
+    """
+    check_batch(len(sizes), "an inline batch's messages")
+    if sum(sizes) != nbytes:
+        raise InvalidRequest(f"an inline batch's sizes add up to {sum(sizes)}, not {nbytes}")
+    if nbytes > MAX_INLINE_PAYLOAD:
+        raise InvalidRequest(
+            f"an inline payload of {nbytes} bytes is over the limit of "
+            f"{MAX_INLINE_PAYLOAD}: send a larger one as a block (or a smaller batch)"
         )
 
 

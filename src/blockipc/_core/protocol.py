@@ -189,6 +189,9 @@ class Op(enum.IntEnum):
     REQUEST = 70  # the requester's: answered with the reply (or the responder's failure)
     SERVE = 71  # the responder's: answered with the next request to it
     RESPOND = 72  # the responder's answer to a request it received
+    # inline messages: small payloads that travel in the frames into an inbox (80-89)
+    SEND_DATA = 80  # one message whose payload is the frame's data
+    SEND_MANY = 81  # a batch of them into one inbox, admitted together
 
 
 class Role(enum.Enum):
@@ -261,7 +264,10 @@ _DICTLIST: Final = "dictlist"  # ENQUEUE_MANY: one codec meta per job
 _JOBLIST: Final = "joblist"  # TAKE_MANY: [job, block, size, capacity, segment, offset,
 # lease, attempts, codec, producer, meta, header, inline] per job
 _MSGLIST: Final = "msglist"  # RECV_MANY: [block, size, capacity, segment, offset,
-# owner, sender, header, topic] per message
+# owner, sender, header, topic, codec, meta] per message; or, codec not "", a run of
+# inline messages of one sender with one header, topic, codec and meta: [NO_BLOCK,
+# bytes, messages, 0, 0, "", sender, header, topic, codec, meta], their sizes the next
+# ``messages`` of the reply's ``sizes``, their bytes the next ``bytes`` of its data
 # the most items a list field of each type holds: checked by _check_value, applied by fit_lists
 _LIST_LIMITS: Final[dict[str, int]] = {
     _SEGLIST: MAX_LIST,
@@ -369,12 +375,45 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     ),
     (Kind.REPLY, Op.SEND): ({}, False),
     (Kind.REQUEST, Op.RECV): ({}, False),
+    # codec "": a block (or, with block NO_BLOCK, a header alone); else an inline
+    # message: block NO_BLOCK, its ``size`` bytes of payload the frame's data, which
+    # ``codec`` and ``meta`` (the codec's meta) decode
     (Kind.REPLY, Op.RECV): (
-        {**_BLOCK_FIELDS, "owner": str, "sender": str, "header": dict, "topic": str},
-        False,
+        {
+            **_BLOCK_FIELDS,
+            "owner": str,
+            "sender": str,
+            "header": dict,
+            "topic": str,
+            "codec": str,
+            "meta": dict,
+        },
+        True,
     ),
     (Kind.REQUEST, Op.RECV_MANY): ({"max": int}, False),
-    (Kind.REPLY, Op.RECV_MANY): ({"messages": _MSGLIST}, False),
+    (Kind.REPLY, Op.RECV_MANY): ({"messages": _MSGLIST, "sizes": _INTLIST}, True),
+    # inline messages (client.send_value, send_many): the payload is the frame's data,
+    # at most MAX_INLINE_PAYLOAD bytes (a batch's together), encoded with ``codec``
+    # (``meta``: the codec's meta, the same for every message of a batch); ``sizes``
+    # cuts a batch's data into its messages, in order
+    (Kind.REQUEST, Op.SEND_DATA): (
+        {"to": str, "header": dict, "codec": str, "meta": dict, "nowait": bool, "wait_ms": int},
+        True,
+    ),
+    (Kind.REPLY, Op.SEND_DATA): ({}, False),
+    (Kind.REQUEST, Op.SEND_MANY): (
+        {
+            "to": str,
+            "header": dict,
+            "codec": str,
+            "meta": dict,
+            "sizes": _INTLIST,
+            "nowait": bool,
+            "wait_ms": int,
+        },
+        True,
+    ),
+    (Kind.REPLY, Op.SEND_MANY): ({}, False),
     (Kind.REQUEST, Op.FREE_MANY): ({"blocks": _INTLIST}, False),
     (Kind.REPLY, Op.FREE_MANY): ({}, False),
     (Kind.REQUEST, Op.COPY): (
@@ -563,6 +602,8 @@ _DEFAULTS: Final[dict[tuple[Kind, Op], dict[str, Any]]] = {
     (Kind.REQUEST, Op.HELLO): {"access": "rw"},
     (Kind.REPLY, Op.REQUEST): {"direct": ""},
     (Kind.REQUEST, Op.SERVE): {"direct": ""},
+    (Kind.REPLY, Op.RECV): {"codec": "", "meta": {}},  # (inline messages came later)
+    (Kind.REPLY, Op.RECV_MANY): {"sizes": []},
 }
 
 ACCESS_MODES: Final = ("rw", "r")
@@ -589,6 +630,8 @@ _NEEDS_WRITE: Final[dict[Op, str]] = {
     Op.ENQUEUE_COMMIT: "ENQUEUE_COMMIT refused (it binds what a PUT wrote and hands it on)",
     Op.QUEUE_DECLARE: "QUEUE_DECLARE refused (it changes a queue other processes use)",
     Op.SEND: "SEND refused (it hands a block on)",
+    Op.SEND_DATA: "SEND_DATA refused (it hands data on to another process)",
+    Op.SEND_MANY: "SEND_MANY refused (it hands data on to another process)",
     Op.REMOTE_SEND: "REMOTE_SEND refused (it hands a block on)",
     Op.PUBLISH: "PUBLISH refused (it hands a block on)",
     Op.GRANT: "GRANT refused (it hands a block on)",
@@ -707,11 +750,12 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and len(value) <= _LIST_LIMITS[kind]
             and all(type(v) is str and len(v) <= MAX_STR for v in value)
         )
-    elif kind == _INTLIST:
+    elif kind == _INTLIST:  # (checked in C: a batch's sizes are a thousand of them)
         ok = (
             type(value) is list
             and len(value) <= _LIST_LIMITS[kind]
-            and all(type(v) is int and 0 <= v <= MAX_INT for v in value)
+            and (not value or (set(map(type, value)) == {int} and min(value) >= 0))
+            and (not value or max(value) <= MAX_INT)
         )
     elif kind in _ROWS:
         strings, ints = _ROWS[kind]
@@ -732,11 +776,13 @@ def _check_value(name: str, value: Any, kind: Any) -> None:
             and 0 < len(value) <= _LIST_LIMITS[kind]
             and all(
                 type(m) is list
-                and len(m) == 9
+                and len(m) == 11
                 and all(type(x) is int and 0 <= x <= MAX_INT for x in m[:5])
-                and all(type(x) is str and len(x) <= MAX_STR for x in (m[5], m[6], m[8]))
+                and all(type(x) is str and len(x) <= MAX_STR for x in (m[5], m[6], m[8], m[9]))
                 and type(m[7]) is dict
                 and all(type(k) is str for k in m[7])
+                and type(m[10]) is dict
+                and all(type(k) is str for k in m[10])
                 for m in value
             )
         )
@@ -864,11 +910,27 @@ def _encoded_bound(value: Any) -> int:
     return 1  # a bool
 
 
-def message_bound(owner: str, sender: str, topic: str, header: dict[str, Any]) -> int:
+def message_bound(
+    owner: str,
+    sender: str,
+    topic: str,
+    header: dict[str, Any],
+    codec: str = "",
+    meta: dict[str, Any] | None = None,
+    payload: int = 0,
+) -> int:
     """At least the bytes one message of a RECV_MANY reply takes encoded: its five ints,
-    its three names and its header, counted at the header rule's largest (a non-empty
-    header) since it is not encoded here."""
-    return 5 + 5 * 9 + _encoded_bound([owner, sender, topic]) + (MAX_HEADER if header else 1)
+    its four names, its header and its codec's meta, each dict counted at the header
+    rule's largest (a non-empty one) since it is not encoded here, and the ``payload``
+    bytes of an inline message (the reply's data)."""
+    return (
+        5
+        + 5 * 9
+        + _encoded_bound([owner, sender, topic, codec])
+        + (MAX_HEADER if header else 1)
+        + (MAX_HEADER if meta else 1)
+        + payload
+    )
 
 
 def job_bound(inline: int, codec: str, producer: str, meta_bytes: int, header_bytes: int) -> int:

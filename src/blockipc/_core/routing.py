@@ -190,18 +190,28 @@ class ChannelRecord:
     accepted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class InboxEntry:
-    """A message in an inbox: a block (None: a header-only message) and its envelope."""
+_NO_META: dict[str, Any] = {}  # (shared, never mutated)
+
+
+class InboxEntry(NamedTuple):
+    """A message in an inbox: a block (None: a header-only message, or an inline one:
+    ``payload`` its bytes, which ``codec`` and ``meta`` decode) and its envelope. A
+    NamedTuple: a batch makes one per message (a frozen dataclass costs 3x as much)."""
 
     block: BlockRecord | None
     sender: str
     header: dict[str, Any]
     topic: str = ""
+    payload: bytes | None = None
+    codec: str = ""
+    meta: dict[str, Any] = _NO_META
 
     @property
     def size(self) -> int:
-        """What the message counts against the inbox's bytes: its block's size."""
+        """What the message counts against the inbox's bytes: its block's size, or its
+        inline payload's."""
+        if self.payload is not None:
+            return len(self.payload)
         return 0 if self.block is None else self.block.size
 
 
@@ -217,10 +227,27 @@ class Delivery:
     move: bool
     token: Hashable
     topic: str = ""
+    # inline messages (block None): one per payload, admitted into the inbox together
+    payloads: tuple[bytes, ...] | None = None
+    codec: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    payload_bytes: int = field(init=False, default=0)  # (summed once: offer and admit ask)
+
+    def __post_init__(self) -> None:
+        if self.payloads is not None:
+            self.payload_bytes = sum(map(len, self.payloads))
 
     @property
     def size(self) -> int:
+        """The bytes it counts against the inbox: its block's size, or its payloads'."""
+        if self.payloads is not None:
+            return self.payload_bytes
         return 0 if self.block is None else self.block.size
+
+    @property
+    def count(self) -> int:
+        """The messages it puts in the inbox: one, or one per inline payload."""
+        return 1 if self.payloads is None else len(self.payloads)
 
     def in_transit(self, step: int) -> None:
         """Count the delivery's block in transit (``+1``: queued) or no longer (``-1``)."""
@@ -745,9 +772,16 @@ class RoutingTable:
 
     def offer(self, delivery: Delivery, *, nowait: bool = False) -> bool:
         """Deliver now if ``delivery.to`` has room (True), else queue it (False), or with
-        ``nowait`` raise :class:`InboxFull`."""
+        ``nowait`` raise :class:`InboxFull`. A batch of inline messages is admitted
+        whole or waits whole; one of more messages than the inbox may ever hold is
+        refused (:class:`InvalidRequest`)."""
         to = delivery.to
-        if not to.pending and self._fits(to, delivery.size):
+        if delivery.count > to.inbox_messages:
+            raise InvalidRequest(
+                f"a batch of {delivery.count} messages can never fit the inbox of "
+                f"{to.name!r} ({to.inbox_messages} messages at most): send smaller batches"
+            )
+        if not to.pending and self._fits(to, delivery.size, delivery.count):
             self._apply(delivery)
             return True
         if nowait:
@@ -779,16 +813,54 @@ class RoutingTable:
         proc.inbox_used -= entry.size
         return entry, self._admit(proc)
 
+    def take_run(
+        self, proc: ProcessRecord, first: InboxEntry, most: int, budget: int
+    ) -> tuple[list[bytes], int, list[Delivery]]:
+        """Pop the inline messages at the head of ``proc``'s inbox that continue ``first``
+        (taken already: the same sender, header, topic, codec and meta, as a batch's
+        are), at most ``most`` of them and ``budget`` bytes counted as 9 + payload each;
+        returns their payloads, the budget left, and the deliveries admitted after."""
+        inbox = proc.inbox
+        payloads: list[bytes] = []
+        sender, header, topic, codec, meta = (
+            first.sender,
+            first.header,
+            first.topic,
+            first.codec,
+            first.meta,
+        )
+        used = 0
+        while inbox and len(payloads) < most:
+            e = inbox[0]
+            p = e.payload
+            if (
+                p is None
+                or e.header is not header
+                or e.meta is not meta
+                or e.sender != sender
+                or e.topic != topic
+                or e.codec != codec
+                or budget < 9 + len(p)
+            ):
+                break
+            inbox.popleft()
+            budget -= 9 + len(p)
+            used += len(p)
+            payloads.append(p)
+        proc.inbox_used -= used
+        return payloads, budget, self._admit(proc) if payloads else []
+
     @staticmethod
-    def _fits(to: ProcessRecord, size: int) -> bool:
-        if len(to.inbox) >= to.inbox_messages:
+    def _fits(to: ProcessRecord, size: int, count: int = 1) -> bool:
+        """The inbox bound: ``count`` messages of ``size`` bytes together get in now."""
+        if len(to.inbox) + count > to.inbox_messages:
             return False
-        # a block larger than the byte limit still gets in when the inbox is empty
+        # a block (or batch) larger than the byte limit still gets in when the inbox is empty
         return not to.inbox or to.inbox_used + size <= to.inbox_bytes
 
     def _admit(self, to: ProcessRecord) -> list[Delivery]:
         admitted = []
-        while to.pending and self._fits(to, to.pending[0].size):
+        while to.pending and self._fits(to, to.pending[0].size, to.pending[0].count):
             delivery = to.pending.popleft()
             delivery.in_transit(-1)
             self._apply(delivery)
@@ -797,6 +869,12 @@ class RoutingTable:
 
     def _apply(self, d: Delivery) -> None:
         rec, to = d.block, d.to
+        if d.payloads is not None:  # inline messages: their bytes are the entries'
+            name, header, codec, meta = d.sender.name, d.header, d.codec, d.meta
+            for payload in d.payloads:
+                to.inbox.append(InboxEntry(None, name, header, d.topic, payload, codec, meta))
+                to.inbox_used += len(payload)
+            return
         if rec is None:  # a header alone
             pass
         elif d.move:

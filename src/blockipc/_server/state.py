@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from .._core.claims import Claims
 from .._core.limits import RECLAIM_SLICE, Quotas
 from .._core.protocol import (
+    NO_BLOCK,
     REPLY_LISTS_BUDGET,
     ErrorReply,
     Op,
@@ -279,7 +280,8 @@ class ServerState:
                 session.release()
 
     def deliver(self, session: Session, req: Request) -> None:
-        """Answer a RECV or RECV_MANY from the session's (non-empty) inbox."""
+        """Answer a RECV or RECV_MANY from the session's (non-empty) inbox; an inline
+        message's payload is the reply's data (RECV_MANY: theirs, joined in order)."""
         proc = session.proc
         if req.op is Op.RECV:
             entry, admitted = self.table.take(proc)
@@ -290,37 +292,54 @@ class ServerState:
                 "sender": entry.sender,
                 "header": entry.header,
                 "topic": entry.topic,
+                "codec": entry.codec,
+                "meta": entry.meta,
             }
-            session.reply(Reply(req.req_id, Op.RECV, fields))
+            data = b""
+            if entry.payload is not None:
+                data = entry.payload
+                fields["size"] = len(data)
+            session.reply(Reply(req.req_id, Op.RECV, fields, data))
             self.deliveries_done(admitted, wake=False)
             return
         messages: list[list[Any]] = []
+        payloads: list[bytes] = []
+        sizes: list[int] = []
         admitted = []
         budget = REPLY_LISTS_BUDGET  # a reply must stay under the frame limit, so count
-        # each message at its largest (its names as they are, a header as the largest)
-        while proc.inbox and len(messages) < req.args["max"]:
+        # each message at its largest (its names as they are, a dict as the largest)
+        taken, most = 0, req.args["max"]
+        while proc.inbox and taken < most:
             first = proc.inbox[0]
             owner = "" if first.block is None else first.block.owner_name
-            budget -= message_bound(owner, first.sender, first.topic, first.header)
+            budget -= message_bound(
+                owner, first.sender, first.topic, first.header, first.codec, first.meta, first.size
+            )
             if messages and budget < 0:
                 break
             entry, more = self.table.take(proc)
-            f = block_fields(entry.block)
-            messages.append(
-                [
-                    f["block"],
-                    f["size"],
-                    f["capacity"],
-                    f["segment"],
-                    f["offset"],
-                    "" if entry.block is None else entry.block.owner_name,
-                    entry.sender,
-                    entry.header,
-                    entry.topic,
-                ]
-            )
+            taken += 1
             admitted += more
-        session.reply(Reply(req.req_id, Op.RECV_MANY, {"messages": messages}))
+            rec = entry.block
+            if entry.payload is not None:  # a run of inline messages: one row
+                run, budget, more = self.table.take_run(proc, entry, most - taken, budget)
+                run.insert(0, entry.payload)
+                taken += len(run) - 1
+                admitted += more
+                run_sizes = list(map(len, run))
+                payloads += run
+                sizes += run_sizes
+                row = [NO_BLOCK, sum(run_sizes), len(run), 0, 0, "", entry.sender, entry.header]
+                messages.append([*row, entry.topic, entry.codec, entry.meta])
+                continue
+            if rec is None:  # a header alone
+                place = [NO_BLOCK, 0, 0, 0, 0]
+            else:
+                place = [rec.id, rec.size, rec.capacity, rec.segment, rec.offset]
+            messages.append([*place, owner, entry.sender, entry.header, entry.topic, "", {}])
+        data = b"".join(payloads) if payloads else b""
+        result = {"messages": messages, "sizes": sizes}
+        session.reply(Reply(req.req_id, Op.RECV_MANY, result, data))
         self.deliveries_done(admitted, wake=False)
 
     # -- memory ------------------------------------------------------------------

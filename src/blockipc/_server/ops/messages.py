@@ -1,14 +1,20 @@
-"""Messages: SEND (a block into another process's inbox), RECV and RECV_MANY; the
-receiver lookup that parks a request until its peer registers (``wait_for_peer``)."""
+"""Messages: SEND (a block into another process's inbox), SEND_DATA and SEND_MANY
+(inline messages: small payloads that travel in the frames, one or a batch per
+request), RECV and RECV_MANY; the receiver lookup that parks a request until its peer
+registers (``wait_for_peer``).
+
+Every kind of message goes through the routing table's one inbox rule
+(``RoutingTable.offer``: messages and bytes, the order of each sender's messages, the
+wait for room or ``InboxFull``); an inline batch is one delivery, admitted whole."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..._core.limits import check_batch, pack_header
+from ..._core.limits import check_batch, check_inline_batch, pack_header
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.routing import Delivery, ProcessRecord
-from ..._exceptions import BlockIPCError, PeerUnreachable
+from ..._exceptions import BlockIPCError, InvalidRequest, PeerUnreachable
 from ..parking import Parked, Queued, wait_for_peer
 from ..session import Session, error_reply
 from ..state import ServerState
@@ -24,7 +30,7 @@ class QueuedSend(Parked):
         """The delivery reached the inbox (``error`` None) or never will."""
         self.unpark()
         if error is None:
-            self.session.reply(Reply(self.request.req_id, Op.SEND))
+            self.session.reply(Reply(self.request.req_id, self.request.op))
         else:
             self.session.reply(error_reply(self.request, error))
 
@@ -60,9 +66,47 @@ def send(state: ServerState, session: Session, req: Request) -> None:
         return
     if rec is not None and move:
         state.table.check_movable(session.proc, rec)
+    _offer(state, session, req, to, Delivery(rec, session.proc, to, a["header"], move, None))
+
+
+def send_data(state: ServerState, session: Session, req: Request) -> None:
+    """SEND_DATA (one inline message) and SEND_MANY (a batch, admitted whole) into the
+    receiver's inbox; parked while it has no room for them."""
+    a = req.args
+    data = req.data
+    sizes = a["sizes"] if req.op is Op.SEND_MANY else [len(data)]
+    check_inline_batch(sizes, len(data))
+    if not a["codec"]:
+        raise InvalidRequest("an inline message needs the name of the codec that encoded it")
+    pack_header(a["header"])
+    if a["meta"]:  # the header rule, as a named object's meta (most codecs have none)
+        pack_header(a["meta"], "codec meta")
+    to = receiver(state, session, req)
+    if to is None:  # parked until it registers
+        return
+    if len(sizes) == 1:
+        payloads: tuple[bytes, ...] = (data,)
+    else:
+        at, cut = 0, []
+        for n in sizes:  # (the frame's data is bytes: a slice is one copy)
+            cut.append(data[at : at + n])
+            at += n
+        payloads = tuple(cut)
+    delivery = Delivery(
+        None, session.proc, to, a["header"], False, None, "", payloads, a["codec"], a["meta"]
+    )
+    _offer(state, session, req, to, delivery)
+
+
+def _offer(
+    state: ServerState, session: Session, req: Request, to: ProcessRecord, delivery: Delivery
+) -> None:
+    """Offer ``delivery`` to ``to``'s inbox: answered at once if it got in, else parked
+    (its token the delivery's) until it does or never will."""
+    a = req.args
     token = QueuedSend(state, session, req, to)
     token.park()
-    delivery = Delivery(rec, session.proc, to, a["header"], move, token)
+    delivery.token = token
     try:
         delivered = state.table.offer(delivery, nowait=a["nowait"])
     except BaseException:
@@ -70,7 +114,7 @@ def send(state: ServerState, session: Session, req: Request) -> None:
         raise
     if delivered:
         token.unpark()
-        session.reply(Reply(req.req_id, Op.SEND))
+        session.reply(Reply(req.req_id, req.op))
         state.wake_receiver(to)
 
 
@@ -86,4 +130,10 @@ def recv(state: ServerState, session: Session, req: Request) -> None:
         session.recv_waits.append(wait)
 
 
-HANDLERS = {Op.SEND: send, Op.RECV: recv, Op.RECV_MANY: recv}
+HANDLERS = {
+    Op.SEND: send,
+    Op.SEND_DATA: send_data,
+    Op.SEND_MANY: send_data,
+    Op.RECV: recv,
+    Op.RECV_MANY: recv,
+}
