@@ -99,6 +99,12 @@ async def test_recv_times_out_and_keeps_what_comes_later(
             asyncio.run_coroutine_threadsafe(client.send(None, to=c.name), loop).result(5)
             msg = c.recv(timeout=30)
             assert msg.block is None and msg.sender == client.name
+            c.send_value(c.name, {"x": 1})  # inline messages, one and a batch
+            c.send_many(c.name, [2, 3])
+            got: list[object] = []
+            while len(got) < 3:
+                got += [m.value for m in c.recv_many(8, timeout=30)]
+            assert got == [{"x": 1}, 2, 3]
 
     loop = asyncio.get_running_loop()
     await off_loop(work)

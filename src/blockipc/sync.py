@@ -247,6 +247,47 @@ class Client:
         seconds = _seconds(timeout)
         return self._run(lambda: _within(seconds, self._client.recv()))
 
+    def send_value(
+        self,
+        to: str,
+        obj: object,
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+        wait_for_peer: float | None = None,
+    ) -> None:
+        """:meth:`blockipc.Client.send_value`, blocking.
+
+        >>> client.send_value("consumer", {"reading": 21.5})  # doctest: +SKIP
+        """
+        self._run(
+            lambda: self._client.send_value(
+                to, obj, codec, header=header, nowait=nowait, wait_for_peer=wait_for_peer
+            )
+        )
+
+    def send_many(
+        self,
+        to: str,
+        objs: Iterable[object],
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+        wait_for_peer: float | None = None,
+    ) -> None:
+        """:meth:`blockipc.Client.send_many`, blocking.
+
+        >>> client.send_many("consumer", [1, 2, 3])  # doctest: +SKIP
+        """
+        items = list(objs)
+        self._run(
+            lambda: self._client.send_many(
+                to, items, codec, header=header, nowait=nowait, wait_for_peer=wait_for_peer
+            )
+        )
+
     def recv_many(self, max_messages: int = 64, timeout: float | None = None) -> list[Message]:
         """:meth:`blockipc.Client.recv_many`, blocking; ``timeout`` as :meth:`recv`."""
         seconds = _seconds(timeout)

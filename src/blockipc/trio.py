@@ -259,6 +259,47 @@ class Client:
         """
         return await self._run(self._client.recv)
 
+    async def send_value(
+        self,
+        to: str,
+        obj: object,
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+        wait_for_peer: float | None = None,
+    ) -> None:
+        """:meth:`blockipc.Client.send_value`, from trio.
+
+        >>> await client.send_value("consumer", {"reading": 21.5})  # doctest: +SKIP
+        """
+        await self._run(
+            lambda: self._client.send_value(
+                to, obj, codec, header=header, nowait=nowait, wait_for_peer=wait_for_peer
+            )
+        )
+
+    async def send_many(
+        self,
+        to: str,
+        objs: Iterable[object],
+        codec: str = DEFAULT_CODEC,
+        *,
+        header: dict[str, Any] | None = None,
+        nowait: bool = False,
+        wait_for_peer: float | None = None,
+    ) -> None:
+        """:meth:`blockipc.Client.send_many`, from trio.
+
+        >>> await client.send_many("consumer", [1, 2, 3])  # doctest: +SKIP
+        """
+        items = list(objs)
+        await self._run(
+            lambda: self._client.send_many(
+                to, items, codec, header=header, nowait=nowait, wait_for_peer=wait_for_peer
+            )
+        )
+
     async def recv_many(self, max_messages: int = 64) -> list[Message]:
         """:meth:`blockipc.Client.recv_many`, from trio."""
         return await self._run(lambda: self._client.recv_many(max_messages))
