@@ -136,7 +136,9 @@ class ProcessStats:
     inbox: int = 0
     inbox_bytes: int = 0
     channels: int = 0
-    requests: int = 0
+    requests: int = field(default=0, compare=False)
+    """Requests since it connected: a rate, not a holding, so not compared (two
+    snapshots of what a process holds are equal however many requests came between)."""
 
 
 @dataclass(frozen=True, slots=True)

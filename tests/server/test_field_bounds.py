@@ -157,7 +157,7 @@ def test_fitted_stats_and_peers_fit_a_frame(item: str) -> None:
     stats: dict[str, Any] = {name: 0 for name, kind in protocol._STATS_FIELDS.items()}
     stats["processes"] = stats["names"] = [item] * (MAX_LIST + 1)
     stats["links"] = [[item, item, *range(8)]] * (MAX_LIST + 1)
-    stats["usage"] = [[item, *range(7)]] * (MAX_LIST + 1)
+    stats["usage"] = [[item, *range(8)]] * (MAX_LIST + 1)
     stats["queues"] = [[item, item, *range(8)]] * (MAX_LIST + 1)
     for req_id, op, result in ((2, Op.STATS, stats), (3, Op.PEERS, {"names": stats["names"]})):
         server.receive_data(client.send(Request(req_id, op)))
