@@ -394,7 +394,8 @@ class Good:
                 msg = await b.recv()
                 if msg.sender != GOOD_A:  # a fuzz connection's block: anyone may send
                     self.foreign += 1
-                    await b.free(msg.block)
+                    if msg.block is not None:  # (inline and header-only ones have none)
+                        await b.free(msg.block)
                     continue
                 self.check(await b.read(msg.block), "b received")
                 await b.send(msg.block, to=GOOD_A)
@@ -404,7 +405,8 @@ class Good:
                 msg = await a.recv()
                 if msg.sender != GOOD_B:
                     self.foreign += 1
-                    await a.free(msg.block)
+                    if msg.block is not None:  # (inline and header-only ones have none)
+                        await a.free(msg.block)
                     continue
                 self.check(await a.read(msg.block), "a got back")
                 returned.put_nowait(msg.block)
