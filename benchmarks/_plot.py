@@ -9,14 +9,12 @@ from typing import Any
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend, or exit saying which extra to install."""
-    try:
-        import matplotlib
+    from blockipc.bench.plots import pyplot as _pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        sys.exit("--plot needs matplotlib: pip install 'blockipc[bench]'")
-    return plt
+    try:
+        return _pyplot()
+    except RuntimeError as exc:
+        sys.exit(str(exc))
 
 
 def save(fig: Any, path: str) -> None:

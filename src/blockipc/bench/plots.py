@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_plots"]
+__all__ = ["pyplot", "write_plots"]
 
 LATENCY: dict[str, str] = {
     "read_blockipc": "blockipc routed read",
@@ -16,6 +16,21 @@ LATENCY: dict[str, str] = {
     "ping_zmq": "pyzmq DEALER/ROUTER",
 }
 """The round-trip metrics drawn, in order, with their labels."""
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (also benchmarks/*.py --plot).
+
+    :raises RuntimeError: if matplotlib is not installed (``blockipc[bench]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("--plot needs matplotlib: pip install 'blockipc[bench]'") from exc
+    return plt
 
 
 def write_plots(
@@ -31,13 +46,7 @@ def write_plots(
 
     :raises RuntimeError: if matplotlib is not installed (``blockipc[bench]``).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("--plot needs matplotlib: pip install 'blockipc[bench]'") from exc
+    plt = pyplot()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
