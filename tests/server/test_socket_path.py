@@ -8,13 +8,16 @@ import os
 import socket
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 import blockipc
 from _foreign import NOBODY, needs_root, squatter
 from blockipc import BlockIPCError
+from blockipc._server.listener import listen_at
 from blockipc.testing import capture_logs, unique_name
 
 
@@ -111,3 +114,85 @@ async def test_a_path_another_user_serves_is_refused_saying_who(short_dir: Path)
                 pytest.fail("started on a path another user serves")
         connections, received = await nobody.report()
     assert (connections, received) == (1, b"")  # the probe said nothing
+
+
+async def test_the_socket_appears_only_once_it_accepts(short_dir: Path) -> None:
+    # a client that waits for the path to exist connects at once: bound at the final
+    # path, the socket refused connections between bind() and listen() (36 of 50
+    # starts, found by a thread connecting as soon as the path appeared)
+    for i in range(10):
+        path = short_dir / f"c{i}.sock"
+        outcome: list[object] = []
+        stop = threading.Event()
+
+        def connect_on_sight(
+            path: Path = path, outcome: list[object] = outcome, stop: threading.Event = stop
+        ) -> None:
+            while not stop.is_set() and not outcome:
+                if path.exists():
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                        try:
+                            sock.connect(str(path))
+                            outcome.append("connected")
+                        except OSError as exc:
+                            outcome.append(exc)
+
+        watcher = threading.Thread(target=connect_on_sight)
+        watcher.start()
+        try:
+            async with blockipc.Coordinator(path, pool_size="1MiB"):
+                await anyio.to_thread.run_sync(watcher.join, 10)
+        finally:
+            stop.set()
+            watcher.join()
+        assert outcome == ["connected"], i
+        assert _mode_of(path) is None  # removed on close
+    assert list(short_dir.iterdir()) == []  # no temporary name left behind
+
+
+def _mode_of(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(path.lstat().st_mode)
+    except FileNotFoundError:
+        return None
+
+
+async def test_the_socket_is_0600_whatever_the_umask(short_dir: Path) -> None:
+    old = os.umask(0)
+    try:
+        async with blockipc.Coordinator(short_dir / "c.sock", pool_size="1MiB") as coord:
+            assert _mode_of(Path(coord.address)) == 0o600
+    finally:
+        os.umask(old)
+
+
+async def test_a_path_taken_meanwhile_is_not_replaced(short_dir: Path) -> None:
+    # the last step cannot replace a socket that appeared after the stale-socket check
+    # (two coordinators started on one path at once): the second is refused, the first
+    # keeps its socket
+    path = short_dir / "c.sock"
+    async with blockipc.Coordinator(path, pool_size="1MiB") as first:
+        before = path.lstat().st_ino
+        with pytest.raises(BlockIPCError, match="already serving"):
+            listen_at(path)
+        assert path.lstat().st_ino == before
+        assert sorted(p.name for p in short_dir.iterdir()) == ["c.sock"]
+        async with blockipc.connect(first.address, name=unique_name("client")) as client:
+            assert await client.peers() == [client.name]
+
+
+async def test_closing_removes_only_its_own_socket(short_dir: Path) -> None:
+    # A's socket removed by hand and B started at the same path: closing A must not
+    # remove B's socket (it did: every later client of B found no coordinator)
+    path = short_dir / "c.sock"
+    second = blockipc.Coordinator(path, pool_size="1MiB")
+    try:
+        async with blockipc.Coordinator(path, pool_size="1MiB"):
+            path.unlink()
+            await second.start()
+        assert path.exists()  # A closed: B's socket is still there, and answers
+        async with blockipc.connect(second.address, name=unique_name("client")) as client:
+            assert await client.peers() == [client.name]
+    finally:
+        await second.aclose()
+    assert not path.exists()  # B removed its own

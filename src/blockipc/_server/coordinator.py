@@ -49,7 +49,9 @@ from .._shm.pool import Pool
 from .._types import Stats
 from .linkport import LinkPort
 from .listener import (
+    SocketId,
     accept_connections,
+    listen_at,
     make_private_dir,
     prepare_path,
     remove_path,
@@ -155,6 +157,7 @@ class Coordinator:
         self._stop = anyio.Event()
         self._private_dir: Path | None = None
         self._path: Path | None = None
+        self._socket_id: SocketId | None = None  # of the socket file this one made
         self._closed = anyio.Event()
         self._closing = False
         self._pid = os.getpid()
@@ -219,7 +222,12 @@ class Coordinator:
                 await link.start()
                 self._link = state.link = link
             self._state = state
-            listener = await anyio.create_unix_listener(self._path, mode=0o600)
+            sock, self._socket_id = listen_at(self._path)
+            try:
+                listener = await SocketListener.from_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
             # The connection tasks run in a task of their own, so that aclose() works
             # from any task (a signal handler, a pytest fixture's teardown): an anyio
             # task group can only be exited by the task that entered it.
@@ -323,7 +331,7 @@ class Coordinator:
         return self._path_arg
 
     def _remove_path(self) -> None:
-        remove_path(self._path, self._private_dir)
+        remove_path(self._path, self._private_dir, self._socket_id)
 
     def stats(self) -> Stats:
         """The pool and admin space now, without a round trip (embedded use): every

@@ -75,6 +75,7 @@ __all__ = [
     "RUNTIME_DIR_ENV",
     "make_private_dir",
     "accept_connections",
+    "listen_at",
     "prepare_path",
     "remove_path",
     "serve_connection",
@@ -220,10 +221,60 @@ def _warn_if_unsafe_dir(directory: Path) -> None:
     )
 
 
-def remove_path(path: Path | None, private_dir: Path | None) -> None:
-    if path is not None:
+LISTEN_BACKLOG = 4096
+"""Connections the kernel queues for the accept loop (``listen(2)``'s backlog)."""
+
+SocketId = tuple[int, int]
+"""A socket file's ``(st_dev, st_ino)``: which socket a path names."""
+
+
+def listen_at(path: Path) -> tuple[socket.socket, SocketId]:
+    """A listening Unix socket at ``path``, mode 0600, that appears there only once it
+    accepts connections: it is bound at a temporary name beside ``path``, made 0600,
+    set listening, then hard-linked into place. A client that finds the path can
+    connect at once (no ``ECONNREFUSED`` between ``bind`` and ``listen``), and a
+    coordinator that started at ``path`` meanwhile keeps its socket: ``link(2)`` fails
+    where ``rename(2)`` (or anyio's ``create_unix_listener``) would replace it. Returns
+    the socket and its file's :data:`SocketId`, for :func:`remove_path`."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # a temporary name no longer than the final one where it can be, so that a
+        # path that fits in sun_path (107 bytes) binds
+        size = max(2, min(8, len(path.name) - 1))
+        for _ in range(100):
+            temp = path.with_name("." + secrets.token_hex(4)[:size])
+            try:
+                sock.bind(str(temp))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        else:
+            raise BlockIPCError(f"no free temporary name beside {path} for its socket")
+        try:
+            os.chmod(temp, 0o600)
+            sock.listen(LISTEN_BACKLOG)
+            os.link(temp, path)
+        except FileExistsError:
+            raise BlockIPCError(f"a coordinator is already serving at {path}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        st = path.lstat()
+    except BaseException:
+        sock.close()
+        raise
+    return sock, (st.st_dev, st.st_ino)
+
+
+def remove_path(path: Path | None, private_dir: Path | None, ours: SocketId | None) -> None:
+    """Remove the socket file at ``path`` if it is still ``ours`` (a coordinator that
+    took the path since, after this one's socket was removed by hand, keeps its own),
+    then ``private_dir`` if it was made for it."""
+    if path is not None and ours is not None:
         with contextlib.suppress(OSError):
-            path.unlink()
+            st = path.lstat()
+            if (st.st_dev, st.st_ino) == ours:
+                path.unlink()
     if private_dir is not None:
         with contextlib.suppress(OSError):
             private_dir.rmdir()
