@@ -32,6 +32,7 @@ from blockipc._core.protocol import (
     _MSGLIST,
     _PROCLIST,
     _QUEUELIST,
+    _ROWS,
     _SCHEMAS,
     _SEGLIST,
     _STRLIST,
@@ -403,13 +404,14 @@ VALID_VALUE: dict[Any, st.SearchStrategy[Any]] = {
     _STRLIST: st.lists(st.text(max_size=8), max_size=4),
     _INTLIST: st.lists(_UINT, max_size=4),
     _SEGLIST: st.lists(st.lists(_UINT, min_size=2, max_size=2), max_size=4),
-    _LINKLIST: st.lists(
-        st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
-    ),
-    _PROCLIST: st.lists(st.tuples(st.text(max_size=8), *[_UINT] * 7).map(list), max_size=3),
-    _QUEUELIST: st.lists(
-        st.tuples(st.text(max_size=8), st.text(max_size=8), *[_UINT] * 8).map(list), max_size=3
-    ),
+    # rows of as many strings and ints as the schema says (a row type that grows its
+    # counters grows them here too)
+    **{
+        kind: st.lists(
+            st.tuples(*[st.text(max_size=8)] * strings, *[_UINT] * ints).map(list), max_size=3
+        )
+        for kind, (strings, ints) in _ROWS.items()
+    },
     _MSGLIST: st.lists(
         st.tuples(
             _UINT,
