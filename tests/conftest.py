@@ -3,7 +3,9 @@
 Every async test runs twice, on asyncio's default loop and on uvloop, through
 pytest-asyncio's ``pytest_asyncio_loop_factories`` hook (overriding the
 ``event_loop_policy`` fixture is deprecated in pytest-asyncio 1.x, and event loop
-policies themselves are deprecated from Python 3.14).
+policies themselves are deprecated from Python 3.14). A test marked ``one_loop`` runs
+on uvloop only: what it tests runs in other processes, which pick their own loops, so a
+second run on the test process's other loop would test the same thing again.
 
 The tests sit in folders named like the package's (``core/`` for ``blockipc._core``,
 ``shm/``, ``server/``, ``client/``, ``link/``, ``bench/``; ``integration/`` runs the whole
@@ -43,6 +45,8 @@ LOOP_FACTORIES: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.get_closest_marker("one_loop") is not None:
+        return {"uvloop": LOOP_FACTORIES["uvloop"]}
     return LOOP_FACTORIES
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_QUEUE_SIZE",
     "IDLE_FRAME_TIMEOUT",
+    "LISTEN_BACKLOG",
     "MAX_ATTEMPTS",
     "MAX_BATCH",
     "MAX_BATCH_BYTES",
@@ -474,6 +475,10 @@ def check_inline_batch(sizes: list[int], nbytes: int) -> None:
 
 
 # -- stalls ------------------------------------------------------------------------
+LISTEN_BACKLOG: Final = 1024
+"""Connections the kernel queues for the coordinator's accept loop (``listen(2)``'s
+backlog; the kernel caps it at ``net.core.somaxconn``). A client past it waits in
+``connect`` (or, with ``connect(retry=True)``, retries), never queued without bound."""
 IDLE_FRAME_TIMEOUT: Final = 30.0
 """Seconds a connection may hold part of a frame with no byte more before the
 coordinator closes it (the default of ``Coordinator(idle_frame_timeout=...)``). Between

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, UNIXSocketStream
 
-from .._core.limits import IDLE_FRAME_TIMEOUT
+from .._core.limits import IDLE_FRAME_TIMEOUT, LISTEN_BACKLOG
 from .._core.protocol import (
     ACCESS_MODES,
     PROTOCOL_VERSION,
@@ -220,9 +220,6 @@ def _warn_if_unsafe_dir(directory: Path) -> None:
         reason=reason,
     )
 
-
-LISTEN_BACKLOG = 4096
-"""Connections the kernel queues for the accept loop (``listen(2)``'s backlog)."""
 
 SocketId = tuple[int, int]
 """A socket file's ``(st_dev, st_ino)``: which socket a path names."""
