@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+
+from blockipc.bench.harness import worker_context  # noqa: E402 (from ROOT/src)
 
 PRODUCERS = 4
 INBOX = 1024  # messages waiting, at most: the inbox's default, and the mp.Queue's maxsize
@@ -185,7 +186,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="bytes per message")
     args = parser.parse_args()
 
-    ctx = mp.get_context("spawn")
+    ctx = worker_context("uvloop", "zmq", "zmq.asyncio", "__main__")
     with (
         tempfile.TemporaryDirectory(prefix="bipc-inbox-") as tmpdir,
         coordinator(Path(tmpdir)) as address,

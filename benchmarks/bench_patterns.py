@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -52,7 +51,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-PRODUCERS = CONSUMERS = 4
+from blockipc.bench.harness import worker_context  # noqa: E402 (from ROOT/src)
+
+PRODUCERS = CONSUMERS = 4  # (equal: each mp.Queue producer puts one consumer's stop)
 MAXSIZE = 64  # jobs waiting in a queue, for every contender (64 MiB of 1 MiB jobs)
 SIZES = {"64 B": 64, "1 MiB": 1 << 20}
 BATCH = {64: 32, 1 << 20: 8}  # jobs per enqueue_many (8 MiB at 1 MiB: the pool is 256 MiB)
@@ -148,9 +149,15 @@ async def _blockipc_batched(client: Any, role: str, size: int, jobs: int, queue:
 
 def _mp(mpq: Any, role: str, size: int, jobs: int) -> int:
     if role == "producer":
+        # Each producer ends its jobs with a stop (one per consumer): put() only hands
+        # an item to this process's feeder thread, so a stop put by the parent once the
+        # producers returned could overtake their last jobs, and the consumers stopped
+        # early (jobs left over for the next round, producers stuck at exit flushing
+        # them: 10 s each).
         payload = bytes(size)
         for _ in range(jobs):
             mpq.put(payload)
+        mpq.put(None)
         return time.perf_counter_ns()
     end = time.perf_counter_ns()
     while (item := mpq.get()) is not None:
@@ -440,7 +447,7 @@ def work_queue(
         if contender.startswith("blockipc"):
             return lambda: blockipc.run(lambda: stop_blockipc(queue))
         if contender == "mp.Queue":
-            return lambda: [mpq.put(None) for _ in range(CONSUMERS)]
+            return lambda: None  # the producers put the stops (_mp)
         return lambda: stop_redis(queue)
 
     try:
@@ -488,7 +495,7 @@ def main() -> None:
         "--only", choices=("queue", "rr"), help="run only the work queue or the request/reply part"
     )
     args = parser.parse_args()
-    ctx = mp.get_context("spawn")
+    ctx = worker_context("uvloop", "zmq", "zmq.asyncio", "__main__")
     with (
         tempfile.TemporaryDirectory(prefix="bipc-patterns-") as tmpdir,
         coordinator(Path(tmpdir)) as address,

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 import blockipc
 from _procs import sha256, spawn, stream_payload, wait_until
@@ -135,6 +136,7 @@ async def test_kill_9_of_a_sender_mid_stream(
     await wait_until(lambda: not coord.stats().processes)
 
 
+@pytest.mark.one_loop  # the coordinator is a child process
 async def test_large_copy_in_another_process_keeps_answering(short_dir: Path) -> None:
     """A 256 MiB copy by a coordinator running in its own process: another client's
     small requests keep being answered while it runs (liveness, not speed)."""

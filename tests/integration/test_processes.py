@@ -238,6 +238,7 @@ async def test_killed_senders_waiting_for_a_peer_leave_no_wait_behind(
             pytest.fail(f"a dead sender's parked send was delivered: {msg}")
 
 
+@pytest.mark.one_loop  # the coordinator is a child process
 async def test_200_killed_senders_waiting_for_a_peer_do_not_grow_the_coordinator(
     short_dir: Path,
 ) -> None:

@@ -43,6 +43,9 @@ from blockipc._core.linkwire import (
 )
 from blockipc._exceptions import ProtocolError
 
+# every node is a child process (each with its own loop): one run of each test
+pytestmark = pytest.mark.one_loop
+
 LINK_TIMEOUT = 2  # seconds: how long a node waits for a peer that is down
 
 
