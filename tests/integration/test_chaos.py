@@ -43,16 +43,16 @@ def test_a_payload_checks_itself() -> None:
 
 
 def test_soak_survives_kills_with_no_mismatch_and_no_leak() -> None:
-    # 15 s of 4 workers, a kill -9 about every second: the driver's own checks (every
+    # 9 s of 4 workers, a kill -9 about every 0.75 s: the driver's own checks (every
     # payload's checksum, then stats, fds and /dev/shm back to their baseline) decide
     result = _run(
         "soak.py",
         "--seconds",
-        "15",
+        "9",
         "--workers",
         "4",
         "--kill-every",
-        "1",
+        "0.75",
         "--seed",
         "14",
         timeout=55,
