@@ -1071,7 +1071,11 @@ async def test_a_frame_over_the_routers_bound_is_refused_unread(short_dir: Path)
 
 
 async def test_frame_bounds_are_set_and_a_dropped_peer_is_logged() -> None:
-    async with blockipc.Coordinator(pool_size="4MiB", node="b", listen="tcp://127.0.0.1:0") as b:
+    # a plain node for the plain DEALER: on a CURVE node (the default) the handshake
+    # fails instead, the DEALER queues nothing, and its send waited forever at times
+    async with blockipc.Coordinator(
+        pool_size="4MiB", node="b", listen="tcp://127.0.0.1:0", insecure=True
+    ) as b:
         assert b.link_address is not None
         link = b._link
         assert link is not None and link._router is not None
@@ -1548,8 +1552,12 @@ async def test_a_plain_link_needs_insecure() -> None:
         ):
             assert b.link_address is not None
             async with raw_dealer(b.link_address) as dealer:
-                await dealer.send_multipart([*encode_block(1, "x", "p", "consumer", 2, {}), b"hi"])
                 with anyio.move_on_after(1.0) as scope:
+                    # (the send itself may wait forever: a DEALER whose handshake
+                    # failed before it has no pipe to queue the frame on)
+                    await dealer.send_multipart(
+                        [*encode_block(1, "x", "p", "consumer", 2, {}), b"hi"]
+                    )
                     await dealer.recv_multipart()
                 assert scope.cancelled_caught  # no ack: the handshake never completed
                 with anyio.move_on_after(0.2) as scope:

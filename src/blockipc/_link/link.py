@@ -775,6 +775,10 @@ class Link:
                     router.curve_server = True
                     router.curve_publickey = self.keys.public
                     router.curve_secretkey = self.keys.secret
+                # the monitor before the bind: a connection that comes and goes before
+                # the watching task first runs is still seen (it was missed at times)
+                monitor = self._router_monitor(router)
+                self._spawn(self._watch_router(router, monitor))
                 try:
                     router.bind(cfg.listen.zmq(bind=True))
                 except zmq.ZMQError as exc:
@@ -784,7 +788,6 @@ class Link:
                 self.host.watch_topics(self._topic_changed)  # (told to those who ask)
                 asyncio.get_running_loop().add_reader(self._router_fd, self._serve)
                 self._reading = True
-                self._spawn(self._watch_router(router))
                 await self._lower_io_priority(before)
             for name, endpoint in cfg.peers.items():
                 key = None if self.keys is None else self.keys.trusted.get(name)
@@ -830,13 +833,17 @@ class Link:
             except OSError as exc:  # gone, or not allowed: a matter of speed only
                 log.debug("link.io_nice_failed", tid=tid, error=repr(exc))
 
-    async def _watch_router(self, router: zmq.Socket[bytes]) -> None:
-        """Log the ends of inbound connections (rate-limited: a peer can reconnect at
-        will). libzmq gives no reason; one is a frame over the ROUTER's bound."""
+    def _router_monitor(self, router: zmq.Socket[bytes]) -> zmq.asyncio.Socket:
+        """The monitor socket of the ROUTER's connection ends (and, with CURVE, failed
+        handshakes), for :meth:`_watch_router`."""
         events = zmq.Event.DISCONNECTED
         if self.keys is not None:  # (an AUTH failure is logged by the ZAP handler)
             events |= zmq.Event.HANDSHAKE_FAILED_PROTOCOL | zmq.Event.HANDSHAKE_FAILED_NO_DETAIL
-        monitor = cast("zmq.asyncio.Socket", router.get_monitor_socket(events))
+        return cast("zmq.asyncio.Socket", router.get_monitor_socket(events))
+
+    async def _watch_router(self, router: zmq.Socket[bytes], monitor: zmq.asyncio.Socket) -> None:
+        """Log the ends of inbound connections (rate-limited: a peer can reconnect at
+        will). libzmq gives no reason; one is a frame over the ROUTER's bound."""
         bound = _int_opt(router, zmq.MAXMSGSIZE)
         try:
             while True:
