@@ -22,6 +22,7 @@ from blockipc._client.direct import (
     error_frame,
     frame,
 )
+from blockipc._client.requests import decode_payload
 from blockipc._exceptions import PeerUnreachable
 
 
@@ -81,7 +82,7 @@ def test_a_malformed_frame_ends_the_socket(bad: bytes) -> None:
 
 async def test_an_error_frame_raises_its_error_and_an_end_fails_the_rest() -> None:
     lost: list[DirectLink] = []
-    link = DirectLink("svc", lost.append)
+    link = DirectLink("svc", lost.append, decode_payload)
     loop = asyncio.get_running_loop()
     futs = [loop.create_future() for _ in range(3)]
     link._pending = dict(enumerate(futs, 1))

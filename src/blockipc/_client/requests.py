@@ -48,6 +48,8 @@ class _Owner(Protocol):
     """What a request needs of the :class:`Client` that received it."""
 
     _sizes: dict[int, int]
+    _epoch: int
+    _closed: bool
 
     async def _call(
         self, op: Op, args: dict[str, Any], data: bytes = b"", *, epoch: int | None = None
@@ -268,9 +270,17 @@ class DirectRequest(IncomingRequest):
         :raises InvalidRequest: if the request was answered already, or the reply is
             over ``MAX_DIRECT_FRAME`` bytes encoded (the requester gets RemoteError).
         """
-        self._check_open()
-        self._client._check_epoch(self._epoch)  # its socket went with the connection
+        if self._answered:
+            self._check_open()
+        client = self._client
+        if self._epoch != client._epoch or client._closed:
+            client._check_epoch(self._epoch)  # its socket went with the connection
         c = codec or self.codec
+        if not isinstance(obj, Block) and (inline := encode_inline(obj, c)) is not None:
+            self._peer.answer(self.id, c, *inline)  # (the hot path)
+            self._answered = "replied"
+            self._settled()
+            return
         if isinstance(obj, Block):
             value = await self._client.get(obj)
             with contextlib.suppress(BlockIPCError):
