@@ -82,6 +82,7 @@ import os
 import random
 import socket
 import stat
+import threading
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
@@ -403,6 +404,7 @@ class Client:
         self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
         self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
+        self._thread = 0  # the thread that loop runs in
         self._timeout, self._retry, self._reconnect = timeout, retry, reconnect
         self._ended = False  # closed by close(), a fork or a lost loop: never reconnects
         # A connection's epoch: what was learnt on one (a lease, a segment, a channel,
@@ -436,6 +438,7 @@ class Client:
         """Connect, handshake and map the pool: the first connection and each reconnect.
         ``within`` seconds bound all of it; ``retry`` waits for a coordinator to listen."""
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()  # (the loop's: request()'s cheap check)
         deadline = None if within is None else anyio.current_time() + within
         stream = await _connect_retrying(self.address, retry=retry, within=within)
         self._conn = Connection(Role.CLIENT)  # a fresh state machine per connection
@@ -1411,10 +1414,16 @@ class Client:
         if link is not None and timeout is None and wait_for_peer is None and not self._closed:
             # the hot path: an inline request on the responder's direct socket (as
             # _request's first branch, in this one frame; _client/direct.py)
-            loop = asyncio.get_running_loop()
-            if loop is not self._loop:
-                self._check_loop()
-            if not isinstance(obj, Block) and (inline := encode_inline(obj, codec)) is not None:
+            loop = self._loop
+            if loop is None or threading.get_ident() != self._thread or not loop.is_running():
+                loop = self._check_loop()  # (get_running_loop's getpid() is a syscall)
+            if codec == "raw" and type(obj) is bytes and len(obj) <= MAX_INLINE_PAYLOAD:
+                inline: tuple[dict[str, Any], bytes] | None = (_NO_META, obj)
+            elif isinstance(obj, Block):
+                inline = None
+            else:
+                inline = encode_inline(obj, codec)
+            if inline is not None:
                 fut: asyncio.Future[Any] = loop.create_future()
                 rid = link.send(fut, codec, *inline)
                 try:
@@ -1558,9 +1567,10 @@ class Client:
                     await self._listen()
                 if self._rr_serve is None:
                     self._rr_serve = asyncio.ensure_future(self._serve_one())
-                waiter: asyncio.Future[DirectRequest | None] = (
-                    asyncio.get_running_loop().create_future()
-                )
+                loop = self._loop  # (as request()'s check: get_running_loop costs a syscall)
+                if loop is None or threading.get_ident() != self._thread or not loop.is_running():
+                    loop = asyncio.get_running_loop()
+                waiter: asyncio.Future[DirectRequest | None] = loop.create_future()
                 self._rr_waiters.append(waiter)
                 try:
                     handed = await waiter
