@@ -122,6 +122,8 @@ def error_frame(rid: int, exc: BlockIPCError) -> bytes:
 class _Framer(asyncio.Protocol):
     """Frames out of a byte stream; ``on_frame(header, data)`` for each."""
 
+    __slots__ = ("_buf", "transport")
+
     def __init__(self) -> None:
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -185,6 +187,8 @@ def _unpack_meta(raw: bytes | bytearray) -> dict[str, Any]:
 # -- the requester's side ------------------------------------------------------------
 class DirectLink(_Framer):
     """A requester's socket to one responder: requests out, futures by request id."""
+
+    __slots__ = ("_decode", "_ids", "_on_lost", "_pending", "lost", "to")
 
     def __init__(
         self,
@@ -338,6 +342,8 @@ class DirectListener:
     ``withdraw(peer, id)`` takes back one not received yet.
     """
 
+    __slots__ = ("_server", "address", "deliver", "peers", "queue", "withdraw")
+
     def __init__(
         self,
         deliver: Callable[[_Peer, int, str, dict[str, Any], bytes], None],
@@ -371,6 +377,8 @@ class DirectListener:
 
 class _Peer(_Framer):
     """One requester's connection to a responder."""
+
+    __slots__ = ("listener", "lost", "sender")
 
     def __init__(self, listener: DirectListener) -> None:
         super().__init__()

@@ -269,8 +269,10 @@ class DirectRequest(IncomingRequest):
         self._segment = None
         self._offset = 0
         self._meta = meta
-        self._data = data
-        self._value = _UNSET
+        if codec == "raw" and not meta:  # its value is its bytes (decode_payload's)
+            self._data, self._value = b"", data
+        else:
+            self._data, self._value = data, _UNSET
         self._answered = ""
         self._peer = peer
         self._settled = settled
