@@ -21,8 +21,9 @@ Medians over the rounds, and the ratio to `multiprocessing.Queue`. Every queue h
 at most 64 jobs waiting (a producer waits for room), so 1 MiB jobs fit the 256 MiB pool.
 
 **Request/reply**: one requester process asks one responder process 64 B questions one
-at a time (each answered with 64 B): blockipc's `request` / `requests()` through the
-coordinator, pyzmq REQ/REP over `ipc://`, and a raw uvloop Unix-socket echo (the floor).
+at a time (each answered with 64 B): blockipc's `request` / `requests()` (past the
+first request, on the responder's direct socket: `_client/direct.py`), pyzmq REQ/REP
+over `ipc://`, and a raw uvloop Unix-socket echo (the floor).
 The servers (coordinator, REP, echo server) and the responder are on the first CPU, the
 requesters on the second; each round runs every contender's slice in turn, rotating the
 order. Median round trip over all samples, the ratio to the raw echo, and the CPU each
