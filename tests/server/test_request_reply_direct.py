@@ -235,6 +235,18 @@ async def test_the_direct_hot_path_keeps_its_checks(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        # not receiving now: a timeout on the hot path withdraws; a cancel stays one
+        before = brokered(coord)
+        with pytest.raises(TimeoutError):
+            await client.request(svc.name, "late", timeout=0.05)
+        await wait_until(lambda: not svc._rr_ready)  # the CANCEL took it back
+        asking = asyncio.create_task(client.request(svc.name, "cancelled", timeout=60))
+        await wait_until(lambda: len(svc._rr_ready) == 1)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        await wait_until(lambda: not svc._rr_ready)
+        assert brokered(coord) == before and not client._links[svc.name]._pending
         requests = svc.requests()
         assert aiter(requests) is requests
         answering = asyncio.create_task(client.request(svc.name, "last", timeout=10))
