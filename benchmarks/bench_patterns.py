@@ -21,11 +21,14 @@ Medians over the rounds, and the ratio to `multiprocessing.Queue`. Every queue h
 at most 64 jobs waiting (a producer waits for room), so 1 MiB jobs fit the 256 MiB pool.
 
 **Request/reply**: one requester process asks one responder process 64 B questions one
-at a time (each answered with 64 B): blockipc's `request` / `requests()` through the
-coordinator, pyzmq REQ/REP over `ipc://`, and a raw uvloop Unix-socket echo (the floor).
+at a time (each answered with 64 B): blockipc's `request` / `requests()` (past the
+first request, on the responder's direct socket: `_client/direct.py`), pyzmq REQ/REP
+over `ipc://`, and a raw uvloop Unix-socket echo (the floor).
 The servers (coordinator, REP, echo server) and the responder are on the first CPU, the
 requesters on the second; each round runs every contender's slice in turn, rotating the
-order. Median round trip over all samples, and the ratio to the raw echo.
+order. Median round trip over all samples, the ratio to the raw echo, and the CPU each
+end used per round trip (its threads' on-CPU time, /proc/<pid>/task/*/schedstat, warm-up
+round trips included).
 
 Targets (issue 15): work queue at least 2x `multiprocessing.Queue` at 1 MiB and at least
 1x at 64 B; request/reply at most 1.3x a raw uvloop Unix-socket round trip.
@@ -278,8 +281,11 @@ def rr_client(kind: str, address: str, conn: Connection) -> None:
     blockipc.run(main)
 
 
-def request_reply(ctx: Any, address: str, tmp: Path, rounds: int, n: int) -> dict[str, float]:
-    """Median round trip (µs) of each contender, rounds interleaved."""
+def request_reply(
+    ctx: Any, address: str, tmp: Path, rounds: int, n: int
+) -> dict[str, tuple[float, float, float]]:
+    """Median round trip (µs) of each contender, rounds interleaved, and the CPU (µs)
+    per round trip of its server (the responder) and of its client (the requester)."""
     kinds = {
         "blockipc": address,
         "pyzmq REQ/REP": f"ipc://{tmp}/rr.ipc",
@@ -290,6 +296,8 @@ def request_reply(ctx: Any, address: str, tmp: Path, rounds: int, n: int) -> dic
     except ImportError:
         del kinds["pyzmq REQ/REP"]
     procs, clients = [], {}
+    pids: dict[str, list[int]] = {label: [] for label in kinds}  # (server, client)
+    cpu: dict[str, list[int]] = {label: [0, 0] for label in kinds}
     try:
         for label, addr in kinds.items():
             kind = label.split()[0]
@@ -299,21 +307,42 @@ def request_reply(ctx: Any, address: str, tmp: Path, rounds: int, n: int) -> dic
                 p.start()
                 procs.append(p)
                 assert parent.recv() == "ready"
+                assert p.pid is not None
+                pids[label].append(p.pid)
                 if target is rr_client:
                     clients[label] = parent
         samples: dict[str, list[int]] = {label: [] for label in kinds}
         labels = list(kinds)
         for rnd in range(rounds):
             for label in labels[rnd % len(labels) :] + labels[: rnd % len(labels)]:
+                before = [_cpu_ns(pid) for pid in pids[label]]
                 clients[label].send(n)
                 samples[label] += clients[label].recv()
+                for i, pid in enumerate(pids[label]):
+                    cpu[label][i] += _cpu_ns(pid) - before[i]
         for pipe in clients.values():
             pipe.send(None)
     finally:
         for p in procs:
             p.terminate()
             p.join(timeout=10)
-    return {label: statistics.median(v) / 1000 for label, v in samples.items()}
+    # each slice also runs min(n, 100) warm-up round trips, counted in the CPU
+    trips = rounds * (n + min(n, 100))
+    return {
+        label: (statistics.median(v) / 1000, *(ns / trips / 1000 for ns in cpu[label]))
+        for label, v in samples.items()
+    }
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time (ns) a process has used so far: the sum of its threads' on-CPU time
+    (``/proc/<pid>/task/*/schedstat``; 0 where there is no such file)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
 
 
 # -- the parent ----------------------------------------------------------------------
@@ -505,7 +534,7 @@ def main() -> None:
         contenders: list[str] = []
         if args.only != "rr":
             contenders = work_queue(ctx, address, redis_port, args, results)
-        rr: dict[str, float] = {}
+        rr: dict[str, tuple[float, float, float]] = {}
         if args.only != "queue":
             print("request/reply ...", file=sys.stderr)
             rr = request_reply(ctx, address, Path(tmpdir), args.rounds, args.round_trips)
@@ -537,12 +566,17 @@ def _print_queue(
         print("\nRedis Streams: skipped (no `redis-server` on PATH or no `redis` module).")
 
 
-def _print_rr(rr: dict[str, float]) -> None:
-    print("\n| request/reply, 64 B | round trip (median) | vs raw uvloop socket | target |")
-    print("|---|---|---|---|")
-    for label, us in rr.items():
+def _print_rr(rr: dict[str, tuple[float, float, float]]) -> None:
+    print(
+        "\n| request/reply, 64 B | round trip (median) | vs raw uvloop socket "
+        "| CPU per round trip: responder / requester | target |"
+    )
+    print("|---|---|---|---|---|")
+    raw = rr["raw"][0]
+    for label, (us, server, client) in rr.items():
         target = "<= 1.3x" if label == "blockipc" else ""
-        print(f"| {label} | {us:.1f} us | {us / rr['raw']:.2f}x | {target} |")
+        cpu = f"{server:.1f} / {client:.1f} us"
+        print(f"| {label} | {us:.1f} us | {us / raw:.2f}x | {cpu} | {target} |")
 
 
 if __name__ == "__main__":

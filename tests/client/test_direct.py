@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgpack
 import pytest
 
-from blockipc import InboxFull, RemoteError
+from blockipc import CodecError, InboxFull, RemoteError
+from blockipc._client import direct
 from blockipc._client.direct import (
     CANCEL,
     ERROR,
@@ -22,6 +24,9 @@ from blockipc._client.direct import (
     error_frame,
     frame,
 )
+from blockipc._client.requests import decode_payload, encode_inline
+from blockipc._core.codecs import get_codec
+from blockipc._core.limits import MAX_INLINE_PAYLOAD
 from blockipc._exceptions import PeerUnreachable
 
 
@@ -81,7 +86,7 @@ def test_a_malformed_frame_ends_the_socket(bad: bytes) -> None:
 
 async def test_an_error_frame_raises_its_error_and_an_end_fails_the_rest() -> None:
     lost: list[DirectLink] = []
-    link = DirectLink("svc", lost.append)
+    link = DirectLink("svc", lost.append, decode_payload)
     loop = asyncio.get_running_loop()
     futs = [loop.create_future() for _ in range(3)]
     link._pending = dict(enumerate(futs, 1))
@@ -97,3 +102,42 @@ async def test_an_error_frame_raises_its_error_and_an_end_fails_the_rest() -> No
     assert lost == [link]
     link.data_received(frame(REPLY, 3, "raw"))  # a late answer: dropped
     assert ERROR == 4
+
+
+async def test_a_reply_is_decoded_as_it_comes_and_a_bad_one_raises_in_its_requester() -> None:
+    link = DirectLink("svc", lambda _link: None, decode_payload)
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in range(4)]
+    link._pending = dict(enumerate(futs, 1))
+    link.data_received(frame(REPLY, 1, "msgpack", None, msgpack.packb({"a": [1]})))
+    link.data_received(frame(REPLY, 2, "raw", None, b"as it is"))
+    link.data_received(frame(REPLY, 3, "msgpack", None, b"\xc1"))  # never valid msgpack
+    link.data_received(frame(REPLY, 4, "json", None, b"[1, 2]"))
+    assert await futs[0] == {"a": [1]}
+    assert await futs[1] == b"as it is"
+    with pytest.raises(CodecError, match="msgpack"):
+        await futs[2]
+    assert await futs[3] == [1, 2]
+    assert not link._pending
+
+
+def test_msgpack_and_raw_inline_payloads_are_the_codecs_own() -> None:
+    for obj in ({"a": (1, b"\0")}, [1.5, None, "x"], 2**63):
+        meta, data = encode_inline(obj, "msgpack") or ({"no": 1}, b"")
+        enc = get_codec("msgpack").prepare(obj)
+        assert (meta, data) == (enc.meta, enc.tobytes())
+        assert decode_payload("msgpack", meta, data) == get_codec("msgpack").decode(data)
+    assert encode_inline(b"x" * (MAX_INLINE_PAYLOAD + 1), "msgpack") is None
+    with pytest.raises(CodecError):
+        encode_inline(object(), "msgpack")
+    with pytest.raises(CodecError):
+        decode_payload("msgpack", {}, b"\x92\x01")  # a list of two with one item
+
+
+def test_the_codec_name_caches_are_bounded() -> None:
+    for i in range(2 * direct._MAX_NAMES):
+        direct._codec(f"c{i}".encode())
+        direct._name(f"c{i}")
+    assert len(direct._CODECS) <= direct._MAX_NAMES
+    assert len(direct._NAMES) <= direct._MAX_NAMES
+    assert direct._codec(b"c999") == "c999" and direct._name("c999") == b"c999"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+from typing import Any
 
 import pytest
 
@@ -189,3 +191,69 @@ async def test_read_only_clients_go_direct_inline(coord: blockipc.Coordinator) -
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def _raised_in_thread(call: Any) -> BaseException | None:
+    """Run ``asyncio.run(call())`` in another thread (another loop); what it raised."""
+    raised: list[BaseException | None] = [None]
+
+    def target() -> None:
+        try:
+            asyncio.run(call())
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test
+            raised[0] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(10)
+    return raised[0]
+
+
+async def test_the_direct_hot_path_keeps_its_checks(
+    coord: blockipc.Coordinator, client: blockipc.Client
+) -> None:
+    """request()'s hot path (a direct socket known, no timeout) refuses another loop
+    before it sends, sends a Block through the coordinator, and takes msgpack and raw
+    payloads inline; requests() ends at aclose()."""
+    async with connected(coord, "svc") as svc:
+        task = asyncio.create_task(serve(svc))
+        try:
+            await learnt(coord, client, svc.name)
+            before = brokered(coord)
+            assert await client.request(svc.name, 0) == 0  # (connects the direct socket)
+            assert svc.name in client._links
+            exc = await asyncio.to_thread(_raised_in_thread, lambda: client.request(svc.name, 1))
+            assert isinstance(exc, blockipc.WrongEventLoop), repr(exc)
+            assert await client.request(svc.name, {"a": [1, b"\0"]}) == {"a": [1, b"\0"]}
+            assert await client.request(svc.name, b"raw", codec="raw") == b"raw"
+            assert brokered(coord) == before  # the refused one sent nothing anywhere
+            block = await client.put(b"in a block", codec="raw")
+            assert await client.request(svc.name, block) == b"in a block"
+            assert brokered(coord) == before + 1
+            with pytest.raises(blockipc.CodecError):
+                await client.request(svc.name, object())  # msgpack cannot: nothing sent
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # not receiving now: a timeout on the hot path withdraws; a cancel stays one
+        before = brokered(coord)
+        with pytest.raises(TimeoutError):
+            await client.request(svc.name, "late", timeout=0.05)
+        await wait_until(lambda: not svc._rr_ready)  # the CANCEL took it back
+        asking = asyncio.create_task(client.request(svc.name, "cancelled", timeout=60))
+        await wait_until(lambda: len(svc._rr_ready) == 1)
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        await wait_until(lambda: not svc._rr_ready)
+        assert brokered(coord) == before and not client._links[svc.name]._pending
+        requests = svc.requests()
+        assert aiter(requests) is requests
+        answering = asyncio.create_task(client.request(svc.name, "last", timeout=10))
+        async for req in requests:
+            await req.reply(req.value)
+            break
+        assert await answering == "last"
+        await requests.aclose()  # type: ignore[attr-defined]
+        with pytest.raises(StopAsyncIteration):
+            await anext(requests)

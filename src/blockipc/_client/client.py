@@ -82,11 +82,12 @@ import os
 import random
 import socket
 import stat
+import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Self, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Self, cast, final
 
 import anyio
 from anyio.abc import SocketAttribute, UNIXSocketStream
@@ -403,6 +404,7 @@ class Client:
         self._accepted: collections.deque[Reply] = collections.deque()  # for a cancelled accept
         self._pid = os.getpid()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it connected on
+        self._thread = 0  # the thread that loop runs in
         self._timeout, self._retry, self._reconnect = timeout, retry, reconnect
         self._ended = False  # closed by close(), a fork or a lost loop: never reconnects
         # A connection's epoch: what was learnt on one (a lease, a segment, a channel,
@@ -436,6 +438,7 @@ class Client:
         """Connect, handshake and map the pool: the first connection and each reconnect.
         ``within`` seconds bound all of it; ``retry`` waits for a coordinator to listen."""
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()  # (the loop's: request()'s cheap check)
         deadline = None if within is None else anyio.current_time() + within
         stream = await _connect_retrying(self.address, retry=retry, within=within)
         self._conn = Connection(Role.CLIENT)  # a fresh state machine per connection
@@ -1407,6 +1410,30 @@ class Client:
 
         >>> total = await client.request("adder", [1, 2, 3], timeout=5)  # doctest: +SKIP
         """
+        link = self._links.get(to)
+        if link is not None and wait_for_peer is None and not self._closed:
+            # the hot path: an inline request on the responder's direct socket (as
+            # _request's first branch, in this one frame; _client/direct.py)
+            seconds = None if timeout is None else _check_timeout(timeout)
+            loop = self._loop
+            if loop is None or threading.get_ident() != self._thread or not loop.is_running():
+                loop = self._check_loop()  # (get_running_loop's getpid() is a syscall)
+            if codec == "raw" and type(obj) is bytes and len(obj) <= MAX_INLINE_PAYLOAD:
+                inline: tuple[dict[str, Any], bytes] | None = (_NO_META, obj)
+            elif isinstance(obj, Block):
+                inline = None
+            else:
+                inline = encode_inline(obj, codec)
+            if inline is not None:
+                fut: asyncio.Future[Any] = loop.create_future()
+                rid = link.send(fut, codec, *inline)
+                if seconds is None:
+                    try:
+                        return await fut
+                    except asyncio.CancelledError:
+                        link.withdraw(rid)
+                        raise
+                return await _timed(fut, seconds, loop, lambda: link.withdraw(rid))
         if to not in self._links:  # (a name with a direct socket was checked already)
             _check_name(to, "responder name")
             if "/" in to:
@@ -1425,12 +1452,12 @@ class Client:
 
     async def _request(self, to: str, obj: object, codec: str, wait_ms: int) -> Any:
         if to in self._direct_addrs and not self._closed and not isinstance(obj, Block):
-            self._check_loop()  # (_client/direct.py; closed covers a forked child too)
+            loop = self._check_loop()  # (_client/direct.py; closed covers a forked child too)
             inline = encode_inline(obj, codec)
             link = None if inline is None else self._links.get(to) or await self._link(to)
             if link is not None:
                 assert inline is not None
-                return decode_payload(*await link.call(codec, *inline))
+                return await link.call(codec, *inline, loop)
         orphan = self._reply_orphan
         bid, c, meta, data, made = await self._outgoing(obj, codec)
         args = {"to": to, "block": bid, "codec": c, "meta": meta, "wait_ms": wait_ms}
@@ -1459,7 +1486,7 @@ class Client:
         self._linking[to] = done
         link = None
         try:
-            link = await DirectLink.open(address, to, self.name, self._link_lost)
+            link = await DirectLink.open(address, to, self.name, self._link_lost, decode_payload)
         except (OSError, BlockIPCError) as exc:
             log.debug("request.direct_unreachable", to=to, error=str(exc))
             if self._direct_addrs.get(to) == address:
@@ -1513,47 +1540,56 @@ class Client:
         with anyio.fail_after(seconds):
             return await self._next_request()
 
-    async def _next_request(self) -> IncomingRequest:
+    async def _next_request(self, *, in_loop: bool = False) -> IncomingRequest:
+        """The next request (see :meth:`next_request`); ``in_loop`` (:meth:`requests`'
+        next): a closed client ends the loop, with ``StopAsyncIteration``."""
         # The requests come and not received yet are in _rr_ready: direct ones as
         # their sockets deliver them, and the answer of the one brokered SERVE kept
         # parked at the coordinator (a task, so a receive that a direct request ends
-        # leaves it parked: nothing to cancel, nothing lost).
-        while True:
-            if self._rr_ready:
-                item = self._rr_ready.popleft()
-                if isinstance(item, DirectRequest):
-                    try:
-                        check_in_hand(self._direct_in_hand)
-                    except BaseException:
-                        self._rr_ready.appendleft(item)
-                        raise
+        # leaves it parked: nothing to cancel, nothing lost). One coroutine, its loop
+        # in a try: a request's hot path.
+        try:
+            while True:
+                if self._rr_ready:
+                    item = self._rr_ready.popleft()
+                    if isinstance(item, DirectRequest):
+                        try:
+                            check_in_hand(self._direct_in_hand)
+                        except BaseException:
+                            self._rr_ready.appendleft(item)
+                            raise
+                        self._direct_in_hand += 1
+                        return item
+                    return await self._served(*item)
+                if self._rr_error is not None:
+                    exc, self._rr_error = self._rr_error, None
+                    raise exc
+                if self._closed or self._proto is None:
+                    await self._ready()  # (raises, or reconnects)
+                if self._listener is None and _DIRECT:
+                    await self._listen()
+                if self._rr_serve is None:
+                    self._rr_serve = asyncio.ensure_future(self._serve_one())
+                loop = self._loop  # (as request()'s check: get_running_loop costs a syscall)
+                if loop is None or threading.get_ident() != self._thread or not loop.is_running():
+                    loop = asyncio.get_running_loop()
+                waiter: asyncio.Future[DirectRequest | None] = loop.create_future()
+                self._rr_waiters.append(waiter)
+                try:
+                    handed = await waiter
+                except BaseException:
+                    if not waiter.done():
+                        self._rr_waiters.remove(waiter)
+                    elif not waiter.cancelled() and (req := waiter.result()) is not None:
+                        self._rr_ready.appendleft(req)  # handed to this receive, then cancelled
+                    raise
+                if handed is not None:  # a direct request, handed to this receive at once
                     self._direct_in_hand += 1
-                    return item
-                return await self._served(*item)
-            if self._rr_error is not None:
-                exc, self._rr_error = self._rr_error, None
-                raise exc
-            if self._closed or self._proto is None:
-                await self._ready()  # (raises, or reconnects)
-            if self._listener is None and _DIRECT:
-                await self._listen()
-            if self._rr_serve is None:
-                self._rr_serve = asyncio.ensure_future(self._serve_one())
-            waiter: asyncio.Future[DirectRequest | None] = (
-                asyncio.get_running_loop().create_future()
-            )
-            self._rr_waiters.append(waiter)
-            try:
-                handed = await waiter
-            except BaseException:
-                if not waiter.done():
-                    self._rr_waiters.remove(waiter)
-                elif not waiter.cancelled() and (req := waiter.result()) is not None:
-                    self._rr_ready.appendleft(req)  # handed to this receive, then cancelled
-                raise
-            if handed is not None:  # a direct request, handed to this receive at once
-                self._direct_in_hand += 1
-                return handed
+                    return handed
+        except ConnectionClosed:
+            if in_loop and self._closing:
+                raise StopAsyncIteration from None
+            raise
 
     async def _listen(self) -> None:
         """Start this responder's direct socket (see _client/direct.py)."""
@@ -1597,8 +1633,14 @@ class Client:
         self, peer: Any, rid: int, codec: str, meta: dict[str, Any], data: bytes
     ) -> None:
         req = DirectRequest(self, self._epoch, peer, rid, codec, meta, data, self._direct_done)
-        if self._rr_ready or self._direct_in_hand >= MAX_IN_HAND or not self._wake_rr(req=req):
-            self._rr_ready.append(req)  # (behind those before it: in arrival order)
+        if not self._rr_ready and self._direct_in_hand < MAX_IN_HAND:
+            waiters = self._rr_waiters  # (_wake_rr's loop, inline: the hot path)
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(req)  # handed to the receive that waits
+                    return
+        self._rr_ready.append(req)  # (behind those before it: in arrival order)
 
     def _direct_done(self) -> None:
         self._direct_in_hand -= 1
@@ -1639,20 +1681,14 @@ class Client:
             self._sizes[r["block"]] = r["size"]
         return IncomingRequest(self, epoch, segment, r, reply.data)
 
-    async def requests(self) -> AsyncIterator[IncomingRequest]:
+    def requests(self) -> AsyncIterator[IncomingRequest]:
         """``async for req in client.requests():`` the requests to this process, in
         arrival order, until this client is closed (see :meth:`next_request`)::
 
             async for req in client.requests():
                 await req.reply(handle(req.value))
         """
-        while True:
-            try:
-                yield await self._next_request()  # (next_request without a timeout)
-            except ConnectionClosed:
-                if self._closing:
-                    return
-                raise
+        return _Requests(self)
 
     async def _outgoing(self, obj: object, codec: str) -> Payload:
         """``obj`` as a payload: a :class:`Block` as it is; else encoded, inline up to
@@ -2571,6 +2607,34 @@ class Client:
             self._drop_connection()
 
 
+@final
+class _Requests(AsyncIterator[IncomingRequest]):
+    """What :meth:`Client.requests` returns: each ``__anext__`` is one coroutine
+    (:meth:`Client._next_request`), not an async generator's two frames (a hot path).
+    ``aclose()`` (``contextlib.aclosing``) ends it, as it would a generator."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client: Client | None = client
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, IncomingRequest]:
+        if self._client is None:
+            return _stop()
+        return self._client._next_request(in_loop=True)
+
+    async def aclose(self) -> None:
+        """End the loop: every later ``__anext__`` raises ``StopAsyncIteration``."""
+        self._client = None
+
+
+async def _stop() -> NoReturn:
+    raise StopAsyncIteration
+
+
 class Lease:
     """An awaited lease on a block; use with ``async with`` (see :meth:`Client.lease`).
 
@@ -2873,6 +2937,36 @@ def _inline(obj: object, codec: str) -> tuple[str, dict[str, Any], bytes]:
 
 
 _NO_META: Final[dict[str, Any]] = {}  # (never mutated)
+
+
+async def _timed(
+    fut: asyncio.Future[Any],
+    seconds: float,
+    loop: asyncio.AbstractEventLoop,
+    withdraw: Callable[[], None],
+) -> Any:
+    """``await fut``, cancelled after ``seconds`` (then :class:`TimeoutError`) with a
+    timer of the loop, not a cancel scope (a tenth of a direct round trip); a cancelled
+    caller stays cancelled. Either way ``withdraw()`` runs."""
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        if not fut.done():
+            timed_out = True
+            fut.cancel()
+
+    timer = loop.call_later(seconds, expire)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        withdraw()
+        task = asyncio.current_task(loop)
+        if timed_out and (task is None or not task.cancelling()):
+            raise TimeoutError from None  # (as anyio.fail_after raises it)
+        raise
+    finally:
+        timer.cancel()
 
 
 def _check_timeout(timeout: object) -> float | None:

@@ -74,6 +74,28 @@ HELLO, REQUEST, CANCEL, REPLY, ERROR = 0, 1, 2, 3, 4
 _HEAD: Final = struct.Struct("<IIBBH")
 _CODE: Final = struct.Struct("<I")
 _EMPTY: Final[dict[str, Any]] = {}
+# the codec names seen, encoded and decoded once (a few: the codecs' names; bounded)
+_NAMES: dict[str, bytes] = {}
+_CODECS: dict[bytes, str] = {}
+_MAX_NAMES: Final = 64
+
+
+def _name(codec: str) -> bytes:
+    name = _NAMES.get(codec)
+    if name is None:
+        name = codec.encode()
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[codec] = name
+    return name
+
+
+def _codec(raw: bytes) -> str:
+    codec = _CODECS.get(raw)
+    if codec is None:
+        codec = raw.decode()
+        if len(_CODECS) < _MAX_NAMES:
+            _CODECS[raw] = codec
+    return codec
 
 
 def frame(
@@ -84,12 +106,12 @@ def frame(
     >>> frame(CANCEL, 7)
     b'\\x00\\x00\\x00\\x00\\x07\\x00\\x00\\x00\\x02\\x00\\x00\\x00'
     """
-    name = codec.encode()
+    name = _name(codec)
     if meta:
         packed = pack_header(meta, "codec meta")
         head = _HEAD.pack(len(data), rid, kind, len(name), len(packed))
         return b"".join((head, name, packed, data))
-    return _HEAD.pack(len(data), rid, kind, len(name), 0) + name + data
+    return b"".join((_HEAD.pack(len(data), rid, kind, len(name), 0), name, data))
 
 
 def error_frame(rid: int, exc: BlockIPCError) -> bytes:
@@ -100,13 +122,28 @@ def error_frame(rid: int, exc: BlockIPCError) -> bytes:
 class _Framer(asyncio.Protocol):
     """Frames out of a byte stream; ``on_frame(header, data)`` for each."""
 
+    __slots__ = ("_buf", "transport")
+
     def __init__(self) -> None:
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
 
     def data_received(self, data: bytes) -> None:
+        self._frames(data)
+
+    def _frames(self, data: bytes) -> None:
+        """Every whole frame in what has come (kept until a frame is whole)."""
         buf = self._buf
-        if not buf:  # the usual case: whole frames in one read
+        if not buf and len(data) >= 12:  # the usual case: one whole frame, no meta
+            dl, rid, kind, cl, ml = _HEAD.unpack_from(data)
+            if not ml and 12 + cl + dl == len(data):
+                try:
+                    self.on_frame(kind, rid, _codec(data[12 : 12 + cl]), _EMPTY, data[12 + cl :])
+                except Exception:  # noqa: BLE001 -- a malformed frame: this socket is done
+                    if self.transport is not None:
+                        self.transport.abort()
+                return
+        if not buf:  # whole frames in one read
             view: bytes | bytearray = data
         else:
             buf += data
@@ -122,7 +159,7 @@ class _Framer(asyncio.Protocol):
                 if stop > end:
                     at -= 12
                     break
-                codec = view[at : at + cl].decode() if cl else ""
+                codec = _codec(bytes(view[at : at + cl]))
                 at += cl
                 meta = _unpack_meta(view[at : at + ml]) if ml else _EMPTY
                 self.on_frame(kind, rid, codec, meta, bytes(view[at + ml : stop]))
@@ -151,19 +188,33 @@ def _unpack_meta(raw: bytes | bytearray) -> dict[str, Any]:
 class DirectLink(_Framer):
     """A requester's socket to one responder: requests out, futures by request id."""
 
-    def __init__(self, to: str, on_lost: Callable[[DirectLink], None]) -> None:
+    __slots__ = ("_decode", "_ids", "_on_lost", "_pending", "lost", "to")
+
+    def __init__(
+        self,
+        to: str,
+        on_lost: Callable[[DirectLink], None],
+        decode: Callable[[str, dict[str, Any], bytes], Any],
+    ) -> None:
         super().__init__()
         self.to = to
+        self._decode = decode
         self.lost = False
         self._on_lost = on_lost
-        self._pending: dict[int, asyncio.Future[tuple[str, dict[str, Any], bytes]]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = 0
 
     @classmethod
     async def open(
-        cls, address: str, to: str, me: str, on_lost: Callable[[DirectLink], None]
+        cls,
+        address: str,
+        to: str,
+        me: str,
+        on_lost: Callable[[DirectLink], None],
+        decode: Callable[[str, dict[str, Any], bytes], Any],
     ) -> DirectLink:
-        """Connect to ``address`` (checking the responder's uid) and say ``me``."""
+        """Connect to ``address`` (checking the responder's uid) and say ``me``; the
+        replies' payloads are decoded with ``decode(codec, meta, data)``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -172,7 +223,7 @@ class DirectLink(_Framer):
             _pid, uid, _gid = peer_credentials(sock)
             if not trusted_peer(uid):
                 raise PeerUnreachable(f"the direct socket of {to!r} belongs to uid {uid}")
-            link = cls(to, on_lost)
+            link = cls(to, on_lost, decode)
             await loop.create_unix_connection(lambda: link, sock=sock)
         except BaseException:
             sock.close()
@@ -195,31 +246,74 @@ class DirectLink(_Framer):
         self._on_lost(self)
 
     async def call(
-        self, codec: str, meta: dict[str, Any], data: bytes
-    ) -> tuple[str, dict[str, Any], bytes]:
-        """Send one request; its reply's ``(codec, meta, data)``, or its error raised."""
-        if self.lost or self.transport is None:
-            raise PeerUnreachable(f"{self.to!r} disconnected")
-        self._ids += 1
-        rid = self._ids
-        fut: asyncio.Future[tuple[str, dict[str, Any], bytes]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._pending[rid] = fut
-        self.transport.write(frame(REQUEST, rid, codec, meta, data))
+        self, codec: str, meta: dict[str, Any], data: bytes, loop: asyncio.AbstractEventLoop
+    ) -> Any:
+        """Send one request (on ``loop``, the running one); its reply's object (decoded
+        by ``decode``, when it comes), or its error raised."""
+        fut: asyncio.Future[Any] = loop.create_future()
+        rid = self.send(fut, codec, meta, data)
         try:
             return await fut
         except asyncio.CancelledError:
-            if self._pending.pop(rid, None) is not None and not self.lost:
-                self.transport.write(frame(CANCEL, rid))  # a late reply is dropped
+            self.withdraw(rid)
             raise
+
+    def send(self, fut: asyncio.Future[Any], codec: str, meta: dict[str, Any], data: bytes) -> int:
+        """Send one request, answered by ``fut`` (see :meth:`call`); its id.
+
+        :raises PeerUnreachable: this socket has ended.
+        """
+        if self.lost or self.transport is None:
+            raise PeerUnreachable(f"{self.to!r} disconnected")
+        self._ids = rid = self._ids + 1
+        self._pending[rid] = fut
+        if meta:
+            self.transport.write(frame(REQUEST, rid, codec, meta, data))
+        else:  # (frame's, inline: the hot path)
+            name = _NAMES.get(codec) or _name(codec)
+            head = _HEAD.pack(len(data), rid, REQUEST, len(name), 0)
+            self.transport.write(b"".join((head, name, data)))
+        return rid
+
+    def withdraw(self, rid: int) -> None:
+        """The requester of ``rid`` gave up (cancelled): a late reply is dropped."""
+        if self._pending.pop(rid, None) is not None and not self.lost:
+            assert self.transport is not None
+            self.transport.write(frame(CANCEL, rid))
+
+    def data_received(self, data: bytes) -> None:
+        if not self._buf and len(data) >= 12:  # the hot path: one whole reply, no meta
+            dl, rid, kind, cl, ml = _HEAD.unpack_from(data)
+            codec = _CODECS.get(data[12 : 12 + cl])
+            if kind == REPLY and not ml and 12 + cl + dl == len(data) and codec is not None:
+                fut = self._pending.pop(rid, None)
+                if fut is None or fut.done():
+                    return  # withdrawn: the late answer is dropped
+                if codec == "raw":  # (decode_payload's raw bytes, as they are)
+                    fut.set_result(data[12 + cl :])
+                    return
+                try:
+                    value = self._decode(codec, _EMPTY, data[12 + cl :])
+                except Exception as exc:  # noqa: BLE001 -- CodecError and the like: the caller's
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(value)
+                return
+        self._frames(data)
 
     def on_frame(self, kind: int, rid: int, codec: str, meta: dict[str, Any], data: bytes) -> None:
         fut = self._pending.pop(rid, None)
         if fut is None or fut.done():
             return  # withdrawn: the late answer is dropped
         if kind == REPLY:
-            fut.set_result((codec, meta, data))
+            # decoded here, not in the requester's task: one object less per reply,
+            # and a payload that does not decode raises there all the same
+            try:
+                value = self._decode(codec, meta, data)
+            except Exception as exc:  # noqa: BLE001 -- CodecError and the like: the caller's
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
         elif kind == ERROR:
             (code,) = _CODE.unpack_from(data)
             fut.set_exception(error_from_code(code, data[4:].decode(errors="replace")))
@@ -247,6 +341,8 @@ class DirectListener:
     client's ``queue`` of requests not received yet, or to a receive waiting);
     ``withdraw(peer, id)`` takes back one not received yet.
     """
+
+    __slots__ = ("_server", "address", "deliver", "peers", "queue", "withdraw")
 
     def __init__(
         self,
@@ -282,6 +378,8 @@ class DirectListener:
 class _Peer(_Framer):
     """One requester's connection to a responder."""
 
+    __slots__ = ("listener", "lost", "sender")
+
     def __init__(self, listener: DirectListener) -> None:
         super().__init__()
         self.listener = listener
@@ -305,6 +403,21 @@ class _Peer(_Framer):
         self.listener.peers.discard(self)
         self.listener.withdraw(self, None)  # its requests not received yet: nobody waits
 
+    def data_received(self, data: bytes) -> None:
+        if not self._buf and len(data) >= 12 and self.sender:  # the hot path: one request
+            dl, rid, kind, cl, ml = _HEAD.unpack_from(data)
+            codec = _CODECS.get(data[12 : 12 + cl])
+            if kind == REQUEST and not ml and 12 + cl + dl == len(data) and codec is not None:
+                listener = self.listener
+                if len(listener.queue) < MAX_QUEUED_REQUESTS:
+                    try:
+                        listener.deliver(self, rid, codec, _EMPTY, data[12 + cl :])
+                    except Exception:  # noqa: BLE001 -- as _frames: this socket is done
+                        if self.transport is not None:
+                            self.transport.abort()
+                    return
+        self._frames(data)  # (the rest, and a request over the bound, as on_frame says)
+
     def on_frame(self, kind: int, rid: int, codec: str, meta: dict[str, Any], data: bytes) -> None:
         if kind == REQUEST and self.sender:
             if len(self.listener.queue) >= MAX_QUEUED_REQUESTS:
@@ -322,7 +435,12 @@ class _Peer(_Framer):
 
     def answer(self, rid: int, codec: str, meta: dict[str, Any], data: bytes) -> None:
         if not self.lost and self.transport is not None:
-            self.transport.write(frame(REPLY, rid, codec, meta, data))
+            if meta:
+                self.transport.write(frame(REPLY, rid, codec, meta, data))
+                return
+            name = _NAMES.get(codec) or _name(codec)  # (frame's, inline: the hot path)
+            head = _HEAD.pack(len(data), rid, REPLY, len(name), 0)
+            self.transport.write(b"".join((head, name, data)))
 
     def answer_error(self, rid: int, exc: BlockIPCError) -> None:
         if not self.lost and self.transport is not None:

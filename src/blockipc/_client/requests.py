@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
+import msgpack
 
 from .._core.codecs import get_codec
 from .._core.limits import MAX_INLINE_PAYLOAD, MAX_STR
@@ -20,6 +21,7 @@ from .direct import MAX_DIRECT_FRAME
 __all__ = ["DirectRequest", "IncomingRequest", "Payload", "decode_payload", "encode_inline"]
 
 _UNSET: Any = object()
+_NO_META: Final[dict[str, Any]] = {}  # (never changed: a payload without codec meta)
 
 Payload = tuple[int, str, dict[str, Any], bytes, Block | None]
 """What goes out as a payload: block id (``NO_BLOCK``: inline), codec, codec meta,
@@ -28,8 +30,14 @@ inline data, and the block made for it (to free if it does not go)."""
 
 def decode_payload(codec: str, meta: dict[str, Any], data: bytes | memoryview) -> Any:
     """The object in an inline payload (``meta``: its codec's meta)."""
-    if codec == "raw" and not meta and type(data) is bytes:
-        return data  # what the raw codec returns, without its checks (a hot path)
+    if not meta and type(data) is bytes:  # the hot paths: the codecs' own, without checks
+        if codec == "raw":
+            return data  # what the raw codec returns
+        if codec == "msgpack":
+            try:  # (MsgpackCodec.decode's call; an error goes its way, for its message)
+                return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            except Exception:  # noqa: BLE001, S110 -- raised again, as a CodecError, below
+                pass
     return get_codec(codec).decode(data, meta)
 
 
@@ -38,6 +46,13 @@ def encode_inline(obj: object, codec: str) -> tuple[dict[str, Any], bytes] | Non
     when it is over ``MAX_INLINE_PAYLOAD`` bytes encoded."""
     if codec == "raw" and type(obj) is bytes:  # what the raw codec makes (a hot path)
         return ({}, obj) if len(obj) <= MAX_INLINE_PAYLOAD else None
+    if codec == "msgpack":  # the default codec: MsgpackCodec.prepare's call (a hot path)
+        try:
+            data = msgpack.packb(obj)
+        except Exception:  # noqa: BLE001, S110 -- raised again, as a CodecError, below
+            pass
+        else:
+            return ({}, data) if len(data) <= MAX_INLINE_PAYLOAD else None
     with get_codec(codec).prepare(obj) as enc:
         if enc.nbytes > MAX_INLINE_PAYLOAD:
             return None
@@ -48,6 +63,8 @@ class _Owner(Protocol):
     """What a request needs of the :class:`Client` that received it."""
 
     _sizes: dict[int, int]
+    _epoch: int
+    _closed: bool
 
     async def _call(
         self, op: Op, args: dict[str, Any], data: bytes = b"", *, epoch: int | None = None
@@ -252,8 +269,10 @@ class DirectRequest(IncomingRequest):
         self._segment = None
         self._offset = 0
         self._meta = meta
-        self._data = data
-        self._value = _UNSET
+        if codec == "raw" and not meta:  # its value is its bytes (decode_payload's)
+            self._data, self._value = b"", data
+        else:
+            self._data, self._value = data, _UNSET
         self._answered = ""
         self._peer = peer
         self._settled = settled
@@ -268,9 +287,22 @@ class DirectRequest(IncomingRequest):
         :raises InvalidRequest: if the request was answered already, or the reply is
             over ``MAX_DIRECT_FRAME`` bytes encoded (the requester gets RemoteError).
         """
-        self._check_open()
-        self._client._check_epoch(self._epoch)  # its socket went with the connection
+        if self._answered:
+            self._check_open()
+        client = self._client
+        if self._epoch != client._epoch or client._closed:
+            client._check_epoch(self._epoch)  # its socket went with the connection
         c = codec or self.codec
+        if c == "raw" and type(obj) is bytes and len(obj) <= MAX_INLINE_PAYLOAD:
+            self._peer.answer(self.id, c, _NO_META, obj)  # (the hot path: encode_inline's)
+            self._answered = "replied"
+            self._settled()
+            return
+        if not isinstance(obj, Block) and (inline := encode_inline(obj, c)) is not None:
+            self._peer.answer(self.id, c, *inline)
+            self._answered = "replied"
+            self._settled()
+            return
         if isinstance(obj, Block):
             value = await self._client.get(obj)
             with contextlib.suppress(BlockIPCError):
