@@ -57,7 +57,16 @@ import msgpack
 
 from .._core.codecs import get_codec
 from .._core.limits import check_header_size, pack_header
-from .._core.ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
+from .._core.ring import (
+    W_CONSUMER_CLOSED,
+    W_WANT_DATA,
+    W_WANT_SPACE,
+    RingReader,
+    RingWriter,
+    fence,
+    fence_acquire,
+    fence_release,
+)
 from .._exceptions import (
     ChannelClosed,
     InboxFull,
@@ -346,10 +355,29 @@ class ChannelSender(_End):
             with get_codec(codec).prepare(data) as enc:
                 await self._send(enc.buffer, _encode_header(header, codec, enc.meta), nowait)
             return
-        src = data if type(data) is bytes else _as_bytes(data)
-        hdr = _encode_header(header) if header else b""
+        kind = type(data)
+        if kind is bytes or (kind is memoryview and data.ndim == 1 and data.format == "B"):
+            src = data  # what _as_bytes would return
+        else:
+            src = _as_bytes(data)
         n, ring = len(src), self._ring
-        # the common case, with no await at all: room now, nobody mid-copy, both ends open
+        # the common case, with no await at all: no header, room now before the end of
+        # the ring, nobody mid-copy, both ends open
+        if (
+            not header
+            and n <= CHUNK
+            and self._closed is None
+            and not self._lock.locked()
+            and _thread_id() == self._thread
+            and not ring.ctl[W_CONSUMER_CLOSED]
+            and ring.put(src, n)
+        ):
+            fence_acquire()  # fence(), inline
+            fence_release()
+            if ring.ctl[W_WANT_DATA]:
+                self._bell.ring_peer()
+            return
+        hdr = _encode_header(header) if header else b""
         if (
             n <= CHUNK
             and not self._lock.locked()
@@ -639,7 +667,17 @@ class ChannelReceiver(_End):
         out = self._out
         if not out or out[0] is not msg or self._closed is not None or msg._pinned:
             return  # released out of order: the room comes back with the older ones
-        self._give_back(defer=True)
+        # _give_back(defer=True), inline: once per message
+        out.popleft()
+        end = msg._end
+        while out and out[0]._released and not out[0]._pinned:
+            end = out.popleft()._end
+        self._due = end
+        if end - self._ring.tail >= self._batch:
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self._bell._loop.call_soon(self._flush)
 
     def _give_back(self, *, defer: bool = False) -> None:
         """Give the ring back up to the first message not released, or still exported;
