@@ -510,7 +510,8 @@ class ChannelMessage:
         return get_codec(self.codec).view(self.data, self._meta)
 
     def release(self) -> None:
-        """Give the message's room back to the sender. Idempotent."""
+        """Give the message's room back to the sender (a small message's room goes back
+        with others, at the latest when the loop next runs). Idempotent."""
         if not self._released:
             self._released = True
             self._receiver._release(self)
