@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,17 @@ def _rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-RATES = {"queue": 1e8, "pipe": 2e8, "socket": 4e8, "zmq": 2.5e8, "memcpy": 1e9}
+RATES = {"queue": 1e8, "pipe": 2e8, "socket": 4e8, "zmq": 2.5e8, "memcpy": 1e9, "floor": 2.1e9}
+
+
+def _floor_results(rate: float) -> dict[str, Any]:
+    """Floor slices as :func:`blockipc.bench.floor.run_floor` returns them."""
+    return {
+        _tp_key("floor", size): [
+            {"bytes_per_s": rate, "write": rate * 1.5, "read": rate, "size": size} for _ in range(2)
+        ]
+        for size in TP_SIZES
+    }
 
 
 def test_every_target_passes_when_far_ahead() -> None:
@@ -57,21 +68,72 @@ def test_every_target_passes_when_far_ahead() -> None:
 
 
 @pytest.mark.parametrize(
-    ("blockipc", "memcpy"),
-    [(1e9, 1e9), (2e9, 3e9)],  # under 4x the best alternative / under 0.8x memcpy
+    ("blockipc", "floor"),
+    [(1e9, 1e9), (2e9, 2.3e9)],  # under 4x the best alternative / under 0.9x the floor
 )
-def test_targets_fail_and_say_so(blockipc: float, memcpy: float) -> None:
-    rows = _rows(_results({"blockipc": blockipc, **RATES, "memcpy": memcpy}))
+def test_targets_fail_and_say_so(blockipc: float, floor: float) -> None:
+    rows = _rows(_results({"blockipc": blockipc, **RATES, "floor": floor}))
     assert rows[2][-1] == rows[3][-1] == "**FAIL**"
     assert len(rows) == len(TP_SIZES)  # no fan-out measured: no fan-out row
 
 
+def test_every_row_shows_the_floor_and_is_judged_against_it() -> None:
+    results = {**_results({"blockipc": 1.82e9, **RATES}, skip=("floor",)), **_floor_results(2e9)}
+    metrics, rows = _analyse_throughput(results)
+    table = _tp_table(rows, list(_TP_COLUMNS))
+    assert "| two-core floor |" in table.splitlines()[0]
+    assert "| vs floor |" in table.splitlines()[0]
+    floor_column = 1 + _TP_COLUMNS.index("floor")
+    assert [r[floor_column] for r in rows] == ["31,250 k msg/s (2000.0 MB/s)"] + ["2.00 GB/s"] * 3
+    assert all(r[-3] == "0.91x" for r in rows[1:])  # 1.82e9 / 2e9, the vs-floor column
+    assert "≥ 0.9x floor" in rows[2][-2] and "≥ 0.9x floor" in rows[3][-2]
+    assert rows[2][-1] == rows[3][-1] == "pass"  # 4.55x the socket, 0.91x the floor
+    assert metrics[_tp_key("floor", 1 << 20)]["write_bytes_per_s"] == 3e9
+    # 1.7e9 is still 4.25x the best alternative, but 0.85x the floor: a failure
+    results[_tp_key("blockipc", 1 << 20)] = _results({"blockipc": 1.7e9})["blockipc@1048576"]
+    assert _rows(results)[2][-1] == "**FAIL**"
+
+
+def test_the_64_byte_stream_is_judged_against_the_socket_at_0_8x() -> None:
+    rows = _rows(_results({**RATES, "blockipc": 0.75 * RATES["socket"], "queue": 1e7}))
+    assert rows[0][-2].startswith("≥ 0.8x uvloop Unix socket")
+    assert rows[0][-1] == "**FAIL**"  # 0.75x the socket, far ahead of the others
+
+
 def test_a_missing_contender_keeps_the_columns() -> None:
-    rows = _rows(_results({"blockipc": 2e9, **RATES}, skip=("zmq", "memcpy")))
+    rows = _rows(_results({"blockipc": 2e9, **RATES}, skip=("zmq", "memcpy", "floor")))
     zmq_column = 1 + _TP_COLUMNS.index("zmq")
     assert all(r[zmq_column] == "—" for r in rows)
     assert "pyzmq" not in rows[0][-2]  # the 64 B target names only what was measured
+    assert all(r[-3] == "—" for r in rows)  # no floor measured: no ratio, no floor target
+    assert "floor" not in rows[2][-2] and rows[2][-1] == "pass"
     assert TP_SIZES[-1] == TP_MAX
+
+
+def test_the_floor_parties_measure_both_halves() -> None:
+    # the bench's own floor slice, on real pinned processes and a memfd ring, briefly
+    from blockipc.bench.floor import measure
+
+    (got,) = measure([64 << 10], rounds=1, seconds=0.01, memcpy=False)[64 << 10]
+    assert got["write"] > 0 and got["read"] > 0 and got["size"] == 64 << 10
+    assert got["bytes_per_s"] == min(got["write"], got["read"])
+
+
+def test_a_floor_slice_writes_and_reads_every_slot() -> None:
+    from blockipc.bench.floor import SLOTS, spin
+
+    ring = bytearray(SLOTS * 64 + 10)
+    src = memoryview(bytes(range(1, 65)))
+    got = spin("write", memoryview(ring), 64, time.perf_counter_ns(), 0.001, src=src)
+    assert got["n"] >= SLOTS and got["bytes_per_s"] > 0
+    assert ring == bytes(range(1, 65)) * SLOTS + bytes(10)  # slots only, never past them
+    seen: list[bytes] = []
+    got = spin(
+        "read", memoryview(ring), 64, 0, 0.001, read_once=lambda v: seen.append(bytes(v)) or 0
+    )
+    assert got["n"] == len(seen) and set(seen) == {bytes(range(1, 65))}
+    with pytest.raises(ValueError, match="holds no"):
+        spin("read", memoryview(ring), 1 << 20, 0, 0.001)
 
 
 def test_plots_draw_what_the_tables_measured(tmp_path: Path) -> None:

@@ -1212,3 +1212,39 @@ async def test_a_header_the_receiver_could_not_decode_is_refused_by_the_sender(
         assert (bytes(msg.data), msg.header) == (b"after", {"ok": True})
     await tx.aclose()
     await rx.aclose()
+
+
+async def test_small_released_room_goes_back_in_batches(
+    a: blockipc.Client, b: blockipc.Client
+) -> None:
+    """A release of a small message gives its room back when the loop next runs, in
+    one store with the others released meanwhile, not one store per message; a sender
+    waiting for room gets it all the same."""
+    from blockipc._core.ring import W_TAIL
+
+    tx, rx = await pair(a, b, capacity=SMALL)
+    for i in range(3):
+        await tx.send(payload(8, i), nowait=True)  # records of 16 bytes
+    async with asyncio.timeout(10):
+        msgs = [await rx.recv() for _ in range(3)]
+    tail = rx._ring.ctl  # the receiver's view of the control words
+    msgs[0].release()
+    msgs[1].release()
+    assert tail[W_TAIL] == 0  # noted, not given back yet
+    await asyncio.sleep(0)
+    assert tail[W_TAIL] == 32  # both, in one store
+    msgs[2].release()
+    n = 0
+    with pytest.raises(InboxFull):
+        while True:
+            await tx.send(payload(8, n), nowait=True)
+            n += 1
+    waiting = asyncio.create_task(tx.send(payload(8, 99)))
+    async with asyncio.timeout(10):
+        (await rx.recv()).release()  # one small release, from a full ring
+        await waiting
+        for _ in range(n):  # the rest of the n, and the one that waited
+            with await rx.recv():
+                pass
+    await tx.aclose()
+    await rx.aclose()

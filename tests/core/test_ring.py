@@ -181,6 +181,30 @@ def test_a_record_that_does_not_fit_before_the_end_wraps() -> None:
     r.release()
 
 
+def test_put_writes_what_reserve_and_commit_write_or_leaves_it_to_them() -> None:
+    """The sender's one-call hot path: the same bytes as reserve + copy + commit, and
+    ``False`` with nothing written where that path would wrap or wait."""
+    buf_a, wa, ra = make_ring(128)
+    buf_b, wb, rb = make_ring(128)
+    for seq, n in ((1, 40), (2, 13)):  # 48 + 24 bytes
+        assert wa.put(fill(seq, n), n)
+        assert send(wb, fill(seq, n))
+    assert buf_a == buf_b and wa.head == wb.head == 72
+    assert not wa.put(fill(3, 80), 80)  # 88 bytes: it fits only wrapped, or not at all
+    assert not wa.put(fill(3, 60), 60)  # 68 > the 56 bytes left: wait for the reader
+    assert buf_a == buf_b and wa.head == 72  # nothing written
+    for seq, n in ((1, 40), (2, 13)):
+        rec = ra.next()
+        assert rec is not None and bytes(ra.data[rec[0] : rec[0] + n]) == fill(seq, n)
+        ra.release_to(rec[3])
+    assert not wa.put(fill(4, 56), 56)  # room now, but only wrapped: reserve's job
+    assert wa.put(fill(4, 48), 48)  # exactly the 56 bytes to the end
+    rec = ra.next()
+    assert rec is not None and bytes(ra.data[rec[0] : rec[0] + 48]) == fill(4, 48)
+    for end in (wa, ra, wb, rb):
+        end.release()
+
+
 def test_a_record_that_never_fits_from_here_publishes_the_marker_alone() -> None:
     """Empty ring, position near the end, a record larger than the rest and than the
     start: the writer publishes the wrap marker, the reader steps over it, and then the

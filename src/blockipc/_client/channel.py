@@ -20,6 +20,16 @@ at the announcement: one of the two always sees the other, so no wake-up is lost
 sleeping end still looks again every :data:`RECHECK` seconds, a bound on the damage a
 misbehaving peer can do, never the way a healthy channel makes progress.
 
+Giving room back: a release of the oldest message gives its room back to the sender
+(stores ``tail``, then a fence and a look at ``want_space``). Every such store moves a
+cache line the sender reads on each send to this CPU and back, and the look moves the
+sender's line here, which is most of what a small message costs across two cores; so
+while the room released and not yet given back is under ``1 /`` :data:`GIVE_BACK_FRACTION`
+of the ring, a release only notes it and the room goes back in one store at the latest
+when the loop next runs (``call_soon``), when that much has gathered, or before this end
+sleeps waiting for data. A sender short of room thus gets it in batches, and is woken
+once per batch rather than once per message.
+
 Views that outlive their message: a message's ``data`` is lent from a slice of the ring
 (:mod:`blockipc._client.views`), so its release knows whether an array or a slice made
 from it still lives. Such a message keeps its room: the receiver gives the ring back
@@ -47,7 +57,16 @@ import msgpack
 
 from .._core.codecs import get_codec
 from .._core.limits import check_header_size, pack_header
-from .._core.ring import W_CONSUMER_CLOSED, W_WANT_DATA, W_WANT_SPACE, RingReader, RingWriter, fence
+from .._core.ring import (
+    W_CONSUMER_CLOSED,
+    W_WANT_DATA,
+    W_WANT_SPACE,
+    RingReader,
+    RingWriter,
+    fence,
+    fence_acquire,
+    fence_release,
+)
 from .._exceptions import (
     ChannelClosed,
     InboxFull,
@@ -67,6 +86,9 @@ log = get_logger("blockipc.channel")
 RECHECK: Final = 1.0
 """Seconds a sleeping end waits before looking at the ring again without a wake-up."""
 _thread_id = threading.get_ident  # cheaper than a loop check on the hot paths
+GIVE_BACK_FRACTION: Final = 8
+"""Room released under ``1/8`` of the ring goes back to the sender in batches (see
+"Giving room back" in the module's docstring)."""
 CHUNK: Final = 4 << 20
 """Payloads larger than this are copied into the ring in chunks, yielding in between."""
 
@@ -333,10 +355,29 @@ class ChannelSender(_End):
             with get_codec(codec).prepare(data) as enc:
                 await self._send(enc.buffer, _encode_header(header, codec, enc.meta), nowait)
             return
-        src = data if type(data) is bytes else _as_bytes(data)
-        hdr = _encode_header(header) if header else b""
+        kind = type(data)
+        if kind is bytes or (kind is memoryview and data.ndim == 1 and data.format == "B"):
+            src = data  # what _as_bytes would return
+        else:
+            src = _as_bytes(data)
         n, ring = len(src), self._ring
-        # the common case, with no await at all: room now, nobody mid-copy, both ends open
+        # the common case, with no await at all: no header, room now before the end of
+        # the ring, nobody mid-copy, both ends open
+        if (
+            not header
+            and n <= CHUNK
+            and self._closed is None
+            and not self._lock.locked()
+            and _thread_id() == self._thread
+            and not ring.ctl[W_CONSUMER_CLOSED]
+            and ring.put(src, n)
+        ):
+            fence_acquire()  # fence(), inline
+            fence_release()
+            if ring.ctl[W_WANT_DATA]:
+                self._bell.ring_peer()
+            return
+        hdr = _encode_header(header) if header else b""
         if (
             n <= CHUNK
             and not self._lock.locked()
@@ -469,7 +510,8 @@ class ChannelMessage:
         return get_codec(self.codec).view(self.data, self._meta)
 
     def release(self) -> None:
-        """Give the message's room back to the sender. Idempotent."""
+        """Give the message's room back to the sender (a small message's room goes back
+        with others, at the latest when the loop next runs). Idempotent."""
         if not self._released:
             self._released = True
             self._receiver._release(self)
@@ -519,6 +561,11 @@ class ChannelReceiver(_End):
         self._out: collections.deque[ChannelMessage] = collections.deque()
         self._pins: set[ChannelMessage] = set()  # released while still exported (held here)
         self._close_pending = False  # closed here; the coordinator is told when _pins is 0
+        # room released but not yet given back (see "Giving room back" above): the count
+        # the ring is due to be released to, the most that may wait, a flush scheduled
+        self._due = ring.tail
+        self._batch = ring.size // GIVE_BACK_FRACTION
+        self._flush_soon = False
 
     def _next(self) -> ChannelMessage | None:
         rec = self._ring.next()
@@ -534,11 +581,20 @@ class ChannelReceiver(_End):
         self._out.append(msg)
         return msg
 
-    def _skip_markers(self) -> None:
-        """With nothing outstanding, step the released count over wrap markers read."""
-        if not self._out and self._ring.tail != self._ring.pos:
-            self._ring.release_to(self._ring.pos)
-            self._wake_sender()
+    def _flush(self) -> None:
+        """Give the ring back up to what was released (with nothing outstanding, over
+        the wrap markers read too), and wake the sender if it waits for room."""
+        self._flush_soon = False
+        ring = self._ring
+        if self._closed is not None:
+            return
+        if not self._out:
+            self._due = ring.pos
+        if self._due != ring.tail:
+            ring.release_to(self._due)
+            fence()
+            if ring.ctl[W_WANT_SPACE]:
+                self._bell.ring_peer()
 
     async def recv(self) -> ChannelMessage:
         """The next message; waits for one. Raises :class:`ChannelClosed` once the
@@ -558,7 +614,7 @@ class ChannelReceiver(_End):
             msg = self._next()
             if msg is not None:
                 return msg
-            self._skip_markers()
+            self._flush()  # before sleeping: a sender waiting for room gets it now
             if ring.producer_closed:
                 fence()
                 msg = self._next()
@@ -597,29 +653,56 @@ class ChannelReceiver(_End):
             yield msg
 
     def _release(self, msg: ChannelMessage) -> None:
-        self._reclaim(msg)
+        src, msg._src = msg._src, None
+        if src is not None:  # reclaim(msg.data, src), inline: once per message
+            # (not contextlib.suppress: a context manager per message costs more); a view
+            # held directly by a consumer stays, keeping the source exported
+            try:  # noqa: SIM105
+                msg.data.release()
+            except BufferError:
+                pass
+            try:
+                src.release()
+            except BufferError:
+                self._pin(msg, src)
         out = self._out
         if not out or out[0] is not msg or self._closed is not None or msg._pinned:
             return  # released out of order: the room comes back with the older ones
-        self._give_back()
-
-    def _give_back(self) -> None:
-        """Give the ring back up to the first message not released, or still exported."""
-        out, ring = self._out, self._ring
-        end = 0
+        # _give_back(defer=True), inline: once per message
+        out.popleft()
+        end = msg._end
         while out and out[0]._released and not out[0]._pinned:
             end = out.popleft()._end
-        ring.release_to(end if out else ring.pos)
-        fence()
-        if ring.ctl[W_WANT_SPACE]:
-            self._bell.ring_peer()
+        self._due = end
+        if end - self._ring.tail >= self._batch:
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self._bell._loop.call_soon(self._flush)
+
+    def _give_back(self, *, defer: bool = False) -> None:
+        """Give the ring back up to the first message not released, or still exported;
+        with ``defer``, a little room only once the loop next runs (or sooner, see the
+        module's docstring)."""
+        out = self._out
+        end = out.popleft()._end
+        while out and out[0]._released and not out[0]._pinned:
+            end = out.popleft()._end
+        self._due = end
+        if not defer or end - self._ring.tail >= self._batch:
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            self._bell._loop.call_soon(self._flush)
 
     def _reclaim(self, msg: ChannelMessage) -> None:
         """Release ``msg``'s view; if something made from it lives on, pin the message
         (its room stays, see the module's docstring) until that is gone."""
         src, msg._src = msg._src, None
-        if src is None or not reclaim(msg.data, src):
-            return
+        if src is not None and reclaim(msg.data, src):
+            self._pin(msg, src)
+
+    def _pin(self, msg: ChannelMessage, src: memoryview) -> None:
         msg._pinned = True
         self._pins.add(msg)
         msg._watch = watch(src, self._bell._loop, functools.partial(self._unpin, msg))
@@ -640,11 +723,6 @@ class ChannelReceiver(_End):
         elif self._close_pending and not self._pins:
             self._close_pending = False
             self._on_close(self)
-
-    def _wake_sender(self) -> None:
-        fence()
-        if self._ring.wants_space():
-            self._bell.ring_peer()
 
     def _mark_closed(self) -> None:
         self._ring.close()

@@ -58,6 +58,8 @@ __all__ = [
     "RingReader",
     "RingWriter",
     "fence",
+    "fence_acquire",
+    "fence_release",
     "init_ring",
     "mark_closed",
     "published",
@@ -72,6 +74,7 @@ WRAP: Final = 0xFFFFFFFF
 MAX_PAYLOAD: Final = WRAP - 1
 _PREFIX: Final = struct.Struct("<II")
 _unpack_prefix: Final = _PREFIX.unpack_from
+_pack_prefix: Final = _PREFIX.pack_into
 
 # word indexes of the control page (u64 each)
 W_MAGIC, W_SIZE, W_VERSION = 0, 1, 2
@@ -86,6 +89,11 @@ def fence() -> None:
     compare-and-swap), which orders an earlier store before a later load."""
     _fence_lock.acquire()
     _fence_lock.release()
+
+
+fence_acquire: Final = _fence_lock.acquire
+"""With :data:`fence_release` right after it, :func:`fence` without its call (hot paths)."""
+fence_release: Final = _fence_lock.release
 
 
 def supported() -> bool:
@@ -226,6 +234,25 @@ class RingWriter(_Ring):
             self.data[at : at + len(header)] = header
             at += _align8(len(header))
         return at
+
+    def put(self, src: bytes | memoryview, payload_len: int) -> bool:
+        """Write and publish a record of ``src`` (``payload_len`` bytes, no header) if
+        it fits now before the end of the data area: :meth:`reserve`, the copy and
+        :meth:`commit` in one call, the sender's hot path. ``False`` (nothing written):
+        take the general path, which waits, wraps and says why a record cannot fit."""
+        size, head = self.size, self.head
+        pos = head % size
+        need = 8 + ((payload_len + 7) & ~7)
+        if need > size - pos or (
+            size - (head - self.tail) < need and size - (head - self._load_tail()) < need
+        ):
+            return False
+        data = self.data
+        _pack_prefix(data, pos, payload_len, 0)
+        data[pos + 8 : pos + 8 + payload_len] = src
+        self.head = head + need
+        self.ctl[W_HEAD] = head + need
+        return True
 
     def commit(self, payload_offset: int, payload_len: int) -> None:
         """Publish the record whose payload starts at ``payload_offset``."""

@@ -88,12 +88,20 @@ COMMAND_TIMEOUT: Final = 180.0
 
 
 def run_worker(
-    roles: Mapping[str, Role], role: str, cpu: int | None, conn: Pipe, arg: dict[str, Any]
+    roles: Mapping[str, Role],
+    role: str,
+    cpu: int | None,
+    conn: Pipe,
+    arg: dict[str, Any],
+    *,
+    logs: bool = True,
 ) -> None:
     """The body of every child process: run ``roles[role](conn, arg)`` pinned to
-    ``cpu``; a failure is reported on ``conn`` (its last line) and raised."""
+    ``cpu``; a failure is reported on ``conn`` (its last line) and raised. ``logs=False``
+    leaves logging alone (a party that runs no blockipc code)."""
     pin(cpu)  # first: threads started later (libzmq's I/O thread) inherit the mask
-    quiet_logs()
+    if logs:
+        quiet_logs()
     try:
         run_loop(lambda: roles[role](conn, arg))
     except BaseException:
