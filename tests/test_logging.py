@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import blockipc
 from _procs import run_python, serving
 from blockipc._log import get_logger
@@ -54,6 +56,17 @@ def test_a_program_using_blockipc_prints_nothing() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_an_application_run_with_warnings_as_errors_can_use_blockipc(json: bool) -> None:
+    # `python -W error`: nothing blockipc does may warn (configure_logging passed an
+    # argument structlog 25.5 deprecates: the call raised DeprecationWarning)
+    setup = f"import blockipc\nblockipc.configure_logging('debug', json={json})\n"
+    result = run_python(setup + WORKLOAD, options=["-W", "error"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "coordinator.started" in result.stderr and "Warning" not in result.stderr
 
 
 def test_an_application_that_configures_logging_sees_the_events() -> None:

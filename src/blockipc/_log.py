@@ -164,7 +164,7 @@ class _EventFormatter(logging.Formatter):
         self._render: Any = (
             structlog.processors.JSONRenderer()
             if json
-            else structlog.dev.ConsoleRenderer(colors=False, pad_event=0)
+            else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0)
         )
 
     def format(self, record: logging.LogRecord) -> str:

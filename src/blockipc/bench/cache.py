@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
@@ -62,6 +61,7 @@ from .harness import (
     table,
     timed_loop,
     verdict,
+    worker_context,
 )
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def _measure(plan: Plan, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
     server_cpu, client_cpu, pin_note = pick_cpus()
     if pin_note:
         notes.append(pin_note)
-    ctx = mp.get_context("spawn")
+    ctx = worker_context("blockipc.bench.cache", "uvloop", "zmq", "numpy")
     parties: dict[str, Party] = {}
     with (
         tempfile.TemporaryDirectory(prefix="blockipc-bench-cache-") as tmp,

@@ -27,7 +27,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import statistics
 import struct
@@ -59,6 +58,7 @@ from .harness import (
     timed_loop,
     until_stop,
     verdict,
+    worker_context,
 )
 
 if TYPE_CHECKING:
@@ -778,7 +778,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         notes.append("pyzmq is not installed: the ZeroMQ DEALER/ROUTER rows are skipped")
     if not have_numpy:
         notes.append("numpy is not installed: memcpy measured with a bytearray slice copy")
-    ctx = mp.get_context("spawn")
+    ctx = worker_context("blockipc.bench.core", "uvloop", "zmq", "numpy")
     tmp = tempfile.TemporaryDirectory(prefix="blockipc-bench-")
     parties: dict[str, Party] = {}
     try:
@@ -1027,7 +1027,7 @@ def _measure_throughput(plan: Plan, notes: list[str]) -> dict[str, list[dict[str
         notes.append("pyzmq is not installed: the PUSH/PULL throughput column is skipped")
     if not have_numpy:
         notes.append("numpy is not installed: the memcpy throughput column is skipped")
-    ctx = mp.get_context("spawn")
+    ctx = worker_context("blockipc.bench.core", "uvloop", "zmq", "numpy")
     tmp = tempfile.TemporaryDirectory(prefix="blockipc-tp-")
     parties: dict[str, Party] = {}
 

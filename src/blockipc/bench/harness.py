@@ -5,7 +5,8 @@ Theory of operation
 A suite (:mod:`.core`, :mod:`.cache`) runs every party in a process of its own, started
 by the parent as a :class:`Party` (a ``multiprocessing`` process and the pipe to it).
 The process's target is the suite's own module-level ``_worker(role, cpu, conn, arg)``,
-which the spawn context imports by its module path in the child and which hands over to
+which the child (a fork of :func:`worker_context`'s forkserver, which imported the
+suite once) finds by its module path and which hands over to
 :func:`run_worker` with the suite's table of roles: pin to ``cpu`` first (threads
 started later inherit the mask), blockipc's warnings only, then the role's coroutine on
 uvloop (:func:`run_loop`).
@@ -29,6 +30,8 @@ import datetime as dt
 import gc
 import importlib.util
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import platform
 import statistics
@@ -114,14 +117,12 @@ def run_worker(
         conn.close()
 
 
-def worker_context(*preload: str) -> Any:
+def worker_context(*preload: str) -> multiprocessing.context.BaseContext:
     """The ``multiprocessing`` context a benchmark starts its processes with: a
     forkserver that imported ``blockipc`` (and ``preload``) once, so that each process
     starts as a fork of an interpreter that runs no loop and no thread, in tens of
     milliseconds where a spawned one imports everything again (0.6-2.8 s each on a busy
     2-CPU machine: most of a quick run)."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["blockipc", *preload])
     return ctx
