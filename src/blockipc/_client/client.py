@@ -1733,12 +1733,16 @@ class Client:
         job's id.
 
         ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
-        encoded, it travels inside the request's frame and the coordinator writes it
-        into the job's block (one round trip); a larger one is encoded into a new block
-        (PUT), which one more request commits and enqueues (two round trips). A
+        encoded, it travels inside the request's frame and the coordinator keeps it as
+        bytes, an *inline* job with no block (one round trip; its consumer gets the
+        bytes with its take, and :attr:`Job.block` is ``None``), or, when the inline
+        jobs of its queues hold ``MAX_QUEUE_INLINE_BYTES`` (64 MiB) already, writes it
+        into a block of the job's; a larger one is encoded into a new block (PUT),
+        which one more request commits and enqueues (two round trips). A
         :class:`Block` is moved into the queue as it is (zero-copy; it must be this
-        process's alone, and its recorded codec goes with it). Either way the job is a
-        block, and its consumer sees no difference.
+        process's alone, and its recorded codec goes with it). ``job.value``,
+        ``job.header`` and ``job.attempts``, acks, redelivery and dead letters are the
+        same whichever way a job went.
         ``header`` is a small dict the consumer gets with the job. When the queue is
         full the call waits for room (``nowait=True`` raises :class:`InboxFull`
         instead); cancelling it then withdraws the job (a :class:`Block` stays this
@@ -1984,8 +1988,9 @@ class Client:
                 "producer": producer,
                 "codec": codec_,
             }
-            self._issued(bid)
-            self._sizes[bid] = size
+            if bid != NO_BLOCK:
+                self._issued(bid)
+                self._sizes[bid] = size
             if inline:
                 jobs.append(Job(self, epoch, None, r, bytes(data[at : at + size])))
                 at += size
@@ -2061,10 +2066,13 @@ class Client:
                 await self._unfold((ack,))
             raise
         epoch, r = self._epoch, reply.result
+        if r["inline"]:  # the bytes came with the reply: nothing to map
+            if r["block"] != NO_BLOCK:  # (a small block's; else an inline job's)
+                self._issued(r["block"])
+                self._sizes[r["block"]] = r["size"]
+            return Job(self, epoch, None, r, reply.data)
         self._issued(r["block"])
         self._sizes[r["block"]] = r["size"]
-        if r["inline"]:  # the bytes came with the reply: nothing to map
-            return Job(self, epoch, None, r, reply.data)
         try:
             seg = await self._segment(r["segment"], epoch)
         except BaseException:

@@ -40,7 +40,11 @@ Each rule below has this one home; the other modules import it rather than resta
   :data:`DEFAULT_QUEUE_SIZE`), and a job is dead-lettered after ``max_attempts``
   failed deliveries (1 to :data:`MAX_ATTEMPTS`, default :data:`DEFAULT_MAX_ATTEMPTS`;
   ``None``: never) (:func:`check_queue_settings`); a coordinator has at most
-  :data:`MAX_QUEUES` queues.
+  :data:`MAX_QUEUES` queues. An inline job (an ``enqueue`` of at most
+  :data:`MAX_INLINE_PAYLOAD` bytes encoded) keeps its bytes in the coordinator's own
+  memory, the inline jobs of all its queues together at most
+  :data:`MAX_QUEUE_INLINE_BYTES` (``QueueTable.inline_fits``); one that would pass it
+  goes into a block of the pool instead, never refused for it.
 * **reclaim**: a process that disconnects is out of every lookup at once, and what
   it held goes back :data:`RECLAIM_SLICE` blocks at a time, the coordinator serving the
   other clients between slices (one that held no more than that, at once).
@@ -92,6 +96,7 @@ __all__ = [
     "MAX_OFFERS",
     "MAX_PARKED",
     "MAX_QUEUES",
+    "MAX_QUEUE_INLINE_BYTES",
     "MAX_QUEUED_REQUESTS",
     "MAX_QUEUE_SIZE",
     "MAX_STR",
@@ -404,6 +409,10 @@ MAX_ATTEMPTS: Final = 1_000_000
 """Largest ``max_attempts`` of a work queue."""
 MAX_QUEUES: Final = 1024
 """Most work queues one coordinator holds (dead-letter queues included)."""
+MAX_QUEUE_INLINE_BYTES: Final = 64 << 20
+"""Bytes the inline jobs of one coordinator's work queues hold in its own memory
+together (waiting, taken and dead-lettered, until acked), at most; past it an inline
+job goes into a block of the pool, as a larger one does."""
 
 
 def check_queue_settings(maxsize: object, max_attempts: object) -> None:

@@ -302,6 +302,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "processes_total": int,
     "queues": _QUEUELIST,
     "largest_free": int,
+    "queue_inline_bytes": int,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -604,6 +605,7 @@ _DEFAULTS: Final[dict[tuple[Kind, Op], dict[str, Any]]] = {
     (Kind.REQUEST, Op.SERVE): {"direct": ""},
     (Kind.REPLY, Op.RECV): {"codec": "", "meta": {}},  # (inline messages came later)
     (Kind.REPLY, Op.RECV_MANY): {"sizes": []},
+    (Kind.REPLY, Op.STATS): {"queue_inline_bytes": 0},
 }
 
 ACCESS_MODES: Final = ("rw", "r")
