@@ -11,8 +11,9 @@ import pytest
 import blockipc
 from _helpers import connected
 from _procs import wait_until
-from blockipc import AccessDenied, InboxFull, InvalidRequest
-from blockipc._core.limits import MAX_INLINE_PAYLOAD
+from blockipc import AccessDenied, InboxFull, InvalidRequest, PoolExhausted
+from blockipc._core.limits import MAX_INLINE_PAYLOAD, MAX_REFILL
+from blockipc._core.protocol import Op
 from blockipc.testing import unique_name
 
 
@@ -385,3 +386,47 @@ async def test_a_consumer_that_closes_after_a_folded_ack_gives_back_only_its_job
     await last.ack()
     q = queue_stats(coord.stats(), name)
     assert (q.enqueued, q.acked, q.redelivered, q.in_flight, q.depth) == (3, 3, 1, 0, 0)
+
+
+async def test_a_run_of_large_jobs_of_one_size_costs_one_request_each(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    """From the second large job of a size on, its ENQUEUE_COMMIT brings the next one's
+    block (refill): the client keeps one spare block and PUTs no more; an enqueue of
+    another size gives the spare back."""
+    name = unique_name("jobs")
+    big = bytes(range(256)) * 400  # 100 KiB: a block of its own
+    proc = coord._state.table.processes[client.name]
+    before = proc.requests
+    for _ in range(4):
+        await client.enqueue(name, big, codec="raw")
+    assert proc.requests - before == 2 + 2 + 1 + 1  # PUT + ENQUEUE_COMMIT twice, then one
+    assert coord.stats().blocks == 4 + 1 and len(proc.blocks) == 1  # the spare is the client's
+    await client.enqueue(name, big + b"x", codec="raw")  # another size: the spare goes back
+    await wait_until(lambda: coord.stats().blocks == 5)
+    jobs = await other.take_many(name, max_jobs=5)
+    assert [job.value for job in jobs] == [big] * 4 + [big + b"x"]
+    for job in jobs:
+        await job.ack()
+    assert coord.stats().blocks == 0
+
+
+async def test_a_refill_the_pool_has_no_room_for_never_fails_the_enqueue(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    r = (await client._call(Op.PUT, {"size": 1})).result
+    args = {"lease": r["lease"], "codec": "raw", "meta": {}, "queue": name, "header": {}}
+    with pytest.raises(InvalidRequest, match="refill must be 0 to"):
+        await client._call(Op.ENQUEUE_COMMIT, {**args, "nowait": True, "refill": MAX_REFILL + 1})
+    await client._call(Op.RELEASE, {"lease": r["lease"]})  # (refused: still the caller's)
+    await client._call(Op.FREE, {"block": r["block"]})
+    big = bytes(MAX_REFILL)  # the largest refilled size: the 64 MiB pool holds 8
+    for _ in range(8):  # the 8th uses the spare, and its refill finds no room
+        await client.enqueue(name, big, codec="raw")
+    assert coord.stats().free_bytes == 0 and client._spare is None
+    with pytest.raises(PoolExhausted):
+        await client.enqueue(name, big, codec="raw")  # (a PUT: as without refills)
+    assert queue_stats(coord.stats(), name).depth == 8
+    for job in await other.take_many(name, max_jobs=8):
+        await job.ack()

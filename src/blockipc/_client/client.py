@@ -100,6 +100,7 @@ from .._core.limits import (
     MAX_INLINE_PAYLOAD,
     MAX_INT,
     MAX_LIST,
+    MAX_REFILL,
     check_batch,
     check_batch_bytes,
     check_in_hand,
@@ -389,6 +390,10 @@ class Client:
         self._max_inline = INLINE_THRESHOLD
         self._inbox: collections.deque[Message] = collections.deque()
         self._sizes: dict[int, int] = {}
+        # a large job's block for the next enqueue of its size (_enqueue_put): (the
+        # connection's epoch, the fields of its PUT-like reply), and the last such size
+        self._spare: tuple[int, dict[str, Any]] | None = None
+        self._last_put = 0
         self._closed = False
         self._closing = False
         self._error: BlockIPCError | None = None
@@ -1738,7 +1743,10 @@ class Client:
         bytes with its take, and :attr:`Job.block` is ``None``), or, when the inline
         jobs of its queues hold ``MAX_QUEUE_INLINE_BYTES`` (64 MiB) already, writes it
         into a block of the job's; a larger one is encoded into a new block (PUT),
-        which one more request commits and enqueues (two round trips). A
+        which one more request commits and enqueues (two round trips; one for each job
+        after the first two of a run of jobs of one size up to ``MAX_REFILL``, 8 MiB:
+        that request brings the next job's block, which this client keeps, one spare
+        block, until its next enqueue, or frees when it closes). A
         :class:`Block` is moved into the queue as it is (zero-copy; it must be this
         process's alone, and its recorded codec goes with it). ``job.value``,
         ``job.header`` and ``job.attempts``, acks, redelivery and dead letters are the
@@ -1777,15 +1785,29 @@ class Client:
     ) -> int:
         """A large job: PUT a new block, encode into it, then ENQUEUE_COMMIT (its codec
         recorded, its lease ended and it enqueued, one request): two round trips where
-        ``put`` then ``enqueue`` cost three. Not enqueued, the block is freed."""
+        ``put`` then ``enqueue`` cost three. Not enqueued, the block is freed.
+
+        A run of jobs of one size (up to ``MAX_REFILL``) costs one round trip each:
+        from the second on, the ENQUEUE_COMMIT asks for the next job's block too
+        (``refill``), which this client keeps (one at most: ``_spare``) for its next
+        large enqueue of that size instead of a PUT; an enqueue of another size frees
+        it, and so does the coordinator when this client closes."""
         n = enc.nbytes
+        size = max(n, 1)
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
-            self._return_lease(reply)
-            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+            if reply.result["block"] != NO_BLOCK:  # (an ENQUEUE_COMMIT's refill, if any)
+                self._return_lease(reply)
+                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
-        r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
-        epoch = self._epoch
+        spare = self._take_spare(size)
+        if spare is None:
+            r = (await self._call(Op.PUT, {"size": size}, orphan=orphan)).result
+            epoch = self._epoch
+        else:
+            epoch, r = spare
+        refill = size if size <= MAX_REFILL and size == self._last_put else 0
+        self._last_put = size
         try:
             seg = await self._segment(r["segment"], epoch)
             with seg.buffer[r["offset"] : r["offset"] + n] as dst:
@@ -1797,8 +1819,9 @@ class Client:
                 "queue": queue,
                 "header": header,
                 "nowait": nowait,
+                "refill": refill,
             }
-            job: int = (await self._call(Op.ENQUEUE_COMMIT, args, epoch=epoch)).result["job"]
+            done = (await self._call(Op.ENQUEUE_COMMIT, args, epoch=epoch, orphan=orphan)).result
         except BaseException:
             # Refused before its commit the lease is ours, after it the block alone (a
             # full queue, a cancelled wait); enqueued just before a cancellation, the
@@ -1809,7 +1832,32 @@ class Client:
                 with contextlib.suppress(BlockIPCError):
                     await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
             raise
+        if done["block"] != NO_BLOCK:
+            self._keep_spare(epoch, done)
+        job: int = done["job"]
         return job
+
+    def _take_spare(self, size: int) -> tuple[int, dict[str, Any]] | None:
+        """The spare block (see :meth:`_enqueue_put`), out of ``_spare``, if it is of
+        ``size`` bytes and of the live connection; else None (and one of another size is
+        given back to the coordinator)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare[0] == self._epoch and spare[1]["size"] == size:
+            return spare
+        self._drop_spare(spare)
+        return None
+
+    def _keep_spare(self, epoch: int, r: dict[str, Any]) -> None:
+        if self._spare is not None:  # (another enqueue's, meanwhile: one is enough)
+            self._drop_spare(self._spare)
+        self._spare = (epoch, r)
+
+    def _drop_spare(self, spare: tuple[int, dict[str, Any]]) -> None:
+        epoch, r = spare  # (a lost connection took it along: nothing to send)
+        self._send_nowait(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
+        self._send_nowait(Op.FREE, {"block": r["block"]}, epoch=epoch)
 
     async def enqueue_many(
         self,

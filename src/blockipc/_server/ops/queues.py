@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..._core.codecs import CODEC_NAMES, get_codec
-from ..._core.limits import MAX_INLINE_PAYLOAD, check_batch, check_batch_bytes, pack_header
+from ..._core.limits import (
+    MAX_INLINE_PAYLOAD,
+    check_batch,
+    check_batch_bytes,
+    check_refill,
+    pack_header,
+)
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
 from ..._core.queues import Handed, Inline, JobRecord, QueueRecord, group_handed
 from ..._core.routing import BlockRecord, ProcessRecord
@@ -264,9 +270,30 @@ def _enqueue_now(
         if inline:  # (a new block is never refused; still, it must not leak)
             state.settle(state.table.release_hold(proc, rec))
         raise
-    session.reply(Reply(req.req_id, req.op, {"job": job_id}))
+    if req.op is Op.ENQUEUE_COMMIT:
+        fields = {"job": job_id, **_refill(state, proc, a["refill"])}
+        session.reply(Reply(req.req_id, req.op, fields))
+    else:
+        session.reply(Reply(req.req_id, req.op, {"job": job_id}))
     if handed is not None:
         _hand(state, (handed,))
+
+
+def _refill(state: ServerState, proc: ProcessRecord, size: int) -> dict[str, int]:
+    """An ENQUEUE_COMMIT's ``refill``: a new block of ``size`` bytes with its write
+    lease, as a PUT makes, for the producer's next job (its PUT saved), or none (0, or
+    the pool or the producer's quota has no room now: the enqueue is done all the same,
+    and the producer PUTs its next job)."""
+    if size:
+        try:
+            rec = state.new_block(proc, size, quiet=True)
+        except BlockIPCError:
+            pass
+        else:
+            lease = state.table.request_lease(proc, rec, "w", None)
+            assert lease is not None  # a new block is uncontended
+            return {"lease": lease.id, **block_fields(rec)}
+    return {"lease": 0, **block_fields(None)}
 
 
 def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
@@ -274,8 +301,11 @@ def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
     an unnamed COMMIT does) and enqueued as ENQUEUE enqueues a block, in one request:
     a large job's producer saves a round trip. Refused before the commit, the lease is
     the caller's still; refused after it (a full queue and ``nowait``, a cancelled
-    wait), the block is, committed: either way the caller frees what it made."""
+    wait), the block is, committed: either way the caller frees what it made. Enqueued,
+    the reply brings a new block for the producer's next job when it asks (``refill``:
+    :func:`_refill`), so that a run of large jobs costs one round trip each."""
     a, proc = req.args, session.proc
+    check_refill(a["refill"])
     lease = state.table.find_lease(proc, a["lease"])
     rec = lease.block
     if lease.mode != "w" or rec.owner is not proc or rec.job:
