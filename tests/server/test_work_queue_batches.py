@@ -10,7 +10,7 @@ import pytest
 
 import blockipc
 from _procs import wait_until
-from blockipc import AccessDenied, BlockNotFound, InboxFull, InvalidRequest, PoolExhausted
+from blockipc import AccessDenied, BlockNotFound, InboxFull, InvalidRequest
 from blockipc._core.limits import MAX_BATCH, MAX_BATCH_BYTES, MAX_INLINE_PAYLOAD
 from blockipc._core.protocol import NO_BLOCK, Op
 from blockipc.testing import unique_name
@@ -266,24 +266,3 @@ async def test_inline_jobs_past_the_coordinators_inline_bytes_go_into_blocks(
     q = queue_stats(coord, name)
     assert (q.acked, q.redelivered, q.depth, q.in_flight) == (5, 1, 0, 0)
     assert (coord.stats().queue_inline_bytes, coord.stats().blocks) == (0, 0)
-
-
-async def test_a_batchs_large_jobs_are_stored_together_and_all_or_none(
-    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
-) -> None:
-    """The large jobs of a batch are PUT and committed with their requests in flight
-    together; one refused (the pool is full), the others are cancelled or freed, and
-    nothing is enqueued."""
-    name = unique_name("jobs")
-    big = [bytes([i]) * (8 << 20) for i in range(9)]  # 72 MiB: the 64 MiB pool holds 8
-    with pytest.raises(PoolExhausted):
-        await client.enqueue_many(name, [b"small", *big], codec="raw")
-    await wait_until(lambda: coord.stats().blocks == 0)
-    assert all(q.depth == 0 for q in coord.stats().queues if q.name == name)
-    ids = await client.enqueue_many(name, [b"small", *big[:3]], codec="raw")
-    jobs = await other.take_many(name, max_jobs=4)
-    assert [job.id for job in jobs] == ids
-    assert [job.value for job in jobs] == [b"small", *big[:3]]  # in order
-    for job in jobs:
-        await job.ack()
-    assert coord.stats().blocks == 0

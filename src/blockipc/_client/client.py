@@ -1880,8 +1880,7 @@ class Client:
         ``MAX_BATCH`` (1024) jobs, at most the queue's ``maxsize``, and at most
         ``MAX_BATCH_BYTES`` (1 MiB) of encoded jobs of up to ``MAX_INLINE_PAYLOAD`` each
         (an object larger than that is put in a block of its own first, and only its
-        id travels: the batch's large objects together, their requests in flight at
-        once); else :class:`InvalidRequest`, nothing enqueued. Cancelled while it
+        id travels); else :class:`InvalidRequest`, nothing enqueued. Cancelled while it
         waits, nothing is enqueued (blocks passed in stay this process's).
 
         >>> jobs = [{"n": i} for i in range(32)]
@@ -1918,24 +1917,12 @@ class Client:
                 total += len(data)
         check_batch_bytes(total)
         made: list[Block] = []
-
-        async def store(i: int) -> None:
-            bid, _, _, _, block = await self._outgoing(items[i], codec)
-            assert block is not None
-            made.append(block)  # (at once: undone below if the batch does not go)
-            blocks[i] = bid
-
         try:
-            if len(large) == 1:
-                await store(large[0])
-            elif large:  # their PUTs, then their COMMITs, in flight together: a few
-                # round trips for the lot, not two each (a refusal cancels the others)
-                try:
-                    async with anyio.create_task_group() as tg:
-                        for i in large:
-                            tg.start_soon(store, i)
-                except BaseExceptionGroup as group:
-                    raise _first_error(group) from None
+            for i in large:
+                bid, _, _, _, block = await self._outgoing(items[i], codec)
+                assert block is not None
+                made.append(block)
+                blocks[i] = bid
             args = {
                 "queue": queue,
                 "blocks": blocks,
@@ -2942,13 +2929,6 @@ def _inline(obj: object, codec: str) -> tuple[str, dict[str, Any], bytes]:
 
 
 _NO_META: Final[dict[str, Any]] = {}  # (never mutated)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error of a task group's (its tasks' other errors are the same kind of
-    refusal, or cancellations it caused)."""
-    first = group.exceptions[0]
-    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _check_timeout(timeout: object) -> float | None:
