@@ -214,3 +214,7 @@ class Stats:
     """The largest block the pool could give now without growing (0: none free). Against
     ``free_bytes`` it measures fragmentation: free bytes in pieces too small for a
     large block."""
+    queue_inline_bytes: int = 0
+    """Bytes the inline jobs of the work queues hold in the coordinator's own memory
+    (not in the pool), waiting or taken, until acked; bounded by ``MAX_QUEUE_INLINE_BYTES``
+    (64 MiB), past which an inline job goes into a block (see :meth:`Client.enqueue`)."""

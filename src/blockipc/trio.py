@@ -582,8 +582,8 @@ class Job:
         return self._job.value
 
     @property
-    def block(self) -> Block:
-        """:attr:`blockipc.Job.block`."""
+    def block(self) -> Block | None:
+        """:attr:`blockipc.Job.block` (``None``: an inline job, no block)."""
         return self._job.block
 
     @property

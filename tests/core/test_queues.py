@@ -9,9 +9,15 @@ from collections.abc import Iterator
 import pytest
 
 from blockipc import AccessDenied, BlockNotFound, InvalidRequest, QuotaExceeded
-from blockipc._core.limits import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE_SIZE, MAX_NAME, MAX_QUEUES
+from blockipc._core.limits import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE_SIZE,
+    MAX_NAME,
+    MAX_QUEUE_INLINE_BYTES,
+    MAX_QUEUES,
+)
 from blockipc._core.protocol import REPLY_LISTS_BUDGET
-from blockipc._core.queues import DEAD_SUFFIX, QueueTable, dead_letter_name
+from blockipc._core.queues import DEAD_SUFFIX, Inline, QueueTable, dead_letter_name
 from blockipc._core.routing import BlockRecord, ProcessRecord, RoutingTable
 
 
@@ -310,3 +316,65 @@ def test_a_batch_is_queued_whole_or_not_at_all(w: World) -> None:
     assert w.queues.next_putter(q) is None  # room for 2, not 3
     w.queues.take(w.c1, q, object())
     assert w.queues.next_putter(q) is token
+
+
+# -- inline jobs: bytes in the coordinator, no block, no lease ------------------------
+def inline(data: bytes) -> Inline:
+    return Inline(data, "raw", {"nbytes": len(data), "codec": {}})
+
+
+def test_an_inline_job_holds_no_block_and_its_bytes_are_counted_until_acked(w: World) -> None:
+    q = w.queues.queue("jobs")
+    assert w.queues.inline_limit == MAX_QUEUE_INLINE_BYTES
+    first = w.queues.next_id
+    assert w.queues.enqueue_many(w.producer, [inline(b"ab"), inline(b"cde")], q, {}) == []
+    assert [j.id for j in q.ready] == [first, first + 1]  # consecutive ids: next_id
+    assert w.queues.inline_bytes == 5 and not w.table.blocks and not w.producer.blocks
+    job = w.queues.take(w.c1, q, object())
+    assert job is not None and job.block is None and job.lease is None
+    assert job.inline is not None and job.inline.data == b"ab" and job.consumer is w.c1
+    assert not w.c1.blocks and not w.c1.leases and len(q.taken) == 1
+    with pytest.raises(BlockNotFound, match="not taken by this process"):
+        w.queues.ack(w.c2, job.id)
+    assert w.queues.ack(w.c1, job.id) == ((), (), (), (), (), 0)  # nothing to free
+    assert w.queues.inline_bytes == 3 and q.acked == 1 and not q.taken
+    with pytest.raises(BlockNotFound):
+        w.queues.ack(w.c1, job.id)  # once
+    # (its TAKE_MANY row is counted with its bytes, as a small block's)
+    assert q.ready[0].cost >= 3
+
+
+def test_inline_jobs_are_nacked_given_back_and_dead_lettered_as_block_jobs(w: World) -> None:
+    q = w.queues.declare("jobs", max_attempts=2)
+    dead = w.queues.queues["jobs" + DEAD_SUFFIX]
+    w.queues.enqueue_many(w.producer, [inline(b"x"), w.block(), inline(b"yz")], q, {})
+    got = w.queues.take_many(w.c1, q, object(), 3)
+    assert [j.block is None for j in got] == [True, False, True]
+    w.queues.nack(w.c1, got[0].id)  # a failed attempt: back to the front
+    assert q.ready[0] is got[0] and got[0].attempts == 1 and q.redelivered == 1
+    count, handed = w.queues.release_consumer(w.c1)  # c1 is gone with two in hand
+    assert (count, handed) == (2, [])
+    # (the ones given back go in front, oldest first, of the one nacked before)
+    assert [j.inline.data if j.inline else None for j in q.ready] == [None, b"yz", b"x"]
+    assert [j.attempts for j in q.ready] == [1, 1, 1] and q.redelivered == 3
+    assert not w.c1.blocks and not w.c1.leases and w.c1.key not in w.queues.by_consumer
+    again = w.queues.take_many(w.c2, q, object(), 3)
+    assert again == [got[1], got[2], got[0]]
+    w.queues.ack(w.c2, got[1].id)
+    w.queues.ack(w.c2, got[2].id)
+    job = got[0]
+    w.queues.nack(w.c2, job.id)  # its second failure: dead-lettered, its bytes kept
+    assert dead.ready[0] is job and job.attempts == 0 and q.dead_lettered == 1
+    assert w.queues.inline_bytes == 1
+    job = w.queues.take(w.c2, dead, object())
+    assert job is not None and job.inline is not None and job.inline.data == b"x"
+    w.queues.ack(w.c2, job.id)
+    assert w.queues.inline_bytes == 0 and not w.table.blocks
+
+
+def test_inline_bytes_past_the_limit_go_into_blocks(w: World) -> None:
+    queues = QueueTable(w.table, inline_limit=10)
+    assert queues.inline_fits([4, 4, 4, 2]) == [True, True, False, True]  # in order
+    queues.enqueue(w.producer, inline(b"123456"), queues.queue("jobs"), {})
+    assert queues.inline_fits([4, 5]) == [True, False]
+    assert queues.inline_fits([0]) == [True]

@@ -166,8 +166,13 @@ async def test_a_refused_ack_of_a_batch_acks_none_of_it(
     coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
 ) -> None:
     name = unique_name("jobs")
-    await client.enqueue_many(name, [b"one", b"two", b"three"], codec="raw")
+    blocks = []
+    for data in (b"one", b"two", b"three"):  # blocks: a consumer can lease one of its own
+        blocks.append(await client.alloc(len(data)))
+        await client.write(blocks[-1], data)
+    await client.enqueue_many(name, blocks)
     jobs = await other.take_many(name, max_jobs=2)
+    assert jobs[1].block is not None
     async with other.lease(jobs[1].block, "r"):  # a lease of its own: its ack is refused
         with pytest.raises(AccessDenied, match="end them before ack"):
             await other.take_many(name, max_jobs=5, ack=jobs)
@@ -231,3 +236,33 @@ async def test_a_large_job_is_committed_and_enqueued_in_one_request(
     await client._call(Op.RELEASE, {"lease": r["lease"]})
     await client._call(Op.FREE, {"block": r["block"]})
     assert queue_stats(coord, name).enqueued == 1
+
+
+async def test_inline_jobs_past_the_coordinators_inline_bytes_go_into_blocks(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    """Inline jobs keep their bytes in the coordinator up to its inline limit; past it
+    an inline job goes into a block (never refused), and the consumer gets the same
+    values, acks and counts either way."""
+    name = unique_name("jobs")
+    coord._state.queues.inline_limit = 100  # (a fresh coordinator per test)
+    payloads = [bytes([i]) * 40 for i in range(3)]
+    await client.enqueue_many(name, payloads, codec="raw")  # 40 + 40 kept, the third: a block
+    assert (coord.stats().queue_inline_bytes, coord.stats().blocks) == (80, 1)
+    await client.enqueue(name, b"y" * 30, codec="raw")  # 110 would pass it: a block
+    await client.enqueue(name, b"z" * 20, codec="raw")  # 100: kept
+    assert (coord.stats().queue_inline_bytes, coord.stats().blocks) == (100, 2)
+    jobs = await other.take_many(name, max_jobs=5)
+    assert [job.block is None for job in jobs] == [True, True, False, False, True]
+    assert [job.value for job in jobs] == [*payloads, b"y" * 30, b"z" * 20]
+    q = queue_stats(coord, name)
+    assert (q.enqueued, q.depth, q.in_flight) == (5, 0, 5)
+    await jobs[0].nack()  # inline, back to the front; then taken again, with its ack
+    again = await other.take(name, ack=jobs[1])
+    assert (again.id, again.attempts, again.block) == (jobs[0].id, 1, None)
+    assert again.value == payloads[0]
+    with pytest.raises(TimeoutError):  # (the acks go; nothing is left to take)
+        await other.take_many(name, max_jobs=1, timeout=0.01, ack=[again, *jobs[2:]])
+    q = queue_stats(coord, name)
+    assert (q.acked, q.redelivered, q.depth, q.in_flight) == (5, 1, 0, 0)
+    assert (coord.stats().queue_inline_bytes, coord.stats().blocks) == (0, 0)

@@ -11,8 +11,9 @@ import pytest
 import blockipc
 from _helpers import connected
 from _procs import wait_until
-from blockipc import AccessDenied, InboxFull, InvalidRequest
-from blockipc._core.limits import MAX_INLINE_PAYLOAD
+from blockipc import AccessDenied, InboxFull, InvalidRequest, PoolExhausted
+from blockipc._core.limits import MAX_INLINE_PAYLOAD, MAX_REFILL
+from blockipc._core.protocol import Op
 from blockipc.testing import unique_name
 
 
@@ -39,9 +40,10 @@ async def test_nack_then_dead_letter(
     assert (q.max_attempts, q.dead_letter) == (2, name + ".dead")
     dead = await client.take(name + ".dead")
     assert (dead.id, dead.value, dead.attempts, dead.queue) == (job_id, {"n": 1}, 0, name + ".dead")
-    before = coord.stats().blocks
+    assert dead.block is None  # an inline job: its bytes held by the coordinator
+    assert coord.stats().queue_inline_bytes == len(b'{"n":1}') and coord.stats().blocks == 0
     await dead.ack()
-    assert coord.stats().blocks == before - 1  # acked: its block is freed
+    assert coord.stats().queue_inline_bytes == 0  # acked: its bytes dropped
     assert queue_stats(coord.stats(), name + ".dead").acked == 1
     with pytest.raises(InvalidRequest, match="acked already"):
         await dead.ack()
@@ -221,10 +223,10 @@ async def test_a_job_up_to_the_inline_limit_travels_in_the_enqueue(
     size: int,
     inline: bool,
 ) -> None:
-    """Up to MAX_INLINE_PAYLOAD bytes encoded, a job rides in its ENQUEUE's frame: one
-    waiting for room in a full queue holds no block yet (the coordinator makes it when
-    the job goes in); one byte more, and it is put in a block first. Either way the
-    consumer gets a block holding the bytes, with the producer's codec."""
+    """Up to MAX_INLINE_PAYLOAD bytes encoded, a job rides in its ENQUEUE's frame and
+    stays bytes in the coordinator (no block, waiting or in the queue); one byte more,
+    and it is put in a block first. Either way the consumer gets the bytes, with the
+    producer's codec."""
     name = unique_name("jobs")
     await client.declare_queue(name, maxsize=1)
     await client.enqueue(name, b"first", codec="raw")
@@ -240,12 +242,17 @@ async def test_a_job_up_to_the_inline_limit_travels_in_the_enqueue(
     await first.ack()  # room: the waiting enqueue goes in
     job_id = await asyncio.wait_for(waiting, 5)
     job = await other.take(name)
-    assert (job.id, job.codec, job.header, job.block.size) == (job_id, "raw", {"n": 2}, size)
+    assert (job.id, job.codec, job.header) == (job_id, "raw", {"n": 2})
     assert (job._segment is None) == inline  # inline: its bytes came with the take's reply
+    assert coord.stats().queue_inline_bytes == (size if inline else 0)
     assert job.value == payload
-    assert await other.read(job.block, size=16) == payload[:16]  # a block like any other
+    if inline:
+        assert job.block is None and coord.stats().blocks == blocks
+    else:
+        assert job.block is not None and job.block.size == size
+        assert await other.read(job.block, size=16) == payload[:16]  # a block like any other
     await job.ack()
-    assert coord.stats().blocks == blocks - 1  # both jobs' blocks freed
+    assert coord.stats().blocks == blocks and coord.stats().queue_inline_bytes == 0
     q = queue_stats(coord.stats(), name)
     assert (q.enqueued, q.acked, q.depth, q.in_flight) == (2, 2, 0, 0)
 
@@ -257,13 +264,13 @@ async def test_an_inline_job_keeps_the_codec_and_its_meta(
     name = unique_name("jobs")
     arr = np.arange(12, dtype="<u2").reshape(3, 4)
     await client.enqueue(name, arr, codec="numpy")
-    await client.enqueue(name, b"", codec="raw")  # empty: still a block (of 1 byte)
+    await client.enqueue(name, b"", codec="raw")  # empty: no bytes at all
     job = await other.take(name)
     assert job.codec == "numpy"
     assert job.value.shape == (3, 4) and (job.value == arr).all()
     await job.ack()
     empty = await other.take(name)
-    assert (empty.value, empty.block.size) == (b"", 1)
+    assert (empty.value, empty.block) == (b"", None)
     await empty.ack()
 
 
@@ -288,12 +295,12 @@ async def test_a_take_carries_the_previous_jobs_ack(
     name = unique_name("jobs")
     for i in range(3):
         await client.enqueue(name, i)
-    blocks = coord.stats().blocks
+    held = coord.stats().queue_inline_bytes
     first = await other.take(name)
     assert first.value == 0
     second = await other.take(name, ack=first)  # one request: ack first, then take
     assert first.done and not second.done and second.value == 1
-    assert coord.stats().blocks == blocks - 1  # the acked job's block is freed
+    assert coord.stats().queue_inline_bytes == held - 1  # the acked job's byte dropped
     q = queue_stats(coord.stats(), name)
     assert (q.acked, q.in_flight, q.depth, q.redelivered) == (1, 1, 1, 0)
     with pytest.raises(InvalidRequest, match="acked already"):
@@ -307,16 +314,19 @@ async def test_a_take_carries_the_previous_jobs_ack(
     await third.ack()
     q = queue_stats(coord.stats(), name)
     assert (q.acked, q.in_flight, q.depth) == (3, 0, 0)
-    assert coord.stats().blocks == blocks - 3
+    assert coord.stats().queue_inline_bytes == 0
 
 
 async def test_a_refused_folded_ack_takes_nothing_and_the_job_stays_unanswered(
     coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
 ) -> None:
     name = unique_name("jobs")
-    await client.enqueue(name, b"one", codec="raw")
-    await client.enqueue(name, b"two", codec="raw")
+    for data in (b"one", b"two"):  # as blocks: a consumer can hold a lease of its own
+        block = await client.alloc(3)
+        await client.write(block, data)
+        await client.enqueue(name, block)
     job = await other.take(name)
+    assert job.block is not None
     async with other.lease(job.block, "r"):  # a lease of its own: the ack is refused
         with pytest.raises(AccessDenied, match="end them before ack"):
             await other.take(name, ack=job)
@@ -376,3 +386,47 @@ async def test_a_consumer_that_closes_after_a_folded_ack_gives_back_only_its_job
     await last.ack()
     q = queue_stats(coord.stats(), name)
     assert (q.enqueued, q.acked, q.redelivered, q.in_flight, q.depth) == (3, 3, 1, 0, 0)
+
+
+async def test_a_run_of_large_jobs_of_one_size_costs_one_request_each(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    """From the second large job of a size on, its ENQUEUE_COMMIT brings the next one's
+    block (refill): the client keeps one spare block and PUTs no more; an enqueue of
+    another size gives the spare back."""
+    name = unique_name("jobs")
+    big = bytes(range(256)) * 400  # 100 KiB: a block of its own
+    proc = coord._state.table.processes[client.name]
+    before = proc.requests
+    for _ in range(4):
+        await client.enqueue(name, big, codec="raw")
+    assert proc.requests - before == 2 + 2 + 1 + 1  # PUT + ENQUEUE_COMMIT twice, then one
+    assert coord.stats().blocks == 4 + 1 and len(proc.blocks) == 1  # the spare is the client's
+    await client.enqueue(name, big + b"x", codec="raw")  # another size: the spare goes back
+    await wait_until(lambda: coord.stats().blocks == 5)
+    jobs = await other.take_many(name, max_jobs=5)
+    assert [job.value for job in jobs] == [big] * 4 + [big + b"x"]
+    for job in jobs:
+        await job.ack()
+    assert coord.stats().blocks == 0
+
+
+async def test_a_refill_the_pool_has_no_room_for_never_fails_the_enqueue(
+    coord: blockipc.Coordinator, client: blockipc.Client, other: blockipc.Client
+) -> None:
+    name = unique_name("jobs")
+    r = (await client._call(Op.PUT, {"size": 1})).result
+    args = {"lease": r["lease"], "codec": "raw", "meta": {}, "queue": name, "header": {}}
+    with pytest.raises(InvalidRequest, match="refill must be 0 to"):
+        await client._call(Op.ENQUEUE_COMMIT, {**args, "nowait": True, "refill": MAX_REFILL + 1})
+    await client._call(Op.RELEASE, {"lease": r["lease"]})  # (refused: still the caller's)
+    await client._call(Op.FREE, {"block": r["block"]})
+    big = bytes(MAX_REFILL)  # the largest refilled size: the 64 MiB pool holds 8
+    for _ in range(8):  # the 8th uses the spare, and its refill finds no room
+        await client.enqueue(name, big, codec="raw")
+    assert coord.stats().free_bytes == 0 and client._spare is None
+    with pytest.raises(PoolExhausted):
+        await client.enqueue(name, big, codec="raw")  # (a PUT: as without refills)
+    assert queue_stats(coord.stats(), name).depth == 8
+    for job in await other.take_many(name, max_jobs=8):
+        await job.ack()

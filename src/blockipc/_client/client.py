@@ -101,6 +101,7 @@ from .._core.limits import (
     MAX_INLINE_PAYLOAD,
     MAX_INT,
     MAX_LIST,
+    MAX_REFILL,
     check_batch,
     check_batch_bytes,
     check_in_hand,
@@ -390,6 +391,10 @@ class Client:
         self._max_inline = INLINE_THRESHOLD
         self._inbox: collections.deque[Message] = collections.deque()
         self._sizes: dict[int, int] = {}
+        # a large job's block for the next enqueue of its size (_enqueue_put): (the
+        # connection's epoch, the fields of its PUT-like reply), and the last such size
+        self._spare: tuple[int, dict[str, Any]] | None = None
+        self._last_put = 0
         self._closed = False
         self._closing = False
         self._error: BlockIPCError | None = None
@@ -1769,12 +1774,19 @@ class Client:
         job's id.
 
         ``obj`` is encoded with ``codec``: up to ``MAX_INLINE_PAYLOAD`` (64 KiB)
-        encoded, it travels inside the request's frame and the coordinator writes it
-        into the job's block (one round trip); a larger one is encoded into a new block
-        (PUT), which one more request commits and enqueues (two round trips). A
+        encoded, it travels inside the request's frame and the coordinator keeps it as
+        bytes, an *inline* job with no block (one round trip; its consumer gets the
+        bytes with its take, and :attr:`Job.block` is ``None``), or, when the inline
+        jobs of its queues hold ``MAX_QUEUE_INLINE_BYTES`` (64 MiB) already, writes it
+        into a block of the job's; a larger one is encoded into a new block (PUT),
+        which one more request commits and enqueues (two round trips; one for each job
+        after the first two of a run of jobs of one size up to ``MAX_REFILL``, 8 MiB:
+        that request brings the next job's block, which this client keeps, one spare
+        block, until its next enqueue, or frees when it closes). A
         :class:`Block` is moved into the queue as it is (zero-copy; it must be this
-        process's alone, and its recorded codec goes with it). Either way the job is a
-        block, and its consumer sees no difference.
+        process's alone, and its recorded codec goes with it). ``job.value``,
+        ``job.header`` and ``job.attempts``, acks, redelivery and dead letters are the
+        same whichever way a job went.
         ``header`` is a small dict the consumer gets with the job. When the queue is
         full the call waits for room (``nowait=True`` raises :class:`InboxFull`
         instead); cancelling it then withdraws the job (a :class:`Block` stays this
@@ -1809,15 +1821,29 @@ class Client:
     ) -> int:
         """A large job: PUT a new block, encode into it, then ENQUEUE_COMMIT (its codec
         recorded, its lease ended and it enqueued, one request): two round trips where
-        ``put`` then ``enqueue`` cost three. Not enqueued, the block is freed."""
+        ``put`` then ``enqueue`` cost three. Not enqueued, the block is freed.
+
+        A run of jobs of one size (up to ``MAX_REFILL``) costs one round trip each:
+        from the second on, the ENQUEUE_COMMIT asks for the next job's block too
+        (``refill``), which this client keeps (one at most: ``_spare``) for its next
+        large enqueue of that size instead of a PUT; an enqueue of another size frees
+        it, and so does the coordinator when this client closes."""
         n = enc.nbytes
+        size = max(n, 1)
 
         def orphan(reply: Reply) -> None:  # cancelled after the coordinator made it
-            self._return_lease(reply)
-            self._send_nowait(Op.FREE, {"block": reply.result["block"]})
+            if reply.result["block"] != NO_BLOCK:  # (an ENQUEUE_COMMIT's refill, if any)
+                self._return_lease(reply)
+                self._send_nowait(Op.FREE, {"block": reply.result["block"]})
 
-        r = (await self._call(Op.PUT, {"size": max(n, 1)}, orphan=orphan)).result
-        epoch = self._epoch
+        spare = self._take_spare(size)
+        if spare is None:
+            r = (await self._call(Op.PUT, {"size": size}, orphan=orphan)).result
+            epoch = self._epoch
+        else:
+            epoch, r = spare
+        refill = size if size <= MAX_REFILL and size == self._last_put else 0
+        self._last_put = size
         try:
             seg = await self._segment(r["segment"], epoch)
             with seg.buffer[r["offset"] : r["offset"] + n] as dst:
@@ -1829,8 +1855,9 @@ class Client:
                 "queue": queue,
                 "header": header,
                 "nowait": nowait,
+                "refill": refill,
             }
-            job: int = (await self._call(Op.ENQUEUE_COMMIT, args, epoch=epoch)).result["job"]
+            done = (await self._call(Op.ENQUEUE_COMMIT, args, epoch=epoch, orphan=orphan)).result
         except BaseException:
             # Refused before its commit the lease is ours, after it the block alone (a
             # full queue, a cancelled wait); enqueued just before a cancellation, the
@@ -1841,7 +1868,32 @@ class Client:
                 with contextlib.suppress(BlockIPCError):
                     await self._call(Op.FREE, {"block": r["block"]}, epoch=epoch)
             raise
+        if done["block"] != NO_BLOCK:
+            self._keep_spare(epoch, done)
+        job: int = done["job"]
         return job
+
+    def _take_spare(self, size: int) -> tuple[int, dict[str, Any]] | None:
+        """The spare block (see :meth:`_enqueue_put`), out of ``_spare``, if it is of
+        ``size`` bytes and of the live connection; else None (and one of another size is
+        given back to the coordinator)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare[0] == self._epoch and spare[1]["size"] == size:
+            return spare
+        self._drop_spare(spare)
+        return None
+
+    def _keep_spare(self, epoch: int, r: dict[str, Any]) -> None:
+        if self._spare is not None:  # (another enqueue's, meanwhile: one is enough)
+            self._drop_spare(self._spare)
+        self._spare = (epoch, r)
+
+    def _drop_spare(self, spare: tuple[int, dict[str, Any]]) -> None:
+        epoch, r = spare  # (a lost connection took it along: nothing to send)
+        self._send_nowait(Op.RELEASE, {"lease": r["lease"]}, epoch=epoch)
+        self._send_nowait(Op.FREE, {"block": r["block"]}, epoch=epoch)
 
     async def enqueue_many(
         self,
@@ -2020,8 +2072,9 @@ class Client:
                 "producer": producer,
                 "codec": codec_,
             }
-            self._issued(bid)
-            self._sizes[bid] = size
+            if bid != NO_BLOCK:
+                self._issued(bid)
+                self._sizes[bid] = size
             if inline:
                 jobs.append(Job(self, epoch, None, r, bytes(data[at : at + size])))
                 at += size
@@ -2097,10 +2150,13 @@ class Client:
                 await self._unfold((ack,))
             raise
         epoch, r = self._epoch, reply.result
+        if r["inline"]:  # the bytes came with the reply: nothing to map
+            if r["block"] != NO_BLOCK:  # (a small block's; else an inline job's)
+                self._issued(r["block"])
+                self._sizes[r["block"]] = r["size"]
+            return Job(self, epoch, None, r, reply.data)
         self._issued(r["block"])
         self._sizes[r["block"]] = r["size"]
-        if r["inline"]:  # the bytes came with the reply: nothing to map
-            return Job(self, epoch, None, r, reply.data)
         try:
             seg = await self._segment(r["segment"], epoch)
         except BaseException:

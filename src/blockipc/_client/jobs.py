@@ -7,7 +7,7 @@ import asyncio
 from typing import Any, Protocol
 
 from .._core.codecs import get_codec
-from .._core.protocol import Op
+from .._core.protocol import NO_BLOCK, Op
 from .._exceptions import InvalidRequest
 from .._types import Block
 
@@ -35,10 +35,13 @@ class Job:
     :meth:`ack` (done: its block is freed) or :meth:`nack` (put it back now).
 
     ``value`` is the object the producer enqueued, decoded with the codec recorded
-    with its block (a copy, the caller's: read it before answering; the bytes of a job
-    of at most ``MAX_INLINE_PAYLOAD`` came with the take's reply, so it maps nothing).
+    with it (a copy, the caller's: read it before answering; the bytes of a job of at
+    most ``MAX_INLINE_PAYLOAD`` came with the take's reply, so it maps nothing).
     ``block`` is the job's block, which this process may read and lease ``"r"``
-    (zero-copy) until it answers; ``header`` is the producer's header, ``producer``
+    (zero-copy) until it answers, or ``None`` for an *inline* job: one enqueued as an
+    object of at most ``MAX_INLINE_PAYLOAD`` bytes encoded, which the coordinator
+    keeps as bytes, with no block (unless its queues' inline jobs hold 64 MiB
+    already: then it is a block too); ``header`` is the producer's header, ``producer``
     its name, ``queue`` the queue it was taken from, ``attempts`` how many deliveries
     of it failed before (0 the first time). A job this process neither acks nor
     nacks goes back to its queue, as a failed attempt, when this client closes or its
@@ -93,7 +96,10 @@ class Job:
         self._answered = ""
         self.id: int = r["job"]
         """The job's id, as :meth:`Client.enqueue` returned it."""
-        self.block = Block(r["block"], r["size"], r["capacity"], "")
+        self.block: Block | None = (
+            None if r["block"] == NO_BLOCK else Block(r["block"], r["size"], r["capacity"], "")
+        )
+        """The job's block, or ``None`` for an inline job (its bytes came with the take)."""
         self.header: dict[str, Any] = r["header"]
         self.attempts: int = r["attempts"]
         self.queue: str = r["queue"]
@@ -118,7 +124,7 @@ class Job:
                 raise InvalidRequest(
                     f"job {self.id} was {how} before its value was read: read job.value first"
                 )
-            n = self._meta.get("nbytes", self.block.size)
+            n = self._meta.get("nbytes", len(self._data) if self.block is None else self.block.size)
             codec, meta = get_codec(self.codec), self._meta.get("codec", {})
             if self._segment is None:
                 with memoryview(self._data)[:n] as src:
@@ -136,7 +142,8 @@ class Job:
         return bool(self._answered)
 
     async def ack(self) -> None:
-        """The job is done: it leaves the queue for good and its block is freed."""
+        """The job is done: it leaves the queue for good and its block (or an inline
+        job's bytes, in the coordinator) is freed."""
         await self._answer("acked", Op.ACK, {"job": self.id})
 
     async def nack(self) -> None:
@@ -149,7 +156,8 @@ class Job:
         self._check_unanswered()
         await self._client._call(op, args, epoch=self._epoch)
         self._answered = how
-        self._client._sizes.pop(self.block.id, None)
+        if self.block is not None:
+            self._client._sizes.pop(self.block.id, None)
 
     def _check_unanswered(self) -> None:
         if self._answered:
@@ -170,7 +178,8 @@ class Job:
         self._folding = False
         if acked:
             self._answered = "acked"
-            self._client._sizes.pop(self.block.id, None)
+            if self.block is not None:
+                self._client._sizes.pop(self.block.id, None)
         if self._settling is not None and not self._settling.done():
             self._settling.set_result(None)
         self._settling = None

@@ -40,7 +40,13 @@ Each rule below has this one home; the other modules import it rather than resta
   :data:`DEFAULT_QUEUE_SIZE`), and a job is dead-lettered after ``max_attempts``
   failed deliveries (1 to :data:`MAX_ATTEMPTS`, default :data:`DEFAULT_MAX_ATTEMPTS`;
   ``None``: never) (:func:`check_queue_settings`); a coordinator has at most
-  :data:`MAX_QUEUES` queues.
+  :data:`MAX_QUEUES` queues. An inline job (an ``enqueue`` of at most
+  :data:`MAX_INLINE_PAYLOAD` bytes encoded) keeps its bytes in the coordinator's own
+  memory, the inline jobs of all its queues together at most
+  :data:`MAX_QUEUE_INLINE_BYTES` (``QueueTable.inline_fits``); one that would pass it
+  goes into a block of the pool instead, never refused for it. An ENQUEUE_COMMIT may
+  ask for its producer's next block (``refill``) of at most :data:`MAX_REFILL` bytes
+  (:func:`check_refill`): a client holds at most one such spare block.
 * **reclaim**: a process that disconnects is out of every lookup at once, and what
   it held goes back :data:`RECLAIM_SLICE` blocks at a time, the coordinator serving the
   other clients between slices (one that held no more than that, at once).
@@ -93,6 +99,8 @@ __all__ = [
     "MAX_OFFERS",
     "MAX_PARKED",
     "MAX_QUEUES",
+    "MAX_QUEUE_INLINE_BYTES",
+    "MAX_REFILL",
     "MAX_QUEUED_REQUESTS",
     "MAX_QUEUE_SIZE",
     "MAX_STR",
@@ -112,6 +120,7 @@ __all__ = [
     "check_offers",
     "check_process_name",
     "check_queue_settings",
+    "check_refill",
     "check_queued_requests",
     "check_range",
     "check_subscriptions",
@@ -405,6 +414,26 @@ MAX_ATTEMPTS: Final = 1_000_000
 """Largest ``max_attempts`` of a work queue."""
 MAX_QUEUES: Final = 1024
 """Most work queues one coordinator holds (dead-letter queues included)."""
+MAX_REFILL: Final = 8 << 20
+"""Largest block an ENQUEUE_COMMIT gets back for its producer's next job of the same
+size (``refill``): a producer of large jobs holds at most one spare block this large
+between two enqueues (``Client.enqueue``), its PUT saved."""
+MAX_QUEUE_INLINE_BYTES: Final = 64 << 20
+"""Bytes the inline jobs of one coordinator's work queues hold in its own memory
+together (waiting, taken and dead-lettered, until acked), at most; past it an inline
+job goes into a block of the pool, as a larger one does."""
+
+
+def check_refill(size: int) -> int:
+    """``size`` if it is 0 (no refill) or 1 to :data:`MAX_REFILL`; else
+    :class:`InvalidRequest`.
+
+    >>> check_refill(1 << 20)
+    1048576
+    """
+    if not 0 <= size <= MAX_REFILL:
+        raise InvalidRequest(f"an enqueue's refill must be 0 to {MAX_REFILL} bytes, not {size}")
+    return size
 
 
 def check_queue_settings(maxsize: object, max_attempts: object) -> None:

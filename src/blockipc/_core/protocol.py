@@ -302,6 +302,7 @@ _STATS_FIELDS: Final[_Schema] = {
     "processes_total": int,
     "queues": _QUEUELIST,
     "largest_free": int,
+    "queue_inline_bytes": int,
 }
 _BLOCK_FIELDS: Final[_Schema] = {
     "block": int,
@@ -545,12 +546,22 @@ _SCHEMAS: Final[dict[tuple[Kind, Op], tuple[_Schema, bool]]] = {
     # data is the inline jobs' bytes, in order
     (Kind.REQUEST, Op.TAKE_MANY): ({"queue": str, "max": int, "acks": _INTLIST}, False),
     (Kind.REPLY, Op.TAKE_MANY): ({"queue": str, "jobs": _JOBLIST}, True),
-    # COMMIT's lease, codec and meta (a PUT's block, unnamed), then ENQUEUE's block
+    # COMMIT's lease, codec and meta (a PUT's block, unnamed), then ENQUEUE's block;
+    # refill: the bytes of a new block (with its write lease, as a PUT's) that the reply
+    # brings for the producer's next job (0: none; the reply's block NO_BLOCK: none made)
     (Kind.REQUEST, Op.ENQUEUE_COMMIT): (
-        {"lease": int, "codec": str, "meta": dict, "queue": str, "header": dict, "nowait": bool},
+        {
+            "lease": int,
+            "codec": str,
+            "meta": dict,
+            "queue": str,
+            "header": dict,
+            "nowait": bool,
+            "refill": int,
+        },
         False,
     ),
-    (Kind.REPLY, Op.ENQUEUE_COMMIT): ({"job": int}, False),
+    (Kind.REPLY, Op.ENQUEUE_COMMIT): ({"job": int, "lease": int, **_BLOCK_FIELDS}, False),
     (Kind.REQUEST, Op.ACK): ({"job": int}, False),
     (Kind.REPLY, Op.ACK): ({}, False),
     # failed False: a take whose caller was cancelled gives its job back, not counted
@@ -604,6 +615,9 @@ _DEFAULTS: Final[dict[tuple[Kind, Op], dict[str, Any]]] = {
     (Kind.REQUEST, Op.SERVE): {"direct": ""},
     (Kind.REPLY, Op.RECV): {"codec": "", "meta": {}},  # (inline messages came later)
     (Kind.REPLY, Op.RECV_MANY): {"sizes": []},
+    (Kind.REPLY, Op.STATS): {"queue_inline_bytes": 0},
+    (Kind.REQUEST, Op.ENQUEUE_COMMIT): {"refill": 0},
+    (Kind.REPLY, Op.ENQUEUE_COMMIT): dict.fromkeys(("lease", *_BLOCK_FIELDS), 0),
 }
 
 ACCESS_MODES: Final = ("rw", "r")

@@ -3,11 +3,15 @@
 Theory of operation
 -------------------
 A work queue is a FIFO of *jobs*, local to one coordinator. A job is a block with a
-header: ``enqueue`` moves the producer's block into the queue (the producer gives it
-up), ``take`` hands the oldest job to one consumer, which holds the block (a read grant
-and a read lease, :meth:`RoutingTable.lend_job`) until it answers:
+header, or an *inline* job: its encoded bytes (at most ``MAX_INLINE_PAYLOAD``) kept
+here, in the coordinator's memory, with no block and no lease (:class:`Inline`).
+``enqueue`` moves the producer's block into the queue (the producer gives it up), or
+keeps the inline bytes; ``take`` hands the oldest job to one consumer, which holds a
+block job's block (a read grant and a read lease, :meth:`RoutingTable.lend_job`) until
+it answers (an inline job's bytes travel in the take's reply: it holds nothing):
 
-* ``ack``: the job is done and its block is freed (unless the consumer shared it);
+* ``ack``: the job is done and its block is freed (unless the consumer shared it), or
+  its inline bytes dropped;
 * ``nack``, or the consumer's process ends (closed, crashed, ``kill -9``): the job goes
   back to the *front* of its queue at once with one more failed attempt, so the next
   ``take`` gets it (``redelivered`` counts these). A job that has failed
@@ -30,6 +34,14 @@ that dead-lettering never fails), with the default size and no ``max_attempts`` 
 own unless it was declared. Declaring an existing queue changes its settings (the last
 declare wins); the jobs in it stay. Queues live as long as their coordinator.
 
+Inline bytes. What the inline jobs of a coordinator's queues hold together, waiting,
+taken or dead-lettered, is counted (:attr:`QueueTable.inline_bytes`) and bounded by
+``inline_limit`` (:data:`MAX_QUEUE_INLINE_BYTES`): an inline payload that would pass it
+goes into a block of the pool instead (:meth:`QueueTable.inline_fits` says which; the
+caller makes the block), so the coordinator's own memory stays bounded and no enqueue
+is ever refused for it. The consumer sees the same job either way, but for
+``Job.block``.
+
 Holds and leases change only in the routing table; this module decides when, and calls
 its work-queue methods.
 """
@@ -49,17 +61,19 @@ from .limits import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE_SIZE,
     MAX_INLINE_PAYLOAD,
+    MAX_QUEUE_INLINE_BYTES,
     MAX_QUEUES,
     check_name,
     check_queue_settings,
     pack_header,
 )
 from .protocol import REPLY_LISTS_BUDGET, job_bound
-from .routing import BlockRecord, Lease, Outcome, ProcessRecord, RoutingTable
+from .routing import NOTHING, BlockRecord, Lease, Outcome, ProcessRecord, RoutingTable
 
 __all__ = [
     "DEAD_SUFFIX",
     "Handed",
+    "Inline",
     "JobRecord",
     "QueueRecord",
     "QueueTable",
@@ -89,12 +103,23 @@ def dead_letter_name(queue: str) -> str:
         ) from None
 
 
+class Inline(NamedTuple):
+    """An inline job's payload as the producer's frame carried it: its encoded bytes
+    (at most ``MAX_INLINE_PAYLOAD``), its codec, and the meta a block of it would have
+    recorded (``{"nbytes": len(data), "codec": ...}``, as a ``put`` records it)."""
+
+    data: bytes
+    codec: str
+    meta: dict[str, Any]
+
+
 @dataclass(eq=False, slots=True)
 class JobRecord:
-    """One job: its block, where it is, and how often it failed."""
+    """One job: its block (or, ``block`` None, its ``inline`` payload), where it is,
+    and how often it failed."""
 
     id: int
-    block: BlockRecord
+    block: BlockRecord | None  # None: an inline job
     queue: QueueRecord
     header: dict[str, Any]
     producer: str
@@ -104,17 +129,23 @@ class JobRecord:
     granted: bool = False  # the consumer's read grant is the job's (dropped on return)
     _cost: int = 0  # job_bound of its TAKE_MANY row, once counted
     header_bytes: int = -1  # its header encoded, when known (one count for a batch's)
+    inline: Inline | None = None  # an inline job's payload (block None)
 
     @property
     def cost(self) -> int:
         """At least the bytes this job takes in a TAKE_MANY reply (:func:`job_bound`)."""
         if not self._cost:
-            rec = self.block
+            rec, inline = self.block, self.inline
+            if rec is None:
+                assert inline is not None
+                size, codec, meta = len(inline.data), inline.codec, inline.meta
+            else:
+                size, codec, meta = rec.size, rec.codec, rec.meta
             self._cost = job_bound(
-                rec.size if rec.size <= MAX_INLINE_PAYLOAD else 0,
-                rec.codec,
+                size if size <= MAX_INLINE_PAYLOAD else 0,
+                codec,
                 self.producer,
-                len(msgpack.packb(rec.meta)),  # (checked when it was recorded)
+                len(msgpack.packb(meta)),  # (checked when it was recorded)
                 self.header_bytes if self.header_bytes >= 0 else len(pack_header(self.header)),
             )
         return self._cost
@@ -184,13 +215,41 @@ class QueueTable:
     >>> job = queues.take(consumer, q, token="t1")
     >>> queues.ack(consumer, job.id).freed == (rec,)
     True
+    >>> queues.enqueue(producer, Inline(b"hi", "raw", {"nbytes": 2}), q, {}) is None
+    True
+    >>> queues.inline_bytes
+    2
     """
 
-    def __init__(self, table: RoutingTable) -> None:
+    def __init__(self, table: RoutingTable, inline_limit: int = MAX_QUEUE_INLINE_BYTES) -> None:
         self.table = table
         self.queues: dict[str, QueueRecord] = {}
         self.by_consumer: dict[int, dict[int, JobRecord]] = {}  # process key -> taken jobs
         self._next_job = 1
+        self.inline_bytes = 0  # what the inline jobs of every queue hold, until acked
+        self.inline_limit = inline_limit  # ... at most (else a job goes into a block)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next job enqueued gets (a batch's jobs get consecutive ids)."""
+        return self._next_job
+
+    def inline_fits(self, sizes: list[int]) -> list[bool]:
+        """For inline payloads of ``sizes`` bytes enqueued in this order: whether each
+        may stay inline (the coordinator's inline bytes, with those kept before it,
+        within ``inline_limit``), or must go into a block of the pool instead.
+
+        >>> QueueTable(RoutingTable(), inline_limit=100).inline_fits([60, 50, 40])
+        [True, False, True]
+        """
+        room = self.inline_limit - self.inline_bytes
+        keep = []
+        for size in sizes:
+            fits = size <= room
+            if fits:
+                room -= size
+            keep.append(fits)
+        return keep
 
     # -- settings ----------------------------------------------------------------
     def declare(
@@ -243,37 +302,46 @@ class QueueTable:
         return not q.putters and len(q.ready) + count <= q.maxsize
 
     def enqueue(
-        self, proc: ProcessRecord, rec: BlockRecord, q: QueueRecord, header: dict[str, Any]
+        self,
+        proc: ProcessRecord,
+        item: BlockRecord | Inline,
+        q: QueueRecord,
+        header: dict[str, Any],
     ) -> Handed | None:
-        """``proc`` moves its block ``rec`` into ``q`` as a new job (whether there is
-        room is the caller's question: :meth:`has_room`). Returns the waiting take it
-        went to, if one waited."""
-        job = JobRecord(self._next_job, rec, q, header, proc.name)
-        self.table.queue_job(proc, rec, job.id)  # raises if it may not, nothing changed
-        self._next_job += 1
-        q.enqueued += 1
-        q.ready.append(job)
-        handed = self._dispatch(q)
+        """``proc`` moves its block into ``q`` as a new job, or (an :class:`Inline`,
+        which the caller checked with :meth:`inline_fits`) an inline job (whether
+        there is room is the caller's question: :meth:`has_room`). Returns the waiting
+        take it went to, if one waited."""
+        handed = self.enqueue_many(proc, [item], q, header)
         return handed[0] if handed else None
 
     def enqueue_many(
         self,
         proc: ProcessRecord,
-        recs: list[BlockRecord],
+        items: list[BlockRecord | Inline],
         q: QueueRecord,
         header: dict[str, Any],
     ) -> list[Handed]:
-        """``proc`` moves its blocks ``recs`` into ``q``, one new job each, in order: all
-        of them or, refused (one may not move), none (whether there is room for all is
-        the caller's question: :meth:`has_room`). Returns the waiting takes served."""
+        """``proc`` moves its blocks into ``q`` (and the :class:`Inline` payloads,
+        which the caller checked with :meth:`inline_fits`), one new job each, in
+        order: all of them or, refused (a block may not move), none (whether there is
+        room for all is the caller's question: :meth:`has_room`). Returns the waiting
+        takes served."""
+        recs = [item for item in items if isinstance(item, BlockRecord)]
         for rec in recs:  # every refusal before anything changes
             self.table.check_queueable(proc, rec)
         if len({id(rec) for rec in recs}) != len(recs):
             raise InvalidRequest("a batch names the same block twice")
-        header_bytes = len(pack_header(header))
-        for rec in recs:
-            job = JobRecord(self._next_job, rec, q, header, proc.name, header_bytes=header_bytes)
-            self.table.queue_job(proc, rec, job.id)
+        header_bytes = len(pack_header(header)) if len(items) > 1 else -1
+        for item in items:
+            job_id = self._next_job
+            if isinstance(item, BlockRecord):
+                job = JobRecord(job_id, item, q, header, proc.name, header_bytes=header_bytes)
+                self.table.queue_job(proc, item, job_id)
+            else:
+                job = JobRecord(job_id, None, q, header, proc.name, header_bytes=header_bytes)
+                job.inline = item
+                self.inline_bytes += len(item.data)
             self._next_job += 1
             q.enqueued += 1
             q.ready.append(job)
@@ -338,22 +406,35 @@ class QueueTable:
             )
         return job
 
+    def check_answer(self, proc: ProcessRecord, job_id: int) -> JobRecord:
+        """The job ``job_id`` of ``proc``'s, if it may ack or nack it now; else raise
+        why not (not taken by it; a block job: a lease of its own on the block, or a
+        send of it under way)."""
+        job = self.find(proc, job_id)
+        if job.block is not None:
+            assert job.lease is not None
+            self.table.check_job_return(job.block, proc, job.lease)
+        return job
+
     def ack(self, proc: ProcessRecord, job_id: int) -> Outcome:
         """``proc`` is done with the job: it leaves the system; its block is the
-        outcome's ``freed`` unless another process holds it."""
-        job = self.find(proc, job_id)
-        assert job.lease is not None
-        self.table.check_job_return(job.block, proc, job.lease)
+        outcome's ``freed`` unless another process holds it (an inline job's bytes
+        are dropped)."""
+        job = self.check_answer(proc, job_id)
         self._untake(job, proc)
         job.queue.acked += 1
+        if job.block is None:
+            assert job.inline is not None
+            self.inline_bytes -= len(job.inline.data)
+            job.inline = None
+            return NOTHING
+        assert job.lease is not None
         return self.table.end_job(job.block, proc, job.lease, job.granted)
 
     def nack(self, proc: ProcessRecord, job_id: int, *, failed: bool = True) -> list[Handed]:
         """``proc`` gives the job back (``failed``: a failed attempt; else, a take
         whose caller was cancelled, not counted). Returns the waiting takes served."""
-        job = self.find(proc, job_id)
-        assert job.lease is not None
-        self.table.check_job_return(job.block, proc, job.lease)
+        job = self.check_answer(proc, job_id)
         return self._give_back([job], proc, failed=failed)
 
     def release_consumer(self, proc: ProcessRecord) -> tuple[int, list[Handed]]:
@@ -367,7 +448,8 @@ class QueueTable:
 
     # -- the rules ---------------------------------------------------------------
     def _lend(self, job: JobRecord, proc: ProcessRecord) -> JobRecord:
-        job.lease, job.granted = self.table.lend_job(job.block, proc)
+        if job.block is not None:  # (an inline job: nothing to lend, its bytes travel)
+            job.lease, job.granted = self.table.lend_job(job.block, proc)
         job.consumer = proc
         job.queue.taken[job.id] = job
         self.by_consumer.setdefault(proc.key, {})[job.id] = job
@@ -388,10 +470,11 @@ class QueueTable:
         touched: dict[int, QueueRecord] = {}
         back: list[JobRecord] = []
         for job in jobs:
-            assert job.lease is not None
             self._untake(job, proc)
-            self.table.return_job(job.block, proc, job.lease, job.granted)
-            job.lease, job.granted = None, False
+            if job.block is not None:
+                assert job.lease is not None
+                self.table.return_job(job.block, proc, job.lease, job.granted)
+                job.lease, job.granted = None, False
             q = job.queue
             touched[id(q)] = q
             if failed:

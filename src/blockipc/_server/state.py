@@ -439,6 +439,7 @@ class ServerState:
             processes_total=len(table.processes),
             queues=tuple(self.queues.stats()),
             largest_free=pool.largest_free,
+            queue_inline_bytes=self.queues.inline_bytes,
         )
 
     @staticmethod

@@ -33,6 +33,7 @@ _STATS_SCALARS = (
     "names_total",
     "processes_total",
     "largest_free",
+    "queue_inline_bytes",
 )
 
 

@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from ..._core.codecs import CODEC_NAMES, get_codec
-from ..._core.limits import MAX_INLINE_PAYLOAD, check_batch, check_batch_bytes, pack_header
+from ..._core.limits import (
+    MAX_INLINE_PAYLOAD,
+    check_batch,
+    check_batch_bytes,
+    check_refill,
+    pack_header,
+)
 from ..._core.protocol import NO_BLOCK, Op, Reply, Request
-from ..._core.queues import Handed, JobRecord, QueueRecord, group_handed
+from ..._core.queues import Handed, Inline, JobRecord, QueueRecord, group_handed
 from ..._core.routing import BlockRecord, ProcessRecord
 from ..._exceptions import AccessDenied, BlockIPCError, InboxFull, InvalidRequest
 from ..._log import get_logger
@@ -80,17 +86,38 @@ class EnqueueWait(Parked):
 
 
 def _job_reply(state: ServerState, req: Request, job: JobRecord) -> Reply:
-    """A TAKE's answer: the job, and its block's bytes inline when the block is at most
+    """A TAKE's answer: the job, and its bytes inline: an inline job's (block
+    NO_BLOCK, no lease), or its block's when the block is at most
     ``MAX_INLINE_PAYLOAD`` (read as a routed READ reads: nobody may write a job's
     block), so that the consumer decodes the value with no mapping of its own."""
     rec, lease = job.block, job.lease
+    if rec is None:
+        assert job.inline is not None
+        data, codec, meta = job.inline
+        fields: dict[str, Any] = {
+            "job": job.id,
+            "block": NO_BLOCK,
+            "size": len(data),
+            "capacity": 0,
+            "segment": 0,
+            "offset": 0,
+            "lease": 0,
+            "codec": codec,
+            "meta": meta,
+            "header": job.header,
+            "attempts": job.attempts,
+            "queue": job.queue.name,
+            "producer": job.producer,
+            "inline": True,
+        }
+        return Reply(req.req_id, Op.TAKE, fields, data)
     assert lease is not None
     inline = rec.size <= MAX_INLINE_PAYLOAD
     data = b""
     if inline:
         with state.pool.view(rec.segment, rec.offset, rec.size) as view:
             data = bytes(view)
-    fields: dict[str, Any] = {
+    fields = {
         "job": job.id,
         **block_fields(rec),
         "lease": lease.id,
@@ -108,9 +135,17 @@ def _job_reply(state: ServerState, req: Request, job: JobRecord) -> Reply:
 def _jobs_reply(state: ServerState, req: Request, q: QueueRecord, jobs: list[JobRecord]) -> Reply:
     """A TAKE_MANY's answer: a row per job (as a TAKE's fields), the inline jobs' bytes
     one after the other in the data (within the frame: ``JobRecord.cost``)."""
-    rows, parts = [], []
+    rows: list[list[Any]] = []
+    parts: list[bytes] = []
     for job in jobs:
         rec, lease = job.block, job.lease
+        if rec is None:
+            assert job.inline is not None
+            data, codec, meta = job.inline
+            parts.append(data)
+            row = [job.id, NO_BLOCK, len(data), 0, 0, 0, 0, job.attempts, codec, job.producer]
+            rows.append([*row, meta, job.header, True])
+            continue
         assert lease is not None
         inline = rec.size <= MAX_INLINE_PAYLOAD
         if inline:
@@ -179,7 +214,8 @@ def declare(state: ServerState, session: Session, req: Request) -> None:
 
 def enqueue(state: ServerState, session: Session, req: Request) -> None:
     """Move a block of the caller's into a queue as a job, or (``block`` NO_BLOCK) the
-    frame's inline payload, which the coordinator writes into a new block of the job's
+    frame's inline payload, which the job keeps as it is (or, past the coordinator's
+    inline bytes, ``QueueTable.inline_fits``, writes into a new block of the job's)
     when it goes in; now or once there is room (``nowait``: :class:`InboxFull` instead
     of waiting)."""
     a = req.args
@@ -218,6 +254,14 @@ def _enqueue_now(
     """An ENQUEUE (or, ``block`` given, an ENQUEUE_COMMIT of that block) with room now."""
     a, proc = req.args, session.proc
     inline = block is None and a["block"] == NO_BLOCK
+    job_id = state.queues.next_id
+    if inline and state.queues.inline_fits([len(req.data)])[0]:
+        meta = {"nbytes": len(req.data), "codec": a["meta"]}
+        handed = state.queues.enqueue(proc, Inline(req.data, a["codec"], meta), q, a["header"])
+        session.reply(Reply(req.req_id, req.op, {"job": job_id}))
+        if handed is not None:
+            _hand(state, (handed,))
+        return
     bid = a["block"] if block is None else block
     rec = _inline_block(state, proc, req) if inline else state.table.lookup(proc, bid)
     try:
@@ -226,9 +270,30 @@ def _enqueue_now(
         if inline:  # (a new block is never refused; still, it must not leak)
             state.settle(state.table.release_hold(proc, rec))
         raise
-    session.reply(Reply(req.req_id, req.op, {"job": rec.job}))
+    if req.op is Op.ENQUEUE_COMMIT:
+        fields = {"job": job_id, **_refill(state, proc, a["refill"])}
+        session.reply(Reply(req.req_id, req.op, fields))
+    else:
+        session.reply(Reply(req.req_id, req.op, {"job": job_id}))
     if handed is not None:
         _hand(state, (handed,))
+
+
+def _refill(state: ServerState, proc: ProcessRecord, size: int) -> dict[str, int]:
+    """An ENQUEUE_COMMIT's ``refill``: a new block of ``size`` bytes with its write
+    lease, as a PUT makes, for the producer's next job (its PUT saved), or none (0, or
+    the pool or the producer's quota has no room now: the enqueue is done all the same,
+    and the producer PUTs its next job)."""
+    if size:
+        try:
+            rec = state.new_block(proc, size, quiet=True)
+        except BlockIPCError:
+            pass
+        else:
+            lease = state.table.request_lease(proc, rec, "w", None)
+            assert lease is not None  # a new block is uncontended
+            return {"lease": lease.id, **block_fields(rec)}
+    return {"lease": 0, **block_fields(None)}
 
 
 def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
@@ -236,8 +301,11 @@ def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
     an unnamed COMMIT does) and enqueued as ENQUEUE enqueues a block, in one request:
     a large job's producer saves a round trip. Refused before the commit, the lease is
     the caller's still; refused after it (a full queue and ``nowait``, a cancelled
-    wait), the block is, committed: either way the caller frees what it made."""
+    wait), the block is, committed: either way the caller frees what it made. Enqueued,
+    the reply brings a new block for the producer's next job when it asks (``refill``:
+    :func:`_refill`), so that a run of large jobs costs one round trip each."""
     a, proc = req.args, session.proc
+    check_refill(a["refill"])
     lease = state.table.find_lease(proc, a["lease"])
     rec = lease.block
     if lease.mode != "w" or rec.owner is not proc or rec.job:
@@ -263,7 +331,8 @@ def enqueue_commit(state: ServerState, session: Session, req: Request) -> None:
 
 def enqueue_many(state: ServerState, session: Session, req: Request) -> None:
     """A batch of jobs, in order, all of them or none: each a block of the caller's
-    (moved) or an inline payload (a new block). Checked whole before anything changes
+    (moved) or an inline payload (kept as it is, or, past the coordinator's inline
+    bytes, a new block: ``QueueTable.inline_fits``). Checked whole before anything changes
     (its length, 1 to ``MAX_BATCH``; each inline payload and the data; the header and
     metas; the blocks, movable); a batch larger than the queue's ``maxsize`` could never
     fit and is refused. With room for all of them it goes now; else it waits, whole, in
@@ -332,15 +401,24 @@ def _check_many(state: ServerState, proc: ProcessRecord, req: Request) -> None:
 
 
 def _enqueue_many_now(state: ServerState, session: Session, req: Request, q: QueueRecord) -> None:
-    a, proc, data = req.args, session.proc, memoryview(req.data)
-    _check_fits(q, len(a["blocks"]))  # (again after a wait: a declare may have shrunk it)
+    a, proc, data = req.args, session.proc, req.data
+    blocks, sizes = a["blocks"], a["sizes"]
+    _check_fits(q, len(blocks))  # (again after a wait: a declare may have shrunk it)
     made: list[BlockRecord] = []
-    recs: list[BlockRecord] = []
+    items: list[BlockRecord | Inline] = []
+    codec = a["codec"]
+    inline = [s for b, s in zip(blocks, sizes, strict=True) if b == NO_BLOCK]
+    keep = iter(state.queues.inline_fits(inline))
+    job_id = state.queues.next_id
     try:
         at = 0
-        for bid, size, meta in zip(a["blocks"], a["sizes"], a["metas"], strict=True):
+        for bid, size, meta in zip(blocks, sizes, a["metas"], strict=True):
             if bid != NO_BLOCK:
-                recs.append(state.table.lookup(proc, bid, "own"))
+                items.append(state.table.lookup(proc, bid, "own"))
+                continue
+            if next(keep):
+                items.append(Inline(data[at : at + size], codec, {"nbytes": size, "codec": meta}))
+                at += size
                 continue
             rec = state.new_block(proc, max(size, 1))
             made.append(rec)
@@ -348,16 +426,17 @@ def _enqueue_many_now(state: ServerState, session: Session, req: Request, q: Que
                 with state.pool.view(rec.segment, rec.offset, size) as view:
                     view[:] = data[at : at + size]
             at += size
-            rec.codec, rec.meta = a["codec"], {"nbytes": size, "codec": meta}
+            rec.codec, rec.meta = codec, {"nbytes": size, "codec": meta}
             state.table.bump(rec)
-            recs.append(rec)
-        handed = state.queues.enqueue_many(proc, recs, q, a["header"])
+            items.append(rec)
+        handed = state.queues.enqueue_many(proc, items, q, a["header"])
     except BaseException:
         for rec in made:  # all or none: the new blocks go (an unmoved block stays)
             if rec.job == 0:
                 state.settle(state.table.release_hold(proc, rec))
         raise
-    session.reply(Reply(req.req_id, Op.ENQUEUE_MANY, {"jobs": [rec.job for rec in recs]}))
+    jobs = list(range(job_id, job_id + len(items)))  # (consecutive: QueueTable.next_id)
+    session.reply(Reply(req.req_id, Op.ENQUEUE_MANY, {"jobs": jobs}))
     _hand(state, handed)
 
 
@@ -400,9 +479,7 @@ def take_many(state: ServerState, session: Session, req: Request) -> None:
     if acks:
         try:
             for job_id in acks:  # every refusal before any ack is done
-                job = state.queues.find(proc, job_id)
-                assert job.lease is not None
-                state.table.check_job_return(job.block, proc, job.lease)
+                state.queues.check_answer(proc, job_id)
             for job_id in acks:
                 _ack(state, proc, job_id)
         except BaseException:
