@@ -168,6 +168,8 @@ def test_pack_header_takes_the_largest_header() -> None:
     [
         (_header_of(MAX_HEADER + 1), f"limit is {MAX_HEADER}"),
         ([1], "must be a dict"),
+        ([], "must be a dict"),  # empty, yet no header (pack_header's fast path is {}'s)
+        ("", "must be a dict"),
         ({1: "x"}, "keys must be str"),
         ({"k": {1: "x"}}, "cannot be sent"),  # the receiver decodes with strict map keys
         ({"k": object()}, "cannot be sent"),

@@ -238,6 +238,9 @@ def check_header_size(nbytes: int, what: str = "header") -> None:
         raise InvalidRequest(f"{what} is {nbytes} bytes encoded; the limit is {MAX_HEADER}")
 
 
+_EMPTY_MAP: Final[bytes] = b"\x80"  # msgpack.packb({}): the empty header, encoded
+
+
 def pack_header(header: dict[str, Any] | None, what: str = "header") -> bytes:
     """A message header, checked and encoded: a dict with str keys that msgpack encodes
     and decodes back with strict map keys (what every receiver does), at most
@@ -249,6 +252,8 @@ def pack_header(header: dict[str, Any] | None, what: str = "header") -> bytes:
 
     :raises InvalidRequest: for anything else.
     """
+    if header is None or (type(header) is dict and not header):
+        return _EMPTY_MAP  # most messages (send_value, recv): no packb/unpackb each time
     hdr = {} if header is None else header
     if not isinstance(hdr, dict):
         raise InvalidRequest(f"{what} must be a dict")
