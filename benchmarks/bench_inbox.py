@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from blockipc.bench.harness import worker_context  # noqa: E402 (from ROOT/src)
+from blockipc.bench.harness import stop_workers, worker_context  # noqa: E402 (from ROOT/src)
 
 PRODUCERS = 4
 INBOX = 1024  # messages waiting, at most: the inbox's default, and the mp.Queue's maxsize
@@ -214,13 +214,7 @@ def main() -> None:
                         results[contender].append(rate)
                 print(f"inbox: round {rnd}/{args.rounds} done", file=sys.stderr)
         finally:
-            for _, pipe in pipes:
-                pipe.send(None)
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():  # (a worker stuck at exit must not hang the run)
-                    p.terminate()
-                    p.join(timeout=10)
+            stop_workers(pipes, procs)
     med = {c: statistics.median(v) for c, v in results.items()}
     zmq_rate = med.get("pyzmq")
     print(

@@ -54,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from blockipc.bench.harness import worker_context  # noqa: E402 (from ROOT/src)
+from blockipc.bench.harness import stop_workers, worker_context  # noqa: E402 (from ROOT/src)
 
 PRODUCERS = CONSUMERS = 4  # (equal: each mp.Queue producer puts one consumer's stop)
 MAXSIZE = 64  # jobs waiting in a queue, for every contender (64 MiB of 1 MiB jobs)
@@ -504,13 +504,7 @@ def work_queue(
                         results.setdefault((label, contender), []).append(rate)
             print(f"work queue: round {rnd}/{args.rounds} done", file=sys.stderr)
     finally:
-        for _, pipe in pipes:
-            pipe.send(None)
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():  # (a worker stuck at exit must not hang the run)
-                p.terminate()
-                p.join(timeout=10)
+        stop_workers(pipes, procs)
     return contenders
 
 

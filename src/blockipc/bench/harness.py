@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
 
 if TYPE_CHECKING:
@@ -126,6 +126,19 @@ def worker_context(*preload: str) -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["blockipc", *preload])
     return ctx
+
+
+def stop_workers(pipes: Iterable[tuple[str, Pipe]], procs: Iterable[Any]) -> None:
+    """End a benchmark script's workers: ``None`` on each ``(role, pipe)``, then join
+    each process, terminated if still alive after 10 s (a worker stuck at exit must not
+    hang the run)."""
+    for _, pipe in pipes:
+        pipe.send(None)
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=10)
 
 
 def pin(cpu: int | None) -> None:
