@@ -54,7 +54,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from blockipc.bench.harness import stop_workers, worker_context  # noqa: E402 (from ROOT/src)
+from blockipc.bench.harness import (  # noqa: E402 (from ROOT/src)
+    process_cpu_ns,
+    stop_workers,
+    worker_context,
+)
 
 PRODUCERS = CONSUMERS = 4  # (equal: each mp.Queue producer puts one consumer's stop)
 MAXSIZE = 64  # jobs waiting in a queue, for every contender (64 MiB of 1 MiB jobs)
@@ -315,11 +319,11 @@ def request_reply(
         labels = list(kinds)
         for rnd in range(rounds):
             for label in labels[rnd % len(labels) :] + labels[: rnd % len(labels)]:
-                before = [_cpu_ns(pid) for pid in pids[label]]
+                before = [process_cpu_ns(pid) for pid in pids[label]]
                 clients[label].send(n)
                 samples[label] += clients[label].recv()
                 for i, pid in enumerate(pids[label]):
-                    cpu[label][i] += _cpu_ns(pid) - before[i]
+                    cpu[label][i] += process_cpu_ns(pid) - before[i]
         for pipe in clients.values():
             pipe.send(None)
     finally:
@@ -332,17 +336,6 @@ def request_reply(
         label: (statistics.median(v) / 1000, *(ns / trips / 1000 for ns in cpu[label]))
         for label, v in samples.items()
     }
-
-
-def _cpu_ns(pid: int) -> int:
-    """CPU time (ns) a process has used so far: the sum of its threads' on-CPU time
-    (``/proc/<pid>/task/*/schedstat``; 0 where there is no such file)."""
-    total = 0
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
-    return total
 
 
 # -- the parent ----------------------------------------------------------------------

@@ -189,3 +189,59 @@ def test_rounds_progress_reports_every_round(stream: type[io.StringIO]) -> None:
         assert [line.split(" done in ")[0] for line in lines] == [
             f"throughput round {k}/3" for k in (1, 2, 3)
         ]
+
+
+def _core_results() -> dict[str, Any]:
+    """Two rounds of every core slice; routed reads cost 30 µs more CPU than raw pings on
+    the client and 20 µs more on the coordinator."""
+    lat = {"samples": [80_000, 90_000, 100_000]}
+    trips = {"trips": 1000}
+    read = {**lat, **trips, "cpu_client_ns": 70_000_000, "cpu_server_ns": 60_000_000}
+    ping = {**lat, **trips, "cpu_client_ns": 40_000_000, "cpu_server_ns": 40_000_000}
+    bulk = {"samples": [10_000_000, 11_000_000]}
+    allocs = {"samples": [200_000] * 3, "ops": 3, "elapsed": 600_000}
+    return {
+        "read_blockipc": [read, read],
+        "ping_raw": [ping, ping],
+        "send_big": [lat] * 2,
+        "send_small": [lat] * 2,
+        **{key: [bulk] * 2 for key in ("bulk_protocol", "bulk_streams", "memcpy")},
+        "alloc_seq": [allocs] * 2,
+        "alloc_pipe": [{"ops": 64, "elapsed": 1_000_000}] * 2,
+    }
+
+
+def test_the_core_table_shows_the_cpu_of_a_round_trip_on_each_end() -> None:
+    from blockipc.bench.core import QUICK, _analyse
+
+    metrics, rows = _analyse(QUICK, _core_results())
+    (row,) = [r for r in rows if "CPU per round trip" in r[0]]
+    assert row[1:4] == [
+        "70.0 µs / 60.0 µs",
+        "raw client / echo server: 40.0 µs / 40.0 µs",
+        "+50.0 µs on both ends",
+    ]
+    assert metrics["read_blockipc"]["cpu_us"] == (70.0, 60.0)
+
+
+def test_process_cpu_counts_every_thread_of_a_child() -> None:
+    from blockipc.bench.harness import process_cpu_ns
+
+    script = (
+        "import sys, threading, time\n"
+        "def spin():\n"
+        "    end = time.thread_time() + 0.2\n"
+        "    while time.thread_time() < end: pass\n"
+        "spun, done = threading.Event(), threading.Event()\n"
+        "t = threading.Thread(target=lambda: (spin(), spun.set(), done.wait())); t.start()\n"
+        "spin(); spun.wait(); print('spun', flush=True); sys.stdin.read(); done.set()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "spun\n"
+        assert process_cpu_ns(child.pid) >= 400_000_000  # both threads' 0.2 s
+    finally:
+        child.communicate("", timeout=30)
+    assert process_cpu_ns(child.pid) == 0  # gone: no such process

@@ -50,6 +50,7 @@ from .harness import (
     load_notes,
     machine_info,
     pick_cpus,
+    process_cpu_ns,
     rounds_progress,
     run_worker,
     serve_commands,
@@ -767,6 +768,9 @@ class _Slice:
     party: str
     cmd: str
     args: dict[str, Any]
+    server: str | None = None
+    """The party that answers this one's requests: when set, the CPU both use during
+    the slice is measured (``cpu_client_ns``, ``cpu_server_ns``, ``trips``)."""
 
 
 def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
@@ -824,8 +828,8 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
 
         w, n = plan.warmup, plan.pings
         slices = [
-            _Slice("read_blockipc", "blockipc", "read", {"n": n, "warmup": w}),
-            _Slice("ping_raw", "echo_client", "ping", {"n": n, "warmup": w}),
+            _Slice("read_blockipc", "blockipc", "read", {"n": n, "warmup": w}, "coordinator"),
+            _Slice("ping_raw", "echo_client", "ping", {"n": n, "warmup": w}, "echo_server"),
             _Slice("alloc_seq", "blockipc", "alloc_seq", {"n": plan.allocs, "warmup": w}),
             _Slice(
                 "alloc_pipe",
@@ -853,7 +857,7 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         with rounds_progress(plan.rounds) as done:
             for _ in range(plan.rounds):
                 for s in order:
-                    results[s.key].append(parties[s.party].ask(s.cmd, s.args))
+                    results[s.key].append(_ask(parties, s))
                 order.rotate(-1)
                 done()
         notes += load_notes(before, cpu_snapshot(pids), started)
@@ -867,6 +871,28 @@ def _measure(plan: Plan, notes: list[str]) -> tuple[dict[str, list[dict[str, Any
         for party in parties.values():
             party.join()
         tmp.cleanup()
+
+
+def _ask(parties: dict[str, Party], s: _Slice) -> dict[str, Any]:
+    """Run one slice; with its CPU on both ends when it names its server."""
+    party = parties[s.party]
+    if s.server is None:
+        return party.ask(s.cmd, s.args)
+    pids = (party.process.pid or 0, parties[s.server].process.pid or 0)
+    before = [process_cpu_ns(pid) for pid in pids]
+    result = party.ask(s.cmd, s.args)
+    client, server = (process_cpu_ns(pid) - b for pid, b in zip(pids, before, strict=True))
+    # warm-up round trips included: the CPU is over the whole command
+    trips = s.args["n"] + s.args["warmup"]
+    return {**result, "cpu_client_ns": client, "cpu_server_ns": server, "trips": trips}
+
+
+def _cpu_per_trip(rounds: list[dict[str, Any]]) -> tuple[float, float]:
+    """CPU (µs) per round trip over all rounds: (client, server)."""
+    trips = sum(r["trips"] for r in rounds)
+    client = sum(r["cpu_client_ns"] for r in rounds) / trips / 1e3
+    server = sum(r["cpu_server_ns"] for r in rounds) / trips / 1e3
+    return client, server
 
 
 # -- statistics and the report --------------------------------------------------------
@@ -944,6 +970,20 @@ def _analyse(
                 verdict(ratio_zmq < TARGET_READ_VS_ZMQ),
             ]
         )
+    cpu_rd = _cpu_per_trip(results["read_blockipc"])
+    cpu_raw = _cpu_per_trip(results["ping_raw"])
+    m["read_blockipc"]["cpu_us"], m["ping_raw"]["cpu_us"] = cpu_rd, cpu_raw
+    extra = sum(cpu_rd) - sum(cpu_raw)
+    rows.append(
+        [
+            "64 B routed read, CPU per round trip: client / coordinator",
+            f"{fmt_us(cpu_rd[0])} / {fmt_us(cpu_rd[1])}",
+            f"raw client / echo server: {fmt_us(cpu_raw[0])} / {fmt_us(cpu_raw[1])}",
+            f"+{fmt_us(extra)} on both ends",
+            "—",
+            "info",
+        ]
+    )
     p99_base = f"raw: {fmt_us(raw['p99_us'])}"
     p99_ratio = f"{rd['p99_us'] / raw['p99_us']:.2f}x raw"
     if zq is not None:

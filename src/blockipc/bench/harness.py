@@ -68,6 +68,7 @@ __all__ = [
     "COMMAND_TIMEOUT",
     "pick_cpus",
     "cpu_snapshot",
+    "process_cpu_ns",
     "load_notes",
     "has",
     "rounds_progress",
@@ -353,6 +354,18 @@ def cpu_snapshot(pids: list[int]) -> tuple[int, int, int] | None:
     user, nice, system = fields[0:3]
     steal = fields[7] if len(fields) > 7 else 0
     return user + nice + system, ours, steal
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time (ns) a process has used so far: the sum of its threads' on-CPU time
+    (``/proc/<pid>/task/*/schedstat``, finer than the clock ticks of
+    :func:`cpu_snapshot`; 0 where there is no such file)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
 
 
 def has(module: str) -> bool:
