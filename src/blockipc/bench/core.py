@@ -979,7 +979,7 @@ def _analyse(
             "64 B routed read, CPU per round trip: client / coordinator",
             f"{fmt_us(cpu_rd[0])} / {fmt_us(cpu_rd[1])}",
             f"raw client / echo server: {fmt_us(cpu_raw[0])} / {fmt_us(cpu_raw[1])}",
-            f"+{fmt_us(extra)} on both ends",
+            f"{'+' if extra >= 0 else '-'}{fmt_us(abs(extra))} on both ends",
             "—",
             "info",
         ]
