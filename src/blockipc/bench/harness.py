@@ -18,7 +18,8 @@ failed: <last line>")``; ``("stop", {})`` ends it. The parent's side is
 :meth:`Party.ask` and :meth:`Party.receive`.
 
 The rest is the parent's: which CPUs the two sides get (:func:`pick_cpus`), whether the
-machine stayed quiet (:func:`cpu_snapshot`, :func:`load_notes`), latency statistics
+machine stayed quiet (:func:`cpu_snapshot`, :func:`load_notes`), the CPU one process
+used (:func:`process_cpu_ns`), latency statistics
 (:func:`summary`), the machine line and the Markdown table of the report.
 """
 
